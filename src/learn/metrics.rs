@@ -1,0 +1,124 @@
+//! Binary classification metrics reported by `eval`, the experiments and the model cards:
+//! balanced accuracy (the headline number: EEGMAT has ~3× more rest than task windows),
+//! accuracy, macro-F1 and the confusion matrix, all at a 0.5 threshold on the sigmoid score.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confusion {
+    pub tp: usize,
+    pub tn: usize,
+    pub fp: usize,
+    pub fn_: usize,
+}
+
+impl Confusion {
+    pub fn from_scores(scores: &[f32], labels: &[bool], threshold: f32) -> Self {
+        let mut c = Confusion::default();
+        for (&s, &y) in scores.iter().zip(labels) {
+            match (s >= threshold, y) {
+                (true, true) => c.tp += 1,
+                (false, false) => c.tn += 1,
+                (true, false) => c.fp += 1,
+                (false, true) => c.fn_ += 1,
+            }
+        }
+        c
+    }
+
+    pub fn n(&self) -> usize {
+        self.tp + self.tn + self.fp + self.fn_
+    }
+
+    pub fn add(&mut self, o: &Confusion) {
+        self.tp += o.tp;
+        self.tn += o.tn;
+        self.fp += o.fp;
+        self.fn_ += o.fn_;
+    }
+
+    pub fn accuracy(&self) -> f64 {
+        ratio(self.tp + self.tn, self.n())
+    }
+
+    /// Mean of sensitivity and specificity; a class absent from the labels is left out.
+    pub fn balanced_accuracy(&self) -> f64 {
+        let pos = self.tp + self.fn_;
+        let neg = self.tn + self.fp;
+        match (pos > 0, neg > 0) {
+            (true, true) => 0.5 * (ratio(self.tp, pos) + ratio(self.tn, neg)),
+            (true, false) => ratio(self.tp, pos),
+            (false, true) => ratio(self.tn, neg),
+            _ => f64::NAN,
+        }
+    }
+
+    /// Macro-F1: the mean of the F1 of the positive and of the negative class.
+    pub fn macro_f1(&self) -> f64 {
+        let f1 = |tp: usize, fp: usize, fn_: usize| {
+            if 2 * tp + fp + fn_ == 0 {
+                0.0
+            } else {
+                2.0 * tp as f64 / (2 * tp + fp + fn_) as f64
+            }
+        };
+        0.5 * (f1(self.tp, self.fp, self.fn_) + f1(self.tn, self.fn_, self.fp))
+    }
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        f64::NAN
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+/// The JSON shape `eval --json` prints per head.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeadReport {
+    pub balanced_accuracy: f64,
+    pub accuracy: f64,
+    pub f1: f64,
+    pub n: usize,
+    pub confusion: Confusion,
+}
+
+impl From<Confusion> for HeadReport {
+    fn from(c: Confusion) -> Self {
+        HeadReport {
+            balanced_accuracy: c.balanced_accuracy(),
+            accuracy: c.accuracy(),
+            f1: c.macro_f1(),
+            n: c.n(),
+            confusion: c,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_values() {
+        // 8 positives (6 right), 2 negatives (1 right)
+        let scores = [0.9, 0.8, 0.7, 0.6, 0.55, 0.51, 0.2, 0.1, 0.3, 0.9];
+        let labels = [true, true, true, true, true, true, true, true, false, false];
+        let c = Confusion::from_scores(&scores, &labels, 0.5);
+        assert_eq!(c, Confusion { tp: 6, tn: 1, fp: 1, fn_: 2 });
+        assert!((c.accuracy() - 0.7).abs() < 1e-12);
+        assert!((c.balanced_accuracy() - (0.75 + 0.5) / 2.0).abs() < 1e-12);
+        let f1_pos = 12.0 / 15.0;
+        let f1_neg = 2.0 / 5.0;
+        assert!((c.macro_f1() - (f1_pos + f1_neg) / 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn constant_predictor_has_chance_balanced_accuracy() {
+        let labels: Vec<bool> = (0..100).map(|i| i % 4 == 0).collect();
+        let c = Confusion::from_scores(&[0.0; 100], &labels, 0.5);
+        assert!((c.accuracy() - 0.75).abs() < 1e-12);
+        assert!((c.balanced_accuracy() - 0.5).abs() < 1e-12);
+    }
+}

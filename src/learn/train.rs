@@ -1,0 +1,417 @@
+//! Training loops on CPU with burn (autodiff over the `flex` backend):
+//! - [`pretrain`]: self-supervised signal-transformation recognition (7 heads);
+//! - [`train_heads`]: emotion heads on a *frozen* encoder. Because the encoder is frozen and
+//!   dropout lives only in the heads, the encoder's embeddings are computed once
+//!   ([`embed`]) and the heads train on 128-d vectors — mathematically the same as running
+//!   the frozen encoder every step, and ~100× cheaper, which is what makes on-gateway
+//!   re-fitting affordable on a Raspberry Pi;
+//! - [`train_supervised`]: the same network trained end to end from scratch (the paper's
+//!   fully supervised baseline).
+//!
+//! All randomness (initialisation, shuffling, transformations, dropout) flows from the
+//! config's seed.
+
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::metrics::Confusion;
+use super::model::{
+    batch_tensor, matrix, rows_of, weighted_bce, Net, PRETEXT_HIDDEN,
+    PRETEXT_LOSS_WEIGHTS, PRETEXT_TASKS,
+};
+use super::onnx::{HeadWeights, NetworkWeights};
+use super::transforms::Transform;
+
+/// Settings shared by every loop.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub seed: u64,
+    /// Stop an epoch after this many steps (tests and smoke runs).
+    pub max_steps_per_epoch: Option<usize>,
+    /// Show progress bars on stderr.
+    pub progress: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 20,
+            batch: 32,
+            lr: 1e-3,
+            seed: 7,
+            max_steps_per_epoch: None,
+            progress: false,
+        }
+    }
+}
+
+/// One epoch of pretext training.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PretrainEpoch {
+    pub epoch: usize,
+    pub train_loss: f32,
+    pub val_loss: Option<f32>,
+    /// Balanced accuracy of each head (original, noise, …) on held-out windows, if any.
+    pub val_task_balanced_accuracy: Vec<f32>,
+    pub seconds: f32,
+}
+
+fn bar(len: u64, show: bool, what: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>10} [{elapsed_precise}] {wide_bar} {pos}/{len} ETA {eta} {msg}",
+        )
+        .expect("valid template"),
+    );
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+/// Build the 7 × N pretext samples of one epoch: every window once per class, shuffled.
+fn pretext_plan(n: usize, rng: &mut SmallRng) -> Vec<(usize, Transform)> {
+    let mut plan: Vec<(usize, Transform)> = (0..n)
+        .flat_map(|i| Transform::ALL.iter().map(move |&t| (i, t)))
+        .collect();
+    plan.shuffle(rng);
+    plan
+}
+
+fn pretext_batch(
+    windows: &[Vec<f32>],
+    items: &[(usize, Transform)],
+    rng: &mut SmallRng,
+    device: &Device,
+) -> (Tensor<3>, Tensor<2>) {
+    let mut bufs: Vec<Vec<f32>> = Vec::with_capacity(items.len());
+    let mut targets = vec![0.0f32; items.len() * 7];
+    for (row, &(i, t)) in items.iter().enumerate() {
+        let mut out = Vec::with_capacity(windows[i].len());
+        t.apply(&windows[i], &mut out, rng);
+        bufs.push(out);
+        targets[row * 7 + t.index()] = 1.0;
+    }
+    let refs: Vec<&[f32]> = bufs.iter().map(|b| b.as_slice()).collect();
+    (
+        batch_tensor(&refs, device),
+        Tensor::from_data(TensorData::new(targets, [items.len(), 7]), device),
+    )
+}
+
+/// Self-supervised pretext training. `init` continues from existing weights (on-gateway
+/// adaptation); otherwise a fresh 7-head network is initialised from the seed.
+/// Returns the trained pretext network and the per-epoch history.
+pub fn pretrain(
+    train: &[Vec<f32>],
+    val: &[Vec<f32>],
+    cfg: &TrainConfig,
+    init: Option<&NetworkWeights>,
+) -> (NetworkWeights, Vec<PretrainEpoch>) {
+    let device = Device::flex().autodiff();
+    device.seed(cfg.seed);
+    let mut rng = SmallRng::seed_from_u64(cfg.seed);
+    let names: Vec<String> = PRETEXT_TASKS.iter().map(|s| s.to_string()).collect();
+    let mut net = match init {
+        Some(w) => Net::from_weights(w, &device),
+        None => Net::new(7, &PRETEXT_HIDDEN, &device),
+    };
+    let mut optim = AdamConfig::new().init();
+    let mut history = Vec::new();
+    for epoch in 0..cfg.epochs {
+        let t0 = std::time::Instant::now();
+        let plan = pretext_plan(train.len(), &mut rng);
+        let mut steps = plan.len() / cfg.batch.max(1);
+        if let Some(m) = cfg.max_steps_per_epoch {
+            steps = steps.min(m);
+        }
+        let pb = bar(steps as u64, cfg.progress, &format!("epoch {}", epoch + 1));
+        let mut loss_sum = 0.0f64;
+        for s in 0..steps {
+            let items = &plan[s * cfg.batch..(s + 1) * cfg.batch];
+            let (x, y) = pretext_batch(train, items, &mut rng, &device);
+            let loss = weighted_bce(net.forward(x), y, &PRETEXT_LOSS_WEIGHTS, None);
+            let l = scalar(loss.clone());
+            loss_sum += l as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            net = optim.step(cfg.lr, net, grads);
+            pb.inc(1);
+            pb.set_message(format!("loss {:.4}", loss_sum / (s + 1) as f64));
+        }
+        pb.finish_and_clear();
+        let weights = net.to_weights(&names);
+        let (val_loss, val_acc) = if val.is_empty() {
+            (None, Vec::new())
+        } else {
+            let (l, acc) = pretext_eval(&weights, val, cfg.seed ^ 0x5eed);
+            (Some(l), acc)
+        };
+        let e = PretrainEpoch {
+            epoch: epoch + 1,
+            train_loss: (loss_sum / steps.max(1) as f64) as f32,
+            val_loss,
+            val_task_balanced_accuracy: val_acc,
+            seconds: t0.elapsed().as_secs_f32(),
+        };
+        tracing::info!(
+            epoch = e.epoch,
+            train_loss = e.train_loss,
+            val_loss = ?e.val_loss,
+            val_acc = ?e.val_task_balanced_accuracy,
+            seconds = e.seconds,
+            "pretext epoch"
+        );
+        history.push(e);
+    }
+    (net.to_weights(&names), history)
+}
+
+fn scalar(t: Tensor<1>) -> f32 {
+    t.into_data().convert::<f32>().into_vec::<f32>().expect("f32")[0]
+}
+
+/// Pretext loss and per-head balanced accuracy on held-out windows (each window in all seven
+/// versions, transformations drawn from `seed`, no dropout).
+pub fn pretext_eval(w: &NetworkWeights, windows: &[Vec<f32>], seed: u64) -> (f32, Vec<f32>) {
+    let device = Device::flex();
+    let net = Net::from_weights(w, &device);
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let items: Vec<(usize, Transform)> = (0..windows.len())
+        .flat_map(|i| Transform::ALL.iter().map(move |&t| (i, t)))
+        .collect();
+    let mut conf = vec![Confusion::default(); 7];
+    let mut loss_sum = 0.0f64;
+    let mut n = 0usize;
+    for chunk in items.chunks(64) {
+        let (x, y) = pretext_batch(windows, chunk, &mut rng, &device);
+        let logits = net.forward(x);
+        loss_sum += scalar(weighted_bce(logits.clone(), y, &PRETEXT_LOSS_WEIGHTS, None)) as f64
+            * chunk.len() as f64;
+        n += chunk.len();
+        for (row, &(_, t)) in rows_of(logits).iter().zip(chunk) {
+            for (h, c) in conf.iter_mut().enumerate() {
+                let pred = row[h] >= 0.0;
+                let truth = t.index() == h;
+                c.add(&Confusion::from_scores(&[f32::from(u8::from(pred))], &[truth], 0.5));
+            }
+        }
+    }
+    (
+        (loss_sum / n.max(1) as f64) as f32,
+        conf.iter().map(|c| c.balanced_accuracy() as f32).collect(),
+    )
+}
+
+/// Encoder embeddings (`[128]` per window) with the given conv weights, batched, no autodiff.
+pub fn embed(w: &NetworkWeights, windows: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    let device = Device::flex();
+    let net = Net::from_weights(
+        &NetworkWeights {
+            convs: w.convs.clone(),
+            heads: Vec::new(),
+        },
+        &device,
+    );
+    let mut out = Vec::with_capacity(windows.len());
+    for chunk in windows.chunks(64) {
+        let refs: Vec<&[f32]> = chunk.iter().map(|w| w.as_slice()).collect();
+        out.extend(rows_of(net.encoder.forward(batch_tensor(&refs, &device))));
+    }
+    out
+}
+
+/// Sigmoid scores of every head for each window (burn forward, no dropout).
+pub fn predict(w: &NetworkWeights, windows: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    let device = Device::flex();
+    let net = Net::from_weights(w, &device);
+    let mut out = Vec::with_capacity(windows.len());
+    for chunk in windows.chunks(64) {
+        let refs: Vec<&[f32]> = chunk.iter().map(|w| w.as_slice()).collect();
+        let logits = net.forward(batch_tensor(&refs, &device));
+        out.extend(rows_of(burn::tensor::activation::sigmoid(logits)));
+    }
+    out
+}
+
+/// Sigmoid scores of heads applied to precomputed embeddings.
+pub fn predict_heads(heads: &[HeadWeights], emb: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    let device = Device::flex();
+    let net = Net::from_weights(
+        &NetworkWeights {
+            convs: Vec::new(),
+            heads: heads.to_vec(),
+        },
+        &device,
+    );
+    let refs: Vec<&[f32]> = emb.iter().map(|e| e.as_slice()).collect();
+    if refs.is_empty() {
+        return Vec::new();
+    }
+    rows_of(burn::tensor::activation::sigmoid(
+        net.forward_heads(matrix(&refs, &device)),
+    ))
+}
+
+/// Per-sample weights that give each class of each head the same total weight
+/// (EEGMAT has ~3× more rest than task windows). Missing labels weigh 0.
+fn balance_weights(labels: &[Vec<Option<f32>>], n_heads: usize) -> Vec<f32> {
+    let n = labels.len();
+    let mut w = vec![0.0f32; n * n_heads];
+    for h in 0..n_heads {
+        let pos = labels.iter().filter(|l| l[h].is_some_and(|v| v >= 0.5)).count();
+        let neg = labels.iter().filter(|l| l[h].is_some_and(|v| v < 0.5)).count();
+        let total = (pos + neg) as f32;
+        for (i, l) in labels.iter().enumerate() {
+            w[i * n_heads + h] = match l[h] {
+                Some(v) if v >= 0.5 => total / (2.0 * pos as f32),
+                Some(_) => total / (2.0 * neg as f32),
+                None => 0.0,
+            };
+        }
+    }
+    w
+}
+
+fn targets(labels: &[Vec<Option<f32>>], idx: &[usize], n_heads: usize) -> Vec<f32> {
+    let mut t = Vec::with_capacity(idx.len() * n_heads);
+    for &i in idx {
+        for h in 0..n_heads {
+            t.push(labels[i][h].map(|v| if v >= 0.5 { 1.0 } else { 0.0 }).unwrap_or(0.0));
+        }
+    }
+    t
+}
+
+fn gather_weights(w: &[f32], idx: &[usize], n_heads: usize) -> Vec<f32> {
+    idx.iter()
+        .flat_map(|&i| w[i * n_heads..(i + 1) * n_heads].iter().copied())
+        .collect()
+}
+
+/// Train one dense head per label column on frozen-encoder embeddings (or any fixed feature
+/// vectors: with `hidden = []` a head is logistic regression).
+/// `labels[i][h]` is window i's label for head h (None = unlabelled for that head).
+pub fn train_heads(
+    emb: &[Vec<f32>],
+    labels: &[Vec<Option<f32>>],
+    head_names: &[String],
+    hidden: &[usize],
+    cfg: &TrainConfig,
+) -> (Vec<HeadWeights>, Vec<f32>) {
+    let n_heads = head_names.len();
+    let device = Device::flex().autodiff();
+    device.seed(cfg.seed);
+    let mut rng = SmallRng::seed_from_u64(cfg.seed);
+    let input_dim = emb.first().map(|e| e.len()).unwrap_or(0);
+    let mut net = Net::heads_only(n_heads, input_dim, hidden, &device);
+    let mut optim = AdamConfig::new().init();
+    let sw = balance_weights(labels, n_heads);
+    let hw = vec![1.0f32; n_heads];
+    let mut idx: Vec<usize> = (0..emb.len()).collect();
+    let mut losses = Vec::new();
+    let pb = bar(cfg.epochs as u64, cfg.progress, "heads");
+    for _ in 0..cfg.epochs {
+        idx.shuffle(&mut rng);
+        let mut sum = 0.0;
+        let mut steps = 0;
+        for chunk in idx.chunks(cfg.batch.max(1)) {
+            if let Some(m) = cfg.max_steps_per_epoch {
+                if steps >= m {
+                    break;
+                }
+            }
+            let rows: Vec<&[f32]> = chunk.iter().map(|&i| emb[i].as_slice()).collect();
+            let x = matrix(&rows, &device);
+            let y = Tensor::from_data(
+                TensorData::new(targets(labels, chunk, n_heads), [chunk.len(), n_heads]),
+                &device,
+            );
+            let w = Tensor::from_data(
+                TensorData::new(gather_weights(&sw, chunk, n_heads), [chunk.len(), n_heads]),
+                &device,
+            );
+            let loss = weighted_bce(net.forward_heads(x), y, &hw, Some(w));
+            sum += scalar(loss.clone());
+            steps += 1;
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            net = optim.step(cfg.lr, net, grads);
+        }
+        losses.push(sum / steps.max(1) as f32);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    (net.to_weights(head_names).heads, losses)
+}
+
+/// The fully supervised baseline: encoder and heads trained together from a fresh seed.
+pub fn train_supervised(
+    windows: &[Vec<f32>],
+    labels: &[Vec<Option<f32>>],
+    head_names: &[String],
+    hidden: &[usize],
+    cfg: &TrainConfig,
+) -> (NetworkWeights, Vec<f32>) {
+    let n_heads = head_names.len();
+    let device = Device::flex().autodiff();
+    device.seed(cfg.seed);
+    let mut rng = SmallRng::seed_from_u64(cfg.seed);
+    let mut net = Net::new(n_heads, hidden, &device);
+    let mut optim = AdamConfig::new().init();
+    let sw = balance_weights(labels, n_heads);
+    let hw = vec![1.0f32; n_heads];
+    let mut idx: Vec<usize> = (0..windows.len()).collect();
+    let mut losses = Vec::new();
+    let pb = bar(cfg.epochs as u64, cfg.progress, "supervised");
+    for _ in 0..cfg.epochs {
+        idx.shuffle(&mut rng);
+        let mut sum = 0.0;
+        let mut steps = 0;
+        for chunk in idx.chunks(cfg.batch.max(1)) {
+            if let Some(m) = cfg.max_steps_per_epoch {
+                if steps >= m {
+                    break;
+                }
+            }
+            let rows: Vec<&[f32]> = chunk.iter().map(|&i| windows[i].as_slice()).collect();
+            let x = batch_tensor(&rows, &device);
+            let y = Tensor::from_data(
+                TensorData::new(targets(labels, chunk, n_heads), [chunk.len(), n_heads]),
+                &device,
+            );
+            let w = Tensor::from_data(
+                TensorData::new(gather_weights(&sw, chunk, n_heads), [chunk.len(), n_heads]),
+                &device,
+            );
+            let loss = weighted_bce(net.forward(x), y, &hw, Some(w));
+            sum += scalar(loss.clone());
+            steps += 1;
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            net = optim.step(cfg.lr, net, grads);
+        }
+        losses.push(sum / steps.max(1) as f32);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    (net.to_weights(head_names), losses)
+}
+
+/// Random subset of `frac` of `n` indices (at least one), seeded.
+pub fn subsample(n: usize, frac: f64, seed: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    let mut rng = SmallRng::seed_from_u64(seed);
+    idx.shuffle(&mut rng);
+    let k = ((n as f64 * frac).round() as usize).clamp(1.min(n), n);
+    idx.truncate(k);
+    idx.sort_unstable();
+    idx
+}
