@@ -14,7 +14,8 @@ use crate::learn::dataset::{self, Dataset};
 use crate::learn::experiment::{self, ExperimentConfig};
 use crate::learn::metrics::{Confusion, HeadReport};
 use crate::learn::model::{EMOTION_HIDDEN, INPUT_LEN, PRETEXT_TASKS};
-use crate::learn::onnx::{export_onnx, import_onnx, NetworkWeights};
+use crate::learn::onnx::{export_onnx, NetworkWeights};
+use crate::learn::onnx_import::import_onnx;
 use crate::learn::plots;
 use crate::learn::train::{self, TrainConfig};
 
@@ -40,6 +41,34 @@ pub enum Command {
     Infer(InferArgs),
     /// The paper's comparison, subject-independent: SSL vs supervised vs heart-rate baseline.
     Experiment(ExperimentArgs),
+    /// Measure training-step and inference speed (prints one JSON object).
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchWhat {
+    /// Pretext training step (batch 32, Adam) and burn forward pass, on random windows.
+    Train {
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+    },
+    /// Inference ms/window through ort with the chosen backend, batch 1 and batch 32.
+    Infer {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        #[command(flatten)]
+        backend: BackendArgs,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -213,6 +242,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval(a),
         Command::Infer(a) => infer(a),
         Command::Experiment(a) => run_experiment(a),
+        Command::Bench(a) => bench(a),
     }
 }
 
@@ -662,6 +692,113 @@ fn run_experiment(a: ExperimentArgs) -> Result<()> {
     if let Some(out) = &a.out {
         std::fs::write(out, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn synthetic_windows(n: usize, seed: u64) -> Vec<Vec<f32>> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| (0..INPUT_LEN).map(|_| rng.random_range(-1.0f32..1.0)).collect())
+        .collect()
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    use std::time::Instant;
+    let threads = rayon::current_num_threads();
+    match a.what {
+        BenchWhat::Train { steps, batch } => {
+            let windows = synthetic_windows(batch * 2, 1);
+            let cfg = TrainConfig {
+                epochs: 1,
+                batch,
+                lr: 1e-3,
+                seed: 1,
+                max_steps_per_epoch: Some(1),
+                progress: false,
+            };
+            // One step per call measures the whole step, data transformations included.
+            let (mut w, _) = train::pretrain(&windows, &[], &cfg, None);
+            let mut times = Vec::new();
+            for _ in 0..steps + 2 {
+                let t = Instant::now();
+                let (nw, _) = train::pretrain(&windows, &[], &cfg, Some(&w));
+                times.push(t.elapsed().as_secs_f64());
+                w = nw;
+            }
+            let times = times[2..].to_vec(); // warm-up
+            let mean = times.iter().sum::<f64>() / times.len() as f64;
+            let med = median(times.clone());
+            let fwd1: Vec<f64> = (0..20)
+                .map(|_| {
+                    let t = Instant::now();
+                    let _ = train::predict(&w, &windows[..1]);
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            let out = serde_json::json!({
+                "framework": "burn 0.22.1 flex (autodiff)",
+                "train_step_s": {"median": med, "mean": mean, "n": times.len(), "batch": batch},
+                "windows_per_s": batch as f64 / med,
+                "forward_b1_ms": median(fwd1),
+                "threads": threads,
+                "cpu": cpu_model(),
+            });
+            println!("{out}");
+        }
+        BenchWhat::Infer { model, runs, backend } => {
+            let b = backend.backend()?;
+            let mut m = Model::load(&model, &b)?;
+            let windows = synthetic_windows(32, 2);
+            let mut res = serde_json::Map::new();
+            for bs in [1usize, 32] {
+                let mut flat = Vec::new();
+                for w in &windows[..bs] {
+                    flat.extend_from_slice(w);
+                }
+                for _ in 0..3 {
+                    m.run(&flat, bs)?;
+                }
+                let times: Vec<f64> = (0..runs)
+                    .map(|_| {
+                        let t = Instant::now();
+                        let _ = m.run(&flat, bs);
+                        t.elapsed().as_secs_f64() * 1e3 / bs as f64
+                    })
+                    .collect();
+                res.insert(format!("b{bs}_ms_per_window"), serde_json::json!(median(times)));
+            }
+            let out = serde_json::json!({
+                "backend": backend.backend,
+                "model": model.display().to_string(),
+                "runs": runs,
+                "results": res,
+                "threads_rayon": threads,
+                "cpu": cpu_model(),
+            });
+            println!("{out}");
+        }
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! class of bug in whichever framework trains the model.)
 
 use affectgate::learn::model::{same_padding, weighted_bce, LEAKY_SLOPE};
-use burn::module::Param;
+use burn::module::{Param, ParamId};
 use burn::nn::conv::Conv1dConfig;
 use burn::nn::pool::MaxPool1dConfig;
 use burn::nn::{LinearConfig, PaddingConfig1d};
@@ -15,16 +15,21 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+/// A parameter wrapping a (reshaped) leaf: gradients flow back to the f64 leaf.
+fn param<const D: usize>(t: Tensor<D>) -> Param<Tensor<D>> {
+    Param::initialized(ParamId::new(), t)
+}
+
 fn rand_vec(n: usize, rng: &mut SmallRng) -> Vec<f64> {
     (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
 }
 
 fn t<const D: usize>(v: &[f64], shape: [usize; D], device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(v.to_vec(), shape), device)
+    Tensor::from_data(TensorData::new(v.to_vec(), shape), (device, DType::F64))
 }
 
 fn vals<const D: usize>(x: Tensor<D>) -> Vec<f64> {
-    x.into_data().convert::<f64>().into_vec::<f64>().unwrap()
+    x.into_data().convert::<f64>().try_into_vec::<f64>().unwrap()
 }
 
 /// A scalar function of several parameter vectors, evaluated with burn on `device`;
@@ -87,8 +92,8 @@ fn conv1d_same_padding_even_kernel() {
         let mut conv = Conv1dConfig::new(ci, co, k)
             .with_padding(PaddingConfig1d::Explicit(pl, pr))
             .init(d);
-        conv.weight = Param::from_tensor(p[1].clone().reshape([co, ci, k]));
-        conv.bias = Some(Param::from_tensor(p[2].clone()));
+        conv.weight = param(p[1].clone().reshape([co, ci, k]));
+        conv.bias = Some(param(p[2].clone()));
         let y = conv.forward(p[0].clone().reshape([b, ci, l]));
         assert_eq!(y.dims(), [b, co, l], "'same' keeps the length");
         (y * t(&r, [b, co, l], d)).sum()
@@ -123,8 +128,8 @@ fn global_max_and_linear() {
     let r = projection(b * o, 6);
     let f = move |p: &[Tensor<1>], d: &Device| {
         let mut lin = LinearConfig::new(c, o).init(d);
-        lin.weight = Param::from_tensor(p[1].clone().reshape([c, o]));
-        lin.bias = Some(Param::from_tensor(p[2].clone()));
+        lin.weight = param(p[1].clone().reshape([c, o]));
+        lin.bias = Some(param(p[2].clone()));
         let pooled = p[0].clone().reshape([b, c, l]).max_dim(2).reshape([b, c]);
         let y = lin.forward(pooled);
         (y * t(&r, [b, o], d)).sum()
@@ -145,6 +150,7 @@ fn weighted_bce_with_logits() {
     let sw: Vec<f64> = (0..n * h).map(|i| 0.5 + (i % 4) as f64 * 0.25).collect();
     let hw = [0.195f32, 0.195, 0.195, 0.0125, 0.0125, 0.195, 0.195];
     let logits: Vec<f64> = rand_vec(n * h, &mut rng).iter().map(|v| v * 6.0).collect();
+    let sw_check = sw.clone();
     let f = move |p: &[Tensor<1>], d: &Device| {
         weighted_bce(
             p[0].clone().reshape([n, h]),
@@ -163,7 +169,7 @@ fn weighted_bce_with_logits() {
             let p = 1.0 / (1.0 + (-z).exp());
             let yy = if (((i * h + j) * 7 + 3) % 3) == 0 { 1.0 } else { 0.0 };
             let bce = -(yy * p.ln() + (1.0 - yy) * (1.0 - p).ln());
-            expect += hw[j] as f64 * sw[i * h + j] * bce;
+            expect += hw[j] as f64 * sw_check[i * h + j] * bce;
         }
     }
     expect /= n as f64;
@@ -193,8 +199,8 @@ fn small_encoder_chain() {
             let mut conv = Conv1dConfig::new(i, o, k)
                 .with_padding(PaddingConfig1d::Explicit(pl, pr))
                 .init(d);
-            conv.weight = Param::from_tensor(p[1 + 2 * li].clone().reshape([o, i, k]));
-            conv.bias = Some(Param::from_tensor(p[2 + 2 * li].clone()));
+            conv.weight = param(p[1 + 2 * li].clone().reshape([o, i, k]));
+            conv.bias = Some(param(p[2 + 2 * li].clone()));
             x = leaky_relu(conv.forward(x), LEAKY_SLOPE);
             if li == 0 {
                 x = pool.forward(x);
@@ -203,8 +209,8 @@ fn small_encoder_chain() {
         let [bb, c, _] = x.dims();
         let emb = x.max_dim(2).reshape([bb, c]);
         let mut lin = LinearConfig::new(lin_in, 1).init(d);
-        lin.weight = Param::from_tensor(p[5].clone().reshape([lin_in, 1]));
-        lin.bias = Some(Param::from_tensor(p[6].clone()));
+        lin.weight = param(p[5].clone().reshape([lin_in, 1]));
+        lin.bias = Some(param(p[6].clone()));
         let logits = lin.forward(emb);
         weighted_bce(logits, t(&[1.0, 0.0], [b, 1], d), &[1.0], None)
     };

@@ -43,16 +43,10 @@ pub struct FilterConfig {
     /// High-pass cutoff (−3 dB), Hz. Default 0.8 (paper).
     pub highpass_hz: f32,
     /// Low-pass cutoff (−3 dB), Hz, or `None` for no low-pass. Default `Some(40.0)`.
-    #[serde(
-        serialize_with = "ser_opt_hz",
-        deserialize_with = "de_opt_hz"
-    )]
+    #[serde(serialize_with = "ser_opt_hz", deserialize_with = "de_opt_hz")]
     pub lowpass_hz: Option<f32>,
     /// Mains notch centre, Hz (50 or 60), or `None`. Default `Some(50.0)`.
-    #[serde(
-        serialize_with = "ser_opt_hz",
-        deserialize_with = "de_opt_hz"
-    )]
+    #[serde(serialize_with = "ser_opt_hz", deserialize_with = "de_opt_hz")]
     pub notch_hz: Option<f32>,
     /// Notch quality factor (centre / −3 dB bandwidth). Default 30.
     pub notch_q: f32,
@@ -169,11 +163,13 @@ struct Stage {
 
 impl Stage {
     fn new(kind: Type<f64>, fs: f64, f0: f64, q: f64) -> Result<Self, DspError> {
-        let c = Coefficients::<f64>::from_normalized_params(kind, f0 / (fs / 2.0), q)
-            .map_err(|e| DspError::InvalidConfig {
-                key: FILTER_KEY.to_string(),
-                value: format!("{f0} Hz"),
-                reason: format!("biquad design failed: {e:?}"),
+        let c =
+            Coefficients::<f64>::from_normalized_params(kind, f0 / (fs / 2.0), q).map_err(|e| {
+                DspError::InvalidConfig {
+                    key: FILTER_KEY.to_string(),
+                    value: format!("{f0} Hz"),
+                    reason: format!("biquad design failed: {e:?}"),
+                }
             })?;
         let dc_gain = (c.b0 + c.b1 + c.b2) / (1.0 + c.a1 + c.a2);
         Ok(Self {
@@ -225,7 +221,12 @@ impl FilterChain {
         cfg.validate(fs)?;
         let q_bw = std::f64::consts::FRAC_1_SQRT_2;
         let mut stages = Vec::with_capacity(3);
-        stages.push(Stage::new(Type::HighPass, fs, cfg.highpass_hz as f64, q_bw)?);
+        stages.push(Stage::new(
+            Type::HighPass,
+            fs,
+            cfg.highpass_hz as f64,
+            q_bw,
+        )?);
         if let Some(lp) = cfg.lowpass_hz {
             stages.push(Stage::new(Type::LowPass, fs, lp as f64, q_bw)?);
         }
@@ -307,7 +308,11 @@ impl FilterChain {
 
     /// Designed magnitude response of the whole chain at `f` Hz, in dB.
     pub fn response_db(&self, f: f64) -> f64 {
-        let m: f64 = self.stages.iter().map(|s| s.magnitude(f, self.fs)).product();
+        let m: f64 = self
+            .stages
+            .iter()
+            .map(|s| s.magnitude(f, self.fs))
+            .product();
         20.0 * m.max(1e-300).log10()
     }
 }

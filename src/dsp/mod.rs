@@ -13,9 +13,9 @@
 //! The **same code** runs offline (training: [`windows_from_recording`]) and live (gateway:
 //! [`Preprocessor::push`] block by block). Every stage carries its state across blocks, so
 //! splitting a recording into blocks of any size (0, 1, … samples) yields the same windows as
-//! one block: bit-identical samples and identical `start_ns`/`index`, provided the block
-//! timestamps are consistent with `fs_in` (the live path re-anchors time at every block, see
-//! [`Preprocessor::push`]).
+//! one block: bit-identical samples, identical `index`, and `start_ns` equal to within 1 ns of
+//! rounding, provided the block timestamps are consistent with `fs_in` (the live path
+//! re-anchors time at every block, see [`Preprocessor`]).
 //!
 //! Windows are **not** normalised: z-scoring needs per-person statistics that differ between
 //! training ([`SubjectStats`]) and the gateway ([`RunningStats`]).
@@ -120,7 +120,8 @@ impl PreprocessConfig {
 /// `t(j) = t0_last + (j / 256 + offset − i_last / fs_in)` seconds, where `i_last` is the input
 /// index of the last block's first sample. So a sensor whose real rate differs slightly from
 /// `fs_in` (Polar H10: 130.16 vs nominal 130 Hz) is re-synchronised at every block. Window
-/// `start_ns` values are exact for one-block (offline) use: `start + k·10 s + resampler offset`.
+/// `start_ns` values are exact for one-block (offline) use:
+/// `start + warmup_s + k·hop/256 s + Resampler::time_offset_s()` (offset < 4 ms).
 ///
 /// Latency (live): the resampler holds back ≈ 0.1–0.3 s of signal
 /// ([`Resampler::latency_s`]); a window is emitted when its last sample leaves the resampler.
@@ -192,7 +193,8 @@ impl Preprocessor {
         self.filter.process(&mut self.scratch_in);
 
         self.scratch_out.clear();
-        self.resampler.process(&self.scratch_in, &mut self.scratch_out);
+        self.resampler
+            .process(&self.scratch_in, &mut self.scratch_out);
         self.emit(out);
     }
 

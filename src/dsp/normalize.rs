@@ -56,7 +56,10 @@ fn check_std(std: f64) -> Result<(), DspError> {
 pub fn zscore_in_place(x: &mut [f32], mean: f32, std: f32) -> Result<(), DspError> {
     check_std(std as f64)?;
     if !mean.is_finite() {
-        return Err(DspError::FlatSignal { std: f64::NAN, min: MIN_STD });
+        return Err(DspError::FlatSignal {
+            std: f64::NAN,
+            min: MIN_STD,
+        });
     }
     let inv = 1.0 / std;
     for v in x.iter_mut() {
@@ -67,7 +70,10 @@ pub fn zscore_in_place(x: &mut [f32], mean: f32, std: f32) -> Result<(), DspErro
 
 /// Normalise `x` with its own mean/std.
 pub fn zscore_self(x: &mut [f32]) -> Result<(f64, f64), DspError> {
-    let (m, s) = mean_std(x).ok_or(DspError::FlatSignal { std: 0.0, min: MIN_STD })?;
+    let (m, s) = mean_std(x).ok_or(DspError::FlatSignal {
+        std: 0.0,
+        min: MIN_STD,
+    })?;
     zscore_in_place(x, m as f32, s as f32)?;
     Ok((m, s))
 }
@@ -87,14 +93,16 @@ impl SubjectStats {
         Self::default()
     }
 
-    /// Stats over a set of windows.
-    pub fn from_windows<'a, I>(windows: I) -> Self
+    /// Stats over a set of windows: anything iterable whose items view as `&[f32]`
+    /// (`&[Window]`, `&Vec<Window>`, `&[&[f32]]`, `&Vec<Vec<f32>>`, …).
+    pub fn from_windows<I>(windows: I) -> Self
     where
-        I: IntoIterator<Item = &'a super::Window>,
+        I: IntoIterator,
+        I::Item: AsRef<[f32]>,
     {
         let mut s = Self::new();
         for w in windows {
-            s.add(&w.samples);
+            s.add(w.as_ref());
         }
         s
     }
@@ -105,7 +113,11 @@ impl SubjectStats {
             return;
         }
         let (mb, m2b) = moments(x);
-        self.merge(&SubjectStats { n: x.len() as u64, mean: mb, m2: m2b });
+        self.merge(&SubjectStats {
+            n: x.len() as u64,
+            mean: mb,
+            m2: m2b,
+        });
     }
 
     /// Merge another accumulator (Chan et al. parallel update).
@@ -148,6 +160,28 @@ impl SubjectStats {
     pub fn normalize(&self, x: &mut [f32]) -> Result<(), DspError> {
         zscore_in_place(x, self.mean as f32, self.std() as f32)
     }
+
+    /// Infallible variant of [`normalize`](Self::normalize) for batch pipelines: z-scores
+    /// `x`; if the subject's std is below [`MIN_STD`] (flat recording) it only subtracts the
+    /// mean (so the window becomes ~0 instead of exploding). Check [`Self::is_flat`] to drop
+    /// such subjects instead.
+    pub fn apply(&self, x: &mut [f32]) {
+        if self.normalize(x).is_err() {
+            let m = if self.mean.is_finite() {
+                self.mean as f32
+            } else {
+                0.0
+            };
+            for v in x.iter_mut() {
+                *v -= m;
+            }
+        }
+    }
+
+    /// True when the std is below [`MIN_STD`] (or nothing was added).
+    pub fn is_flat(&self) -> bool {
+        check_std(self.std()).is_err()
+    }
 }
 
 /// Which statistics [`RunningStats::normalize`] used.
@@ -183,8 +217,19 @@ impl RunningStats {
     /// `horizon_windows`: time constant of the forgetting, in windows (≥ 1);
     /// `min_windows`: windows needed before the running estimate replaces per-window stats.
     pub fn new(horizon_windows: f64, min_windows: u32) -> Self {
-        let h = if horizon_windows.is_finite() { horizon_windows.max(1.0) } else { 30.0 };
-        Self { horizon_windows: h, min_windows, w_sum: 0.0, mean: 0.0, sq: 0.0, n_windows: 0 }
+        let h = if horizon_windows.is_finite() {
+            horizon_windows.max(1.0)
+        } else {
+            30.0
+        };
+        Self {
+            horizon_windows: h,
+            min_windows,
+            w_sum: 0.0,
+            mean: 0.0,
+            sq: 0.0,
+            n_windows: 0,
+        }
     }
 
     /// Horizon given as durations, e.g. `(10.0, 300.0)` → 30 windows.
@@ -204,7 +249,10 @@ impl RunningStats {
 
     /// Add one window. Flat windows are rejected (error) and not added.
     pub fn update(&mut self, x: &[f32]) -> Result<(f64, f64), DspError> {
-        let (m, s) = mean_std(x).ok_or(DspError::FlatSignal { std: 0.0, min: MIN_STD })?;
+        let (m, s) = mean_std(x).ok_or(DspError::FlatSignal {
+            std: 0.0,
+            min: MIN_STD,
+        })?;
         check_std(s)?;
         let lambda = 1.0 - 1.0 / self.horizon_windows;
         self.w_sum = lambda * self.w_sum + 1.0;

@@ -138,9 +138,10 @@ impl Resampler {
         }
         let inner = match kind {
             ResamplerKind::Sinc => {
-                let params = SincInterpolationParameters::new(SINC_LEN, WindowFunction::BlackmanHarris2)
-                    .oversampling_factor(SINC_OVERSAMPLING)
-                    .interpolation(SincInterpolationType::Linear);
+                let params =
+                    SincInterpolationParameters::new(SINC_LEN, WindowFunction::BlackmanHarris2)
+                        .oversampling_factor(SINC_OVERSAMPLING)
+                        .interpolation(SincInterpolationType::Linear);
                 Async::<f32>::new_sinc(ratio, 1.0, &params, chunk, 1, FixedAsync::Input)
             }
             ResamplerKind::Poly => Async::<f32>::new_poly(

@@ -122,7 +122,11 @@ pub fn detect_rpeaks(samples: &[f32], fs: f64) -> Vec<usize> {
     }
     // Sanitise non-finite samples (hold the last finite value).
     let mut raw: Vec<f64> = Vec::with_capacity(n);
-    let mut last = samples.iter().copied().find(|v| v.is_finite()).unwrap_or(0.0) as f64;
+    let mut last = samples
+        .iter()
+        .copied()
+        .find(|v| v.is_finite())
+        .unwrap_or(0.0) as f64;
     for &v in samples {
         if v.is_finite() {
             last = v as f64;

@@ -38,6 +38,12 @@ pub struct Window {
     pub index: u64,
 }
 
+impl AsRef<[f32]> for Window {
+    fn as_ref(&self) -> &[f32] {
+        &self.samples
+    }
+}
+
 impl Window {
     /// Duration covered by the samples, ns.
     pub fn duration_ns(&self) -> i64 {

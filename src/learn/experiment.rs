@@ -62,9 +62,10 @@ pub struct ExperimentReport {
 
 /// Deal sorted subjects round-robin into `k` folds.
 pub fn subject_folds(subjects: &[String], k: usize) -> Vec<Vec<String>> {
-    let mut folds = vec![Vec::new(); k.max(1)];
+    let k = k.max(1);
+    let mut folds = vec![Vec::new(); k];
     for (i, s) in subjects.iter().enumerate() {
-        folds[i % folds.len()].push(s.clone());
+        folds[i % k].push(s.clone());
     }
     folds
 }

@@ -22,7 +22,15 @@ use std::path::{Path, PathBuf};
 
 /// Columns with a fixed meaning; never label columns.
 const KNOWN_COLUMNS: [&str; 10] = [
-    "file", "subject", "start_s", "end_s", "condition", "fs_hz", "samples", "signal", "note",
+    "file",
+    "subject",
+    "start_s",
+    "end_s",
+    "condition",
+    "fs_hz",
+    "samples",
+    "signal",
+    "note",
     "notes",
 ];
 
@@ -57,10 +65,7 @@ pub struct ManifestEntry {
 impl ManifestEntry {
     /// Value of label `name`, if this row has one.
     pub fn label(&self, name: &str) -> Option<f32> {
-        self.labels
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|&(_, v)| v)
+        self.labels.iter().find(|(n, _)| n == name).map(|&(_, v)| v)
     }
 }
 
@@ -225,11 +230,8 @@ pub fn read_manifest(path: &Path) -> Result<Manifest, ManifestError> {
             column: names[c].clone(),
             detail,
         };
-        let optional_text = |c: Option<usize>| {
-            c.map(cell)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-        };
+        let optional_text =
+            |c: Option<usize>| c.map(cell).filter(|s| !s.is_empty()).map(str::to_string);
         let time = |c: Option<usize>| -> Result<Option<f64>, ManifestError> {
             match c.map(|c| (c, cell(c))) {
                 None | Some((_, "")) => Ok(None),
@@ -239,7 +241,10 @@ pub fn read_manifest(path: &Path) -> Result<Manifest, ManifestError> {
                     .filter(|v| v.is_finite() && *v >= 0.0)
                     .map(Some)
                     .ok_or_else(|| {
-                        bad(c, format!("{text:?} is not a non-negative number of seconds"))
+                        bad(
+                            c,
+                            format!("{text:?} is not a non-negative number of seconds"),
+                        )
                     }),
             }
         };

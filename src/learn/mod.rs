@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod onnx;
+pub mod onnx_import;
 pub mod plots;
 pub mod train;
 pub mod transforms;

@@ -295,7 +295,7 @@ fn dense_weights(l: &Linear) -> DenseWeights {
 fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
-        .into_vec::<f32>()
+        .try_into_vec::<f32>()
         .expect("float tensor")
 }
 
@@ -316,9 +316,10 @@ pub fn weighted_bce(
         Some(w) => per * w,
         None => per,
     };
+    // Same dtype as the logits (f32 in training, f64 in the gradient tests).
     let hw = Tensor::<2>::from_data(
-        TensorData::new(head_weights.to_vec(), [1, h]).convert_dtype(per.dtype()),
-        &device,
+        TensorData::new(head_weights.to_vec(), [1, h]),
+        (&device, per.dtype()),
     );
     (per * hw).sum().div_scalar(n as f64).reshape([1])
 }

@@ -177,7 +177,7 @@ pub fn pretrain(
 }
 
 fn scalar(t: Tensor<1>) -> f32 {
-    t.into_data().convert::<f32>().into_vec::<f32>().expect("f32")[0]
+    t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32")[0]
 }
 
 /// Pretext loss and per-head balanced accuracy on held-out windows (each window in all seven

@@ -54,7 +54,10 @@ fn column_unit(lower_name: &str) -> (&'static str, f64) {
     }
 }
 
-fn read_with_unit(path: &Path, signal: Option<&str>) -> Result<(Recording, &'static str), ReadError> {
+fn read_with_unit(
+    path: &Path,
+    signal: Option<&str>,
+) -> Result<(Recording, &'static str), ReadError> {
     let file = File::open(path).map_err(|e| ReadError::io(path, e))?;
     let mut reader = ::csv::ReaderBuilder::new()
         .has_headers(true)
@@ -131,7 +134,10 @@ fn read_with_unit(path: &Path, signal: Option<&str>) -> Result<(Recording, &'sta
         let t_text = cell(time_col);
         let t = match time_unit {
             TimeUnit::EpochNs => t_text.parse::<i64>().map_err(|_| {
-                bad(time_col, format!("{t_text:?} is not an integer nanosecond timestamp"))
+                bad(
+                    time_col,
+                    format!("{t_text:?} is not an integer nanosecond timestamp"),
+                )
             })?,
             TimeUnit::Seconds => parse_number(t_text)
                 .map(|s| s * 1e9)

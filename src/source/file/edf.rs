@@ -102,8 +102,14 @@ pub fn read(path: &Path, signal: Option<&str>) -> Result<Recording, ReadError> {
             )
         })
     };
-    let (pmin, pmax) = (num(&sig.phys_min, "physical minimum")?, num(&sig.phys_max, "physical maximum")?);
-    let (dmin, dmax) = (num(&sig.dig_min, "digital minimum")?, num(&sig.dig_max, "digital maximum")?);
+    let (pmin, pmax) = (
+        num(&sig.phys_min, "physical minimum")?,
+        num(&sig.phys_max, "physical maximum")?,
+    );
+    let (dmin, dmax) = (
+        num(&sig.dig_min, "digital minimum")?,
+        num(&sig.dig_max, "digital maximum")?,
+    );
     if dmax <= dmin || pmax == pmin {
         return Err(ReadError::header(
             path,
@@ -279,8 +285,12 @@ fn parse_header(path: &Path, reader: &mut impl Read, file_len: u64) -> Result<He
         )));
     }
 
-    let n_signals: u64 = parse_field(&fixed[252..256])
-        .ok_or_else(|| bad(format!("number of signals {:?} is not an integer", header_text(&fixed[252..256]))))?;
+    let n_signals: u64 = parse_field(&fixed[252..256]).ok_or_else(|| {
+        bad(format!(
+            "number of signals {:?} is not an integer",
+            header_text(&fixed[252..256])
+        ))
+    })?;
     if n_signals == 0 {
         return Err(bad("header declares 0 signals".into()));
     }
@@ -296,8 +306,8 @@ fn parse_header(path: &Path, reader: &mut impl Read, file_len: u64) -> Result<He
     })?;
     if declared_header_bytes != header_bytes {
         return Err(bad(format!(
-            "header size field says {declared_header_bytes} bytes but {n_signals} signals need \
-             {header_bytes}"
+            "header size field says {declared_header_bytes} bytes but {n_signals} signal(s) \
+             need {header_bytes}"
         )));
     }
     if file_len < header_bytes {
@@ -328,7 +338,9 @@ fn parse_header(path: &Path, reader: &mut impl Read, file_len: u64) -> Result<He
     // Signal headers: bounded by the file length checked above.
     let ns = usize::try_from(n_signals).map_err(|_| bad("too many signals".into()))?;
     let mut sh = vec![0u8; ns * SIGNAL_HEADER_BYTES as usize];
-    reader.read_exact(&mut sh).map_err(|e| ReadError::io(path, e))?;
+    reader
+        .read_exact(&mut sh)
+        .map_err(|e| ReadError::io(path, e))?;
     // Field-major layout: (width of each field) in order.
     const WIDTHS: [usize; 10] = [16, 80, 8, 8, 8, 8, 8, 80, 8, 32];
     let mut field_start = [0usize; 10];
@@ -352,9 +364,11 @@ fn parse_header(path: &Path, reader: &mut impl Read, file_len: u64) -> Result<He
                 "signal {i} ({label:?}): samples per record {spr_text:?} is not an integer"
             ))
         })?;
-        let block = samples_per_record
-            .checked_mul(2)
-            .ok_or_else(|| bad(format!("signal {i} ({label:?}): samples per record is absurd")))?;
+        let block = samples_per_record.checked_mul(2).ok_or_else(|| {
+            bad(format!(
+                "signal {i} ({label:?}): samples per record is absurd"
+            ))
+        })?;
         signals.push(SignalHeader {
             is_annotation: label == ANNOTATION_LABEL,
             unit: header_text(field(2, i)),
@@ -377,9 +391,11 @@ fn parse_header(path: &Path, reader: &mut impl Read, file_len: u64) -> Result<He
 
     let data_bytes = file_len - header_bytes;
     let records_text = header_text(&fixed[236..244]);
-    let declared_records: i64 = records_text
-        .parse()
-        .map_err(|_| bad(format!("number of data records {records_text:?} is not an integer")))?;
+    let declared_records: i64 = records_text.parse().map_err(|_| {
+        bad(format!(
+            "number of data records {records_text:?} is not an integer"
+        ))
+    })?;
     let n_records = match declared_records {
         // -1 means "unknown" (recording still in progress): derive from the size, but
         // only whole records; a partial trailing record means the file is damaged.
@@ -399,7 +415,11 @@ fn parse_header(path: &Path, reader: &mut impl Read, file_len: u64) -> Result<He
     let expected = n_records
         .checked_mul(record_bytes)
         .and_then(|b| b.checked_add(header_bytes))
-        .ok_or_else(|| bad(format!("{n_records} data records of {record_bytes} bytes overflow")))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "{n_records} data records of {record_bytes} bytes overflow"
+            ))
+        })?;
     // Bytes beyond the declared records are ignored (some writers pad files);
     // fewer bytes than declared is an error.
     if file_len < expected {
@@ -465,9 +485,18 @@ mod tests {
 
     #[test]
     fn start_dates() {
-        assert_eq!(parse_start(b"01.01.11", b"00.00.00"), Some(1_293_840_000_000_000_000));
-        assert_eq!(parse_start(b"31.12.99", b"23.59.59"), Some(946_684_799_000_000_000));
-        assert_eq!(parse_start(b"31.12.84", b"00.00.00"), Some(3_629_059_200_000_000_000));
+        assert_eq!(
+            parse_start(b"01.01.11", b"00.00.00"),
+            Some(1_293_840_000_000_000_000)
+        );
+        assert_eq!(
+            parse_start(b"31.12.99", b"23.59.59"),
+            Some(946_684_799_000_000_000)
+        );
+        assert_eq!(
+            parse_start(b"31.12.84", b"00.00.00"),
+            Some(3_629_059_200_000_000_000)
+        );
         assert_eq!(parse_start(b"xx.01.11", b"00.00.00"), None);
         assert_eq!(parse_start(b"30.02.11", b"00.00.00"), None);
     }

@@ -434,7 +434,12 @@ fn civil_to_unix_ns(
     if month == 2 && is_leap(year) {
         max_day = 29;
     }
-    if day == 0 || day > max_day || hour > 23 || minute > 59 || second > 60 || nanos >= 1_000_000_000
+    if day == 0
+        || day > max_day
+        || hour > 23
+        || minute > 59
+        || second > 60
+        || nanos >= 1_000_000_000
     {
         return None;
     }
@@ -464,9 +469,18 @@ mod tests {
     #[test]
     fn civil_dates() {
         assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(civil_to_unix_ns(2011, 1, 1, 0, 0, 0, 0), Some(1_293_840_000 * 1_000_000_000));
-        assert_eq!(civil_to_unix_ns(1999, 12, 31, 23, 59, 59, 0), Some(946_684_799 * 1_000_000_000));
-        assert_eq!(civil_to_unix_ns(2024, 2, 29, 12, 0, 0, 0), Some(1_709_208_000 * 1_000_000_000));
+        assert_eq!(
+            civil_to_unix_ns(2011, 1, 1, 0, 0, 0, 0),
+            Some(1_293_840_000 * 1_000_000_000)
+        );
+        assert_eq!(
+            civil_to_unix_ns(1999, 12, 31, 23, 59, 59, 0),
+            Some(946_684_799 * 1_000_000_000)
+        );
+        assert_eq!(
+            civil_to_unix_ns(2024, 2, 29, 12, 0, 0, 0),
+            Some(1_709_208_000 * 1_000_000_000)
+        );
         assert_eq!(civil_to_unix_ns(2023, 2, 29, 0, 0, 0, 0), None);
         assert_eq!(civil_to_unix_ns(2023, 13, 1, 0, 0, 0, 0), None);
         assert_eq!(civil_to_unix_ns(2023, 1, 1, 24, 0, 0, 0), None);
@@ -485,13 +499,28 @@ mod tests {
     #[test]
     fn selection() {
         let p = Path::new("x.edf");
-        let labels: Vec<String> = ["EEG Fp1", "ECG2", "ECG"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(select_signal(p, &labels, None, AutoFallback::Error).unwrap(), 1);
-        assert_eq!(select_signal(p, &labels, Some("ecg"), AutoFallback::Error).unwrap(), 2);
-        assert_eq!(select_signal(p, &labels, Some("fp1"), AutoFallback::Error).unwrap(), 0);
+        let labels: Vec<String> = ["EEG Fp1", "ECG2", "ECG"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            select_signal(p, &labels, None, AutoFallback::Error).unwrap(),
+            1
+        );
+        assert_eq!(
+            select_signal(p, &labels, Some("ecg"), AutoFallback::Error).unwrap(),
+            2
+        );
+        assert_eq!(
+            select_signal(p, &labels, Some("fp1"), AutoFallback::Error).unwrap(),
+            0
+        );
         assert!(select_signal(p, &labels, Some("emg"), AutoFallback::Error).is_err());
         let leads: Vec<String> = ["MLII", "V5"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(select_signal(p, &leads, None, AutoFallback::First).unwrap(), 0);
+        assert_eq!(
+            select_signal(p, &leads, None, AutoFallback::First).unwrap(),
+            0
+        );
         let err = select_signal(p, &leads, None, AutoFallback::Error).unwrap_err();
         assert!(err.to_string().contains("x.edf") && err.to_string().contains("MLII"));
     }

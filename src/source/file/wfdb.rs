@@ -89,11 +89,7 @@ pub fn read(path: &Path, signal: Option<&str>) -> Result<(Recording, ReadStats),
     })?;
 
     let group = file_group(&header, chosen)?;
-    let pos_in_group = group
-        .members
-        .iter()
-        .position(|&m| m == chosen)
-        .unwrap_or(0);
+    let pos_in_group = group.members.iter().position(|&m| m == chosen).unwrap_or(0);
     let mut file = File::open(&group.dat_path).map_err(|e| ReadError::io(&group.dat_path, e))?;
     let file_len = file
         .metadata()
@@ -101,7 +97,10 @@ pub fn read(path: &Path, signal: Option<&str>) -> Result<(Recording, ReadStats),
         .len();
     let n_frames = frames_in_file(&header, &group, file_len)?;
     if n_frames == 0 {
-        return Err(ReadError::invalid(&group.dat_path, "record contains no samples"));
+        return Err(ReadError::invalid(
+            &group.dat_path,
+            "record contains no samples",
+        ));
     }
     let total = n_frames * group.frame_len; // checked in frames_in_file
     let n_out = usize::try_from(n_frames * group.spf[pos_in_group])
@@ -112,7 +111,8 @@ pub fn read(path: &Path, signal: Option<&str>) -> Result<(Recording, ReadStats),
     let mut reader = BufReader::new(file);
 
     let invalid_sentinel: i32 = if group.format == 16 { -32768 } else { -2048 };
-    let (gain, baseline) = (spec.gain, spec.baseline);
+    // f64 arithmetic: the header's baseline is untrusted and may be any i64.
+    let (gain, baseline) = (spec.gain, spec.baseline as f64);
     let mut samples: Vec<f32> = Vec::with_capacity(n_out);
     let mut stats = ReadStats::default();
     let mut last_valid: Option<f32> = None;
@@ -134,7 +134,7 @@ pub fn read(path: &Path, signal: Option<&str>) -> Result<(Recording, ReadStats),
                     }
                 }
             } else {
-                let v = ((i64::from(d) - baseline) as f64 / gain * to_uv) as f32;
+                let v = ((f64::from(d) - baseline) / gain * to_uv) as f32;
                 if last_valid.is_none() && leading_invalid > 0 {
                     samples[..leading_invalid].fill(v);
                 }
@@ -151,7 +151,8 @@ pub fn read(path: &Path, signal: Option<&str>) -> Result<(Recording, ReadStats),
     .map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => ReadError::Truncated {
             path: group.dat_path.clone(),
-            expected: group.byte_offset + bytes_for(group.format, total).unwrap_or(u64::MAX),
+            expected: bytes_for(group.format, total)
+                .map_or(u64::MAX, |b| b.saturating_add(group.byte_offset)),
             actual: file_len,
         },
         _ => ReadError::io(&group.dat_path, e),
@@ -252,7 +253,10 @@ fn file_group(header: &Header, chosen: usize) -> Result<FileGroup, ReadError> {
     let spec = &header.signals[chosen];
     let hea = &header.hea_path;
     if spec.file_name == "-" {
-        return Err(ReadError::unsupported(hea, "signals read from standard input (\"-\")"));
+        return Err(ReadError::unsupported(
+            hea,
+            "signals read from standard input (\"-\")",
+        ));
     }
     if spec.format != 16 && spec.format != 212 {
         return Err(ReadError::unsupported(
@@ -374,7 +378,9 @@ fn decode_samples(
                 sink(sign_extend_12(b2 | ((b1 & 0xF0) << 4)));
             }
             if let [b0, b1] = triples.remainder() {
-                sink(sign_extend_12(i32::from(*b0) | ((i32::from(*b1) & 0x0F) << 8)));
+                sink(sign_extend_12(
+                    i32::from(*b0) | ((i32::from(*b1) & 0x0F) << 8),
+                ));
             }
         }
         remaining -= n;
@@ -532,7 +538,7 @@ fn parse_format_field(field: &str) -> Option<(u32, u64, u64)> {
     let mut offset: u64 = 0;
     let mut rest = &field[digits_end..];
     while let Some(tag) = rest.chars().next() {
-        let body = &rest[1..];
+        let body = &rest[tag.len_utf8()..];
         let end = body
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(body.len());
@@ -692,7 +698,9 @@ pub fn read_wfdb_annotations(path: &Path) -> Result<Vec<Annotation>, ReadError> 
                 let lo = word_at(i + 2).ok_or_else(|| truncated(i + 2))?;
                 i += 4;
                 let interval = ((u32::from(hi) << 16) | u32::from(lo)) as i32;
-                time += i64::from(interval);
+                time = time
+                    .checked_add(i64::from(interval))
+                    .ok_or_else(|| ReadError::invalid(path, "annotation time overflows"))?;
             }
             NUM => {
                 num = data as u8 as i8;
@@ -714,7 +722,9 @@ pub fn read_wfdb_annotations(path: &Path) -> Result<Vec<Annotation>, ReadError> 
             AUX => {
                 let len = usize::from(data & 0xFF);
                 let padded = (len + 1) & !1;
-                let text = bytes.get(i..i + len).ok_or_else(|| truncated(bytes.len()))?;
+                let text = bytes
+                    .get(i..i + len)
+                    .ok_or_else(|| truncated(bytes.len()))?;
                 if bytes.len() < i + padded {
                     return Err(truncated(bytes.len()));
                 }
@@ -727,7 +737,9 @@ pub fn read_wfdb_annotations(path: &Path) -> Result<Vec<Annotation>, ReadError> 
                 }
             }
             _ => {
-                time += i64::from(data);
+                time = time
+                    .checked_add(i64::from(data))
+                    .ok_or_else(|| ReadError::invalid(path, "annotation time overflows"))?;
                 let sample = u64::try_from(time).map_err(|_| {
                     ReadError::invalid(
                         path,
@@ -762,13 +774,21 @@ mod tests {
         assert_eq!(parse_format_field("16x0"), None);
         assert_eq!(parse_format_field("x2"), None);
         assert_eq!(parse_format_field("16y"), None);
+        assert_eq!(parse_format_field("16é2"), None);
+        assert_eq!(parse_format_field("16xé"), None);
     }
 
     #[test]
     fn gain_fields() {
         assert_eq!(parse_gain_field("200"), Some((200.0, None, None)));
-        assert_eq!(parse_gain_field("200(1024)/uV"), Some((200.0, Some(1024), Some("uV".into()))));
-        assert_eq!(parse_gain_field("1000.5/mV"), Some((1000.5, None, Some("mV".into()))));
+        assert_eq!(
+            parse_gain_field("200(1024)/uV"),
+            Some((200.0, Some(1024), Some("uV".into())))
+        );
+        assert_eq!(
+            parse_gain_field("1000.5/mV"),
+            Some((1000.5, None, Some("mV".into())))
+        );
         assert_eq!(parse_gain_field("200(x)"), None);
         assert_eq!(parse_gain_field("abc"), None);
     }
@@ -789,7 +809,10 @@ mod tests {
             parse_base_datetime("10:20:30.5", "01/02/2003"),
             Some((1_044_094_830 * 1_000_000_000) + 500_000_000)
         );
-        assert_eq!(parse_base_datetime("10:20", "01/02/2003"), Some(1_044_058_220 * 1_000_000_000));
+        assert_eq!(
+            parse_base_datetime("10:20", "01/02/2003"),
+            Some(1_044_058_220 * 1_000_000_000)
+        );
         assert_eq!(parse_base_datetime("xx", "01/02/2003"), None);
     }
 
@@ -797,7 +820,13 @@ mod tests {
     fn packing_212() {
         // 995 and 1011 from MIT-BIH 100, and -1/-2048 edge cases.
         let mut got = Vec::new();
-        decode_samples(&mut &[0xe3u8, 0x33, 0xf3, 0xff, 0x8f, 0x00][..], 212, 4, |v| got.push(v)).unwrap();
+        decode_samples(
+            &mut &[0xe3u8, 0x33, 0xf3, 0xff, 0x8f, 0x00][..],
+            212,
+            4,
+            |v| got.push(v),
+        )
+        .unwrap();
         assert_eq!(got, vec![995, 1011, -1, -2048]);
         let mut got = Vec::new();
         decode_samples(&mut &[0xffu8, 0x07][..], 212, 1, |v| got.push(v)).unwrap();
