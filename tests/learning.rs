@@ -1,0 +1,262 @@
+//! The learning core end to end: burn forward ≡ exported ONNX under `ort` (≤ 1e-4 on real
+//! windows), pretext training learns, and the CLI (`pretrain` → `finetune` → `eval`/`infer`)
+//! writes models and cards that load, with errors that name the file at fault.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use affectgate::dsp::PreprocessConfig;
+use affectgate::infer::{find_onnxruntime_dylib, Backend, Model};
+use affectgate::learn::dataset::{labelled_from_manifest, Dataset};
+use affectgate::learn::model::{Net, EMOTION_HIDDEN, INPUT_LEN, PRETEXT_HIDDEN};
+use affectgate::learn::onnx::export_onnx;
+use affectgate::learn::onnx_import::import_onnx;
+use affectgate::learn::train::{embed, predict, pretext_eval, pretrain, TrainConfig};
+
+fn data_dir() -> Option<PathBuf> {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    if d.join("eegmat/labels.csv").exists() {
+        Some(d)
+    } else {
+        eprintln!("SKIP: ../shared/data not found");
+        None
+    }
+}
+
+/// A manifest of the first `n` EEGMAT subjects (rest + task), written to a temp folder.
+fn small_manifest(dir: &Path, n: usize) -> PathBuf {
+    let data = data_dir().unwrap();
+    let mut csv = String::from("file,subject,arousal\n");
+    for s in 0..n {
+        for (cond, y) in [("rest", 0), ("task", 1)] {
+            let f = data.join(format!("eegmat/Subject{s:02}_{cond}.edf"));
+            csv.push_str(&format!("{},Subject{s:02},{y}\n", f.display()));
+        }
+    }
+    let p = dir.join("manifest.csv");
+    std::fs::write(&p, csv).unwrap();
+    p
+}
+
+fn windows(d: &Dataset, n: usize) -> Vec<Vec<f32>> {
+    d.windows.iter().take(n).map(|w| w.samples.clone()).collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn run_tract(bytes: &[u8], ws: &[Vec<f32>]) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let mut m = Model::load_bytes(bytes, &Backend::Tract).unwrap();
+    let flat: Vec<f32> = ws.iter().flatten().copied().collect();
+    let s = m.run(&flat, ws.len()).unwrap();
+    (s.values, s.embedding.expect("model exports its embedding"))
+}
+
+#[test]
+fn burn_forward_and_exported_onnx_agree_on_real_windows() {
+    let Some(_) = data_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = labelled_from_manifest(&small_manifest(tmp.path(), 1), &PreprocessConfig::default())
+        .unwrap();
+    let ws = windows(&ds, 6);
+    assert_eq!(ws[0].len(), INPUT_LEN);
+
+    // A seeded fresh emotion network and, if present, the shipped default model.
+    let device = burn::tensor::Device::flex();
+    device.seed(11);
+    let fresh = Net::new(1, &EMOTION_HIDDEN, &device).to_weights(&["arousal".to_string()]);
+    let mut cases = vec![("fresh", fresh)];
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/affectgate-arousal-v1.onnx");
+    if shipped.exists() {
+        let (w, _) = import_onnx(&std::fs::read(&shipped).unwrap()).unwrap();
+        cases.push(("shipped", w));
+    }
+    for (name, w) in cases {
+        let bytes = export_onnx(&w, &[], "test").unwrap();
+        let (ort_scores, ort_emb) = run_tract(&bytes, &ws);
+        let burn_scores = predict(&w, &ws);
+        let burn_emb = embed(&w, &ws);
+        let mut worst = 0.0f32;
+        for i in 0..ws.len() {
+            worst = worst.max(max_abs_diff(&ort_scores[i], &burn_scores[i]));
+            worst = worst.max(max_abs_diff(&ort_emb[i], &burn_emb[i]));
+        }
+        eprintln!("{name}: max |burn − ort(tract)| = {worst:.2e}");
+        assert!(worst <= 1e-4, "{name}: burn and ONNX disagree by {worst}");
+        // and the scores are real probabilities that differ between windows
+        assert!(ort_scores.iter().all(|r| (0.0..=1.0).contains(&r[0])));
+    }
+}
+
+#[test]
+fn pretext_training_lowers_the_pretext_loss() {
+    let Some(_) = data_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = labelled_from_manifest(&small_manifest(tmp.path(), 2), &PreprocessConfig::default())
+        .unwrap();
+    let ws = windows(&ds, 24);
+    let device = burn::tensor::Device::flex();
+    device.seed(3);
+    let names: Vec<String> = affectgate::learn::model::PRETEXT_TASKS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let init = Net::new(7, &PRETEXT_HIDDEN, &device).to_weights(&names);
+    let (before, _) = pretext_eval(&init, &ws, 5);
+    let cfg = TrainConfig {
+        epochs: 2,
+        batch: 16,
+        lr: 1e-3,
+        seed: 3,
+        max_steps_per_epoch: Some(6),
+        progress: false,
+    };
+    let (trained, hist) = pretrain(&ws, &[], &cfg, Some(&init));
+    let (after, acc) = pretext_eval(&trained, &ws, 5);
+    eprintln!("pretext loss {before:.4} → {after:.4}; history {hist:?}");
+    assert_eq!(hist.len(), 2);
+    assert_eq!(acc.len(), 7);
+    assert!(after < before, "loss did not go down: {before} → {after}");
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_affectgate"))
+}
+
+#[test]
+fn cli_pretrain_finetune_eval_infer() {
+    let Some(data) = data_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(tmp.path(), 4);
+    let pretext = tmp.path().join("pretext.onnx");
+    let out = bin()
+        .args(["pretrain", "--epochs", "1", "--max-steps", "2", "--val-frac", "0", "--out"])
+        .arg(&pretext)
+        .arg(data.join("eegmat/Subject00_rest.edf"))
+        .arg(data.join("mitbih/100.hea"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let model = tmp.path().join("m.onnx");
+    let out = bin()
+        .args(["finetune", "--epochs", "2", "--eval-folds", "2", "--encoder"])
+        .arg(&pretext)
+        .arg("--manifest")
+        .arg(&manifest)
+        .arg("--out")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // the card binds to the model bytes and tells what the model saw
+    let card = affectgate::learn::card::ModelCard::load_for_model(&model).unwrap();
+    assert_eq!(card.heads.len(), 1);
+    assert_eq!(card.heads[0].name, "arousal");
+    assert_eq!(card.training.finetune_subjects.len(), 4);
+    assert_eq!(card.training.pretext_data.len(), 2);
+    assert_eq!(card.evaluation.len(), 1);
+    assert!(card.evaluation[0].protocol.contains("leave-subjects-out"));
+    // the encoder really is the pretrained one (frozen)
+    let (pw, _) = import_onnx(&std::fs::read(&pretext).unwrap()).unwrap();
+    let (mw, _) = import_onnx(&std::fs::read(&model).unwrap()).unwrap();
+    assert_eq!(pw.convs[3].weight, mw.convs[3].weight);
+    assert_eq!(mw.heads[0].layers.len(), 3);
+    assert_eq!(mw.heads[0].layers[0].out_dim, 512);
+
+    let out = bin()
+        .args(["eval", "--json", "--model"])
+        .arg(&model)
+        .arg("--manifest")
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let h = &v["heads"]["arousal"];
+    // 4 subjects × (18 rest + 6 task) windows
+    assert_eq!(h["n"], 96);
+    for k in ["balanced_accuracy", "accuracy", "f1"] {
+        let x = h[k].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&x), "{k} = {x}");
+    }
+    let c = &h["confusion"];
+    let total: u64 = ["tp", "tn", "fp", "fn_"].iter().map(|k| c[k].as_u64().unwrap()).sum();
+    assert_eq!(total, 96);
+    assert_eq!(c["tp"].as_u64().unwrap() + c["fn_"].as_u64().unwrap(), 24);
+
+    // infer, with both backends in separate processes (one ort backend per process)
+    let rec = data.join("eegmat/Subject01_task.edf");
+    let scores = |backend: &str| -> Option<Vec<f64>> {
+        let out = bin()
+            .args(["infer", "--json", "--backend", backend, "--model"])
+            .arg(&model)
+            .arg(&rec)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            eprintln!("{backend}: {}", String::from_utf8_lossy(&out.stderr));
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        Some(
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w["scores"]["arousal"].as_f64().unwrap())
+                .collect(),
+        )
+    };
+    let tract = scores("tract").expect("tract backend always works");
+    assert_eq!(tract.len(), 6, "62 s task recording → 6 windows");
+    if find_onnxruntime_dylib().is_some() {
+        let ort = scores("onnxruntime").expect("ONNX Runtime found but failed");
+        let worst = tract
+            .iter()
+            .zip(&ort)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        eprintln!("max |tract − onnxruntime| = {worst:.2e}");
+        assert!(worst <= 1e-4);
+    } else {
+        eprintln!("SKIP onnxruntime comparison: no libonnxruntime found");
+    }
+}
+
+#[test]
+fn broken_model_and_manifest_errors_name_the_file() {
+    let Some(_) = data_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(tmp.path(), 1);
+    let bad = tmp.path().join("broken.onnx");
+    std::fs::write(&bad, b"\x08\x07garbage that is not a model").unwrap();
+    let out = bin()
+        .args(["eval", "--model"])
+        .arg(&bad)
+        .arg("--manifest")
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.onnx"), "{err}");
+
+    let bad_manifest = tmp.path().join("bad.csv");
+    std::fs::write(&bad_manifest, "file,subject,arousal\nmissing.edf,S1,1\n").unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/affectgate-arousal-v1.onnx");
+    if shipped.exists() {
+        let out = bin()
+            .args(["eval", "--model"])
+            .arg(&shipped)
+            .arg("--manifest")
+            .arg(&bad_manifest)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("missing.edf") && err.contains("bad.csv"), "{err}");
+    }
+    let out = bin().args(["eval", "--backend", "cuda", "--model", "x.onnx", "--manifest", "y.csv"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--backend cuda"));
+}
