@@ -14,7 +14,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use affectgate::infer::{find_onnxruntime_dylib, Backend, InferError, Model, Scores};
-use affectgate::learn::onnx::{self, export_onnx, reference_forward, NetworkWeights, INPUT_NAME, WINDOW_LEN};
+use affectgate::learn::onnx::{
+    self, export_onnx, reference_forward, NetworkWeights, INPUT_NAME, WINDOW_LEN,
+};
 use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -34,14 +36,26 @@ fn emotion_weights() -> NetworkWeights {
 
 /// Seven pretext heads (Dense128 → Dense128 → 1), weights drawn with `rand`.
 fn pretext_weights() -> NetworkWeights {
-    let names = ["original", "noise", "scale", "negate", "flip", "permute", "time_warp"];
+    let names = [
+        "original",
+        "noise",
+        "scale",
+        "negate",
+        "flip",
+        "permute",
+        "time_warp",
+    ];
     let mut w = NetworkWeights::seeded(&names.map(|n| (n, &[128usize, 128][..])), 7);
     let mut rng = StdRng::seed_from_u64(7);
     for h in &mut w.heads {
         for l in &mut h.layers {
             let a = (6.0 / l.in_dim as f32).sqrt();
-            l.weight.iter_mut().for_each(|v| *v = rng.random_range(-a..a));
-            l.bias.iter_mut().for_each(|v| *v = rng.random_range(-0.1..0.1));
+            l.weight
+                .iter_mut()
+                .for_each(|v| *v = rng.random_range(-a..a));
+            l.bias
+                .iter_mut()
+                .for_each(|v| *v = rng.random_range(-0.1..0.1));
         }
     }
     w
@@ -58,8 +72,11 @@ fn meta() -> Vec<(String, String)> {
 fn zscore(x: &mut [f32]) {
     let n = x.len() as f64;
     let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let sd = (x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt().max(1e-12);
-    x.iter_mut().for_each(|v| *v = ((*v as f64 - mean) / sd) as f32);
+    let sd = (x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n)
+        .sqrt()
+        .max(1e-12);
+    x.iter_mut()
+        .for_each(|v| *v = ((*v as f64 - mean) / sd) as f32);
 }
 
 /// `n` synthetic z-scored windows: sines of several frequencies plus noise, and an ECG-like
@@ -90,7 +107,10 @@ fn windows(n: usize, seed: u64) -> Vec<f32> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Assert scores agree with `reference_forward` (heads ≤ 1e-4; embedding ≤ 1e-4 relative to
@@ -105,10 +125,17 @@ fn assert_matches_reference(w: &NetworkWeights, batch: &[f32], s: &Scores, what:
         let want: Vec<f32> = heads.iter().map(|(_, v)| *v).collect();
         let d = max_abs_diff(&s.values[i], &want);
         worst = worst.max(d);
-        assert!(d <= TOL, "{what}: window {i}: heads {:?} vs reference {want:?} (diff {d:e})", s.values[i]);
+        assert!(
+            d <= TOL,
+            "{what}: window {i}: heads {:?} vs reference {want:?} (diff {d:e})",
+            s.values[i]
+        );
         let got = &s.embedding.as_ref().expect("embedding output")[i];
         for (j, (a, b)) in got.iter().zip(&emb).enumerate() {
-            assert!((a - b).abs() <= TOL * b.abs().max(1.0), "{what}: window {i} embedding[{j}]: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= TOL * b.abs().max(1.0),
+                "{what}: window {i} embedding[{j}]: {a} vs {b}"
+            );
         }
     }
     worst
@@ -122,14 +149,31 @@ fn is_child(name: &str) -> bool {
 fn run_child(name: &str, env: &[(&str, &str)]) -> String {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = Command::new(exe);
-    cmd.args([name, "--exact", "--nocapture", "--test-threads=1", "--include-ignored"]).env(CHILD_ENV, name);
+    cmd.args([
+        name,
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+        "--include-ignored",
+    ])
+    .env(CHILD_ENV, name);
     for (k, v) in env {
         cmd.env(k, v);
     }
     let out = cmd.output().expect("spawn child test process");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "child process for {name} failed:\n{text}");
-    assert!(text.contains("1 passed"), "child process ran no test:\n{text}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "child process for {name} failed:\n{text}"
+    );
+    assert!(
+        text.contains("1 passed"),
+        "child process ran no test:\n{text}"
+    );
     text
 }
 
@@ -142,7 +186,10 @@ fn ort_dylib_or_skip(test: &str) -> Option<PathBuf> {
 }
 
 fn scratch_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("affectgate-onnx-infer-{tag}-{}", std::process::id()));
+    let d = std::env::temp_dir().join(format!(
+        "affectgate-onnx-infer-{tag}-{}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -159,7 +206,9 @@ fn scores_to_text(s: &Scores) -> String {
 }
 
 fn text_to_rows(t: &str) -> Vec<Vec<f32>> {
-    t.lines().map(|l| l.split_whitespace().map(|x| x.parse().unwrap()).collect()).collect()
+    t.lines()
+        .map(|l| l.split_whitespace().map(|x| x.parse().unwrap()).collect())
+        .collect()
 }
 
 // ───────────────────────────── shared checks ─────────────────────────────
@@ -188,23 +237,44 @@ fn check_backend(backend: &Backend) -> Scores {
     // A batch of 5 equals 5 single runs.
     let five = windows(5, 2);
     let all = m.run(&five, 5).unwrap();
-    assert_matches_reference(&w, &five[..WINDOW_LEN], &Scores {
-        heads: all.heads.clone(),
-        values: all.values[..1].to_vec(),
-        embedding: all.embedding.as_ref().map(|e| e[..1].to_vec()),
-    }, &format!("{backend} batch 5, first"));
+    assert_matches_reference(
+        &w,
+        &five[..WINDOW_LEN],
+        &Scores {
+            heads: all.heads.clone(),
+            values: all.values[..1].to_vec(),
+            embedding: all.embedding.as_ref().map(|e| e[..1].to_vec()),
+        },
+        &format!("{backend} batch 5, first"),
+    );
     for i in 0..5 {
-        let one = m.run(&five[i * WINDOW_LEN..(i + 1) * WINDOW_LEN], 1).unwrap();
+        let one = m
+            .run(&five[i * WINDOW_LEN..(i + 1) * WINDOW_LEN], 1)
+            .unwrap();
         let d = max_abs_diff(&one.values[0], &all.values[i]);
-        assert!(d <= 1e-5, "{backend}: window {i}: single {:?} vs in batch {:?}", one.values[0], all.values[i]);
-        let de = max_abs_diff(&one.embedding.as_ref().unwrap()[0], &all.embedding.as_ref().unwrap()[i]);
-        assert!(de <= 1e-4, "{backend}: window {i}: embedding differs by {de}");
+        assert!(
+            d <= 1e-5,
+            "{backend}: window {i}: single {:?} vs in batch {:?}",
+            one.values[0],
+            all.values[i]
+        );
+        let de = max_abs_diff(
+            &one.embedding.as_ref().unwrap()[0],
+            &all.embedding.as_ref().unwrap()[i],
+        );
+        assert!(
+            de <= 1e-4,
+            "{backend}: window {i}: embedding differs by {de}"
+        );
     }
     assert_eq!(all.head("valence").unwrap().len(), 5);
 
     // Bad inputs are errors naming the model, not panics.
     let e = m.run(&batch[..100], 1).unwrap_err();
-    assert!(matches!(e, InferError::Input { .. }) && e.to_string().contains("<in-memory model>"), "{e}");
+    assert!(
+        matches!(e, InferError::Input { .. }) && e.to_string().contains("<in-memory model>"),
+        "{e}"
+    );
     let mut nan = windows(1, 3);
     nan[77] = f32::NAN;
     assert!(matches!(m.run(&nan, 1), Err(InferError::Input { .. })));
@@ -232,27 +302,68 @@ fn check_bad_files(backend: &Backend, dir: &Path) {
         m.encode_to_vec()
     };
     let set_dims = |g: &mut pb::GraphProto, d: i64| {
-        if let Some(pb::type_proto::Value::TensorType(t)) = g.input[0].r#type.as_mut().unwrap().value.as_mut() {
-            t.shape.as_mut().unwrap().dim[2].value = Some(pb::tensor_shape_proto::dimension::Value::DimValue(d));
+        if let Some(pb::type_proto::Value::TensorType(t)) =
+            g.input[0].r#type.as_mut().unwrap().value.as_mut()
+        {
+            t.shape.as_mut().unwrap().dim[2].value =
+                Some(pb::tensor_shape_proto::dimension::Value::DimValue(d));
         }
     };
     let mut rng = StdRng::seed_from_u64(9);
     let random: Vec<u8> = (0..4096).map(|_| rng.random()).collect();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("truncated.onnx", good[..good.len() / 2].to_vec(), "truncated"),
+        (
+            "truncated.onnx",
+            good[..good.len() / 2].to_vec(),
+            "truncated",
+        ),
         ("random.onnx", random, ""),
         ("empty.onnx", Vec::new(), "empty"),
         ("text.onnx", b"# not a model\nhello\n".to_vec(), ""),
-        ("renamed-input.onnx", mutate(&|g| g.input[0].name = "x".into()), "no input named `ecg`"),
-        ("short-input.onnx", mutate(&|g| set_dims(g, 1280)), "[?, 1, 1280]"),
-        ("extra-input.onnx", mutate(&|g| {
-            let mut extra = g.input[0].clone();
-            extra.name = "extra".into();
-            g.input.push(extra)
-        }), "single input"),
-        ("no-heads.onnx", mutate(&|g| g.output.retain(|o| o.name == "embedding")), "no head outputs"),
+        (
+            "renamed-input.onnx",
+            mutate(&|g| g.input[0].name = "x".into()),
+            "no input named `ecg`",
+        ),
+        (
+            "short-input.onnx",
+            mutate(&|g| set_dims(g, 1280)),
+            "[?, 1, 1280]",
+        ),
+        (
+            "extra-input.onnx",
+            mutate(&|g| {
+                let mut extra = g.input[0].clone();
+                extra.name = "extra".into();
+                g.input.push(extra)
+            }),
+            "single input",
+        ),
+        (
+            "no-heads.onnx",
+            mutate(&|g| g.output.retain(|o| o.name == "embedding")),
+            "no head outputs",
+        ),
         // Valid protobuf and interface, broken graph: only the backend can tell.
-        ("broken-graph.onnx", mutate(&|g| g.initializer.retain(|t| t.name != "ag.conv3.W")), ""),
+        (
+            "broken-graph.onnx",
+            mutate(&|g| g.initializer.retain(|t| t.name != "ag.conv3.W")),
+            "",
+        ),
+        // tract panics on this one; through ort-tract's `extern` functions that would abort the
+        // process, so the tract backend must catch it first.
+        (
+            "pool-without-input.onnx",
+            mutate(&|g| {
+                g.node
+                    .iter_mut()
+                    .find(|n| n.name == "ag.pool2")
+                    .unwrap()
+                    .input
+                    .clear()
+            }),
+            "",
+        ),
     ];
     for (name, bytes, needle) in cases {
         let path = dir.join(name);
@@ -262,23 +373,36 @@ fn check_bad_files(backend: &Backend, dir: &Path) {
             Err(e) => e,
         };
         let msg = e.to_string();
-        assert!(msg.contains(&path.display().to_string()), "{backend}: {name}: error does not name the file: {msg}");
-        assert!(msg.contains(needle), "{backend}: {name}: expected {needle:?} in: {msg}");
-        if name == "broken-graph.onnx" {
+        assert!(
+            msg.contains(&path.display().to_string()),
+            "{backend}: {name}: error does not name the file: {msg}"
+        );
+        assert!(
+            msg.contains(needle),
+            "{backend}: {name}: expected {needle:?} in: {msg}"
+        );
+        if name == "broken-graph.onnx" || name == "pool-without-input.onnx" {
             assert!(matches!(e, InferError::Session { .. }), "{backend}: {msg}");
         } else {
-            assert!(matches!(e, InferError::InvalidModel { .. }), "{backend}: {name}: {msg}");
+            assert!(
+                matches!(e, InferError::InvalidModel { .. }),
+                "{backend}: {name}: {msg}"
+            );
         }
         eprintln!("{backend}: {name}: {msg}");
     }
     let missing = dir.join("missing.onnx");
     let e = Model::load(&missing, backend).unwrap_err();
-    assert!(matches!(e, InferError::Io { .. }) && e.to_string().contains("missing.onnx"), "{e}");
+    assert!(
+        matches!(e, InferError::Io { .. }) && e.to_string().contains("missing.onnx"),
+        "{e}"
+    );
     // The good file still loads.
     let path = dir.join("good.onnx");
     std::fs::write(&path, &good).unwrap();
     let m = Model::load(&path, backend).unwrap();
     assert_eq!(m.source(), path.display().to_string());
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 // ───────────────────────────── tests ─────────────────────────────
@@ -290,7 +414,11 @@ fn exported_model_reads_back_with_prost() {
     let m = pb::ModelProto::decode(&bytes[..]).unwrap();
     assert_eq!(m.producer_name, "affectgate");
     assert_eq!(m.producer_version, "0.1.0");
-    let props: Vec<(String, String)> = m.metadata_props.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
+    let props: Vec<(String, String)> = m
+        .metadata_props
+        .iter()
+        .map(|e| (e.key.clone(), e.value.clone()))
+        .collect();
     assert_eq!(props, meta());
     let g = m.graph.unwrap();
     assert_eq!(g.input.len(), 1);
@@ -301,7 +429,11 @@ fn exported_model_reads_back_with_prost() {
     assert_eq!(info.head_names(), ["arousal", "valence"]);
     assert_eq!(info.meta("affectgate.model_version"), Some("2026.11.1"));
     // ~0.3 M encoder + 2 × (128·512 + 512·512 + 512) head parameters, f32.
-    assert!(bytes.len() > 4 * 900_000 && bytes.len() < 4 * 1_100_000, "{} bytes", bytes.len());
+    assert!(
+        bytes.len() > 4 * 900_000 && bytes.len() < 4 * 1_100_000,
+        "{} bytes",
+        bytes.len()
+    );
 }
 
 #[test]
@@ -323,53 +455,97 @@ fn onnxruntime_matches_reference_and_tract() {
         // A file that is not a library: a clear error, and the process is not locked by it.
         let fake = dir.join("libonnxruntime.so.1.99.0");
         std::fs::write(&fake, b"not a library").unwrap();
-        let e = Model::load_bytes(&export_onnx(&emotion_weights(), &[], "x").unwrap(), &Backend::OnnxRuntime {
-            dylib: Some(fake.clone()),
-        })
+        let e = Model::load_bytes(
+            &export_onnx(&emotion_weights(), &[], "x").unwrap(),
+            &Backend::OnnxRuntime {
+                dylib: Some(fake.clone()),
+            },
+        )
         .unwrap_err();
-        assert!(matches!(e, InferError::DylibLoad { .. }) && e.to_string().contains(&fake.display().to_string()), "{e}");
+        assert!(
+            matches!(e, InferError::DylibLoad { .. })
+                && e.to_string().contains(&fake.display().to_string()),
+            "{e}"
+        );
         assert_eq!(affectgate::infer::active_backend(), None);
 
         let s = check_backend(&Backend::onnxruntime());
         assert!(affectgate::infer::active_dylib().is_some());
         check_bad_files(&Backend::onnxruntime(), &dir);
         // The other backend is refused in this process.
-        let e = Model::load_bytes(&export_onnx(&emotion_weights(), &[], "x").unwrap(), &Backend::Tract).unwrap_err();
+        let e = Model::load_bytes(
+            &export_onnx(&emotion_weights(), &[], "x").unwrap(),
+            &Backend::Tract,
+        )
+        .unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, InferError::BackendConflict { .. }), "{msg}");
-        assert!(msg.contains("already uses the onnxruntime backend") && msg.contains("separate process"), "{msg}");
+        assert!(
+            msg.contains("already uses the onnxruntime backend")
+                && msg.contains("separate process"),
+            "{msg}"
+        );
         std::fs::write(std::env::var(RESULT_ENV).unwrap(), scores_to_text(&s)).unwrap();
         return;
     }
-    let Some(dylib) = ort_dylib_or_skip(NAME) else { return };
+    let Some(dylib) = ort_dylib_or_skip(NAME) else {
+        return;
+    };
     let result = scratch_dir("ort-parent").join("scores.txt");
-    run_child(NAME, &[("ORT_DYLIB_PATH", dylib.to_str().unwrap()), (RESULT_ENV, result.to_str().unwrap())]);
+    run_child(
+        NAME,
+        &[
+            ("ORT_DYLIB_PATH", dylib.to_str().unwrap()),
+            (RESULT_ENV, result.to_str().unwrap()),
+        ],
+    );
     // Same windows under tract in this process: the two backends agree with each other.
     let w = emotion_weights();
-    let mut m = Model::load_bytes(&export_onnx(&w, &meta(), "0.1.0").unwrap(), &Backend::Tract).unwrap();
+    let mut m =
+        Model::load_bytes(&export_onnx(&w, &meta(), "0.1.0").unwrap(), &Backend::Tract).unwrap();
     let tract = m.run(&windows(3, 1), 3).unwrap();
     let ort_rows = text_to_rows(&std::fs::read_to_string(&result).unwrap());
+    let _ = std::fs::remove_dir_all(result.parent().unwrap());
     let tract_rows = text_to_rows(&scores_to_text(&tract));
     assert_eq!(ort_rows.len(), 3);
     for (i, (a, b)) in ort_rows.iter().zip(&tract_rows).enumerate() {
         let d = max_abs_diff(&a[..2], &b[..2]);
-        assert!(d <= TOL, "window {i}: onnxruntime {:?} vs tract {:?}", &a[..2], &b[..2]);
+        assert!(
+            d <= TOL,
+            "window {i}: onnxruntime {:?} vs tract {:?}",
+            &a[..2],
+            &b[..2]
+        );
         for (x, y) in a[2..].iter().zip(&b[2..]) {
-            assert!((x - y).abs() <= TOL * y.abs().max(1.0), "window {i}: embedding {x} vs {y}");
+            assert!(
+                (x - y).abs() <= TOL * y.abs().max(1.0),
+                "window {i}: embedding {x} vs {y}"
+            );
         }
     }
 }
 
 #[test]
 fn tract_process_refuses_onnxruntime() {
-    let mut m = Model::load_bytes(&export_onnx(&emotion_weights(), &[], "x").unwrap(), &Backend::Tract).unwrap();
+    let mut m = Model::load_bytes(
+        &export_onnx(&emotion_weights(), &[], "x").unwrap(),
+        &Backend::Tract,
+    )
+    .unwrap();
     // Any existing file will do: the conflict is found before the library is opened.
     let lib = find_onnxruntime_dylib().unwrap_or_else(|| std::env::current_exe().unwrap());
-    let e = Model::load_bytes(&export_onnx(&emotion_weights(), &[], "x").unwrap(), &Backend::OnnxRuntime { dylib: Some(lib) })
-        .unwrap_err();
+    let e = Model::load_bytes(
+        &export_onnx(&emotion_weights(), &[], "x").unwrap(),
+        &Backend::OnnxRuntime { dylib: Some(lib) },
+    )
+    .unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, InferError::BackendConflict { .. }), "{msg}");
-    assert!(msg.contains("this process already uses the tract backend") && msg.contains("run ONNX Runtime in a separate process"), "{msg}");
+    assert!(
+        msg.contains("this process already uses the tract backend")
+            && msg.contains("run ONNX Runtime in a separate process"),
+        "{msg}"
+    );
     // The tract model still works.
     assert_eq!(m.run(&windows(1, 8), 1).unwrap().values.len(), 1);
 }
@@ -383,19 +559,41 @@ fn missing_onnxruntime_library_is_a_clear_error() {
         let e = Model::load_bytes(&bytes, &Backend::onnxruntime()).unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, InferError::DylibNotFound { .. }), "{msg}");
-        assert!(msg.contains("ORT_DYLIB_PATH=/nonexistent/libonnxruntime.so") && msg.contains("pip install onnxruntime"), "{msg}");
-        assert_eq!(affectgate::infer::active_backend(), None, "a failed load must not lock the process");
+        assert!(
+            msg.contains("ORT_DYLIB_PATH=/nonexistent/libonnxruntime.so")
+                && msg.contains("pip install onnxruntime"),
+            "{msg}"
+        );
+        assert_eq!(
+            affectgate::infer::active_backend(),
+            None,
+            "a failed load must not lock the process"
+        );
         // The pure-Rust backend still works in this process.
         Model::load_bytes(&bytes, &Backend::Tract).unwrap();
         return;
     }
     let missing = PathBuf::from("/nonexistent/dir/libonnxruntime.so.1.24.0");
-    let e = Model::load_bytes(&bytes, &Backend::OnnxRuntime { dylib: Some(missing) }).unwrap_err();
+    let e = Model::load_bytes(
+        &bytes,
+        &Backend::OnnxRuntime {
+            dylib: Some(missing),
+        },
+    )
+    .unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, InferError::DylibNotFound { .. }), "{msg}");
     assert!(msg.starts_with("ONNX Runtime library not found"), "{msg}");
-    assert!(msg.contains("/nonexistent/dir/libonnxruntime.so.1.24.0") && msg.contains("ORT_DYLIB_PATH") && msg.contains("pip install onnxruntime"), "{msg}");
-    run_child(NAME, &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")]);
+    assert!(
+        msg.contains("/nonexistent/dir/libonnxruntime.so.1.24.0")
+            && msg.contains("ORT_DYLIB_PATH")
+            && msg.contains("pip install onnxruntime"),
+        "{msg}"
+    );
+    run_child(
+        NAME,
+        &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")],
+    );
 }
 
 // ───────────────────────────── timings ─────────────────────────────
@@ -430,7 +628,10 @@ fn bench_backends() {
     println!("TIMING {}", time_backend(&Backend::Tract));
     if let Some(dylib) = ort_dylib_or_skip(NAME) {
         let out = run_child(NAME, &[("ORT_DYLIB_PATH", dylib.to_str().unwrap())]);
-        for l in out.lines().filter(|l| l.starts_with("TIMING")) {
+        for l in out
+            .lines()
+            .filter_map(|l| l.find("TIMING").map(|i| &l[i..]))
+        {
             println!("{l}");
         }
     }

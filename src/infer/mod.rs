@@ -29,6 +29,20 @@
 //! `[N, D]`. Model files are checked before a backend sees them, so a truncated or foreign
 //! file, a missing `ecg` input or a wrong input shape is an [`InferError`] naming the file,
 //! never a panic.
+//!
+//! # Malformed graphs under tract
+//! tract panics on some malformed graphs (found by mutating exported models: e.g. a `MaxPool`
+//! node without input indexes an empty list). `ort-tract` calls tract from `extern "system"`
+//! functions, where a panic cannot unwind and aborts the whole process. For the tract
+//! backend, [`Model::load`] therefore first builds and runs the model once with tract directly
+//! under `catch_unwind` (a few tens of ms at load); what fails there is an
+//! [`InferError::Session`]. ONNX Runtime reports such graphs as errors by itself.
+//!
+//! # Speed
+//! `tests/onnx_infer.rs` (`bench_backends`) measures both backends on the full-size emotion
+//! network. ONNX Runtime uses its default intra-op thread pool (one thread per core) with
+//! spinning off; tract runs single-threaded (`tract-linalg`'s `multithread-mm` feature is not
+//! enabled).
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -45,11 +59,11 @@ use serde::{Deserialize, Serialize};
 use tract_onnx::pb;
 
 /// Name of the model input.
-pub const INPUT_NAME: &str = "ecg";
+pub use crate::learn::onnx::INPUT_NAME;
 /// Name of the optional embedding output (not a head).
-pub const EMBEDDING_NAME: &str = "embedding";
-/// Samples per window.
-pub const WINDOW_LEN: usize = 2560;
+pub use crate::learn::onnx::EMBEDDING_NAME;
+/// Samples per window: the one window type of the project.
+pub use crate::dsp::WINDOW_LEN;
 /// Environment variable naming the ONNX Runtime library (as `ort` itself uses it).
 pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
 
@@ -105,8 +119,12 @@ impl Backend {
                     Ok(Backend::Tract)
                 }
             }
-            "onnxruntime" | "onnx-runtime" | "onnx_runtime" | "ort" => Ok(Backend::OnnxRuntime { dylib }),
-            other => Err(format!("unknown inference backend {other:?}: expected \"tract\" or \"onnxruntime\"")),
+            "onnxruntime" | "onnx-runtime" | "onnx_runtime" | "ort" => {
+                Ok(Backend::OnnxRuntime { dylib })
+            }
+            other => Err(format!(
+                "unknown inference backend {other:?}: expected \"tract\" or \"onnxruntime\""
+            )),
         }
     }
 }
@@ -171,11 +189,18 @@ impl Serialize for Backend {
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
     #[error("cannot read model file {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{file}: not a usable affectgate ECG model: {reason}")]
     InvalidModel { file: String, reason: String },
     #[error("{file}: the {backend} backend cannot load the model: {reason}")]
-    Session { file: String, backend: BackendKind, reason: String },
+    Session {
+        file: String,
+        backend: BackendKind,
+        reason: String,
+    },
     #[error(
         "ONNX Runtime library not found: {detail}. Set {ORT_DYLIB_ENV} to libonnxruntime.so, set `dylib` in the \
          config, or `pip install onnxruntime` (ONNX Runtime ≥ 1.24); or use the pure-Rust \"tract\" backend, which \
@@ -192,7 +217,11 @@ pub enum InferError {
     #[error("{file}: bad input: {reason}")]
     Input { file: String, reason: String },
     #[error("{file}: inference failed on the {backend} backend: {reason}")]
-    Run { file: String, backend: BackendKind, reason: String },
+    Run {
+        file: String,
+        backend: BackendKind,
+        reason: String,
+    },
 }
 
 // ─────────────────────── process-wide backend state ───────────────────────
@@ -208,12 +237,20 @@ static ACTIVE: Mutex<Option<Active>> = Mutex::new(None);
 
 /// The backend this process has committed to, if any (see the module docs).
 pub fn active_backend() -> Option<BackendKind> {
-    ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|a| a.kind)
+    ACTIVE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(|a| a.kind)
 }
 
 /// The ONNX Runtime library this process loaded, if it uses ONNX Runtime.
 pub fn active_dylib() -> Option<PathBuf> {
-    ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|a| a.dylib.clone())
+    ACTIVE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|a| a.dylib.clone())
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -274,9 +311,14 @@ fn environment(backend: &Backend) -> Result<Environment, InferError> {
             }
         }
     }
-    let env = catch_unwind(|| ort::init().with_name("affectgate").with_telemetry(false).build())
-        .map_err(|_| "panicked".to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    let env = catch_unwind(|| {
+        ort::init()
+            .with_name("affectgate")
+            .with_telemetry(false)
+            .build()
+    })
+    .map_err(|_| "panicked".to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()));
     let env = match env {
         Ok(env) => env,
         Err(reason) => {
@@ -287,13 +329,19 @@ fn environment(backend: &Backend) -> Result<Environment, InferError> {
             })
         }
     };
-    *active = Some(Active { kind: requested, env: env.clone(), dylib });
+    *active = Some(Active {
+        kind: requested,
+        env: env.clone(),
+        dylib,
+    });
     Ok(env)
 }
 
 /// Whether the API already installed in `ort` is tract's (only called once one is set).
 fn api_is_tract() -> bool {
-    catch_unwind(ort::info).map(|s| s.contains("ort-tract")).unwrap_or(false)
+    catch_unwind(ort::info)
+        .map(|s| s.contains("ort-tract"))
+        .unwrap_or(false)
 }
 
 fn resolve_dylib(explicit: Option<&Path>) -> Result<PathBuf, InferError> {
@@ -301,7 +349,9 @@ fn resolve_dylib(explicit: Option<&Path>) -> Result<PathBuf, InferError> {
         return if p.is_file() {
             Ok(p.to_path_buf())
         } else {
-            Err(InferError::DylibNotFound { detail: format!("the configured library {} does not exist", p.display()) })
+            Err(InferError::DylibNotFound {
+                detail: format!("the configured library {} does not exist", p.display()),
+            })
         };
     }
     if let Some(v) = std::env::var_os(ORT_DYLIB_ENV).filter(|v| !v.is_empty()) {
@@ -309,20 +359,26 @@ fn resolve_dylib(explicit: Option<&Path>) -> Result<PathBuf, InferError> {
         return if p.is_file() {
             Ok(p)
         } else {
-            Err(InferError::DylibNotFound { detail: format!("{ORT_DYLIB_ENV}={} does not exist", p.display()) })
+            Err(InferError::DylibNotFound {
+                detail: format!("{ORT_DYLIB_ENV}={} does not exist", p.display()),
+            })
         };
     }
     find_onnxruntime_dylib().ok_or_else(|| InferError::DylibNotFound {
-        detail: "searched the python `onnxruntime` wheel (python3/python), the executable's directory, \
+        detail:
+            "searched the python `onnxruntime` wheel (python3/python), the executable's directory, \
                  LD_LIBRARY_PATH and the usual lib directories"
-            .into(),
+                .into(),
     })
 }
 
 /// `dlopen` the library (validating its version through `ort::init_from`) and return the
 /// `OrtApi` table for `ort`'s API version.
 fn load_onnxruntime_api(path: &Path) -> Result<ort::sys::OrtApi, InferError> {
-    let err = |reason: String| InferError::DylibLoad { path: path.to_path_buf(), reason };
+    let err = |reason: String| InferError::DylibLoad {
+        path: path.to_path_buf(),
+        reason,
+    };
     // Loads into ort's own handle and checks the version (≥ 1.MINOR_VERSION).
     match catch_unwind(|| ort::init_from(path).map(|_| ())) {
         Ok(Ok(())) => {}
@@ -335,7 +391,10 @@ fn load_onnxruntime_api(path: &Path) -> Result<ort::sys::OrtApi, InferError> {
     // loaded (never unloaded: `dl::api_base` leaks its handle).
     let api = unsafe { ((*base).GetApi)(ort::sys::ORT_API_VERSION) };
     if api.is_null() {
-        return Err(err(format!("the library does not provide ONNX Runtime API version {}", ort::sys::ORT_API_VERSION)));
+        return Err(err(format!(
+            "the library does not provide ONNX Runtime API version {}",
+            ort::sys::ORT_API_VERSION
+        )));
     }
     Ok(unsafe { (*api).clone() })
 }
@@ -370,7 +429,8 @@ mod dl {
     /// only takes another reference; the handle is kept for the life of the process).
     pub fn api_base(path: &Path) -> Result<*const ort::sys::OrtApiBase, String> {
         use std::os::unix::ffi::OsStrExt;
-        let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| "path contains NUL".to_string())?;
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| "path contains NUL".to_string())?;
         // SAFETY: plain libc calls with valid C strings.
         unsafe {
             let h = dlopen(c.as_ptr(), RTLD_NOW | RTLD_LOCAL);
@@ -381,7 +441,8 @@ mod dl {
             if sym.is_null() {
                 return Err("the library does not export OrtGetApiBase: not ONNX Runtime".into());
             }
-            let get: unsafe extern "C" fn() -> *const ort::sys::OrtApiBase = std::mem::transmute(sym);
+            let get: unsafe extern "C" fn() -> *const ort::sys::OrtApiBase =
+                std::mem::transmute(sym);
             let base = get();
             if base.is_null() {
                 return Err("OrtGetApiBase returned null".into());
@@ -430,7 +491,10 @@ fn lib_in_dir(dir: &Path) -> Option<PathBuf> {
         .collect();
     let version = |p: &PathBuf| -> Vec<u64> {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        name.trim_start_matches(LIB_PREFIX).split('.').filter_map(|s| s.parse().ok()).collect()
+        name.trim_start_matches(LIB_PREFIX)
+            .split('.')
+            .filter_map(|s| s.parse().ok())
+            .collect()
     };
     found.sort_by_key(version);
     found.pop()
@@ -442,7 +506,12 @@ fn python_wheel_dir() -> Option<PathBuf> {
         s=importlib.util.find_spec('onnxruntime')\n\
         print(os.path.dirname(s.origin) if s and s.origin else '')";
     for py in ["python3", "python"] {
-        let Ok(out) = Command::new(py).args(["-c", SCRIPT]).stdin(Stdio::null()).stderr(Stdio::null()).output() else {
+        let Ok(out) = Command::new(py)
+            .args(["-c", SCRIPT])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+        else {
             continue;
         };
         if !out.status.success() {
@@ -471,7 +540,10 @@ pub fn find_onnxruntime_dylib() -> Option<PathBuf> {
         return Some(lib);
     }
     let mut dirs: Vec<PathBuf> = Vec::new();
-    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         dirs.push(exe_dir.join("lib"));
         dirs.push(exe_dir);
     }
@@ -521,40 +593,79 @@ fn tensor_dims(vi: &pb::ValueInfoProto) -> Option<(i32, Option<Vec<Option<i64>>>
 }
 
 fn fmt_dims(d: &[Option<i64>]) -> String {
-    let parts: Vec<String> = d.iter().map(|x| x.map_or("?".into(), |v| v.to_string())).collect();
+    let parts: Vec<String> = d
+        .iter()
+        .map(|x| x.map_or("?".into(), |v| v.to_string()))
+        .collect();
     format!("[{}]", parts.join(", "))
 }
 
 fn check_model(bytes: &[u8], file: &str) -> Result<Checked, InferError> {
-    let bad = |reason: String| InferError::InvalidModel { file: file.to_string(), reason };
+    let bad = |reason: String| InferError::InvalidModel {
+        file: file.to_string(),
+        reason,
+    };
     if bytes.is_empty() {
         return Err(bad("the file is empty".into()));
     }
-    let m = pb::ModelProto::decode(bytes)
-        .map_err(|e| bad(format!("not ONNX protobuf ({e}); the file may be truncated or not a model")))?;
-    let g = m.graph.as_ref().ok_or_else(|| bad("no graph (not an ONNX model?)".into()))?;
+    let m = pb::ModelProto::decode(bytes).map_err(|e| {
+        bad(format!(
+            "not ONNX protobuf ({e}); the file may be truncated or not a model"
+        ))
+    })?;
+    let g = m
+        .graph
+        .as_ref()
+        .ok_or_else(|| bad("no graph (not an ONNX model?)".into()))?;
     if g.node.is_empty() || m.ir_version <= 0 {
-        return Err(bad(format!("empty graph or no IR version (ir_version {}): not an ONNX model?", m.ir_version)));
+        return Err(bad(format!(
+            "empty graph or no IR version (ir_version {}): not an ONNX model?",
+            m.ir_version
+        )));
     }
     let float = pb::tensor_proto::DataType::Float as i32;
     let names_ok = |n: &str| !n.is_empty() && !n.contains('\0');
-    let inputs: Vec<&pb::ValueInfoProto> =
-        g.input.iter().filter(|i| !g.initializer.iter().any(|t| t.name == i.name)).collect();
+    let inputs: Vec<&pb::ValueInfoProto> = g
+        .input
+        .iter()
+        .filter(|i| !g.initializer.iter().any(|t| t.name == i.name))
+        .collect();
     let input_names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
     let Some(ecg) = inputs.iter().find(|i| i.name == INPUT_NAME) else {
-        return Err(bad(format!("no input named `{INPUT_NAME}` (inputs: {input_names:?})")));
+        return Err(bad(format!(
+            "no input named `{INPUT_NAME}` (inputs: {input_names:?})"
+        )));
     };
     if inputs.len() != 1 {
-        return Err(bad(format!("expected the single input `{INPUT_NAME}`, found {input_names:?}")));
+        return Err(bad(format!(
+            "expected the single input `{INPUT_NAME}`, found {input_names:?}"
+        )));
     }
     let expected = format!("float32 [N, 1, {WINDOW_LEN}]");
-    let (elem, dims) = tensor_dims(ecg).ok_or_else(|| bad(format!("input `{INPUT_NAME}` is not a tensor (expected {expected})")))?;
+    let (elem, dims) = tensor_dims(ecg).ok_or_else(|| {
+        bad(format!(
+            "input `{INPUT_NAME}` is not a tensor (expected {expected})"
+        ))
+    })?;
     if elem != float {
-        return Err(bad(format!("input `{INPUT_NAME}` has element type {elem}, expected {expected}")));
+        return Err(bad(format!(
+            "input `{INPUT_NAME}` has element type {elem}, expected {expected}"
+        )));
     }
-    let dims = dims.ok_or_else(|| bad(format!("input `{INPUT_NAME}` has no shape (expected {expected})")))?;
-    if dims.len() != 3 || dims[1] != Some(1) || dims[2] != Some(WINDOW_LEN as i64) || dims[0].is_some_and(|b| b < 1) {
-        return Err(bad(format!("input `{INPUT_NAME}` has shape {}, expected {expected}", fmt_dims(&dims))));
+    let dims = dims.ok_or_else(|| {
+        bad(format!(
+            "input `{INPUT_NAME}` has no shape (expected {expected})"
+        ))
+    })?;
+    if dims.len() != 3
+        || dims[1] != Some(1)
+        || dims[2] != Some(WINDOW_LEN as i64)
+        || dims[0].is_some_and(|b| b < 1)
+    {
+        return Err(bad(format!(
+            "input `{INPUT_NAME}` has shape {}, expected {expected}",
+            fmt_dims(&dims)
+        )));
     }
     let fixed_batch = dims[0].map(|b| b as usize);
 
@@ -562,22 +673,37 @@ fn check_model(bytes: &[u8], file: &str) -> Result<Checked, InferError> {
     let mut embedding_dim = None;
     for o in &g.output {
         if !names_ok(&o.name) {
-            return Err(bad(format!("output name {:?} is empty or contains NUL", o.name)));
+            return Err(bad(format!(
+                "output name {:?} is empty or contains NUL",
+                o.name
+            )));
         }
         let info = tensor_dims(o);
         if let Some((elem, _)) = &info {
             if *elem != float {
-                return Err(bad(format!("output `{}` has element type {elem}, expected float32", o.name)));
+                return Err(bad(format!(
+                    "output `{}` has element type {elem}, expected float32",
+                    o.name
+                )));
             }
         }
         let odims = info.and_then(|(_, d)| d);
         if o.name == EMBEDDING_NAME {
-            embedding_dim = Some(odims.as_ref().and_then(|d| d.get(1).copied().flatten()).map(|v| v as usize));
+            embedding_dim = Some(
+                odims
+                    .as_ref()
+                    .and_then(|d| d.get(1).copied().flatten())
+                    .map(|v| v as usize),
+            );
             continue;
         }
         if let Some(d) = &odims {
             if d.len() != 2 || d[1].is_some_and(|v| v != 1) {
-                return Err(bad(format!("head output `{}` has shape {}, expected [N, 1]", o.name, fmt_dims(d))));
+                return Err(bad(format!(
+                    "head output `{}` has shape {}, expected [N, 1]",
+                    o.name,
+                    fmt_dims(d)
+                )));
             }
         }
         heads.push(o.name.clone());
@@ -589,9 +715,46 @@ fn check_model(bytes: &[u8], file: &str) -> Result<Checked, InferError> {
         heads,
         embedding_dim,
         fixed_batch,
-        metadata: m.metadata_props.iter().map(|e| (e.key.clone(), e.value.clone())).collect(),
-        producer: format!("{} {}", m.producer_name, m.producer_version).trim().to_string(),
+        metadata: m
+            .metadata_props
+            .iter()
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect(),
+        producer: format!("{} {}", m.producer_name, m.producer_version)
+            .trim()
+            .to_string(),
     })
+}
+
+/// Build and run the model once with tract directly, inside `catch_unwind`.
+///
+/// `ort-tract` calls tract from `extern "system"` functions, where a panic cannot unwind and
+/// aborts the process; tract panics on some malformed graphs (e.g. a pool whose attributes
+/// were damaged). Doing the same work here first turns those into errors. It costs one
+/// parse/optimise and one forward pass of `batch` zero windows at load time.
+fn tract_preflight(bytes: &[u8], batch: usize) -> Result<(), String> {
+    use tract_onnx::prelude::*;
+    let result = catch_unwind(AssertUnwindSafe(|| -> TractResult<()> {
+        let model = tract_onnx::onnx().model_for_read(&mut &bytes[..])?;
+        let plan = model.into_optimized()?.into_runnable()?;
+        let x = Tensor::zero::<f32>(&[batch, 1, WINDOW_LEN])?;
+        plan.run(tvec!(x.into_tvalue()))?;
+        Ok(())
+    }));
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            Err(format!(
+                "tract panicked on this graph ({what}); the model is malformed"
+            ))
+        }
+    }
 }
 
 // ─────────────────────────────── model ───────────────────────────────
@@ -614,6 +777,9 @@ impl Scores {
         Some(self.values.iter().map(|v| v[i]).collect())
     }
 }
+
+/// Per-window head values and (optionally) embeddings of one chunk.
+type ChunkOut = (Vec<Vec<f32>>, Option<Vec<Vec<f32>>>);
 
 /// A loaded model: an `ort` session plus what was read from the file.
 pub struct Model {
@@ -642,7 +808,10 @@ impl fmt::Debug for Model {
 impl Model {
     /// Load an ONNX file. Errors name the file.
     pub fn load(path: &Path, backend: &Backend) -> Result<Model, InferError> {
-        let bytes = std::fs::read(path).map_err(|source| InferError::Io { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| InferError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::load_bytes_named(&bytes, &path.display().to_string(), backend)
     }
 
@@ -652,28 +821,56 @@ impl Model {
     }
 
     /// Load ONNX bytes; `name` (a path, a registry id) appears in errors.
-    pub fn load_bytes_named(bytes: &[u8], name: &str, backend: &Backend) -> Result<Model, InferError> {
+    pub fn load_bytes_named(
+        bytes: &[u8],
+        name: &str,
+        backend: &Backend,
+    ) -> Result<Model, InferError> {
         let checked = check_model(bytes, name)?;
         let env = environment(backend)?;
         let kind = backend.kind();
-        let session_err = |reason: String| InferError::Session { file: name.to_string(), backend: kind, reason };
+        let session_err = |reason: String| InferError::Session {
+            file: name.to_string(),
+            backend: kind,
+            reason,
+        };
+        if kind == BackendKind::Tract {
+            tract_preflight(bytes, checked.fixed_batch.unwrap_or(2)).map_err(session_err)?;
+        }
         let built = catch_unwind(AssertUnwindSafe(|| -> Result<Session, String> {
             let b = Session::builder(&env).map_err(|e| e.to_string())?;
-            let mut b = b.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| e.to_string())?;
+            let mut b = b
+                .with_optimization_level(GraphOptimizationLevel::All)
+                .map_err(|e| e.to_string())?;
+            if kind == BackendKind::OnnxRuntime {
+                // No busy-waiting worker threads: a gateway shares its few cores with BLE, MQTT
+                // and retraining, and spinning threads lose badly under contention (measured:
+                // 2 threads, loaded machine, 8.7 ms/window without spinning vs 15 ms with).
+                b = b.with_intra_op_spinning(false).map_err(|e| e.to_string())?;
+                b = b.with_inter_op_spinning(false).map_err(|e| e.to_string())?;
+            }
             b.commit_from_memory(bytes).map_err(|e| e.to_string())
         }));
         let session = match built {
             Ok(Ok(s)) => s,
             Ok(Err(reason)) => return Err(session_err(reason)),
-            Err(_) => return Err(session_err("the backend panicked while building the session".into())),
+            Err(_) => {
+                return Err(session_err(
+                    "the backend panicked while building the session".into(),
+                ))
+            }
         };
         // The backend must agree with what the file declares.
         let outs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
         if let Some(h) = checked.heads.iter().find(|h| !outs.contains(&h.as_str())) {
-            return Err(session_err(format!("the session has no output `{h}` (outputs: {outs:?})")));
+            return Err(session_err(format!(
+                "the session has no output `{h}` (outputs: {outs:?})"
+            )));
         }
         if !session.inputs().iter().any(|i| i.name() == INPUT_NAME) {
-            return Err(session_err(format!("the session has no input `{INPUT_NAME}`")));
+            return Err(session_err(format!(
+                "the session has no input `{INPUT_NAME}`"
+            )));
         }
         Ok(Model {
             session,
@@ -684,7 +881,7 @@ impl Model {
             fixed_batch: checked.fixed_batch,
             metadata: checked.metadata,
             producer: checked.producer,
-            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes)),
+            sha256: crate::learn::onnx::sha256_hex(bytes),
         })
     }
 
@@ -704,7 +901,10 @@ impl Model {
     }
 
     pub fn meta(&self, key: &str) -> Option<&str> {
-        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// `producer_name producer_version` of the file.
@@ -728,7 +928,10 @@ impl Model {
 
     /// Score `n` windows: `batch` holds `n × 2560` z-scored samples, window after window.
     pub fn run(&mut self, batch: &[f32], n: usize) -> Result<Scores, InferError> {
-        let input_err = |reason: String| InferError::Input { file: self.source.clone(), reason };
+        let input_err = |reason: String| InferError::Input {
+            file: self.source.clone(),
+            reason,
+        };
         if batch.len() != n * WINDOW_LEN {
             return Err(input_err(format!(
                 "{} samples for {n} windows; expected n × {WINDOW_LEN} = {}",
@@ -737,12 +940,20 @@ impl Model {
             )));
         }
         if let Some(i) = batch.iter().position(|v| !v.is_finite()) {
-            return Err(input_err(format!("window {} has a non-finite sample at {}", i / WINDOW_LEN, i % WINDOW_LEN)));
+            return Err(input_err(format!(
+                "window {} has a non-finite sample at {}",
+                i / WINDOW_LEN,
+                i % WINDOW_LEN
+            )));
         }
         let chunk = match self.fixed_batch {
             None => n.max(1),
-            Some(b) if n % b == 0 => b,
-            Some(b) => return Err(input_err(format!("the model has a fixed batch of {b}; {n} windows is not a multiple"))),
+            Some(b) if n.is_multiple_of(b) => b,
+            Some(b) => {
+                return Err(input_err(format!(
+                    "the model has a fixed batch of {b}; {n} windows is not a multiple"
+                )))
+            }
         };
         let mut scores = Scores {
             heads: self.heads.clone(),
@@ -757,31 +968,57 @@ impl Model {
 
     fn run_chunk(&mut self, part: &[f32], m: usize, scores: &mut Scores) -> Result<(), InferError> {
         let (file, backend) = (self.source.clone(), self.backend);
-        let run_err = |reason: String| InferError::Run { file: file.clone(), backend, reason };
+        let run_err = |reason: String| InferError::Run {
+            file: file.clone(),
+            backend,
+            reason,
+        };
         let heads = &self.heads;
         let want_embedding = self.embedding.is_some();
         let session = &mut self.session;
-        let result = catch_unwind(AssertUnwindSafe(|| -> Result<(Vec<Vec<f32>>, Option<Vec<Vec<f32>>>), String> {
-            let input = TensorRef::from_array_view(([m, 1, WINDOW_LEN], part)).map_err(|e| e.to_string())?;
-            let outputs = session.run(ort::inputs![INPUT_NAME => input]).map_err(|e| e.to_string())?;
+        let result = catch_unwind(AssertUnwindSafe(|| -> Result<ChunkOut, String> {
+            let input = TensorRef::from_array_view(([m, 1, WINDOW_LEN], part))
+                .map_err(|e| e.to_string())?;
+            let outputs = session
+                .run(ort::inputs![INPUT_NAME => input])
+                .map_err(|e| e.to_string())?;
             let mut values = vec![Vec::with_capacity(heads.len()); m];
             for h in heads {
-                let v = outputs.get(h.as_str()).ok_or_else(|| format!("no output `{h}`"))?;
-                let (shape, data) = v.try_extract_tensor::<f32>().map_err(|e| format!("output `{h}`: {e}"))?;
+                let v = outputs
+                    .get(h.as_str())
+                    .ok_or_else(|| format!("no output `{h}`"))?;
+                let (shape, data) = v
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| format!("output `{h}`: {e}"))?;
                 if data.len() != m {
-                    return Err(format!("output `{h}` has shape {:?}, expected [{m}, 1]", &shape[..]));
+                    return Err(format!(
+                        "output `{h}` has shape {:?}, expected [{m}, 1]",
+                        &shape[..]
+                    ));
                 }
                 for (row, x) in values.iter_mut().zip(data) {
                     row.push(*x);
                 }
             }
             let embedding = if want_embedding {
-                let v = outputs.get(EMBEDDING_NAME).ok_or_else(|| format!("no output `{EMBEDDING_NAME}`"))?;
-                let (shape, data) = v.try_extract_tensor::<f32>().map_err(|e| format!("output `{EMBEDDING_NAME}`: {e}"))?;
-                if shape.len() != 2 || shape[0] as usize != m || data.len() != m * shape[1] as usize {
-                    return Err(format!("output `{EMBEDDING_NAME}` has shape {:?}, expected [{m}, D]", &shape[..]));
+                let v = outputs
+                    .get(EMBEDDING_NAME)
+                    .ok_or_else(|| format!("no output `{EMBEDDING_NAME}`"))?;
+                let (shape, data) = v
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| format!("output `{EMBEDDING_NAME}`: {e}"))?;
+                if shape.len() != 2 || shape[0] as usize != m || data.len() != m * shape[1] as usize
+                {
+                    return Err(format!(
+                        "output `{EMBEDDING_NAME}` has shape {:?}, expected [{m}, D]",
+                        &shape[..]
+                    ));
                 }
-                Some(data.chunks(shape[1] as usize).map(<[f32]>::to_vec).collect())
+                Some(
+                    data.chunks(shape[1] as usize)
+                        .map(<[f32]>::to_vec)
+                        .collect(),
+                )
             } else {
                 None
             };
@@ -808,12 +1045,25 @@ mod tests {
     #[test]
     fn backend_parses_from_config() {
         assert_eq!("tract".parse::<Backend>().unwrap(), Backend::Tract);
-        assert_eq!("ONNXRuntime".parse::<Backend>().unwrap(), Backend::onnxruntime());
-        assert!("cuda".parse::<Backend>().unwrap_err().contains("expected \"tract\" or \"onnxruntime\""));
+        assert_eq!(
+            "ONNXRuntime".parse::<Backend>().unwrap(),
+            Backend::onnxruntime()
+        );
+        assert!("cuda"
+            .parse::<Backend>()
+            .unwrap_err()
+            .contains("expected \"tract\" or \"onnxruntime\""));
         let b: Backend = serde_json::from_str("\"onnxruntime\"").unwrap();
         assert_eq!(b, Backend::OnnxRuntime { dylib: None });
-        let b: Backend = serde_json::from_str(r#"{"kind":"onnxruntime","dylib":"/x/libonnxruntime.so"}"#).unwrap();
-        assert_eq!(b, Backend::OnnxRuntime { dylib: Some("/x/libonnxruntime.so".into()) });
+        let b: Backend =
+            serde_json::from_str(r#"{"kind":"onnxruntime","dylib":"/x/libonnxruntime.so"}"#)
+                .unwrap();
+        assert_eq!(
+            b,
+            Backend::OnnxRuntime {
+                dylib: Some("/x/libonnxruntime.so".into())
+            }
+        );
         #[derive(Deserialize)]
         struct Cfg {
             backend: Backend,
@@ -821,20 +1071,41 @@ mod tests {
         let c: Cfg = toml::from_str("backend = \"tract\"").unwrap();
         assert_eq!(c.backend, Backend::Tract);
         let c: Cfg = toml::from_str("[backend]\nkind = \"ort\"\ndylib = \"/opt/lib.so\"").unwrap();
-        assert_eq!(c.backend, Backend::OnnxRuntime { dylib: Some("/opt/lib.so".into()) });
+        assert_eq!(
+            c.backend,
+            Backend::OnnxRuntime {
+                dylib: Some("/opt/lib.so".into())
+            }
+        );
         assert!(serde_json::from_str::<Backend>("\"tensorflow\"").is_err());
         assert!(serde_json::from_str::<Backend>(r#"{"kind":"tract","dylib":"/x"}"#).is_err());
-        for b in [Backend::Tract, Backend::onnxruntime(), Backend::OnnxRuntime { dylib: Some("/a/b.so".into()) }] {
+        for b in [
+            Backend::Tract,
+            Backend::onnxruntime(),
+            Backend::OnnxRuntime {
+                dylib: Some("/a/b.so".into()),
+            },
+        ] {
             let s = serde_json::to_string(&b).unwrap();
             assert_eq!(serde_json::from_str::<Backend>(&s).unwrap(), b, "{s}");
         }
     }
 
     #[test]
+    fn model_can_move_to_a_worker_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Model>();
+        assert_send::<InferError>();
+    }
+
+    #[test]
     fn check_model_rejects_foreign_bytes() {
         let e = check_model(b"", "m.onnx").err().unwrap().to_string();
         assert!(e.contains("m.onnx") && e.contains("empty"), "{e}");
-        let e = check_model(b"hello, this is not a model", "m.onnx").err().unwrap().to_string();
+        let e = check_model(b"hello, this is not a model", "m.onnx")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("m.onnx"), "{e}");
     }
 
@@ -842,23 +1113,38 @@ mod tests {
     fn library_search_picks_highest_version() {
         let dir = std::env::temp_dir().join(format!("affectgate-libsearch-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for n in ["libonnxruntime.so.1.9.0", "libonnxruntime.so.1.24.1", "libonnxruntime_providers_shared.so", "other.so"] {
+        for n in [
+            "libonnxruntime.so.1.9.0",
+            "libonnxruntime.so.1.24.1",
+            "libonnxruntime_providers_shared.so",
+            "other.so",
+        ] {
             std::fs::write(dir.join(n), b"x").unwrap();
         }
         #[cfg(all(unix, not(target_os = "macos")))]
-        assert_eq!(lib_in_dir(&dir).unwrap().file_name().unwrap(), "libonnxruntime.so.1.24.1");
+        assert_eq!(
+            lib_in_dir(&dir).unwrap().file_name().unwrap(),
+            "libonnxruntime.so.1.24.1"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn missing_configured_library_is_a_clear_error() {
-        let b = Backend::OnnxRuntime { dylib: Some("/nonexistent/libonnxruntime.so.1.99".into()) };
+        let b = Backend::OnnxRuntime {
+            dylib: Some("/nonexistent/libonnxruntime.so.1.99".into()),
+        };
         let e = resolve_dylib(match &b {
             Backend::OnnxRuntime { dylib } => dylib.as_deref(),
             _ => None,
         })
         .unwrap_err()
         .to_string();
-        assert!(e.contains("/nonexistent/libonnxruntime.so.1.99") && e.contains("ORT_DYLIB_PATH") && e.contains("pip install onnxruntime"), "{e}");
+        assert!(
+            e.contains("/nonexistent/libonnxruntime.so.1.99")
+                && e.contains("ORT_DYLIB_PATH")
+                && e.contains("pip install onnxruntime"),
+            "{e}"
+        );
     }
 }

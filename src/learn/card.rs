@@ -136,7 +136,4 @@ impl ModelCard {
     }
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
+pub use super::onnx::sha256_hex;

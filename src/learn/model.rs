@@ -22,9 +22,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use super::onnx::{Conv1dWeights, DenseWeights, HeadWeights, NetworkWeights};
 
 /// Samples per window at 256 Hz (10 s).
-pub const INPUT_LEN: usize = 2560;
+pub const INPUT_LEN: usize = crate::dsp::WINDOW_LEN;
 /// LeakyReLU negative slope used by the authors (`tf.nn.leaky_relu` default).
-pub const LEAKY_SLOPE: f64 = 0.2;
+pub const LEAKY_SLOPE: f64 = super::onnx::LEAKY_SLOPE as f64;
 /// Dropout in the dense heads, as in the paper.
 pub const DROPOUT: f64 = 0.6;
 /// Pretext heads, in the order of the authors' code.
@@ -46,21 +46,7 @@ pub const EMOTION_HIDDEN: [usize; 2] = [512, 512];
 /// Encoder output width.
 pub const EMBEDDING_DIM: usize = 128;
 
-/// (in, out, kernel) of the six convolutions.
-pub const CONV_SPECS: [(usize, usize, usize); 6] = [
-    (1, 32, 32),
-    (32, 32, 32),
-    (32, 64, 16),
-    (64, 64, 16),
-    (64, 128, 8),
-    (128, 128, 8),
-];
-
-/// TensorFlow 'same' padding for stride 1: total k−1, the smaller half on the left.
-pub fn same_padding(kernel: usize) -> (usize, usize) {
-    let left = (kernel - 1) / 2;
-    (left, kernel - 1 - left)
-}
+pub use super::onnx::{same_padding, PAPER_CONVS};
 
 /// Conv encoder: [Conv32,k32]×2 → MaxPool(8,2) → [Conv64,k16]×2 → MaxPool(8,2) →
 /// [Conv128,k8]×2 → global max over time.
@@ -72,7 +58,7 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(device: &Device) -> Self {
-        let convs = CONV_SPECS
+        let convs = PAPER_CONVS
             .iter()
             .map(|&(i, o, k)| {
                 let (l, r) = same_padding(k);
@@ -222,7 +208,7 @@ impl Net {
 }
 
 impl Encoder {
-    /// Replace the convolution weights (shapes must match [`CONV_SPECS`]); an empty slice
+    /// Replace the convolution weights (shapes must match [`PAPER_CONVS`]); an empty slice
     /// keeps the fresh initialisation (heads-only use).
     pub fn with_weights(mut self, convs: &[Conv1dWeights], device: &Device) -> Self {
         if convs.is_empty() {

@@ -35,8 +35,8 @@ pub const INPUT_NAME: &str = "ecg";
 pub const EMBEDDING_NAME: &str = "embedding";
 /// Name of the dynamic batch dimension in the exported graph.
 pub const BATCH_DIM: &str = "batch";
-/// Samples per window (10 s at 256 Hz).
-pub const WINDOW_LEN: usize = 2560;
+/// Samples per window (10 s at 256 Hz): the one window type of the project.
+pub use crate::dsp::WINDOW_LEN;
 /// LeakyReLU negative slope (TensorFlow's `leaky_relu` default, as in the authors' code).
 pub const LEAKY_SLOPE: f32 = 0.2;
 /// Max-pool kernel and stride.
@@ -49,8 +49,14 @@ pub const OPSET: i64 = 13;
 /// `producer_name` written into every model.
 pub const PRODUCER_NAME: &str = "affectgate";
 /// (in, out, kernel) of the paper's six convolutions.
-pub const PAPER_CONVS: [(usize, usize, usize); 6] =
-    [(1, 32, 32), (32, 32, 32), (32, 64, 16), (64, 64, 16), (64, 128, 8), (128, 128, 8)];
+pub const PAPER_CONVS: [(usize, usize, usize); 6] = [
+    (1, 32, 32),
+    (32, 32, 32),
+    (32, 64, 16),
+    (64, 64, 16),
+    (64, 128, 8),
+    (128, 128, 8),
+];
 
 /// One 1-D convolution, stride 1, TensorFlow `'same'` padding.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,15 +147,21 @@ impl NetworkWeights {
     /// Check every shape; the first problem found is reported.
     pub fn validate(&self) -> Result<(), OnnxError> {
         let bad = |m: String| Err(OnnxError::InvalidWeights(m));
-        if self.convs.len() < 2 || self.convs.len() % 2 != 0 {
-            return bad(format!("expected an even number (≥ 2) of convolutions, got {}", self.convs.len()));
+        if self.convs.len() < 2 || !self.convs.len().is_multiple_of(2) {
+            return bad(format!(
+                "expected an even number (≥ 2) of convolutions, got {}",
+                self.convs.len()
+            ));
         }
         let mut ch = 1usize;
         let mut len = WINDOW_LEN;
         for (i, c) in self.convs.iter().enumerate() {
             let n = i + 1;
             if c.in_ch != ch {
-                return bad(format!("conv{n}: in_ch {} but the previous layer gives {ch}", c.in_ch));
+                return bad(format!(
+                    "conv{n}: in_ch {} but the previous layer gives {ch}",
+                    c.in_ch
+                ));
             }
             if c.out_ch == 0 || c.kernel == 0 {
                 return bad(format!("conv{n}: zero out_ch or kernel"));
@@ -165,7 +177,11 @@ impl NetworkWeights {
                 ));
             }
             if c.bias.len() != c.out_ch {
-                return bad(format!("conv{n}: bias has {} values, expected {}", c.bias.len(), c.out_ch));
+                return bad(format!(
+                    "conv{n}: bias has {} values, expected {}",
+                    c.bias.len(),
+                    c.out_ch
+                ));
             }
             if let Some(j) = c.weight.iter().chain(&c.bias).position(|v| !v.is_finite()) {
                 return bad(format!("conv{n}: non-finite value at index {j}"));
@@ -184,7 +200,10 @@ impl NetworkWeights {
         let reserved = [INPUT_NAME, EMBEDDING_NAME];
         for (hi, h) in self.heads.iter().enumerate() {
             if h.name.is_empty() || h.name.contains('\0') || h.name.starts_with("ag.") {
-                return bad(format!("head {hi}: name {:?} is empty, contains NUL or starts with the reserved `ag.`", h.name));
+                return bad(format!(
+                    "head {hi}: name {:?} is empty, contains NUL or starts with the reserved `ag.`",
+                    h.name
+                ));
             }
             if reserved.contains(&h.name.as_str()) {
                 return bad(format!("head {hi}: name {:?} is reserved", h.name));
@@ -198,7 +217,10 @@ impl NetworkWeights {
             let mut dim = ch;
             for (li, l) in h.layers.iter().enumerate() {
                 if l.in_dim != dim {
-                    return bad(format!("head {:?} layer {li}: in_dim {} but the previous layer gives {dim}", h.name, l.in_dim));
+                    return bad(format!(
+                        "head {:?} layer {li}: in_dim {} but the previous layer gives {dim}",
+                        h.name, l.in_dim
+                    ));
                 }
                 if l.out_dim == 0 {
                     return bad(format!("head {:?} layer {li}: out_dim 0", h.name));
@@ -214,12 +236,18 @@ impl NetworkWeights {
                     ));
                 }
                 if let Some(j) = l.weight.iter().chain(&l.bias).position(|v| !v.is_finite()) {
-                    return bad(format!("head {:?} layer {li}: non-finite value at index {j}", h.name));
+                    return bad(format!(
+                        "head {:?} layer {li}: non-finite value at index {j}",
+                        h.name
+                    ));
                 }
                 dim = l.out_dim;
             }
             if dim != 1 {
-                return bad(format!("head {:?}: last layer has out_dim {dim}, expected 1", h.name));
+                return bad(format!(
+                    "head {:?}: last layer has out_dim {dim}, expected 1",
+                    h.name
+                ));
             }
         }
         Ok(())
@@ -232,7 +260,9 @@ impl NetworkWeights {
         let mut rng = SplitMix64(seed ^ 0x6166_6665_6374_6761);
         let mut uniform = |n: usize, fan_in: usize| -> Vec<f32> {
             let a = (6.0 / fan_in as f64).sqrt();
-            (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * a) as f32).collect()
+            (0..n)
+                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * a) as f32)
+                .collect()
         };
         let convs = PAPER_CONVS
             .iter()
@@ -348,7 +378,8 @@ fn ref_heads(w: &NetworkWeights, emb: &[f64]) -> Vec<(String, f32)> {
                 let mut y: Vec<f64> = (0..l.out_dim)
                     .map(|o| {
                         let row = &l.weight[o * l.in_dim..(o + 1) * l.in_dim];
-                        l.bias[o] as f64 + row.iter().zip(&v).map(|(a, b)| *a as f64 * b).sum::<f64>()
+                        l.bias[o] as f64
+                            + row.iter().zip(&v).map(|(a, b)| *a as f64 * b).sum::<f64>()
                     })
                     .collect();
                 if li + 1 < h.layers.len() {
@@ -370,7 +401,11 @@ pub fn reference_forward(w: &NetworkWeights, x: &[f32]) -> (Vec<f32>, Vec<(Strin
     if let Err(e) = w.validate() {
         panic!("reference_forward: {e}");
     }
-    assert_eq!(x.len(), WINDOW_LEN, "reference_forward takes one window of {WINDOW_LEN} samples");
+    assert_eq!(
+        x.len(),
+        WINDOW_LEN,
+        "reference_forward takes one window of {WINDOW_LEN} samples"
+    );
     let mut len = WINDOW_LEN;
     let mut h: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     for (i, c) in w.convs.iter().enumerate() {
@@ -383,7 +418,12 @@ pub fn reference_forward(w: &NetworkWeights, x: &[f32]) -> (Vec<f32>, Vec<(Strin
     }
     let ch = w.embedding_dim();
     let emb: Vec<f64> = (0..ch)
-        .map(|c| h[c * len..(c + 1) * len].iter().copied().fold(f64::NEG_INFINITY, f64::max))
+        .map(|c| {
+            h[c * len..(c + 1) * len]
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
         .collect();
     let heads = ref_heads(w, &emb);
     (emb.iter().map(|&v| v as f32).collect(), heads)
@@ -438,7 +478,13 @@ fn attr_float(name: &str, v: f32) -> pb::AttributeProto {
     }
 }
 
-fn node(op: &str, name: &str, inputs: &[&str], output: &str, attribute: Vec<pb::AttributeProto>) -> pb::NodeProto {
+fn node(
+    op: &str,
+    name: &str,
+    inputs: &[&str],
+    output: &str,
+    attribute: Vec<pb::AttributeProto>,
+) -> pb::NodeProto {
     pb::NodeProto {
         op_type: op.into(),
         name: name.into(),
@@ -477,18 +523,28 @@ fn value_info(name: &str, dims: &[Option<usize>]) -> pb::ValueInfoProto {
 }
 
 /// Build the ONNX graph as a prost [`pb::ModelProto`] (see the module docs for its layout).
-pub fn build_model(w: &NetworkWeights, meta: &[(String, String)], producer_version: &str) -> Result<pb::ModelProto, OnnxError> {
+pub fn build_model(
+    w: &NetworkWeights,
+    meta: &[(String, String)],
+    producer_version: &str,
+) -> Result<pb::ModelProto, OnnxError> {
     w.validate()?;
     for (i, (k, v)) in meta.iter().enumerate() {
         if k.is_empty() {
-            return Err(OnnxError::InvalidMetadata(format!("entry {i} has an empty key")));
+            return Err(OnnxError::InvalidMetadata(format!(
+                "entry {i} has an empty key"
+            )));
         }
         if meta[..i].iter().any(|(k2, _)| k2 == k) {
             // ONNX Runtime refuses models with duplicate metadata keys.
-            return Err(OnnxError::InvalidMetadata(format!("key {k:?} appears twice")));
+            return Err(OnnxError::InvalidMetadata(format!(
+                "key {k:?} appears twice"
+            )));
         }
         if k.contains('\0') || v.contains('\0') {
-            return Err(OnnxError::InvalidMetadata(format!("key {k:?}: NUL character")));
+            return Err(OnnxError::InvalidMetadata(format!(
+                "key {k:?}: NUL character"
+            )));
         }
     }
 
@@ -497,7 +553,12 @@ pub fn build_model(w: &NetworkWeights, meta: &[(String, String)], producer_versi
     let mut cur = INPUT_NAME.to_string();
     for (i, c) in w.convs.iter().enumerate() {
         let n = i + 1;
-        let (wn, bn, yn, an) = (format!("ag.conv{n}.W"), format!("ag.conv{n}.B"), format!("ag.conv{n}"), format!("ag.conv{n}.act"));
+        let (wn, bn, yn, an) = (
+            format!("ag.conv{n}.W"),
+            format!("ag.conv{n}.B"),
+            format!("ag.conv{n}"),
+            format!("ag.conv{n}.act"),
+        );
         inits.push(f32_tensor(&wn, &[c.out_ch, c.in_ch, c.kernel], &c.weight));
         inits.push(f32_tensor(&bn, &[c.out_ch], &c.bias));
         let (l, r) = same_padding(c.kernel);
@@ -514,7 +575,13 @@ pub fn build_model(w: &NetworkWeights, meta: &[(String, String)], producer_versi
                 attr_int("group", 1),
             ],
         ));
-        nodes.push(node("LeakyRelu", &an, &[&yn], &an, vec![attr_float("alpha", LEAKY_SLOPE)]));
+        nodes.push(node(
+            "LeakyRelu",
+            &an,
+            &[&yn],
+            &an,
+            vec![attr_float("alpha", LEAKY_SLOPE)],
+        ));
         cur = an;
         if pool_after(i, w.convs.len()) {
             let pn = format!("ag.pool{}", n / 2);
@@ -533,7 +600,13 @@ pub fn build_model(w: &NetworkWeights, meta: &[(String, String)], producer_versi
         }
     }
     // Global max over time: ReduceMax keeps `axes` as an attribute up to opset 17.
-    nodes.push(node("ReduceMax", EMBEDDING_NAME, &[&cur], EMBEDDING_NAME, vec![attr_ints("axes", &[2]), attr_int("keepdims", 0)]));
+    nodes.push(node(
+        "ReduceMax",
+        EMBEDDING_NAME,
+        &[&cur],
+        EMBEDDING_NAME,
+        vec![attr_ints("axes", &[2]), attr_int("keepdims", 0)],
+    ));
 
     let mut outputs = Vec::new();
     for (hi, h) in w.heads.iter().enumerate() {
@@ -548,14 +621,31 @@ pub fn build_model(w: &NetworkWeights, meta: &[(String, String)], producer_versi
                 &p,
                 &[&cur, &wn, &bn],
                 &p,
-                vec![attr_float("alpha", 1.0), attr_float("beta", 1.0), attr_int("transA", 0), attr_int("transB", 1)],
+                vec![
+                    attr_float("alpha", 1.0),
+                    attr_float("beta", 1.0),
+                    attr_int("transA", 0),
+                    attr_int("transB", 1),
+                ],
             ));
             if li + 1 < h.layers.len() {
                 let an = format!("{p}.act");
-                nodes.push(node("LeakyRelu", &an, &[&p], &an, vec![attr_float("alpha", LEAKY_SLOPE)]));
+                nodes.push(node(
+                    "LeakyRelu",
+                    &an,
+                    &[&p],
+                    &an,
+                    vec![attr_float("alpha", LEAKY_SLOPE)],
+                ));
                 cur = an;
             } else {
-                nodes.push(node("Sigmoid", &format!("{p}.sigmoid"), &[&p], &h.name, vec![]));
+                nodes.push(node(
+                    "Sigmoid",
+                    &format!("{p}.sigmoid"),
+                    &[&p],
+                    &h.name,
+                    vec![],
+                ));
             }
         }
         outputs.push(value_info(&h.name, &[None, Some(1)]));
@@ -570,7 +660,10 @@ pub fn build_model(w: &NetworkWeights, meta: &[(String, String)], producer_versi
 
     Ok(pb::ModelProto {
         ir_version: IR_VERSION,
-        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: OPSET }],
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
         producer_name: PRODUCER_NAME.into(),
         producer_version: producer_version.into(),
         domain: "org.affectgate".into(),
@@ -586,7 +679,10 @@ pub fn build_model(w: &NetworkWeights, meta: &[(String, String)], producer_versi
         }),
         metadata_props: meta
             .iter()
-            .map(|(k, v)| pb::StringStringEntryProto { key: k.clone(), value: v.clone() })
+            .map(|(k, v)| pb::StringStringEntryProto {
+                key: k.clone(),
+                value: v.clone(),
+            })
             .collect(),
         ..Default::default()
     })
@@ -594,7 +690,11 @@ pub fn build_model(w: &NetworkWeights, meta: &[(String, String)], producer_versi
 
 /// Serialise the network as ONNX `ModelProto` bytes. `meta` becomes `metadata_props`
 /// (keys must be unique and non-empty); `producer_version` is written as is.
-pub fn export_onnx(w: &NetworkWeights, meta: &[(String, String)], producer_version: &str) -> Result<Vec<u8>, OnnxError> {
+pub fn export_onnx(
+    w: &NetworkWeights,
+    meta: &[(String, String)],
+    producer_version: &str,
+) -> Result<Vec<u8>, OnnxError> {
     Ok(build_model(w, meta, producer_version)?.encode_to_vec())
 }
 
@@ -616,18 +716,29 @@ pub struct ModelInfo {
 
 impl ModelInfo {
     pub fn meta(&self, key: &str) -> Option<&str> {
-        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
     /// Outputs except [`EMBEDDING_NAME`].
     pub fn head_names(&self) -> Vec<String> {
-        self.outputs.iter().filter(|o| *o != EMBEDDING_NAME).cloned().collect()
+        self.outputs
+            .iter()
+            .filter(|o| *o != EMBEDDING_NAME)
+            .cloned()
+            .collect()
     }
 }
 
 /// Decode ONNX bytes and summarise them (metadata, inputs, outputs) without building a session.
 pub fn inspect(bytes: &[u8]) -> Result<ModelInfo, OnnxError> {
-    let m = pb::ModelProto::decode(bytes).map_err(|e| OnnxError::Decode(format!("protobuf: {e}")))?;
-    let g = m.graph.as_ref().ok_or_else(|| OnnxError::Decode("no graph".into()))?;
+    let m =
+        pb::ModelProto::decode(bytes).map_err(|e| OnnxError::Decode(format!("protobuf: {e}")))?;
+    let g = m
+        .graph
+        .as_ref()
+        .ok_or_else(|| OnnxError::Decode("no graph".into()))?;
     let dims = |vi: &pb::ValueInfoProto| -> Vec<Option<i64>> {
         match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
             Some(pb::type_proto::Value::TensorType(t)) => t
@@ -648,7 +759,11 @@ pub fn inspect(bytes: &[u8]) -> Result<ModelInfo, OnnxError> {
     };
     Ok(ModelInfo {
         ir_version: m.ir_version,
-        opset: m.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version),
+        opset: m
+            .opset_import
+            .iter()
+            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+            .map(|o| o.version),
         producer_name: m.producer_name.clone(),
         producer_version: m.producer_version.clone(),
         inputs: g
@@ -658,7 +773,11 @@ pub fn inspect(bytes: &[u8]) -> Result<ModelInfo, OnnxError> {
             .map(|i| (i.name.clone(), dims(i)))
             .collect(),
         outputs: g.output.iter().map(|o| o.name.clone()).collect(),
-        metadata: m.metadata_props.iter().map(|e| (e.key.clone(), e.value.clone())).collect(),
+        metadata: m
+            .metadata_props
+            .iter()
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect(),
     })
 }
 
@@ -684,14 +803,20 @@ mod tests {
     #[test]
     fn export_round_trips_through_prost() {
         let w = NetworkWeights::seeded(&tiny_heads(), 1);
-        let meta = vec![("model_version".to_string(), "7".to_string()), ("task".to_string(), "emotion".to_string())];
+        let meta = vec![
+            ("model_version".to_string(), "7".to_string()),
+            ("task".to_string(), "emotion".to_string()),
+        ];
         let bytes = export_onnx(&w, &meta, "0.1.0").unwrap();
         let info = inspect(&bytes).unwrap();
         assert_eq!(info.ir_version, IR_VERSION);
         assert_eq!(info.opset, Some(OPSET));
         assert_eq!(info.producer_name, PRODUCER_NAME);
         assert_eq!(info.producer_version, "0.1.0");
-        assert_eq!(info.inputs, vec![(INPUT_NAME.to_string(), vec![None, Some(1), Some(2560)])]);
+        assert_eq!(
+            info.inputs,
+            vec![(INPUT_NAME.to_string(), vec![None, Some(1), Some(2560)])]
+        );
         assert_eq!(info.outputs, vec!["arousal", "valence", "embedding"]);
         assert_eq!(info.head_names(), vec!["arousal", "valence"]);
         assert_eq!(info.metadata, meta);
@@ -699,9 +824,17 @@ mod tests {
         // Weights are stored exactly.
         let m = pb::ModelProto::decode(&bytes[..]).unwrap();
         let g = m.graph.unwrap();
-        let w1 = g.initializer.iter().find(|t| t.name == "ag.conv1.W").unwrap();
+        let w1 = g
+            .initializer
+            .iter()
+            .find(|t| t.name == "ag.conv1.W")
+            .unwrap();
         assert_eq!(w1.dims, vec![32, 1, 32]);
-        let back: Vec<f32> = w1.raw_data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let back: Vec<f32> = w1
+            .raw_data
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         assert_eq!(back, w.convs[0].weight);
         let conv1 = g.node.iter().find(|n| n.name == "ag.conv1").unwrap();
         let pads = conv1.attribute.iter().find(|a| a.name == "pads").unwrap();
@@ -716,37 +849,67 @@ mod tests {
         let good = NetworkWeights::seeded(&tiny_heads(), 2);
         let mut w = good.clone();
         w.convs[2].weight.pop();
-        assert!(matches!(export_onnx(&w, &[], "x"), Err(OnnxError::InvalidWeights(m)) if m.contains("conv3")));
+        assert!(
+            matches!(export_onnx(&w, &[], "x"), Err(OnnxError::InvalidWeights(m)) if m.contains("conv3"))
+        );
         let mut w = good.clone();
         w.heads[1].name = "arousal".into();
-        assert!(matches!(export_onnx(&w, &[], "x"), Err(OnnxError::InvalidWeights(m)) if m.contains("twice")));
+        assert!(
+            matches!(export_onnx(&w, &[], "x"), Err(OnnxError::InvalidWeights(m)) if m.contains("twice"))
+        );
         let mut w = good.clone();
         w.heads[0].name = EMBEDDING_NAME.into();
         assert!(export_onnx(&w, &[], "x").is_err());
         let mut w = good.clone();
         w.heads[0].layers.pop();
-        assert!(matches!(export_onnx(&w, &[], "x"), Err(OnnxError::InvalidWeights(m)) if m.contains("out_dim")));
+        assert!(
+            matches!(export_onnx(&w, &[], "x"), Err(OnnxError::InvalidWeights(m)) if m.contains("out_dim"))
+        );
         let mut w = good.clone();
         w.convs[0].bias[3] = f32::NAN;
         assert!(export_onnx(&w, &[], "x").is_err());
         let mut w = good.clone();
         w.convs.pop();
         assert!(export_onnx(&w, &[], "x").is_err());
-        let dup = vec![("a".to_string(), "1".to_string()), ("a".to_string(), "2".to_string())];
-        assert!(matches!(export_onnx(&good, &dup, "x"), Err(OnnxError::InvalidMetadata(_))));
-        assert!(matches!(inspect(b"\xff\xff\xff garbage"), Err(OnnxError::Decode(_))));
+        let dup = vec![
+            ("a".to_string(), "1".to_string()),
+            ("a".to_string(), "2".to_string()),
+        ];
+        assert!(matches!(
+            export_onnx(&good, &dup, "x"),
+            Err(OnnxError::InvalidMetadata(_))
+        ));
+        assert!(matches!(
+            inspect(b"\xff\xff\xff garbage"),
+            Err(OnnxError::Decode(_))
+        ));
     }
 
     #[test]
     fn reference_forward_hand_checked_pieces() {
         // Single 'same' conv against a hand computation.
-        let c = Conv1dWeights { out_ch: 1, in_ch: 1, kernel: 4, weight: vec![1.0, 2.0, 3.0, 4.0], bias: vec![0.5] };
+        let c = Conv1dWeights {
+            out_ch: 1,
+            in_ch: 1,
+            kernel: 4,
+            weight: vec![1.0, 2.0, 3.0, 4.0],
+            bias: vec![0.5],
+        };
         // k=4 → pad 1 left, 2 right: y[t] = Σ_j w[j]·x[t−1+j] + b.
         let x = [1.0f64, -2.0, 3.0, 0.5, -1.0];
         let y = ref_conv(&c, &x, 5);
-        let xp = |i: isize| if (0..5).contains(&i) { x[i as usize] } else { 0.0 };
+        let xp = |i: isize| {
+            if (0..5).contains(&i) {
+                x[i as usize]
+            } else {
+                0.0
+            }
+        };
         for t in 0..5isize {
-            let s: f64 = (0..4).map(|j| c.weight[j] as f64 * xp(t - 1 + j as isize)).sum::<f64>() + 0.5;
+            let s: f64 = (0..4)
+                .map(|j| c.weight[j] as f64 * xp(t - 1 + j as isize))
+                .sum::<f64>()
+                + 0.5;
             assert!((y[t as usize] - leaky(s)).abs() < 1e-12, "t={t}");
         }
         let (p, l) = ref_pool(&[1.0, 5.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 9.0, 0.0], 1, 10);

@@ -298,6 +298,57 @@ fn gather_weights(w: &[f32], idx: &[usize], n_heads: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Supervised loop shared by the head-only and the end-to-end trainers: class-balanced BCE,
+/// Adam, shuffled mini-batches; `input` builds the batch tensor of the given rows.
+fn fit<I>(
+    mut net: Net,
+    n: usize,
+    labels: &[Vec<Option<f32>>],
+    cfg: &TrainConfig,
+    what: &str,
+    device: &Device,
+    input: I,
+) -> (Net, Vec<f32>)
+where
+    I: Fn(&Net, &[usize]) -> Tensor<2>,
+{
+    let n_heads = net.heads.len();
+    let mut rng = SmallRng::seed_from_u64(cfg.seed);
+    let mut optim = AdamConfig::new().init();
+    let sw = balance_weights(labels, n_heads);
+    let hw = vec![1.0f32; n_heads];
+    let mut idx: Vec<usize> = (0..n).collect();
+    let mut losses = Vec::new();
+    let pb = bar(cfg.epochs as u64, cfg.progress, what);
+    for _ in 0..cfg.epochs {
+        idx.shuffle(&mut rng);
+        let mut sum = 0.0;
+        let mut steps = 0;
+        for chunk in idx.chunks(cfg.batch.max(1)) {
+            if cfg.max_steps_per_epoch.is_some_and(|m| steps >= m) {
+                break;
+            }
+            let y = Tensor::from_data(
+                TensorData::new(targets(labels, chunk, n_heads), [chunk.len(), n_heads]),
+                device,
+            );
+            let w = Tensor::from_data(
+                TensorData::new(gather_weights(&sw, chunk, n_heads), [chunk.len(), n_heads]),
+                device,
+            );
+            let loss = weighted_bce(input(&net, chunk), y, &hw, Some(w));
+            sum += scalar(loss.clone());
+            steps += 1;
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            net = optim.step(cfg.lr, net, grads);
+        }
+        losses.push(sum / steps.max(1) as f32);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    (net, losses)
+}
+
 /// Train one dense head per label column on frozen-encoder embeddings (or any fixed feature
 /// vectors: with `hidden = []` a head is logistic regression).
 /// `labels[i][h]` is window i's label for head h (None = unlabelled for that head).
@@ -308,48 +359,14 @@ pub fn train_heads(
     hidden: &[usize],
     cfg: &TrainConfig,
 ) -> (Vec<HeadWeights>, Vec<f32>) {
-    let n_heads = head_names.len();
     let device = Device::flex().autodiff();
     device.seed(cfg.seed);
-    let mut rng = SmallRng::seed_from_u64(cfg.seed);
     let input_dim = emb.first().map(|e| e.len()).unwrap_or(0);
-    let mut net = Net::heads_only(n_heads, input_dim, hidden, &device);
-    let mut optim = AdamConfig::new().init();
-    let sw = balance_weights(labels, n_heads);
-    let hw = vec![1.0f32; n_heads];
-    let mut idx: Vec<usize> = (0..emb.len()).collect();
-    let mut losses = Vec::new();
-    let pb = bar(cfg.epochs as u64, cfg.progress, "heads");
-    for _ in 0..cfg.epochs {
-        idx.shuffle(&mut rng);
-        let mut sum = 0.0;
-        let mut steps = 0;
-        for chunk in idx.chunks(cfg.batch.max(1)) {
-            if let Some(m) = cfg.max_steps_per_epoch {
-                if steps >= m {
-                    break;
-                }
-            }
-            let rows: Vec<&[f32]> = chunk.iter().map(|&i| emb[i].as_slice()).collect();
-            let x = matrix(&rows, &device);
-            let y = Tensor::from_data(
-                TensorData::new(targets(labels, chunk, n_heads), [chunk.len(), n_heads]),
-                &device,
-            );
-            let w = Tensor::from_data(
-                TensorData::new(gather_weights(&sw, chunk, n_heads), [chunk.len(), n_heads]),
-                &device,
-            );
-            let loss = weighted_bce(net.forward_heads(x), y, &hw, Some(w));
-            sum += scalar(loss.clone());
-            steps += 1;
-            let grads = GradientsParams::from_grads(loss.backward(), &net);
-            net = optim.step(cfg.lr, net, grads);
-        }
-        losses.push(sum / steps.max(1) as f32);
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
+    let net = Net::heads_only(head_names.len(), input_dim, hidden, &device);
+    let (net, losses) = fit(net, emb.len(), labels, cfg, "heads", &device, |net, rows| {
+        let rows: Vec<&[f32]> = rows.iter().map(|&i| emb[i].as_slice()).collect();
+        net.forward_heads(matrix(&rows, &device))
+    });
     (net.to_weights(head_names).heads, losses)
 }
 
@@ -361,57 +378,12 @@ pub fn train_supervised(
     hidden: &[usize],
     cfg: &TrainConfig,
 ) -> (NetworkWeights, Vec<f32>) {
-    let n_heads = head_names.len();
     let device = Device::flex().autodiff();
     device.seed(cfg.seed);
-    let mut rng = SmallRng::seed_from_u64(cfg.seed);
-    let mut net = Net::new(n_heads, hidden, &device);
-    let mut optim = AdamConfig::new().init();
-    let sw = balance_weights(labels, n_heads);
-    let hw = vec![1.0f32; n_heads];
-    let mut idx: Vec<usize> = (0..windows.len()).collect();
-    let mut losses = Vec::new();
-    let pb = bar(cfg.epochs as u64, cfg.progress, "supervised");
-    for _ in 0..cfg.epochs {
-        idx.shuffle(&mut rng);
-        let mut sum = 0.0;
-        let mut steps = 0;
-        for chunk in idx.chunks(cfg.batch.max(1)) {
-            if let Some(m) = cfg.max_steps_per_epoch {
-                if steps >= m {
-                    break;
-                }
-            }
-            let rows: Vec<&[f32]> = chunk.iter().map(|&i| windows[i].as_slice()).collect();
-            let x = batch_tensor(&rows, &device);
-            let y = Tensor::from_data(
-                TensorData::new(targets(labels, chunk, n_heads), [chunk.len(), n_heads]),
-                &device,
-            );
-            let w = Tensor::from_data(
-                TensorData::new(gather_weights(&sw, chunk, n_heads), [chunk.len(), n_heads]),
-                &device,
-            );
-            let loss = weighted_bce(net.forward(x), y, &hw, Some(w));
-            sum += scalar(loss.clone());
-            steps += 1;
-            let grads = GradientsParams::from_grads(loss.backward(), &net);
-            net = optim.step(cfg.lr, net, grads);
-        }
-        losses.push(sum / steps.max(1) as f32);
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
+    let net = Net::new(head_names.len(), hidden, &device);
+    let (net, losses) = fit(net, windows.len(), labels, cfg, "supervised", &device, |net, rows| {
+        let rows: Vec<&[f32]> = rows.iter().map(|&i| windows[i].as_slice()).collect();
+        net.forward(batch_tensor(&rows, &device))
+    });
     (net.to_weights(head_names), losses)
-}
-
-/// Random subset of `frac` of `n` indices (at least one), seeded.
-pub fn subsample(n: usize, frac: f64, seed: u64) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..n).collect();
-    let mut rng = SmallRng::seed_from_u64(seed);
-    idx.shuffle(&mut rng);
-    let k = ((n as f64 * frac).round() as usize).clamp(1.min(n), n);
-    idx.truncate(k);
-    idx.sort_unstable();
-    idx
 }
