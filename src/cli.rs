@@ -9,7 +9,9 @@ use serde::Serialize;
 
 use crate::dsp::PreprocessConfig;
 use crate::infer::{Backend, Model};
-use crate::learn::card::{self, Evaluation, HeadCard, InputSpec, ModelCard, Preprocessing, Training};
+use crate::learn::card::{
+    self, Evaluation, HeadCard, InputSpec, ModelCard, Preprocessing, Training,
+};
 use crate::learn::dataset::{self, Dataset};
 use crate::learn::experiment::{self, ExperimentConfig};
 use crate::learn::metrics::{Confusion, HeadReport};
@@ -20,7 +22,11 @@ use crate::learn::plots;
 use crate::learn::train::{self, TrainConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "affectgate", version, about = "ECG → emotion scores on the edge (Sarkar & Etemad self-supervised method)")]
+#[command(
+    name = "affectgate",
+    version,
+    about = "ECG → emotion scores on the edge (Sarkar & Etemad self-supervised method)"
+)]
 pub struct Cli {
     /// Worker threads for training and inference (default: all cores).
     #[arg(long, global = true)]
@@ -278,7 +284,8 @@ fn write_onnx(path: &Path, w: &NetworkWeights, meta: &[(String, String)]) -> Res
 }
 
 fn read_weights(path: &Path) -> Result<(NetworkWeights, Vec<(String, String)>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
     import_onnx(&bytes).with_context(|| format!("{} is not an affectgate network", path.display()))
 }
 
@@ -288,9 +295,18 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
     // Hold out whole recordings (every k-th), so validation windows come from recordings the
     // network never trained on.
     let groups = data.subjects();
-    let k = if a.val_frac > 0.0 { (1.0 / a.val_frac).round().max(2.0) as usize } else { 0 };
+    let k = if a.val_frac > 0.0 {
+        (1.0 / a.val_frac).round().max(2.0) as usize
+    } else {
+        0
+    };
     let val_groups: Vec<String> = if k > 0 && groups.len() >= 2 {
-        groups.iter().enumerate().filter(|(i, _)| i % k == k / 2).map(|(_, g)| g.clone()).collect()
+        groups
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % k == k / 2)
+            .map(|(_, g)| g.clone())
+            .collect()
     } else {
         Vec::new()
     };
@@ -308,7 +324,8 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
             if w.heads.len() != 7 {
                 // An emotion model: keep its encoder, start fresh pretext heads.
                 let device = burn::tensor::Device::flex();
-                let fresh = crate::learn::model::Net::new(7, &crate::learn::model::PRETEXT_HIDDEN, &device);
+                let fresh =
+                    crate::learn::model::Net::new(7, &crate::learn::model::PRETEXT_HIDDEN, &device);
                 let names: Vec<String> = PRETEXT_TASKS.iter().map(|s| s.to_string()).collect();
                 w.heads = fresh.to_weights(&names).heads;
             }
@@ -322,13 +339,28 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
         .iter()
         .map(|p| p.display().to_string())
         .collect();
-    let last_acc = hist.last().map(|e| e.val_task_balanced_accuracy.clone()).unwrap_or_default();
+    let last_acc = hist
+        .last()
+        .map(|e| e.val_task_balanced_accuracy.clone())
+        .unwrap_or_default();
     let meta = vec![
         ("affectgate.kind".to_string(), "pretext".to_string()),
-        ("affectgate.pretext_data".to_string(), serde_json::to_string(&files)?),
-        ("affectgate.pretext_windows".to_string(), train.windows.len().to_string()),
-        ("affectgate.pretext_epochs".to_string(), cfg.epochs.to_string()),
-        ("affectgate.pretext_val_balanced_accuracy".to_string(), serde_json::to_string(&last_acc)?),
+        (
+            "affectgate.pretext_data".to_string(),
+            serde_json::to_string(&files)?,
+        ),
+        (
+            "affectgate.pretext_windows".to_string(),
+            train.windows.len().to_string(),
+        ),
+        (
+            "affectgate.pretext_epochs".to_string(),
+            cfg.epochs.to_string(),
+        ),
+        (
+            "affectgate.pretext_val_balanced_accuracy".to_string(),
+            serde_json::to_string(&last_acc)?,
+        ),
         ("affectgate.seed".to_string(), cfg.seed.to_string()),
     ];
     write_onnx(&a.out, &w, &meta)?;
@@ -348,20 +380,48 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
     }
     if let Some(dir) = &a.plots {
         std::fs::create_dir_all(dir)?;
-        let mut loss = vec![("train".to_string(), hist.iter().map(|e| e.train_loss).collect())];
+        let mut loss = vec![(
+            "train".to_string(),
+            hist.iter().map(|e| e.train_loss).collect(),
+        )];
         if hist.iter().all(|e| e.val_loss.is_some()) && !hist.is_empty() {
-            loss.push(("held-out".to_string(), hist.iter().map(|e| e.val_loss.unwrap_or(f32::NAN)).collect()));
+            loss.push((
+                "held-out".to_string(),
+                hist.iter()
+                    .map(|e| e.val_loss.unwrap_or(f32::NAN))
+                    .collect(),
+            ));
         }
-        plots::lines(&dir.join("pretext_loss.svg"), "Pretext loss", "weighted BCE", &loss)?;
+        plots::lines(
+            &dir.join("pretext_loss.svg"),
+            "Pretext loss",
+            "weighted BCE",
+            &loss,
+        )?;
         if hist.iter().all(|e| e.val_task_balanced_accuracy.len() == 7) && !hist.is_empty() {
             let acc: Vec<(String, Vec<f32>)> = PRETEXT_TASKS
                 .iter()
                 .enumerate()
-                .map(|(t, name)| (name.to_string(), hist.iter().map(|e| e.val_task_balanced_accuracy[t]).collect()))
+                .map(|(t, name)| {
+                    (
+                        name.to_string(),
+                        hist.iter()
+                            .map(|e| e.val_task_balanced_accuracy[t])
+                            .collect(),
+                    )
+                })
                 .collect();
-            plots::lines(&dir.join("pretext_accuracy.svg"), "Pretext balanced accuracy (held-out recordings)", "balanced accuracy", &acc)?;
+            plots::lines(
+                &dir.join("pretext_accuracy.svg"),
+                "Pretext balanced accuracy (held-out recordings)",
+                "balanced accuracy",
+                &acc,
+            )?;
         }
-        std::fs::write(dir.join("pretext_history.json"), serde_json::to_string_pretty(&hist)?)?;
+        std::fs::write(
+            dir.join("pretext_history.json"),
+            serde_json::to_string_pretty(&hist)?,
+        )?;
         eprintln!("plots written to {}", dir.display());
     }
     eprintln!("pretext network written to {}", a.out.display());
@@ -379,17 +439,31 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
     let pre = PreprocessConfig::default();
     let (enc, enc_meta) = read_weights(&a.encoder)?;
     let data = dataset::labelled_from_manifest(&a.manifest, &pre)?;
-    let head_names: Vec<String> = if a.heads.is_empty() { data.label_names.clone() } else { a.heads.clone() };
+    let head_names: Vec<String> = if a.heads.is_empty() {
+        data.label_names.clone()
+    } else {
+        a.heads.clone()
+    };
     let head_idx: Vec<usize> = head_names
         .iter()
         .map(|h| {
-            data.label_names.iter().position(|n| n == h).with_context(|| {
-                format!("--head {h}: not a label column of {} (it has {:?})", a.manifest.display(), data.label_names)
-            })
+            data.label_names
+                .iter()
+                .position(|n| n == h)
+                .with_context(|| {
+                    format!(
+                        "--head {h}: not a label column of {} (it has {:?})",
+                        a.manifest.display(),
+                        data.label_names
+                    )
+                })
         })
         .collect::<Result<_>>()?;
     let cfg = a.train.config(60);
-    eprintln!("embedding {} windows with the frozen encoder…", data.windows.len());
+    eprintln!(
+        "embedding {} windows with the frozen encoder…",
+        data.windows.len()
+    );
     let emb = train::embed(&enc, &data.samples());
     let labels = label_matrix(&data, &head_idx);
 
@@ -400,8 +474,12 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
         let folds = experiment::subject_folds(&subjects, a.eval_folds);
         let mut conf = vec![Confusion::default(); head_names.len()];
         for (fi, test) in folds.iter().enumerate() {
-            let tr: Vec<usize> = (0..data.windows.len()).filter(|&i| !test.contains(&data.windows[i].subject)).collect();
-            let te: Vec<usize> = (0..data.windows.len()).filter(|&i| test.contains(&data.windows[i].subject)).collect();
+            let tr: Vec<usize> = (0..data.windows.len())
+                .filter(|&i| !test.contains(&data.windows[i].subject))
+                .collect();
+            let te: Vec<usize> = (0..data.windows.len())
+                .filter(|&i| test.contains(&data.windows[i].subject))
+                .collect();
             let e: Vec<Vec<f32>> = tr.iter().map(|&i| emb[i].clone()).collect();
             let l: Vec<Vec<Option<f32>>> = tr.iter().map(|&i| labels[i].clone()).collect();
             let mut c = cfg.clone();
@@ -441,15 +519,31 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
     }
 
     let (heads, losses) = train::train_heads(&emb, &labels, &head_names, &EMOTION_HIDDEN, &cfg);
-    let w = NetworkWeights { convs: enc.convs.clone(), heads };
-    let get = |k: &str| enc_meta.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let w = NetworkWeights {
+        convs: enc.convs.clone(),
+        heads,
+    };
+    let get = |k: &str| {
+        enc_meta
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
     let meta = vec![
         ("affectgate.kind".to_string(), "emotion".to_string()),
-        ("affectgate.heads".to_string(), serde_json::to_string(&head_names)?),
+        (
+            "affectgate.heads".to_string(),
+            serde_json::to_string(&head_names)?,
+        ),
         ("affectgate.version".to_string(), a.version.clone()),
     ];
     let bytes = write_onnx(&a.out, &w, &meta)?;
-    let name = a.out.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+    let name = a
+        .out
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("model")
+        .to_string();
     let card = ModelCard {
         name: name.clone(),
         version: a.version.clone(),
@@ -500,9 +594,18 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
     card.save(&card_path)?;
     if let Some(dir) = &a.plots {
         std::fs::create_dir_all(dir)?;
-        plots::lines(&dir.join("finetune_loss.svg"), "Emotion heads: training loss", "class-balanced BCE", &[("train".into(), losses)])?;
+        plots::lines(
+            &dir.join("finetune_loss.svg"),
+            "Emotion heads: training loss",
+            "class-balanced BCE",
+            &[("train".into(), losses)],
+        )?;
     }
-    eprintln!("emotion model written to {} (card {})", a.out.display(), card_path.display());
+    eprintln!(
+        "emotion model written to {} (card {})",
+        a.out.display(),
+        card_path.display()
+    );
     Ok(())
 }
 
@@ -573,7 +676,13 @@ fn eval(a: EvalArgs) -> Result<()> {
         let c = Confusion::from_scores(&s, &y, 0.5);
         if let Some(dir) = &a.plots {
             std::fs::create_dir_all(dir)?;
-            plots::confusion(&dir.join(format!("confusion_{h}.svg")), &format!("{h}: confusion"), &c, "0", "1")?;
+            plots::confusion(
+                &dir.join(format!("confusion_{h}.svg")),
+                &format!("{h}: confusion"),
+                &c,
+                "0",
+                "1",
+            )?;
         }
         report.insert(h.clone(), HeadReport::from(c));
     }
@@ -596,10 +705,19 @@ fn eval(a: EvalArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string(&out)?);
     } else {
-        println!("model {} on {} ({} windows, {} subjects, backend {})", out.model, out.manifest, out.windows, out.subjects, out.backend);
-        println!("{:<10} {:>17} {:>9} {:>9} {:>6}", "head", "balanced_accuracy", "accuracy", "macro_f1", "n");
+        println!(
+            "model {} on {} ({} windows, {} subjects, backend {})",
+            out.model, out.manifest, out.windows, out.subjects, out.backend
+        );
+        println!(
+            "{:<10} {:>17} {:>9} {:>9} {:>6}",
+            "head", "balanced_accuracy", "accuracy", "macro_f1", "n"
+        );
         for (h, r) in &out.heads {
-            println!("{:<10} {:>17.3} {:>9.3} {:>9.3} {:>6}", h, r.balanced_accuracy, r.accuracy, r.f1, r.n);
+            println!(
+                "{:<10} {:>17.3} {:>9.3} {:>9.3} {:>6}",
+                h, r.balanced_accuracy, r.accuracy, r.f1, r.n
+            );
         }
         eprintln!("note: if this model's heads were trained on these subjects, these are training-set numbers; see the model card for the subject-independent evaluation");
     }
@@ -621,7 +739,11 @@ fn infer(a: InferArgs) -> Result<()> {
     let windows = crate::dsp::windows_from_recording(rec.fs_hz, &rec.samples_uv, 0, &pre)
         .with_context(|| format!("preprocessing {}", a.file.display()))?;
     if windows.is_empty() {
-        bail!("{}: shorter than one 10 s window after the {} s filter warm-up", a.file.display(), pre.warmup_s);
+        bail!(
+            "{}: shorter than one 10 s window after the {} s filter warm-up",
+            a.file.display(),
+            pre.warmup_s
+        );
     }
     let mut samples: Vec<Vec<f32>> = windows.iter().map(|w| w.samples.clone()).collect();
     {
@@ -720,7 +842,11 @@ fn synthetic_windows(n: usize, seed: u64) -> Vec<Vec<f32>> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     (0..n)
-        .map(|_| (0..INPUT_LEN).map(|_| rng.random_range(-1.0f32..1.0)).collect())
+        .map(|_| {
+            (0..INPUT_LEN)
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect()
+        })
         .collect()
 }
 
@@ -767,7 +893,11 @@ fn bench(a: BenchArgs) -> Result<()> {
             });
             println!("{out}");
         }
-        BenchWhat::Infer { model, runs, backend } => {
+        BenchWhat::Infer {
+            model,
+            runs,
+            backend,
+        } => {
             let b = backend.backend()?;
             let mut m = Model::load(&model, &b)?;
             let windows = synthetic_windows(32, 2);
@@ -787,7 +917,10 @@ fn bench(a: BenchArgs) -> Result<()> {
                         t.elapsed().as_secs_f64() * 1e3 / bs as f64
                     })
                     .collect();
-                res.insert(format!("b{bs}_ms_per_window"), serde_json::json!(median(times)));
+                res.insert(
+                    format!("b{bs}_ms_per_window"),
+                    serde_json::json!(median(times)),
+                );
             }
             let out = serde_json::json!({
                 "backend": backend.backend,

@@ -29,7 +29,10 @@ fn t<const D: usize>(v: &[f64], shape: [usize; D], device: &Device) -> Tensor<D>
 }
 
 fn vals<const D: usize>(x: Tensor<D>) -> Vec<f64> {
-    x.into_data().convert::<f64>().try_into_vec::<f64>().unwrap()
+    x.into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .unwrap()
 }
 
 /// A scalar function of several parameter vectors, evaluated with burn on `device`;
@@ -100,7 +103,11 @@ fn conv1d_same_padding_even_kernel() {
     };
     check(
         "conv1d",
-        &[rand_vec(b * ci * l, &mut rng), rand_vec(co * ci * k, &mut rng), rand_vec(co, &mut rng)],
+        &[
+            rand_vec(b * ci * l, &mut rng),
+            rand_vec(co * ci * k, &mut rng),
+            rand_vec(co, &mut rng),
+        ],
         &f,
         400,
     );
@@ -118,7 +125,12 @@ fn leaky_relu_and_max_pool() {
         assert_eq!(y.dims(), [b, c, out_len]);
         (y * t(&r, [b, c, out_len], d)).sum()
     };
-    check("leaky_relu+max_pool1d", &[rand_vec(b * c * l, &mut rng)], &f, 1000);
+    check(
+        "leaky_relu+max_pool1d",
+        &[rand_vec(b * c * l, &mut rng)],
+        &f,
+        1000,
+    );
 }
 
 #[test]
@@ -136,7 +148,11 @@ fn global_max_and_linear() {
     };
     check(
         "global_max+linear",
-        &[rand_vec(b * c * l, &mut rng), rand_vec(c * o, &mut rng), rand_vec(o, &mut rng)],
+        &[
+            rand_vec(b * c * l, &mut rng),
+            rand_vec(c * o, &mut rng),
+            rand_vec(o, &mut rng),
+        ],
         &f,
         1000,
     );
@@ -146,7 +162,9 @@ fn global_max_and_linear() {
 fn weighted_bce_with_logits() {
     let mut rng = SmallRng::seed_from_u64(7);
     let (n, h) = (5, 7);
-    let y: Vec<f64> = (0..n * h).map(|i| ((i * 7 + 3) % 3 == 0) as u8 as f64).collect();
+    let y: Vec<f64> = (0..n * h)
+        .map(|i| ((i * 7 + 3) % 3 == 0) as u8 as f64)
+        .collect();
     let sw: Vec<f64> = (0..n * h).map(|i| 0.5 + (i % 4) as f64 * 0.25).collect();
     let hw = [0.195f32, 0.195, 0.195, 0.0125, 0.0125, 0.195, 0.195];
     let logits: Vec<f64> = rand_vec(n * h, &mut rng).iter().map(|v| v * 6.0).collect();
@@ -167,13 +185,20 @@ fn weighted_bce_with_logits() {
         for j in 0..h {
             let z = logits[i * h + j];
             let p = 1.0 / (1.0 + (-z).exp());
-            let yy = if (((i * h + j) * 7 + 3) % 3) == 0 { 1.0 } else { 0.0 };
+            let yy = if (((i * h + j) * 7 + 3) % 3) == 0 {
+                1.0
+            } else {
+                0.0
+            };
             let bce = -(yy * p.ln() + (1.0 - yy) * (1.0 - p).ln());
             expect += hw[j] as f64 * sw_check[i * h + j] * bce;
         }
     }
     expect /= n as f64;
-    assert!((v - expect).abs() < 1e-6 * expect.abs().max(1.0), "bce {v} vs {expect}");
+    assert!(
+        (v - expect).abs() < 1e-6 * expect.abs().max(1.0),
+        "bce {v} vs {expect}"
+    );
     check("weighted_bce", &[logits], &f, 100);
 }
 

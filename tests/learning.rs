@@ -39,12 +39,19 @@ fn small_manifest(dir: &Path, n: usize) -> PathBuf {
 }
 
 fn windows(d: &Dataset, n: usize) -> Vec<Vec<f32>> {
-    d.windows.iter().take(n).map(|w| w.samples.clone()).collect()
+    d.windows
+        .iter()
+        .take(n)
+        .map(|w| w.samples.clone())
+        .collect()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn run_tract(bytes: &[u8], ws: &[Vec<f32>]) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
@@ -132,16 +139,36 @@ fn cli_pretrain_finetune_eval_infer() {
     let manifest = small_manifest(tmp.path(), 4);
     let pretext = tmp.path().join("pretext.onnx");
     let out = bin()
-        .args(["pretrain", "--epochs", "1", "--max-steps", "2", "--val-frac", "0", "--out"])
+        .args([
+            "pretrain",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "2",
+            "--val-frac",
+            "0",
+            "--out",
+        ])
         .arg(&pretext)
         .arg(data.join("eegmat/Subject00_rest.edf"))
         .arg(data.join("mitbih/100.hea"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let model = tmp.path().join("m.onnx");
     let out = bin()
-        .args(["finetune", "--epochs", "2", "--eval-folds", "2", "--encoder"])
+        .args([
+            "finetune",
+            "--epochs",
+            "2",
+            "--eval-folds",
+            "2",
+            "--encoder",
+        ])
         .arg(&pretext)
         .arg("--manifest")
         .arg(&manifest)
@@ -149,7 +176,11 @@ fn cli_pretrain_finetune_eval_infer() {
         .arg(&model)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // the card binds to the model bytes and tells what the model saw
     let card = affectgate::learn::card::ModelCard::load_for_model(&model).unwrap();
     assert_eq!(card.heads.len(), 1);
@@ -172,7 +203,11 @@ fn cli_pretrain_finetune_eval_infer() {
         .arg(&manifest)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let h = &v["heads"]["arousal"];
     // 4 subjects × (18 rest + 6 task) windows
@@ -182,7 +217,10 @@ fn cli_pretrain_finetune_eval_infer() {
         assert!((0.0..=1.0).contains(&x), "{k} = {x}");
     }
     let c = &h["confusion"];
-    let total: u64 = ["tp", "tn", "fp", "fn_"].iter().map(|k| c[k].as_u64().unwrap()).sum();
+    let total: u64 = ["tp", "tn", "fp", "fn_"]
+        .iter()
+        .map(|k| c[k].as_u64().unwrap())
+        .sum();
     assert_eq!(total, 96);
     assert_eq!(c["tp"].as_u64().unwrap() + c["fn_"].as_u64().unwrap(), 24);
 
@@ -255,8 +293,22 @@ fn broken_model_and_manifest_errors_name_the_file() {
             .unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("missing.edf") && err.contains("bad.csv"), "{err}");
+        assert!(
+            err.contains("missing.edf") && err.contains("bad.csv"),
+            "{err}"
+        );
     }
-    let out = bin().args(["eval", "--backend", "cuda", "--model", "x.onnx", "--manifest", "y.csv"]).output().unwrap();
+    let out = bin()
+        .args([
+            "eval",
+            "--backend",
+            "cuda",
+            "--model",
+            "x.onnx",
+            "--manifest",
+            "y.csv",
+        ])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("--backend cuda"));
 }

@@ -58,12 +58,12 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use tract_onnx::pb;
 
-/// Name of the model input.
-pub use crate::learn::onnx::INPUT_NAME;
-/// Name of the optional embedding output (not a head).
-pub use crate::learn::onnx::EMBEDDING_NAME;
 /// Samples per window: the one window type of the project.
 pub use crate::dsp::WINDOW_LEN;
+/// Name of the optional embedding output (not a head).
+pub use crate::learn::onnx::EMBEDDING_NAME;
+/// Name of the model input.
+pub use crate::learn::onnx::INPUT_NAME;
 /// Environment variable naming the ONNX Runtime library (as `ort` itself uses it).
 pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
 

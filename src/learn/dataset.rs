@@ -79,8 +79,14 @@ fn recording_windows(
     let rec = read_recording(path, signal)?;
     let fs = rec.fs_hz;
     let n = rec.samples_uv.len();
-    let a = segment.0.map(|s| ((s * fs).round() as usize).min(n)).unwrap_or(0);
-    let b = segment.1.map(|s| ((s * fs).round() as usize).min(n)).unwrap_or(n);
+    let a = segment
+        .0
+        .map(|s| ((s * fs).round() as usize).min(n))
+        .unwrap_or(0);
+    let b = segment
+        .1
+        .map(|s| ((s * fs).round() as usize).min(n))
+        .unwrap_or(n);
     if a >= b {
         bail!(
             "{}: segment {:?}..{:?} s is empty (recording is {:.1} s long)",

@@ -103,7 +103,11 @@ fn standardise(train: &mut [Vec<f32>], test: &mut [Vec<f32>]) {
     for j in 0..d {
         let n = train.len() as f64;
         let mean = train.iter().map(|r| r[j] as f64).sum::<f64>() / n;
-        let var = train.iter().map(|r| (r[j] as f64 - mean).powi(2)).sum::<f64>() / n;
+        let var = train
+            .iter()
+            .map(|r| (r[j] as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
         let sd = var.sqrt().max(1e-6);
         for r in train.iter_mut().chain(test.iter_mut()) {
             r[j] = ((r[j] as f64 - mean) / sd) as f32;
@@ -170,7 +174,11 @@ pub fn run(
             fi + 1,
             hist.first().map(|e| e.train_loss).unwrap_or(f32::NAN),
             hist.last().map(|e| e.train_loss).unwrap_or(f32::NAN),
-            PRETEXT_TASKS.iter().zip(&acc).map(|(t, a)| format!("{t} {a:.3}")).collect::<Vec<_>>()
+            PRETEXT_TASKS
+                .iter()
+                .zip(&acc)
+                .map(|(t, a)| format!("{t} {a:.3}"))
+                .collect::<Vec<_>>()
         ));
         pretext_acc.push(acc);
         let train_emb = embed(&pw, &train_x);
@@ -190,7 +198,10 @@ pub fn run(
                     "ssl_frozen" => {
                         let e: Vec<Vec<f32>> = idx.iter().map(|&i| train_emb[i].clone()).collect();
                         let (heads, _) = train_heads(&e, &lab, &names, &EMOTION_HIDDEN, &cfg.heads);
-                        predict_heads(&heads, &test_emb).iter().map(|r| r[0]).collect()
+                        predict_heads(&heads, &test_emb)
+                            .iter()
+                            .map(|r| r[0])
+                            .collect()
                     }
                     "supervised" => {
                         let x: Vec<Vec<f32>> = idx.iter().map(|&i| train_x[i].clone()).collect();
@@ -206,7 +217,10 @@ pub fn run(
                     _ => {
                         let f: Vec<Vec<f32>> = idx.iter().map(|&i| train_hr[i].clone()).collect();
                         let (heads, _) = train_heads(&f, &lab, &names, &[], &cfg.baseline);
-                        predict_heads(&heads, &test_hr).iter().map(|r| r[0]).collect()
+                        predict_heads(&heads, &test_hr)
+                            .iter()
+                            .map(|r| r[0])
+                            .collect()
                     }
                 };
                 let c = Confusion::from_scores(&scores, &test_y, 0.5);
@@ -264,8 +278,17 @@ pub fn markdown(r: &ExperimentReport) -> String {
                 .map(|c| {
                     let n = c.fold_balanced_accuracy.len() as f64;
                     let mean = c.fold_balanced_accuracy.iter().sum::<f64>() / n;
-                    let sd = (c.fold_balanced_accuracy.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
-                    format!("{:.3} (folds {:.3} ± {:.3}; F1 {:.3})", c.balanced_accuracy, mean, sd, c.f1)
+                    let sd = (c
+                        .fold_balanced_accuracy
+                        .iter()
+                        .map(|v| (v - mean).powi(2))
+                        .sum::<f64>()
+                        / n)
+                        .sqrt();
+                    format!(
+                        "{:.3} (folds {:.3} ± {:.3}; F1 {:.3})",
+                        c.balanced_accuracy, mean, sd, c.f1
+                    )
                 })
                 .unwrap_or_default()
         };
@@ -273,7 +296,10 @@ pub fn markdown(r: &ExperimentReport) -> String {
             .cells
             .iter()
             .find(|c| c.fraction == frac)
-            .map(|c| c.train_windows_per_fold.iter().sum::<usize>() / c.train_windows_per_fold.len().max(1))
+            .map(|c| {
+                c.train_windows_per_fold.iter().sum::<usize>()
+                    / c.train_windows_per_fold.len().max(1)
+            })
             .unwrap_or(0);
         s.push_str(&format!(
             "| {:.0} % (≈{} per fold) | {} | {} | {} |\n",

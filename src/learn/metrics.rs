@@ -106,7 +106,15 @@ mod tests {
         let scores = [0.9, 0.8, 0.7, 0.6, 0.55, 0.51, 0.2, 0.1, 0.3, 0.9];
         let labels = [true, true, true, true, true, true, true, true, false, false];
         let c = Confusion::from_scores(&scores, &labels, 0.5);
-        assert_eq!(c, Confusion { tp: 6, tn: 1, fp: 1, fn_: 2 });
+        assert_eq!(
+            c,
+            Confusion {
+                tp: 6,
+                tn: 1,
+                fp: 1,
+                fn_: 2
+            }
+        );
         assert!((c.accuracy() - 0.7).abs() < 1e-12);
         assert!((c.balanced_accuracy() - (0.75 + 0.5) / 2.0).abs() < 1e-12);
         let f1_pos = 12.0 / 15.0;

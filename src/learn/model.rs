@@ -175,7 +175,11 @@ impl Net {
                     in_ch: i,
                     kernel: k,
                     weight: to_vec(c.weight.val()),
-                    bias: c.bias.as_ref().map(|b| to_vec(b.val())).unwrap_or(vec![0.0; o]),
+                    bias: c
+                        .bias
+                        .as_ref()
+                        .map(|b| to_vec(b.val()))
+                        .unwrap_or(vec![0.0; o]),
                 }
             })
             .collect();
@@ -274,7 +278,11 @@ fn dense_weights(l: &Linear) -> DenseWeights {
         in_dim: i,
         out_dim: o,
         weight: t,
-        bias: l.bias.as_ref().map(|b| to_vec(b.val())).unwrap_or(vec![0.0; o]),
+        bias: l
+            .bias
+            .as_ref()
+            .map(|b| to_vec(b.val()))
+            .unwrap_or(vec![0.0; o]),
     }
 }
 
@@ -296,8 +304,8 @@ pub fn weighted_bce(
 ) -> Tensor<1> {
     let [n, h] = logits.dims();
     let device = logits.device();
-    let per = logits.clone().clamp_min(0.0) - logits.clone() * targets
-        + logits.abs().neg().exp().log1p();
+    let per =
+        logits.clone().clamp_min(0.0) - logits.clone() * targets + logits.abs().neg().exp().log1p();
     let per = match sample_weight {
         Some(w) => per * w,
         None => per,

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use prost::Message;
 use tract_onnx::pb;
 
-use super::onnx::{Conv1dWeights, DenseWeights, HeadWeights, NetworkWeights, OnnxError, EMBEDDING_NAME};
+use super::onnx::{
+    Conv1dWeights, DenseWeights, HeadWeights, NetworkWeights, OnnxError, EMBEDDING_NAME,
+};
 
 fn floats(t: &pb::TensorProto) -> Result<Vec<f32>, OnnxError> {
     if !t.float_data.is_empty() {
@@ -29,7 +31,8 @@ fn floats(t: &pb::TensorProto) -> Result<Vec<f32>, OnnxError> {
 
 /// Weights and metadata of an ONNX file written by [`super::onnx::export_onnx`].
 pub fn import_onnx(bytes: &[u8]) -> Result<(NetworkWeights, Vec<(String, String)>), OnnxError> {
-    let m = pb::ModelProto::decode(bytes).map_err(|e| OnnxError::Decode(format!("protobuf: {e}")))?;
+    let m =
+        pb::ModelProto::decode(bytes).map_err(|e| OnnxError::Decode(format!("protobuf: {e}")))?;
     let g = m
         .graph
         .as_ref()
@@ -61,7 +64,9 @@ pub fn import_onnx(bytes: &[u8]) -> Result<(NetworkWeights, Vec<(String, String)
         let (d, weight) = get(&wn)?;
         let (_, bias) = get(&format!("ag.conv{n}.B"))?;
         if d.len() != 3 {
-            return Err(OnnxError::Decode(format!("{wn}: expected 3 dims, got {d:?}")));
+            return Err(OnnxError::Decode(format!(
+                "{wn}: expected 3 dims, got {d:?}"
+            )));
         }
         convs.push(Conv1dWeights {
             out_ch: d[0],
@@ -94,7 +99,9 @@ pub fn import_onnx(bytes: &[u8]) -> Result<(NetworkWeights, Vec<(String, String)
             let (d, weight) = get(&format!("{p}.W"))?;
             let (_, bias) = get(&format!("{p}.B"))?;
             if d.len() != 2 {
-                return Err(OnnxError::Decode(format!("{p}.W: expected 2 dims, got {d:?}")));
+                return Err(OnnxError::Decode(format!(
+                    "{p}.W: expected 2 dims, got {d:?}"
+                )));
             }
             layers.push(DenseWeights {
                 in_dim: d[1],

@@ -21,9 +21,18 @@ const COLORS: [RGBColor; 8] = [
 
 /// Line plot of named series over epochs (x = 1..).
 pub fn lines(path: &Path, title: &str, y_label: &str, series: &[(String, Vec<f32>)]) -> Result<()> {
-    let n = series.iter().map(|(_, v)| v.len()).max().unwrap_or(0).max(2);
+    let n = series
+        .iter()
+        .map(|(_, v)| v.len())
+        .max()
+        .unwrap_or(0)
+        .max(2);
     let (mut lo, mut hi) = (f32::MAX, f32::MIN);
-    for v in series.iter().flat_map(|(_, v)| v.iter()).filter(|v| v.is_finite()) {
+    for v in series
+        .iter()
+        .flat_map(|(_, v)| v.iter())
+        .filter(|v| v.is_finite())
+    {
         lo = lo.min(*v);
         hi = hi.max(*v);
     }
@@ -82,7 +91,11 @@ pub fn confusion(path: &Path, title: &str, c: &Confusion, neg: &str, pos: &str) 
         .x_labels(0)
         .y_labels(0)
         .draw()?;
-    let max = [c.tp, c.tn, c.fp, c.fn_].into_iter().max().unwrap_or(1).max(1) as f64;
+    let max = [c.tp, c.tn, c.fp, c.fn_]
+        .into_iter()
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
     // x = predicted (0 neg, 1 pos); the true-positive row is drawn on top
     let layout = [
         (1.0f32, 0.0f32, c.tp, "TP"),

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use super::metrics::Confusion;
 use super::model::{
-    batch_tensor, matrix, rows_of, weighted_bce, Net, PRETEXT_HIDDEN,
-    PRETEXT_LOSS_WEIGHTS, PRETEXT_TASKS,
+    batch_tensor, matrix, rows_of, weighted_bce, Net, PRETEXT_HIDDEN, PRETEXT_LOSS_WEIGHTS,
+    PRETEXT_TASKS,
 };
 use super::onnx::{HeadWeights, NetworkWeights};
 use super::transforms::Transform;
@@ -177,7 +177,10 @@ pub fn pretrain(
 }
 
 fn scalar(t: Tensor<1>) -> f32 {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32")[0]
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32")[0]
 }
 
 /// Pretext loss and per-head balanced accuracy on held-out windows (each window in all seven
@@ -202,7 +205,11 @@ pub fn pretext_eval(w: &NetworkWeights, windows: &[Vec<f32>], seed: u64) -> (f32
             for (h, c) in conf.iter_mut().enumerate() {
                 let pred = row[h] >= 0.0;
                 let truth = t.index() == h;
-                c.add(&Confusion::from_scores(&[f32::from(u8::from(pred))], &[truth], 0.5));
+                c.add(&Confusion::from_scores(
+                    &[f32::from(u8::from(pred))],
+                    &[truth],
+                    0.5,
+                ));
             }
         }
     }
@@ -268,8 +275,14 @@ fn balance_weights(labels: &[Vec<Option<f32>>], n_heads: usize) -> Vec<f32> {
     let n = labels.len();
     let mut w = vec![0.0f32; n * n_heads];
     for h in 0..n_heads {
-        let pos = labels.iter().filter(|l| l[h].is_some_and(|v| v >= 0.5)).count();
-        let neg = labels.iter().filter(|l| l[h].is_some_and(|v| v < 0.5)).count();
+        let pos = labels
+            .iter()
+            .filter(|l| l[h].is_some_and(|v| v >= 0.5))
+            .count();
+        let neg = labels
+            .iter()
+            .filter(|l| l[h].is_some_and(|v| v < 0.5))
+            .count();
         let total = (pos + neg) as f32;
         for (i, l) in labels.iter().enumerate() {
             w[i * n_heads + h] = match l[h] {
@@ -286,7 +299,11 @@ fn targets(labels: &[Vec<Option<f32>>], idx: &[usize], n_heads: usize) -> Vec<f3
     let mut t = Vec::with_capacity(idx.len() * n_heads);
     for &i in idx {
         for h in 0..n_heads {
-            t.push(labels[i][h].map(|v| if v >= 0.5 { 1.0 } else { 0.0 }).unwrap_or(0.0));
+            t.push(
+                labels[i][h]
+                    .map(|v| if v >= 0.5 { 1.0 } else { 0.0 })
+                    .unwrap_or(0.0),
+            );
         }
     }
     t
@@ -363,10 +380,18 @@ pub fn train_heads(
     device.seed(cfg.seed);
     let input_dim = emb.first().map(|e| e.len()).unwrap_or(0);
     let net = Net::heads_only(head_names.len(), input_dim, hidden, &device);
-    let (net, losses) = fit(net, emb.len(), labels, cfg, "heads", &device, |net, rows| {
-        let rows: Vec<&[f32]> = rows.iter().map(|&i| emb[i].as_slice()).collect();
-        net.forward_heads(matrix(&rows, &device))
-    });
+    let (net, losses) = fit(
+        net,
+        emb.len(),
+        labels,
+        cfg,
+        "heads",
+        &device,
+        |net, rows| {
+            let rows: Vec<&[f32]> = rows.iter().map(|&i| emb[i].as_slice()).collect();
+            net.forward_heads(matrix(&rows, &device))
+        },
+    );
     (net.to_weights(head_names).heads, losses)
 }
 
@@ -381,9 +406,17 @@ pub fn train_supervised(
     let device = Device::flex().autodiff();
     device.seed(cfg.seed);
     let net = Net::new(head_names.len(), hidden, &device);
-    let (net, losses) = fit(net, windows.len(), labels, cfg, "supervised", &device, |net, rows| {
-        let rows: Vec<&[f32]> = rows.iter().map(|&i| windows[i].as_slice()).collect();
-        net.forward(batch_tensor(&rows, &device))
-    });
+    let (net, losses) = fit(
+        net,
+        windows.len(),
+        labels,
+        cfg,
+        "supervised",
+        &device,
+        |net, rows| {
+            let rows: Vec<&[f32]> = rows.iter().map(|&i| windows[i].as_slice()).collect();
+            net.forward(batch_tensor(&rows, &device))
+        },
+    );
     (net.to_weights(head_names), losses)
 }

@@ -132,7 +132,9 @@ pub fn time_warp<R: Rng + ?Sized>(
     rng: &mut R,
 ) {
     let segs = split_points(x.len(), pieces);
-    let mut stretched: Vec<bool> = (0..segs.len()).map(|i| i < segs.len().div_ceil(2)).collect();
+    let mut stretched: Vec<bool> = (0..segs.len())
+        .map(|i| i < segs.len().div_ceil(2))
+        .collect();
     stretched.shuffle(rng);
     let mut tmp = Vec::with_capacity(x.len() + x.len() / 10);
     for (&(a, b), &s) in segs.iter().zip(&stretched) {
@@ -157,7 +159,9 @@ mod tests {
     use rand::SeedableRng;
 
     fn sig() -> Vec<f32> {
-        (0..2560).map(|i| ((i as f32) * 0.05).sin() + 0.3 * ((i as f32) * 0.31).cos()).collect()
+        (0..2560)
+            .map(|i| ((i as f32) * 0.05).sin() + 0.3 * ((i as f32) * 0.31).cos())
+            .collect()
     }
 
     #[test]
@@ -167,7 +171,11 @@ mod tests {
         let mut out = Vec::new();
         add_noise(&x, 15.0, &mut out, &mut rng);
         let ps: f64 = x.iter().map(|v| (*v as f64).powi(2)).sum();
-        let pn: f64 = x.iter().zip(&out).map(|(a, b)| ((b - a) as f64).powi(2)).sum();
+        let pn: f64 = x
+            .iter()
+            .zip(&out)
+            .map(|(a, b)| ((b - a) as f64).powi(2))
+            .sum();
         let snr = 10.0 * (ps / pn).log10();
         assert!((snr - 15.0).abs() < 0.5, "snr {snr}");
     }
@@ -212,7 +220,9 @@ mod tests {
         assert_eq!(out[0], x[0]);
         let diff: f32 = x.iter().zip(&out).map(|(a, b)| (a - b).abs()).sum::<f32>() / 2560.0;
         assert!(diff > 0.01, "warp changed the signal ({diff})");
-        let (mn, mx) = out.iter().fold((f32::MAX, f32::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
+        let (mn, mx) = out
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
         assert!(mn >= -1.31 && mx <= 1.31, "interpolation stays in range");
     }
 
