@@ -335,10 +335,12 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
     };
     let cfg = a.train.config(10);
     let (w, hist) = train::pretrain(&train.samples(), &val.samples(), &cfg, init.as_ref());
-    let files: Vec<String> = dataset::find_recordings(&a.data)?
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
+    let files_of = |d: &Dataset| -> Vec<String> {
+        let mut f: Vec<String> = d.windows.iter().map(|w| w.file.display().to_string()).collect();
+        f.sort();
+        f.dedup();
+        f
+    };
     let last_acc = hist
         .last()
         .map(|e| e.val_task_balanced_accuracy.clone())
@@ -347,7 +349,11 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
         ("affectgate.kind".to_string(), "pretext".to_string()),
         (
             "affectgate.pretext_data".to_string(),
-            serde_json::to_string(&files)?,
+            serde_json::to_string(&files_of(&train))?,
+        ),
+        (
+            "affectgate.pretext_holdout".to_string(),
+            serde_json::to_string(&files_of(&val))?,
         ),
         (
             "affectgate.pretext_windows".to_string(),
@@ -498,6 +504,16 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
             eprintln!("card evaluation fold {}/{} done", fi + 1, folds.len());
         }
         for (h, c) in conf.iter().enumerate() {
+            if let Some(dir) = &a.plots {
+                std::fs::create_dir_all(dir)?;
+                plots::confusion(
+                    &dir.join(format!("confusion_{}_by_subject.svg", head_names[h])),
+                    &format!("{}: leave-subjects-out ({} folds)", head_names[h], folds.len()),
+                    c,
+                    "0",
+                    "1",
+                )?;
+            }
             evaluation.push(Evaluation {
                 head: head_names[h].clone(),
                 protocol: format!(
@@ -569,6 +585,7 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
         heads: head_names.iter().map(|h| head_card(h)).collect(),
         training: Training {
             pretext_data: get("affectgate.pretext_data").and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default(),
+            pretext_holdout: get("affectgate.pretext_holdout").and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default(),
             pretext_windows: get("affectgate.pretext_windows").and_then(|s| s.parse().ok()).unwrap_or(0),
             pretext_epochs: get("affectgate.pretext_epochs").and_then(|s| s.parse().ok()).unwrap_or(0),
             pretext_val_balanced_accuracy: get("affectgate.pretext_val_balanced_accuracy")

@@ -68,13 +68,16 @@ pub struct HeadCard {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Training {
-    /// Unlabelled recordings the encoder saw during self-supervised pretraining.
+    /// Unlabelled recordings the encoder was trained on during self-supervised pretraining.
     pub pretext_data: Vec<String>,
+    /// Recordings held out from pretraining to measure pretext accuracy (never trained on).
+    #[serde(default)]
+    pub pretext_holdout: Vec<String>,
     pub pretext_windows: usize,
     pub pretext_epochs: usize,
     /// Final pretext balanced accuracy per transformation on held-out windows.
     #[serde(default)]
-    pub pretext_val_balanced_accuracy: Vec<(String, f32)>,
+    pub pretext_val_balanced_accuracy: std::collections::BTreeMap<String, f32>,
     /// Labelled data the heads saw (manifest and subjects).
     pub finetune_data: String,
     pub finetune_subjects: Vec<String>,
