@@ -2,6 +2,10 @@
 
 use clap::Parser;
 
+/// See Cargo.toml: large per-step training buffers are reused instead of re-faulted.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
