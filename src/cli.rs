@@ -336,7 +336,11 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
     let cfg = a.train.config(10);
     let (w, hist) = train::pretrain(&train.samples(), &val.samples(), &cfg, init.as_ref());
     let files_of = |d: &Dataset| -> Vec<String> {
-        let mut f: Vec<String> = d.windows.iter().map(|w| w.file.display().to_string()).collect();
+        let mut f: Vec<String> = d
+            .windows
+            .iter()
+            .map(|w| w.file.display().to_string())
+            .collect();
         f.sort();
         f.dedup();
         f
@@ -508,7 +512,11 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
                 std::fs::create_dir_all(dir)?;
                 plots::confusion(
                     &dir.join(format!("confusion_{}_by_subject.svg", head_names[h])),
-                    &format!("{}: leave-subjects-out ({} folds)", head_names[h], folds.len()),
+                    &format!(
+                        "{}: leave-subjects-out ({} folds)",
+                        head_names[h],
+                        folds.len()
+                    ),
                     c,
                     "0",
                     "1",
