@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! source/  where ECG comes from. `source::file` reads EDF/EDF+, WFDB and CSV recordings
-//!   │      (one reader for training, evaluation and file replay).
+//!   │      (one reader for training, evaluation and file replay); `source::synthetic`
+//!   │      generates ECG (ECGSYN model) for demos and load tests, with true beat times.
 //! dsp/     biquad high-pass/low-pass/notch → resample to 256 Hz → 10 s `Window`s →
 //!   │      z-score, plus R-peak detection and HR/HRV. Streaming with state carried across
 //!   │      blocks, so training and the live gateway run the *same* code.
