@@ -16,8 +16,8 @@ use crate::learn::dataset::{self, Dataset};
 use crate::learn::experiment::{self, ExperimentConfig};
 use crate::learn::metrics::{Confusion, HeadReport};
 use crate::learn::model::{EMOTION_HIDDEN, INPUT_LEN, PRETEXT_TASKS};
+use crate::learn::onnx::import_onnx;
 use crate::learn::onnx::{export_onnx, NetworkWeights};
-use crate::learn::onnx_import::import_onnx;
 use crate::learn::plots;
 use crate::learn::train::{self, TrainConfig};
 

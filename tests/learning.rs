@@ -10,7 +10,7 @@ use affectgate::infer::{find_onnxruntime_dylib, Backend, Model};
 use affectgate::learn::dataset::{labelled_from_manifest, Dataset};
 use affectgate::learn::model::{Net, EMOTION_HIDDEN, INPUT_LEN, PRETEXT_HIDDEN};
 use affectgate::learn::onnx::export_onnx;
-use affectgate::learn::onnx_import::import_onnx;
+use affectgate::learn::onnx::import_onnx;
 use affectgate::learn::train::{embed, predict, pretext_eval, pretrain, TrainConfig};
 
 fn data_dir() -> Option<PathBuf> {

@@ -36,15 +36,7 @@ fn emotion_weights() -> NetworkWeights {
 
 /// Seven pretext heads (Dense128 → Dense128 → 1), weights drawn with `rand`.
 fn pretext_weights() -> NetworkWeights {
-    let names = [
-        "original",
-        "noise",
-        "scale",
-        "negate",
-        "flip",
-        "permute",
-        "time_warp",
-    ];
+    let names = affectgate::learn::model::PRETEXT_TASKS;
     let mut w = NetworkWeights::seeded(&names.map(|n| (n, &[128usize, 128][..])), 7);
     let mut rng = StdRng::seed_from_u64(7);
     for h in &mut w.heads {

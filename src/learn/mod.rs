@@ -6,7 +6,7 @@
 //! - [`dataset`]: recordings + manifest → preprocessed, per-subject z-scored windows;
 //! - [`manifest`]: the labelled-dataset manifest (CSV);
 //! - [`metrics`]: balanced accuracy, accuracy, macro-F1, confusion;
-//! - [`onnx`]: ONNX export (and import) of the network, plus a plain-Rust reference forward;
+//! - [`onnx`]: ONNX export and import of the network, plus a plain-Rust reference forward;
 //! - [`card`]: model cards; [`plots`]: SVG plots; [`experiment`]: the paper's comparison,
 //!   subject-independent.
 
@@ -17,7 +17,6 @@ pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod onnx;
-pub mod onnx_import;
 pub mod plots;
 pub mod train;
 pub mod transforms;
