@@ -49,6 +49,17 @@ pub enum Command {
     Experiment(ExperimentArgs),
     /// Measure training-step and inference speed (prints one JSON object).
     Bench(BenchArgs),
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        what: ConfigWhat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigWhat {
+    /// Parse and validate a config file (plugin.toml); exit 1 with the key at fault.
+    Check { file: PathBuf },
 }
 
 #[derive(Args, Debug)]
@@ -249,6 +260,19 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Infer(a) => infer(a),
         Command::Experiment(a) => run_experiment(a),
         Command::Bench(a) => bench(a),
+        Command::Config {
+            what: ConfigWhat::Check { file },
+        } => {
+            let cfg = crate::config::Config::load(&file)?;
+            println!(
+                "{}: ok (gateway {}, {} sensors, model {})",
+                file.display(),
+                cfg.gateway.id,
+                cfg.sensors.len(),
+                cfg.model.path.display()
+            );
+            Ok(())
+        }
     }
 }
 

@@ -22,6 +22,9 @@
 //!                metrics, experiments, ONNX export and model cards.
 //! ```
 //!
+//! [`config`] assembles the one configuration (`plugin.toml`: manifest + defaults) from the
+//! components' own config structs and validates it as a whole.
+//!
 //! The binary (`src/main.rs`, commands in [`cli`]) is a thin layer over these modules:
 //! `pretrain`, `finetune`, `eval`, `infer`, `experiment`, `bench`.
 //!
@@ -38,6 +41,7 @@
 //!   field at fault; the CLI wraps them with `anyhow` context and tells the user what to do.
 
 pub mod cli;
+pub mod config;
 pub mod dsp;
 pub mod infer;
 pub mod learn;

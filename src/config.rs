@@ -1,0 +1,271 @@
+//! The one configuration of the gateway: `plugin.toml` holds the plugin manifest (`[plugin]`)
+//! and the default configuration (every other section). Loaded once, validated as a whole at
+//! start, so a typo fails before any sensor connects: unknown keys and wrong types are rejected
+//! by serde (`deny_unknown_fields`, with the line and key), impossible values (a notch above a
+//! sensor's Nyquist frequency, a duplicate sensor id, a port of 0) by [`Config::validate`] with the
+//! full key path and what is allowed.
+//!
+//! Each component keeps its own config struct where it lives (`dsp::PreprocessConfig`,
+//! `source::synthetic::SyntheticConfig`, `infer::Backend`); this module only assembles them.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dsp::PreprocessConfig;
+use crate::infer::Backend;
+use crate::source::synthetic::SyntheticConfig;
+
+/// Version of the configuration schema this build reads (`plugin.config_schema`).
+pub const CONFIG_SCHEMA: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A component's own validation failed; `message` names its field and value.
+    #[error("config {path}: {key}: {message}")]
+    Component {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("config {path}: {key} = {value}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        value: String,
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub plugin: PluginManifest,
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub sensors: Vec<SensorConfig>,
+    #[serde(default)]
+    pub dsp: PreprocessConfig,
+    pub model: ModelConfig,
+    pub store: StoreConfig,
+    pub mqtt: MqttConfig,
+    pub retrain: RetrainConfig,
+}
+
+/// The plugin manifest: what a hub needs to know to run and wire the plugin.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginManifest {
+    pub name: String,
+    pub version: String,
+    /// Command the hub runs (`{config}` is replaced by this file's path).
+    pub entry: String,
+    pub config_schema: u32,
+    /// MQTT topic patterns published / subscribed (`{gateway}`, `{sensor}` placeholders).
+    pub publishes: Vec<String>,
+    pub subscribes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Gateway id used in MQTT topics: `[a-zA-Z0-9_-]`.
+    pub id: String,
+}
+
+/// One sensor: an id (used in topics and the store) and where its ECG comes from.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SensorConfig {
+    pub id: String,
+    pub source: SourceConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// Generated ECG (ECGSYN); the table's other keys are `SyntheticConfig`.
+    Synthetic {
+        #[serde(flatten)]
+        ecg: SyntheticConfig,
+    },
+    /// A recording the learning core reads (EDF, WFDB, CSV).
+    Replay {
+        path: PathBuf,
+        #[serde(default)]
+        signal: Option<String>,
+        /// Pace samples at their real rate (true) or as fast as possible.
+        #[serde(default = "yes")]
+        realtime: bool,
+        #[serde(default, rename = "loop")]
+        looped: bool,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// ONNX model with its `.card.toml` beside it.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub backend: Backend,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    /// Retention: oldest windows are dropped beyond this many bytes…
+    pub max_bytes: u64,
+    /// …or this age.
+    pub max_age_days: f64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker host; empty = `affectgate demo` starts an embedded broker.
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    pub keep_alive_s: u64,
+    pub discovery_prefix: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetrainConfig {
+    pub enabled: bool,
+    pub interval_h: f64,
+    pub min_new_windows: usize,
+}
+
+/// Is `s` a valid MQTT/HA id (`[a-zA-Z0-9_-]+`)?
+pub fn is_topic_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse and validate config text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Cross-field checks serde cannot express.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: String, value: String, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            value,
+            reason,
+        };
+        if self.plugin.config_schema != CONFIG_SCHEMA {
+            return Err(bad(
+                "plugin.config_schema".into(),
+                self.plugin.config_schema.to_string(),
+                format!("this affectgate reads schema {CONFIG_SCHEMA}"),
+            ));
+        }
+        if !is_topic_id(&self.gateway.id) {
+            return Err(bad(
+                "gateway.id".into(),
+                format!("{:?}", self.gateway.id),
+                "use letters, digits, '_' and '-' only (it is part of MQTT topics)".into(),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, s) in self.sensors.iter().enumerate() {
+            let key = format!("sensors[{i}]");
+            if !is_topic_id(&s.id) {
+                return Err(bad(
+                    format!("{key}.id"),
+                    format!("{:?}", s.id),
+                    "use letters, digits, '_' and '-' only (it is part of MQTT topics)".into(),
+                ));
+            }
+            if !seen.insert(s.id.as_str()) {
+                return Err(bad(
+                    format!("{key}.id"),
+                    format!("{:?}", s.id),
+                    "another sensor already has this id".into(),
+                ));
+            }
+            let component = |key: String, message: String| ConfigError::Component {
+                path: path.to_path_buf(),
+                key,
+                message,
+            };
+            if let SourceConfig::Synthetic { ecg } = &s.source {
+                ecg.validate()
+                    .map_err(|e| component(format!("{key}.source"), e.to_string()))?;
+                // The filters run at the sensor's own rate: each cutoff must be below its Nyquist.
+                self.dsp.validate(ecg.fs_hz).map_err(|e| {
+                    component(
+                        format!("dsp (for sensor {:?} at {} Hz)", s.id, ecg.fs_hz),
+                        e.to_string(),
+                    )
+                })?;
+            }
+        }
+        if self.mqtt.port == 0 {
+            return Err(bad(
+                "mqtt.port".into(),
+                "0".into(),
+                "must be 1..=65535".into(),
+            ));
+        }
+        if !is_topic_id(&self.mqtt.discovery_prefix) {
+            return Err(bad(
+                "mqtt.discovery_prefix".into(),
+                format!("{:?}", self.mqtt.discovery_prefix),
+                "use letters, digits, '_' and '-' only".into(),
+            ));
+        }
+        if !(self.store.max_age_days > 0.0) {
+            return Err(bad(
+                "store.max_age_days".into(),
+                self.store.max_age_days.to_string(),
+                "must be > 0".into(),
+            ));
+        }
+        if self.retrain.enabled && !(self.retrain.interval_h > 0.0) {
+            return Err(bad(
+                "retrain.interval_h".into(),
+                self.retrain.interval_h.to_string(),
+                "must be > 0 when retraining is enabled".into(),
+            ));
+        }
+        Ok(())
+    }
+}

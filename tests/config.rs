@@ -1,0 +1,121 @@
+//! plugin.toml: the shipped file is valid, and bad configs fail at load with the key at fault.
+
+use std::path::Path;
+
+use affectgate::config::{Config, ConfigError, SourceConfig};
+
+fn shipped() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("plugin.toml")).unwrap()
+}
+
+fn err(text: &str) -> String {
+    Config::parse(text, Path::new("test.toml"))
+        .expect_err("config should be rejected")
+        .to_string()
+}
+
+#[test]
+fn shipped_plugin_toml_is_valid() {
+    let cfg = Config::parse(&shipped(), Path::new("plugin.toml")).unwrap();
+    assert_eq!(cfg.plugin.name, "affectgate");
+    assert_eq!(cfg.plugin.config_schema, 1);
+    assert_eq!(cfg.sensors.len(), 3);
+    let hr: Vec<f64> = cfg
+        .sensors
+        .iter()
+        .map(|s| match &s.source {
+            SourceConfig::Synthetic { ecg } => ecg.hr_bpm,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(hr, vec![62.0, 75.0, 98.0]);
+    assert_eq!(cfg.dsp.filter.notch_hz, Some(50.0));
+    assert!(cfg
+        .plugin
+        .publishes
+        .contains(&"affectgate/{gateway}/{sensor}/state".to_string()));
+    assert_eq!(
+        cfg.model.path,
+        Path::new("models/affectgate-arousal-v1.onnx")
+    );
+}
+
+#[test]
+fn unknown_key_is_rejected_with_its_name_and_line() {
+    let text = shipped().replace("keep_alive_s = 30", "keep_alive_s = 30\nkeepalive = 5");
+    let e = err(&text);
+    assert!(e.contains("test.toml") && e.contains("keepalive"), "{e}");
+    assert!(e.contains("line"), "{e}");
+}
+
+#[test]
+fn wrong_type_is_rejected() {
+    let e = err(&shipped().replace("port = 1883", "port = \"1883\""));
+    assert!(e.contains("port") || e.contains("1883"), "{e}");
+    let e = err(&shipped().replace("port = 1883", "port = 70000"));
+    assert!(e.contains("70000") || e.contains("port"), "{e}");
+}
+
+#[test]
+fn notch_above_a_sensors_nyquist_is_rejected() {
+    // a 100 Hz synthetic sensor has Nyquist 50 Hz: a 60 Hz notch cannot work there
+    let text = shipped()
+        .replace("notch_hz = 50.0", "notch_hz = 60.0")
+        .replace(
+            "hr_bpm = 62, hrv_sdnn_ms = 70, seed = 1",
+            "hr_bpm = 62, fs_hz = 100, seed = 1",
+        );
+    let e = err(&text);
+    assert!(
+        e.contains("notch_hz") && e.contains("calm") && e.contains("100"),
+        "{e}"
+    );
+}
+
+#[test]
+fn ids_must_be_topic_safe_and_unique() {
+    let e = err(&shipped().replace("id = \"steady\"", "id = \"st eady/#\""));
+    assert!(e.contains("sensors[1].id"), "{e}");
+    let e = err(&shipped().replace("id = \"steady\"", "id = \"calm\""));
+    assert!(e.contains("sensors[1].id") && e.contains("already"), "{e}");
+    let e = err(&shipped().replace("id = \"affectgate\"", "id = \"\""));
+    assert!(e.contains("gateway.id"), "{e}");
+}
+
+#[test]
+fn impossible_values_name_the_key() {
+    let e = err(&shipped().replace("hr_bpm = 98", "hr_bpm = 400"));
+    assert!(
+        e.contains("sensors[2].source") && e.contains("hr_bpm"),
+        "{e}"
+    );
+    let e = err(&shipped().replace("config_schema = 1", "config_schema = 9"));
+    assert!(e.contains("plugin.config_schema"), "{e}");
+    let e = err(&shipped().replace("max_age_days = 90", "max_age_days = 0"));
+    assert!(e.contains("store.max_age_days"), "{e}");
+    let e = err(&shipped().replace("backend = \"tract\"", "backend = \"cuda\""));
+    assert!(e.contains("cuda") || e.contains("backend"), "{e}");
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    match Config::load(Path::new("/nonexistent/plugin.toml")) {
+        Err(ConfigError::Io { path, .. }) => assert!(path.ends_with("plugin.toml")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn cli_config_check() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_affectgate"))
+        .args(["config", "check"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("plugin.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (gateway affectgate, 3 sensors"));
+}
