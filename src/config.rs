@@ -252,14 +252,16 @@ impl Config {
                 "use letters, digits, '_' and '-' only".into(),
             ));
         }
-        if !(self.store.max_age_days > 0.0) {
+        if self.store.max_age_days.is_nan() || self.store.max_age_days <= 0.0 {
             return Err(bad(
                 "store.max_age_days".into(),
                 self.store.max_age_days.to_string(),
                 "must be > 0".into(),
             ));
         }
-        if self.retrain.enabled && !(self.retrain.interval_h > 0.0) {
+        if self.retrain.enabled
+            && (self.retrain.interval_h.is_nan() || self.retrain.interval_h <= 0.0)
+        {
             return Err(bad(
                 "retrain.interval_h".into(),
                 self.retrain.interval_h.to_string(),

@@ -141,7 +141,9 @@ pub fn run(
     }
     let folds = subject_folds(&subjects, cfg.folds);
     let methods = ["ssl_frozen", "supervised", "hr_baseline"];
-    let mut pooled: BTreeMap<(usize, usize), (Confusion, Vec<f64>, Vec<usize>)> = BTreeMap::new();
+    // (method, fraction) → pooled confusion, per-fold balanced accuracy, training windows
+    type Pooled = (Confusion, Vec<f64>, Vec<usize>);
+    let mut pooled: BTreeMap<(usize, usize), Pooled> = BTreeMap::new();
     let mut pretext_acc = Vec::new();
     let names = vec![cfg.head.clone()];
     for (fi, test_subjects) in folds.iter().enumerate() {

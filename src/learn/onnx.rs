@@ -797,7 +797,7 @@ fn floats(t: &pb::TensorProto) -> Result<Vec<f32>, OnnxError> {
     if !t.float_data.is_empty() {
         return Ok(t.float_data.clone());
     }
-    if t.raw_data.len() % 4 != 0 {
+    if !t.raw_data.len().is_multiple_of(4) {
         return Err(OnnxError::Decode(format!(
             "initializer {}: raw data is {} bytes, not a whole number of float32",
             t.name,

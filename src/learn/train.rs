@@ -298,12 +298,8 @@ fn balance_weights(labels: &[Vec<Option<f32>>], n_heads: usize) -> Vec<f32> {
 fn targets(labels: &[Vec<Option<f32>>], idx: &[usize], n_heads: usize) -> Vec<f32> {
     let mut t = Vec::with_capacity(idx.len() * n_heads);
     for &i in idx {
-        for h in 0..n_heads {
-            t.push(
-                labels[i][h]
-                    .map(|v| if v >= 0.5 { 1.0 } else { 0.0 })
-                    .unwrap_or(0.0),
-            );
+        for l in labels[i].iter().take(n_heads) {
+            t.push(l.map(|v| if v >= 0.5 { 1.0 } else { 0.0 }).unwrap_or(0.0));
         }
     }
     t

@@ -207,7 +207,7 @@ mod tests {
         assert_ne!(out, x);
         // 128-sample segments stay contiguous
         let jumps = out.windows(2).filter(|w| w[1] != w[0] + 1.0).count();
-        assert!(jumps <= 19 && jumps >= 1, "jumps {jumps}");
+        assert!((1..=19).contains(&jumps), "jumps {jumps}");
     }
 
     #[test]
