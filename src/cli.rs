@@ -795,13 +795,7 @@ fn infer(a: InferArgs) -> Result<()> {
         );
     }
     let mut samples: Vec<Vec<f32>> = windows.iter().map(|w| w.samples.clone()).collect();
-    {
-        let refs: Vec<&[f32]> = samples.iter().map(|w| w.as_slice()).collect();
-        let stats = crate::dsp::normalize::SubjectStats::from_windows(&refs);
-        for w in samples.iter_mut() {
-            stats.apply(w);
-        }
-    }
+    dataset::zscore_person(samples.iter_mut());
     let scores = score(&mut model, &samples)?;
     let heads = model.head_names().to_vec();
     let rows: Vec<InferWindow> = windows

@@ -105,12 +105,17 @@ fn recording_windows(
         .collect())
 }
 
-/// z-score all windows of one subject with that subject's mean and standard deviation.
-fn zscore_subject(windows: &mut [TrainWindow]) {
-    let refs: Vec<&[f32]> = windows.iter().map(|w| w.samples.as_slice()).collect();
-    let stats = dsp::normalize::SubjectStats::from_windows(&refs);
+/// z-score the windows of one person with their pooled mean and standard deviation — the
+/// training-time normalisation (the gateway's running per-sensor z-score approximates it).
+/// Used per subject here and for a whole recording by `affectgate infer`.
+pub fn zscore_person<'a>(windows: impl IntoIterator<Item = &'a mut Vec<f32>>) {
+    let mut windows: Vec<&mut Vec<f32>> = windows.into_iter().collect();
+    let stats = {
+        let refs: Vec<&[f32]> = windows.iter().map(|w| w.as_slice()).collect();
+        dsp::normalize::SubjectStats::from_windows(&refs)
+    };
     for w in windows.iter_mut() {
-        stats.apply(&mut w.samples);
+        stats.apply(w);
     }
 }
 
@@ -121,7 +126,7 @@ fn normalise_per_subject(windows: Vec<TrainWindow>) -> Vec<TrainWindow> {
     }
     let mut out = Vec::new();
     for (_, mut ws) in by {
-        zscore_subject(&mut ws);
+        zscore_person(ws.iter_mut().map(|w| &mut w.samples));
         out.extend(ws);
     }
     out

@@ -16,14 +16,19 @@ impl Confusion {
     pub fn from_scores(scores: &[f32], labels: &[bool], threshold: f32) -> Self {
         let mut c = Confusion::default();
         for (&s, &y) in scores.iter().zip(labels) {
-            match (s >= threshold, y) {
-                (true, true) => c.tp += 1,
-                (false, false) => c.tn += 1,
-                (true, false) => c.fp += 1,
-                (false, true) => c.fn_ += 1,
-            }
+            c.record(s >= threshold, y);
         }
         c
+    }
+
+    /// Count one prediction.
+    pub fn record(&mut self, predicted: bool, truth: bool) {
+        match (predicted, truth) {
+            (true, true) => self.tp += 1,
+            (false, false) => self.tn += 1,
+            (true, false) => self.fp += 1,
+            (false, true) => self.fn_ += 1,
+        }
     }
 
     pub fn n(&self) -> usize {

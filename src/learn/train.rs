@@ -203,13 +203,8 @@ pub fn pretext_eval(w: &NetworkWeights, windows: &[Vec<f32>], seed: u64) -> (f32
         n += chunk.len();
         for (row, &(_, t)) in rows_of(logits).iter().zip(chunk) {
             for (h, c) in conf.iter_mut().enumerate() {
-                let pred = row[h] >= 0.0;
-                let truth = t.index() == h;
-                c.add(&Confusion::from_scores(
-                    &[f32::from(u8::from(pred))],
-                    &[truth],
-                    0.5,
-                ));
+                // logit ≥ 0 ⇔ sigmoid ≥ 0.5
+                c.record(row[h] >= 0.0, t.index() == h);
             }
         }
     }
