@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::dsp::quality::QualityConfig;
 use crate::dsp::PreprocessConfig;
 use crate::infer::Backend;
 use crate::source::synthetic::SyntheticConfig;
@@ -54,6 +55,9 @@ pub struct Config {
     pub sensors: Vec<SensorConfig>,
     #[serde(default)]
     pub dsp: PreprocessConfig,
+    /// Signal-quality gate (`[quality]`, optional).
+    #[serde(default)]
+    pub quality: QualityConfig,
     pub model: ModelConfig,
     pub store: StoreConfig,
     pub mqtt: MqttConfig,
@@ -204,6 +208,11 @@ impl Config {
                 "use letters, digits, '_' and '-' only (it is part of MQTT topics)".into(),
             ));
         }
+        let component = |key: String, message: String| ConfigError::Component {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
         let mut seen = HashSet::new();
         for (i, s) in self.sensors.iter().enumerate() {
             let key = format!("sensors[{i}]");
@@ -221,11 +230,6 @@ impl Config {
                     "another sensor already has this id".into(),
                 ));
             }
-            let component = |key: String, message: String| ConfigError::Component {
-                path: path.to_path_buf(),
-                key,
-                message,
-            };
             if let SourceConfig::Synthetic { ecg } = &s.source {
                 ecg.validate()
                     .map_err(|e| component(format!("{key}.source"), e.to_string()))?;
@@ -238,6 +242,9 @@ impl Config {
                 })?;
             }
         }
+        self.quality
+            .validate()
+            .map_err(|e| component("quality".into(), e.to_string()))?;
         if self.mqtt.port == 0 {
             return Err(bad(
                 "mqtt.port".into(),

@@ -43,6 +43,9 @@
 pub mod cli;
 pub mod config;
 pub mod dsp;
+pub mod gateway;
 pub mod infer;
 pub mod learn;
+pub mod mqtt;
 pub mod source;
+pub mod store;

@@ -25,6 +25,7 @@
 
 pub mod filter;
 pub mod normalize;
+pub mod quality;
 pub mod resample;
 pub mod rpeak;
 pub mod window;

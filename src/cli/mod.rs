@@ -7,6 +7,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+pub mod gateway;
+
 use crate::dsp::PreprocessConfig;
 use crate::infer::{Backend, Model};
 use crate::learn::card::{
@@ -37,6 +39,12 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the gateway with a config until SIGINT/SIGTERM (or until finite sources end).
+    Run(gateway::RunArgs),
+    /// One-command demo: embedded MQTT broker, three synthetic sensors, scores printed live.
+    Demo(gateway::DemoArgs),
+    /// Inspect or export the window store.
+    Store(gateway::StoreArgs),
     /// Self-supervised pretraining (signal-transformation recognition) on unlabelled ECG.
     Pretrain(PretrainArgs),
     /// Train emotion heads on a frozen pretrained encoder from a labelled manifest.
@@ -86,6 +94,8 @@ pub enum BenchWhat {
         #[command(flatten)]
         backend: BackendArgs,
     },
+    #[command(flatten)]
+    Gateway(gateway::GatewayBench),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -254,6 +264,9 @@ pub fn run(cli: Cli) -> Result<()> {
             .context("configuring the thread pool")?;
     }
     match cli.command {
+        Command::Run(a) => gateway::run(a),
+        Command::Demo(a) => gateway::demo(a),
+        Command::Store(a) => gateway::store(a),
         Command::Pretrain(a) => pretrain(a),
         Command::Finetune(a) => finetune(a),
         Command::Eval(a) => eval(a),
@@ -897,6 +910,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     use std::time::Instant;
     let threads = rayon::current_num_threads();
     match a.what {
+        BenchWhat::Gateway(b) => return gateway::bench(b),
         BenchWhat::Train { steps, batch } => {
             let windows = synthetic_windows(batch * 2, 1);
             let cfg = TrainConfig {

@@ -1,0 +1,478 @@
+//! Gateway commands: `run`, `demo`, `store stats|export`, and the gateway benchmarks
+//! (`bench dsp|sensors|latency`). Each is a thin composition of [`crate::gateway`],
+//! [`crate::store`] and [`crate::mqtt`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use crate::config::Config;
+use crate::gateway::{model_version, GatewayBuilder, RunReport};
+use crate::infer::{Backend, Model};
+use crate::mqtt::broker::EmbeddedBroker;
+use crate::mqtt::StateMessage;
+use crate::store::{Retention, Store};
+
+/// The default configuration, compiled in so `affectgate demo` needs no files.
+pub const DEFAULT_CONFIG: &str = include_str!("../../plugin.toml");
+/// The shipped model, compiled in for the demo (2.6 MB).
+pub const DEFAULT_MODEL: &[u8] = include_bytes!("../../models/affectgate-arousal-v1.onnx");
+const DEFAULT_MODEL_PATH: &str = "models/affectgate-arousal-v1.onnx";
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Configuration file (plugin.toml layout). Relative paths inside it are resolved
+    /// against its directory.
+    #[arg(long, short)]
+    pub config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Use this configuration instead of the built-in default (plugin.toml).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Keep the window store here (default: a temporary directory removed at exit).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct StoreArgs {
+    #[command(subcommand)]
+    pub what: StoreWhat,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StoreLocation {
+    /// Store directory (default: `store.path` of --config).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Configuration whose `store.path` to use.
+    #[arg(long, short, default_value = "plugin.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreWhat {
+    /// Windows per sensor, labelled / flagged / scored counts, time span, bytes.
+    Stats {
+        #[command(flatten)]
+        at: StoreLocation,
+    },
+    /// Write a sensor's stored windows as CSV recordings (`time_ns,ecg_uv`, 256 Hz, one file
+    /// per contiguous run) that `pretrain`, `infer` and replay read.
+    Export {
+        #[command(flatten)]
+        at: StoreLocation,
+        #[arg(long)]
+        sensor: String,
+        /// Start: RFC 3339 time (`2026-11-25T10:00:00Z`) or a duration ago (`2h`, `30min`).
+        #[arg(long)]
+        since: Option<String>,
+        /// End (exclusive), same formats as --since.
+        #[arg(long)]
+        until: Option<String>,
+        /// Output directory (created; existing files are never overwritten).
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+}
+
+/// Run a config until SIGINT/SIGTERM (or until every finite source ends).
+pub fn run(a: RunArgs) -> Result<()> {
+    let cfg = Config::load(&a.config)?;
+    let base = config_dir(&a.config);
+    let rt = runtime()?;
+    let report =
+        rt.block_on(async move { GatewayBuilder::new(cfg, &base).run(shutdown_signal()).await })?;
+    print_report(&report);
+    let failed: Vec<_> = report
+        .sensors
+        .iter()
+        .filter_map(|(id, r)| r.error.as_ref().map(|e| format!("{id}: {e}")))
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} sensor(s) failed:\n  {}",
+            failed.len(),
+            failed.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// The one-command demo (see README): embedded broker, three synthetic sensors, a subscriber
+/// printing scores.
+pub fn demo(a: DemoArgs) -> Result<()> {
+    let (mut cfg, base) = match &a.config {
+        Some(p) => (Config::load(p)?, config_dir(p)),
+        None => (
+            Config::parse(DEFAULT_CONFIG, Path::new("plugin.toml (built-in)"))?,
+            std::env::current_dir().context("current directory")?,
+        ),
+    };
+    let temp_store = a.store.is_none();
+    let store_dir = match &a.store {
+        Some(p) => p.clone(),
+        None => std::env::temp_dir().join(format!("affectgate-demo-{}", std::process::id())),
+    };
+    cfg.store.path = store_dir.clone();
+    let rt = runtime()?;
+    let result = rt.block_on(async move {
+        let broker_note = if cfg.mqtt.host.is_empty() {
+            let b = EmbeddedBroker::start(cfg.mqtt.port)?;
+            cfg.mqtt.host = b.addr.ip().to_string();
+            cfg.mqtt.port = b.addr.port();
+            "embedded MQTT broker"
+        } else {
+            "MQTT broker"
+        };
+        // The model: the configured file if it exists, else the compiled-in default.
+        let model_path = base.join(&cfg.model.path);
+        let backend = cfg.model.backend.clone();
+        let (model, version) =
+            if model_path.exists() || cfg.model.path != Path::new(DEFAULT_MODEL_PATH) {
+                let m = Model::load(&model_path, &backend)
+                    .with_context(|| format!("loading model {}", model_path.display()))?;
+                let v = model_version(&model_path, m.sha256());
+                (m, v)
+            } else {
+                let m = Model::load_bytes(DEFAULT_MODEL, &backend)
+                    .context("loading the built-in model")?;
+                let v = model_version(Path::new(DEFAULT_MODEL_PATH), m.sha256());
+                (m, v)
+            };
+        println!(
+            "affectgate demo: {broker_note} on {}:{}, {} synthetic sensors, model {version} ({:?})",
+            cfg.mqtt.host,
+            cfg.mqtt.port,
+            cfg.sensors.len(),
+            backend_name(&backend),
+        );
+        println!(
+            "  watch from another shell: mosquitto_sub -h {} -p {} -t 'affectgate/#' -v",
+            cfg.mqtt.host, cfg.mqtt.port
+        );
+        println!(
+            "  first scores ≈13 s after start (10 s window + 2 s filter warm-up). Ctrl-C stops."
+        );
+        let printer = tokio::spawn(print_states(cfg.clone()));
+        let seconds = a.seconds;
+        let stop = async move {
+            match seconds {
+                Some(s) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs_f64(s)) => {}
+                        _ = shutdown_signal() => {}
+                    }
+                }
+                None => shutdown_signal().await,
+            }
+        };
+        let report = GatewayBuilder::new(cfg, &base)
+            .model(model, version)
+            .run(stop)
+            .await;
+        // Give the printer a moment to show the last messages.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        printer.abort();
+        report.map_err(anyhow::Error::from)
+    });
+    if temp_store {
+        let _ = std::fs::remove_dir_all(&store_dir);
+    }
+    let report = result?;
+    print_report(&report);
+    if !temp_store {
+        println!("store kept at {}", store_dir.display());
+    }
+    Ok(())
+}
+
+fn backend_name(b: &Backend) -> &'static str {
+    match b {
+        Backend::Tract => "tract",
+        Backend::OnnxRuntime { .. } => "onnxruntime",
+    }
+}
+
+/// Subscribe to every sensor's state and print one line per message.
+async fn print_states(cfg: Config) -> Result<()> {
+    let mut opts = MqttOptions::new(
+        format!("affectgate-demo-viewer-{}", std::process::id()),
+        cfg.mqtt.host.clone(),
+        cfg.mqtt.port,
+    );
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(256 * 1024, 256 * 1024);
+    let (client, mut ev) = AsyncClient::new(opts, 16);
+    let topics = crate::mqtt::Topics::new(&cfg.gateway.id);
+    client
+        .subscribe(topics.state_all(), QoS::AtLeastOnce)
+        .await?;
+    loop {
+        match ev.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                match serde_json::from_slice::<StateMessage>(&p.payload) {
+                    Ok(m) => println!("{}", format_state(&m)),
+                    Err(e) => println!("{}: unreadable state message: {e}", p.topic),
+                }
+            }
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// One human-readable line for a state message.
+pub fn format_state(m: &StateMessage) -> String {
+    let time = m.time.get(11..19).unwrap_or(&m.time);
+    let scores: Vec<String> = m
+        .scores
+        .iter()
+        .map(|(h, v)| match v {
+            Some(v) => format!("{h} {v:.2}"),
+            None => format!("{h}  -  "),
+        })
+        .collect();
+    let num = |v: Option<f32>, w: usize| match v {
+        Some(v) => format!("{v:>w$.0}"),
+        None => format!("{:>w$}", "-"),
+    };
+    format!(
+        "{time}  {:<10} {}   HR {} bpm  RMSSD {} ms  quality {}",
+        m.sensor,
+        scores.join("  "),
+        num(m.hr_bpm, 4),
+        num(m.rmssd_ms, 4),
+        m.quality
+    )
+}
+
+fn print_report(r: &RunReport) {
+    println!("stopped cleanly. model {}", r.model);
+    for (id, s) in &r.sensors {
+        println!(
+            "  {id:<12} windows {:>5}  scored {:>5}  flagged {:>5}{}",
+            s.windows,
+            s.scored,
+            s.flagged,
+            s.error
+                .as_ref()
+                .map(|e| format!("  ERROR: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    println!(
+        "  MQTT: {} state messages published, {} acknowledged publishes, {} dropped{}",
+        r.published,
+        r.mqtt.acked,
+        r.mqtt.dropped,
+        if r.mqtt.all_acked {
+            ""
+        } else {
+            " (broker did not acknowledge everything)"
+        }
+    );
+}
+
+fn config_dir(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `affectgate store …`
+pub fn store(a: StoreArgs) -> Result<()> {
+    match a.what {
+        StoreWhat::Stats { at } => {
+            let s = open_store(&at)?;
+            print!("{}", s.stats()?);
+            Ok(())
+        }
+        StoreWhat::Export {
+            at,
+            sensor,
+            since,
+            until,
+            out,
+        } => {
+            let s = open_store(&at)?;
+            let since_ns = since
+                .as_deref()
+                .map(parse_time)
+                .transpose()?
+                .unwrap_or(i64::MIN);
+            let until_ns = until
+                .as_deref()
+                .map(parse_time)
+                .transpose()?
+                .unwrap_or(i64::MAX);
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let segs = s.export_csv(&sensor, since_ns, until_ns, &out)?;
+            if segs.is_empty() {
+                bail!("no stored windows of sensor {sensor:?} in that time range (see `affectgate store stats`)");
+            }
+            for seg in &segs {
+                println!(
+                    "{}  {} windows, {} samples",
+                    seg.path.display(),
+                    seg.n_windows,
+                    seg.n_samples
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn open_store(at: &StoreLocation) -> Result<Store> {
+    let path = match &at.store {
+        Some(p) => p.clone(),
+        None => {
+            let cfg = Config::load(&at.config).with_context(|| {
+                "finding the store: pass --store DIR or --config FILE".to_string()
+            })?;
+            if cfg.store.path.is_absolute() {
+                cfg.store.path.clone()
+            } else {
+                config_dir(&at.config).join(&cfg.store.path)
+            }
+        }
+    };
+    if !path.exists() {
+        bail!(
+            "store {} does not exist (has the gateway run with this config?)",
+            path.display()
+        );
+    }
+    // Inspection must never delete anything: retention is not applied from here.
+    let keep_all = Retention {
+        max_bytes: u64::MAX,
+        max_age_ns: i64::MAX,
+    };
+    Ok(Store::open(&path, keep_all)?)
+}
+
+/// RFC 3339 time or "<duration> ago" → ns since the Unix epoch.
+pub fn parse_time(s: &str) -> Result<i64> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        let d = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("time before 1970")?;
+        return Ok(d.as_nanos() as i64);
+    }
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(crate::source::live::now_ns() - d.as_nanos() as i64);
+    }
+    bail!("{s:?} is neither an RFC 3339 time (2026-11-25T10:00:00Z) nor a duration ago (2h, 30min)")
+}
+
+// ───────────────────────────── benchmarks ─────────────────────────────
+
+#[derive(Subcommand, Debug)]
+pub enum GatewayBench {
+    /// DSP throughput on one thread: filter + resample + windows + R-peaks + quality gate.
+    Dsp {
+        /// Recording to push through (default: the Polar H10 file in ../shared/data).
+        #[arg(long, default_value = "../shared/data/polar-h10/polar_h10_ecg.csv")]
+        file: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        repeats: usize,
+    },
+    /// How many simulated 130 Hz sensors one core sustains in real time (run under
+    /// `taskset -c 0`): full gateway, synthetic sources, embedded or given broker.
+    Sensors {
+        /// Sensor counts to try.
+        #[arg(long, value_delimiter = ',', default_value = "8,16,32,64")]
+        counts: Vec<usize>,
+        /// Seconds per count (≥ 30: the first window needs 12 s).
+        #[arg(long, default_value_t = 45.0)]
+        seconds: f64,
+        /// Broker `host:port` (default: embedded rumqttd).
+        #[arg(long)]
+        mqtt: Option<String>,
+    },
+    /// Window-complete → MQTT receive latency through a broker (p50/p99).
+    Latency {
+        #[arg(long, default_value_t = 3)]
+        sensors: usize,
+        #[arg(long, default_value_t = 65.0)]
+        seconds: f64,
+        #[arg(long)]
+        mqtt: Option<String>,
+    },
+}
+
+pub fn bench(b: GatewayBench) -> Result<()> {
+    match b {
+        GatewayBench::Dsp { file, repeats } => crate::gateway::bench::dsp(&file, repeats),
+        GatewayBench::Sensors {
+            counts,
+            seconds,
+            mqtt,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            for n in counts {
+                let r = rt.block_on(crate::gateway::bench::sensors(n, seconds, mqtt.as_deref()))?;
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            Ok(())
+        }
+        GatewayBench::Latency {
+            sensors,
+            seconds,
+            mqtt,
+        } => {
+            let rt = runtime()?;
+            let r = rt.block_on(crate::gateway::bench::sensors(
+                sensors,
+                seconds,
+                mqtt.as_deref(),
+            ))?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Gateway benchmarks behind `affectgate bench dsp|sensors|latency` (numbers in
+//! BENCHMARKS.md). They run the production code paths: the same `Preprocessor`, gate and
+//! R-peak detector, the same `GatewayBuilder` with synthetic sources, a real broker and a real
+//! subscriber. No timing threshold lives in any test; these only measure and print.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::sensor::{ProcessedWindow, SensorPipeline};
+use super::{GatewayBuilder, Observed};
+use crate::config::{Config, SensorConfig, SourceConfig};
+use crate::dsp::quality::QualityConfig;
+use crate::dsp::PreprocessConfig;
+use crate::infer::{Backend, Model};
+use crate::mqtt::broker::EmbeddedBroker;
+use crate::mqtt::StateMessage;
+use crate::source::file::read_recording;
+use crate::source::synthetic::SyntheticConfig;
+use crate::source::Block;
+
+/// `bench dsp`: one thread pushes a recording through the live per-sensor pipeline in 1 s
+/// blocks (filters, resampler, windower, R-peaks, HRV, quality gate, z-score).
+pub fn dsp(file: &Path, repeats: usize) -> Result<()> {
+    let rec = read_recording(file, None)
+        .with_context(|| format!("reading {} (pass --file)", file.display()))?;
+    let fs = rec.fs_hz;
+    let block = fs.round() as usize;
+    let mut out: Vec<ProcessedWindow> = Vec::new();
+    let mut windows = 0usize;
+    let t0 = Instant::now();
+    for _ in 0..repeats.max(1) {
+        let mut p = SensorPipeline::new(
+            "bench",
+            PreprocessConfig::default(),
+            QualityConfig::default(),
+        );
+        let mut t = 0i64;
+        for chunk in rec.samples_uv.chunks(block) {
+            let b = Block {
+                t0_ns: t,
+                fs_hz: fs,
+                samples_uv: chunk.to_vec(),
+                gap_before: false,
+            };
+            t += (chunk.len() as f64 * 1e9 / fs) as i64;
+            p.push(&b, &mut out).context("dsp")?;
+            windows += out.len();
+            out.clear();
+        }
+    }
+    let el = t0.elapsed().as_secs_f64();
+    let samples = (rec.samples_uv.len() * repeats.max(1)) as f64;
+    let r = serde_json::json!({
+        "bench": "dsp",
+        "file": file.display().to_string(),
+        "fs_hz": fs,
+        "samples": samples,
+        "windows": windows,
+        "seconds": el,
+        "samples_per_s": samples / el,
+        "realtime_factor_per_core": samples / el / fs,
+    });
+    println!("{r}");
+    Ok(())
+}
+
+/// Result of `bench sensors` / `bench latency`.
+#[derive(Debug, Serialize)]
+pub struct LoadReport {
+    pub bench: &'static str,
+    pub sensors: usize,
+    pub seconds: f64,
+    /// Windows published / windows expected from the run time.
+    pub windows: usize,
+    pub expected_windows: usize,
+    /// Wall clock at publish − end of the window's last sample (includes the resampler's
+    /// hold-back and the window wait), ms.
+    pub lag_ms_p50: f64,
+    pub lag_ms_p99: f64,
+    pub lag_ms_max: f64,
+    /// Window complete (DSP) → state message received by a subscriber through the broker, ms.
+    pub latency_ms_p50: f64,
+    pub latency_ms_p99: f64,
+    pub latency_ms_max: f64,
+    /// Process CPU time / wall time (1.0 = one core busy).
+    pub cpu_cores_used: f64,
+    /// Peak resident memory of the process (VmHWM), MiB.
+    pub peak_rss_mib: f64,
+    pub rss_mib: f64,
+    pub dropped: u64,
+    pub broker: String,
+}
+
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() - 1) as f64 * q).round() as usize;
+    v[i]
+}
+
+/// (VmRSS, VmHWM) in MiB from /proc/self/status.
+pub fn rss_mib() -> (f64, f64) {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let get = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(f64::NAN)
+    };
+    (get("VmRSS:"), get("VmHWM:"))
+}
+
+/// Process CPU seconds (user + system) from /proc/self/stat.
+pub fn cpu_seconds() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after ')'.
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = 100.0; // USER_HZ on Linux
+    let ut = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let st = f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ut + st) / tick
+}
+
+/// Run a full gateway with `n` real-time synthetic 130.16 Hz sensors for `seconds`, with a
+/// subscriber on the same broker, and measure lag, latency, CPU and memory.
+pub async fn sensors(n: usize, seconds: f64, mqtt: Option<&str>) -> Result<LoadReport> {
+    let mut cfg = Config::parse(
+        crate::cli::gateway::DEFAULT_CONFIG,
+        Path::new("plugin.toml (built-in)"),
+    )?;
+    let broker = match mqtt {
+        Some(hp) => {
+            let (h, p) = hp.rsplit_once(':').context("--mqtt must be host:port")?;
+            cfg.mqtt.host = h.to_string();
+            cfg.mqtt.port = p.parse().context("--mqtt port")?;
+            hp.to_string()
+        }
+        None => {
+            let b = EmbeddedBroker::start(0)?;
+            cfg.mqtt.host = b.addr.ip().to_string();
+            cfg.mqtt.port = b.addr.port();
+            format!("embedded rumqttd {}", b.addr)
+        }
+    };
+    cfg.gateway.id = format!("bench{}", std::process::id());
+    cfg.sensors = (0..n)
+        .map(|i| SensorConfig {
+            id: format!("s{i}"),
+            source: SourceConfig::Synthetic {
+                ecg: SyntheticConfig {
+                    hr_bpm: 55.0 + (i % 10) as f64 * 6.0,
+                    noise_uv: 10.0,
+                    seed: i as u64 + 1,
+                    ..Default::default()
+                },
+            },
+        })
+        .collect();
+    let store = tempfile_dir()?;
+    cfg.store.path = store.clone();
+    let model = Model::load_bytes(crate::cli::gateway::DEFAULT_MODEL, &Backend::Tract)?;
+    let version = "bench".to_string();
+
+    // Subscriber: receive time per (sensor, window).
+    let mut opts = MqttOptions::new(
+        format!("bench-sub-{}", std::process::id()),
+        cfg.mqtt.host.clone(),
+        cfg.mqtt.port,
+    );
+    opts.set_max_packet_size(256 * 1024, 256 * 1024);
+    let (client, mut ev) = AsyncClient::new(opts, 64);
+    let topics = crate::mqtt::Topics::new(&cfg.gateway.id);
+    client
+        .subscribe(topics.state_all(), QoS::AtLeastOnce)
+        .await?;
+    let (rx_tx, mut rx_rx) = mpsc::unbounded_channel::<((String, u64), Instant)>();
+    let sub = tokio::spawn(async move {
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let now = Instant::now();
+                    if let Ok(m) = serde_json::from_slice::<StateMessage>(&p.payload) {
+                        let _ = rx_tx.send(((m.sensor, m.window), now));
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (obs_tx, mut obs_rx) = mpsc::unbounded_channel::<Observed>();
+    let cpu0 = cpu_seconds();
+    let wall0 = Instant::now();
+    let report = GatewayBuilder::new(cfg, Path::new("."))
+        .model(model, version)
+        .observer(obs_tx)
+        .run(tokio::time::sleep(Duration::from_secs_f64(seconds)))
+        .await?;
+    let wall = wall0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let (rss, hwm) = rss_mib();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sub.abort();
+    let _ = std::fs::remove_dir_all(&store);
+
+    let mut received: HashMap<(String, u64), Instant> = HashMap::new();
+    while let Ok((k, t)) = rx_rx.try_recv() {
+        received.entry(k).or_insert(t);
+    }
+    let mut lag = Vec::new();
+    let mut lat = Vec::new();
+    let mut windows = 0;
+    while let Ok(o) = obs_rx.try_recv() {
+        windows += 1;
+        let end_ns = o.state.window_start_ms * 1_000_000 + 10_000_000_000;
+        let published_wall =
+            crate::source::live::now_ns() - o.published.elapsed().as_nanos() as i64;
+        lag.push((published_wall - end_ns) as f64 / 1e6);
+        if let Some(t) = received.get(&(o.state.sensor.clone(), o.state.window)) {
+            lat.push(t.duration_since(o.completed).as_secs_f64() * 1e3);
+        }
+    }
+    // First window after 2 s warm-up + 10 s, then one every 10 s.
+    let per_sensor =
+        ((seconds - 12.0) / 10.0).floor().max(0.0) as usize + usize::from(seconds >= 12.0);
+    Ok(LoadReport {
+        bench: "sensors",
+        sensors: n,
+        seconds: wall,
+        windows,
+        expected_windows: per_sensor * n,
+        lag_ms_p50: percentile(&mut lag, 0.5),
+        lag_ms_p99: percentile(&mut lag, 0.99),
+        lag_ms_max: lag.iter().cloned().fold(f64::NAN, f64::max),
+        latency_ms_p50: percentile(&mut lat, 0.5),
+        latency_ms_p99: percentile(&mut lat, 0.99),
+        latency_ms_max: lat.iter().cloned().fold(f64::NAN, f64::max),
+        cpu_cores_used: cpu / wall,
+        peak_rss_mib: hwm,
+        rss_mib: rss,
+        dropped: report.mqtt.dropped,
+        broker,
+    })
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!(
+        "affectgate-bench-{}-{}",
+        std::process::id(),
+        crate::source::live::now_ns()
+    ));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}

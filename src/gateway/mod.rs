@@ -1,0 +1,532 @@
+//! The long-running gateway: wires sources → DSP → scorer → store + MQTT, and shuts down
+//! without losing what it already measured.
+//!
+//! ```text
+//!  Source task ──(bounded, per sensor)──► sensor task: SensorPipeline (DSP, gate, HRV, z-score)
+//!      × N sensors                              │
+//!                                   (bounded, shared) ProcessedWindow
+//!                                               ▼
+//!                        scorer thread: batches windows across sensors → Model (ort)
+//!                                               │ ScoredWindow (bounded)
+//!                                               ▼
+//!                        sink task: store.put (sled) → MQTT state (QoS 1)
+//! ```
+//!
+//! * Every channel is bounded, so a stalled stage pushes back to the sources instead of
+//!   growing memory. The scorer owns the model on a dedicated OS thread: inference is the one
+//!   CPU-heavy step (milliseconds per window) and must not block the async workers that keep
+//!   BLE and MQTT alive.
+//! * A window is stored **before** it is published: the store is the record, MQTT a view.
+//! * Shutdown ([`GatewayBuilder::run`]'s `shutdown` future, or all finite sources ending):
+//!   cancel the sources → each sensor task drains its queue and exits → the scorer drains and
+//!   exits → the sink stores and publishes the last windows → sled is flushed → `offline` is
+//!   published (retained) once the broker acknowledged everything → disconnect.
+
+pub mod bench;
+pub mod sensor;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use self::sensor::{ProcessedWindow, SensorPipeline};
+use crate::config::Config;
+use crate::dsp::WINDOW_LEN;
+use crate::infer::{InferError, Model};
+use crate::mqtt::{rfc3339_ms, LinkReport, MqttLink, StateMessage};
+use crate::source::live::{from_config, now_ns};
+use crate::source::{Source, SourceError, SourceEvent, SOURCE_QUEUE};
+use crate::store::{Retention, Store, StoreError, StoredWindow};
+
+/// Largest inference batch (windows from all sensors that are ready at the same time).
+pub const MAX_BATCH: usize = 32;
+/// Capacity of the shared window queues (scorer input and sink input).
+const WINDOW_QUEUE: usize = 64;
+/// How long shutdown waits for the broker to acknowledge outstanding messages.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors that stop the gateway from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("model {path}: {source}")]
+    Model { path: PathBuf, source: InferError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("mqtt.host is empty: set the broker address in the config (only `affectgate demo` starts its own broker)")]
+    NoBroker,
+    #[error("no sensors configured: add a [[sensors]] table to the config")]
+    NoSensors,
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// A window after scoring, on its way to the store and MQTT.
+#[derive(Debug, Clone)]
+pub struct ScoredWindow {
+    pub w: ProcessedWindow,
+    /// (head, score); empty when the window was not scored.
+    pub scores: Vec<(String, f32)>,
+}
+
+/// What the gateway tells an observer after each publish (latency measurements, tests).
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub state: StateMessage,
+    /// When the window completed in the DSP stage.
+    pub completed: Instant,
+    /// When the state message was handed to the MQTT client.
+    pub published: Instant,
+}
+
+/// Per-sensor counters of one run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SensorReport {
+    pub windows: u64,
+    pub scored: u64,
+    pub flagged: u64,
+    /// The source's error, if it stopped with one.
+    pub error: Option<String>,
+}
+
+/// Summary of one run.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub sensors: BTreeMap<String, SensorReport>,
+    pub published: u64,
+    pub mqtt: LinkReport,
+    pub model: String,
+}
+
+/// Builds and runs a gateway from a [`Config`] (see the module docs).
+pub struct GatewayBuilder {
+    config: Config,
+    base_dir: PathBuf,
+    model: Option<(Model, String)>,
+    sources: Vec<Box<dyn Source>>,
+    observer: Option<mpsc::UnboundedSender<Observed>>,
+}
+
+impl GatewayBuilder {
+    /// `base_dir` resolves relative paths of the config (model, store, replay files): the
+    /// directory of the config file.
+    pub fn new(config: Config, base_dir: &Path) -> Self {
+        Self {
+            config,
+            base_dir: base_dir.to_path_buf(),
+            model: None,
+            sources: Vec::new(),
+            observer: None,
+        }
+    }
+
+    /// Serve this already-loaded model (named `version`) instead of loading `model.path`.
+    pub fn model(mut self, model: Model, version: String) -> Self {
+        self.model = Some((model, version));
+        self
+    }
+
+    /// Add a source not described by the config (BLE, tests). When any is added, the
+    /// config's `[[sensors]]` are not started.
+    pub fn source(mut self, source: Box<dyn Source>) -> Self {
+        self.sources.push(source);
+        self
+    }
+
+    /// Receive an [`Observed`] after every state publish.
+    pub fn observer(mut self, tx: mpsc::UnboundedSender<Observed>) -> Self {
+        self.observer = Some(tx);
+        self
+    }
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Run until `shutdown` resolves or every source has ended, then shut down gracefully.
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<RunReport, GatewayError> {
+        let cfg = self.config.clone();
+        if cfg.mqtt.host.is_empty() {
+            return Err(GatewayError::NoBroker);
+        }
+        let sources: Vec<Box<dyn Source>> = if self.sources.is_empty() {
+            cfg.sensors
+                .iter()
+                .map(|s| from_config(s, &self.base_dir))
+                .collect()
+        } else {
+            std::mem::take(&mut self.sources)
+        };
+        if sources.is_empty() {
+            return Err(GatewayError::NoSensors);
+        }
+
+        // Model first: a broken model file must fail the start, before anything connects.
+        let (model, version) = match self.model.take() {
+            Some(m) => m,
+            None => {
+                let path = self.resolve(&cfg.model.path);
+                let backend = cfg.model.backend.clone();
+                let p = path.clone();
+                let model = tokio::task::spawn_blocking(move || Model::load(&p, &backend))
+                    .await
+                    .map_err(|e| GatewayError::Task(e.to_string()))?
+                    .map_err(|source| GatewayError::Model {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let version = model_version(&path, model.sha256());
+                (model, version)
+            }
+        };
+        tracing::info!(model = %version, heads = ?model.head_names(), backend = ?model.backend(), "model loaded");
+
+        let store_path = self.resolve(&cfg.store.path);
+        let retention = Retention {
+            max_bytes: cfg.store.max_bytes,
+            max_age_ns: (cfg.store.max_age_days * 86_400e9) as i64,
+        };
+        let store = {
+            let p = store_path.clone();
+            Arc::new(
+                tokio::task::spawn_blocking(move || Store::open(&p, retention))
+                    .await
+                    .map_err(|e| GatewayError::Task(e.to_string()))??,
+            )
+        };
+        tracing::info!(store = %store_path.display(), "store opened");
+
+        let client_id = format!("affectgate-{}", cfg.gateway.id);
+        let link = Arc::new(MqttLink::start(&cfg.mqtt, &cfg.gateway.id, &client_id));
+        if !link.wait_connected(Duration::from_secs(5)).await {
+            tracing::warn!(
+                "MQTT broker {}:{} not reachable yet; windows are stored and scoring continues while it retries",
+                cfg.mqtt.host,
+                cfg.mqtt.port
+            );
+        }
+
+        let stop = CancellationToken::new();
+        let (win_tx, win_rx) = mpsc::channel::<ProcessedWindow>(WINDOW_QUEUE);
+        let (scored_tx, scored_rx) = mpsc::channel::<ScoredWindow>(WINDOW_QUEUE);
+
+        // Sensors: one source task + one DSP task each.
+        let mut sensor_tasks = Vec::new();
+        for src in sources {
+            let id = src.sensor_id().to_string();
+            let (tx, rx) = mpsc::channel::<SourceEvent>(SOURCE_QUEUE);
+            let src_task = tokio::spawn(src.run(tx, stop.child_token()));
+            let pipe = SensorPipeline::new(&id, cfg.dsp.clone(), cfg.quality.clone());
+            let dsp_task = tokio::spawn(sensor_task(pipe, rx, win_tx.clone()));
+            sensor_tasks.push((id, src_task, dsp_task));
+        }
+        drop(win_tx);
+
+        // Scorer thread.
+        let heads: Vec<String> = model.head_names().to_vec();
+        let scorer = std::thread::Builder::new()
+            .name("affectgate-scorer".into())
+            .spawn(move || scorer_loop(model, win_rx, scored_tx))
+            .map_err(|e| GatewayError::Task(e.to_string()))?;
+
+        // Sink task.
+        let sink = tokio::spawn(sink_task(
+            scored_rx,
+            store.clone(),
+            link.clone(),
+            version.clone(),
+            heads,
+            self.observer.take(),
+        ));
+
+        // Wait for a shutdown request or for every sensor to end on its own.
+        let mut reports: BTreeMap<String, SensorReport> = BTreeMap::new();
+        let all_done = async {
+            let mut out = Vec::new();
+            for (id, src_task, dsp_task) in sensor_tasks.drain(..) {
+                let src_res = src_task.await;
+                let dsp_res = dsp_task.await;
+                out.push((id, src_res, dsp_res));
+            }
+            out
+        };
+        tokio::pin!(all_done);
+        tokio::pin!(shutdown);
+        let finished = tokio::select! {
+            r = &mut all_done => r,
+            _ = &mut shutdown => {
+                tracing::info!("shutting down: stopping sources, draining windows");
+                stop.cancel();
+                all_done.await
+            }
+        };
+        for (id, src_res, dsp_res) in finished {
+            let mut rep = dsp_res.unwrap_or_else(|e| SensorReport {
+                error: Some(format!("sensor task panicked: {e}")),
+                ..Default::default()
+            });
+            match src_res {
+                Ok(Ok(())) | Ok(Err(SourceError::Closed { .. })) => {}
+                Ok(Err(e)) => {
+                    tracing::error!("{e}");
+                    rep.error = Some(e.to_string());
+                }
+                Err(e) => rep.error = Some(format!("source task panicked: {e}")),
+            }
+            reports.insert(id, rep);
+        }
+        // The sensor tasks dropped their window senders: the scorer drains and ends, then
+        // the sink drains and ends.
+        let _ = tokio::task::spawn_blocking(move || scorer.join()).await;
+        let published = sink.await.map_err(|e| GatewayError::Task(e.to_string()))?;
+        for (sensor, counts) in &published.per_sensor {
+            if let Some(r) = reports.get_mut(sensor) {
+                r.scored = counts.0;
+                r.flagged = counts.1;
+            }
+        }
+        {
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.flush()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!("flushing the store failed: {e}"),
+                Err(e) => tracing::error!("flushing the store failed: {e}"),
+            }
+        }
+        let link = Arc::try_unwrap(link)
+            .map_err(|_| GatewayError::Task("MQTT link still shared".into()))?;
+        let mqtt = link.close(CLOSE_TIMEOUT).await;
+        if !mqtt.all_acked {
+            tracing::warn!(
+                sent = mqtt.sent,
+                acked = mqtt.acked,
+                "broker did not acknowledge every message before shutdown"
+            );
+        }
+        drop(store);
+        Ok(RunReport {
+            sensors: reports,
+            published: published.published,
+            mqtt,
+            model: version,
+        })
+    }
+}
+
+/// `<file stem>@<first 8 hex of sha256>`.
+pub fn model_version(path: &Path, sha256: &str) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    format!("{stem}@{}", &sha256[..sha256.len().min(8)])
+}
+
+async fn sensor_task(
+    mut pipe: SensorPipeline,
+    mut rx: mpsc::Receiver<SourceEvent>,
+    tx: mpsc::Sender<ProcessedWindow>,
+) -> SensorReport {
+    let mut rep = SensorReport::default();
+    let mut out = Vec::new();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            SourceEvent::Block(b) => {
+                if let Err(e) = pipe.push(&b, &mut out) {
+                    // A configuration that does not fit this sensor's rate (e.g. a notch
+                    // above Nyquist of a replayed file): every block would fail the same way.
+                    let msg = format!(
+                        "sensor {}: dsp cannot process {} Hz input: {e}",
+                        pipe.sensor(),
+                        b.fs_hz
+                    );
+                    tracing::error!("{msg}");
+                    rep.error = Some(msg);
+                    return rep;
+                }
+            }
+            SourceEvent::Connected => tracing::info!(sensor = %pipe.sensor(), "sensor connected"),
+            SourceEvent::Disconnected { reason } => {
+                tracing::warn!(sensor = %pipe.sensor(), reason, "sensor disconnected");
+                pipe.gap();
+            }
+            SourceEvent::End => pipe.finish(&mut out),
+        }
+        for w in out.drain(..) {
+            rep.windows += 1;
+            if tx.send(w).await.is_err() {
+                return rep;
+            }
+        }
+    }
+    rep
+}
+
+fn scorer_loop(
+    mut model: Model,
+    mut rx: mpsc::Receiver<ProcessedWindow>,
+    tx: mpsc::Sender<ScoredWindow>,
+) {
+    let heads: Vec<String> = model.head_names().to_vec();
+    let mut batch: Vec<ProcessedWindow> = Vec::with_capacity(MAX_BATCH);
+    let mut input: Vec<f32> = Vec::with_capacity(MAX_BATCH * WINDOW_LEN);
+    while let Some(first) = rx.blocking_recv() {
+        batch.clear();
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        input.clear();
+        let mut idx = Vec::new();
+        for (i, w) in batch.iter().enumerate() {
+            if let Some(x) = &w.normalized {
+                input.extend_from_slice(x);
+                idx.push(i);
+            }
+        }
+        let mut scores: Vec<Vec<(String, f32)>> = vec![Vec::new(); batch.len()];
+        if !idx.is_empty() {
+            match model.run(&input, idx.len()) {
+                Ok(s) => {
+                    for (k, &i) in idx.iter().enumerate() {
+                        scores[i] = heads
+                            .iter()
+                            .cloned()
+                            .zip(s.values[k].iter().copied())
+                            .collect();
+                    }
+                }
+                Err(e) => tracing::error!("inference failed for {} windows: {e}", idx.len()),
+            }
+        }
+        for (w, s) in batch.drain(..).zip(scores) {
+            if tx.blocking_send(ScoredWindow { w, scores: s }).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+struct SinkReport {
+    published: u64,
+    /// sensor → (scored, flagged)
+    per_sensor: BTreeMap<String, (u64, u64)>,
+}
+
+/// Build the MQTT state message of a scored window.
+pub fn state_message(sw: &ScoredWindow, heads: &[String], model: &str) -> StateMessage {
+    let w = &sw.w;
+    let mut scores: BTreeMap<String, Option<f32>> =
+        heads.iter().map(|h| (h.clone(), None)).collect();
+    for (h, v) in &sw.scores {
+        scores.insert(h.clone(), Some(*v));
+    }
+    StateMessage {
+        time: rfc3339_ms(w.window.end_ns()),
+        window_start_ms: w.window.start_ns.div_euclid(1_000_000),
+        window: w.window.index,
+        sensor: w.sensor.to_string(),
+        scores,
+        hr_bpm: w.hrv.map(|h| h.hr_bpm as f32),
+        rmssd_ms: w.hrv.map(|h| h.rmssd_ms as f32),
+        sdnn_ms: w.hrv.map(|h| h.sdnn_ms as f32),
+        quality: w.quality.label(),
+        model: model.to_string(),
+    }
+}
+
+async fn sink_task(
+    mut rx: mpsc::Receiver<ScoredWindow>,
+    store: Arc<Store>,
+    link: Arc<MqttLink>,
+    model: String,
+    heads: Vec<String>,
+    observer: Option<mpsc::UnboundedSender<Observed>>,
+) -> SinkReport {
+    let mut rep = SinkReport {
+        published: 0,
+        per_sensor: BTreeMap::new(),
+    };
+    let mut group: Vec<ScoredWindow> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        // Group commit: store every window that is ready, flush sled once, then publish.
+        // A window whose state message left the gateway is therefore on disk — a crash
+        // (or SIGKILL) can lose a window that was never announced, never one that was —
+        // at one fsync per group instead of one per window.
+        group.push(first);
+        while let Ok(sw) = rx.try_recv() {
+            group.push(sw);
+        }
+        let now = now_ns();
+        for sw in &group {
+            let counts = rep.per_sensor.entry(sw.w.sensor.to_string()).or_default();
+            if sw.scores.is_empty() {
+                counts.1 += 1;
+            } else {
+                counts.0 += 1;
+            }
+            let rec = StoredWindow {
+                sensor: sw.w.sensor.to_string(),
+                window: sw.w.window.clone(),
+                quality: sw.w.quality.flags,
+                hr_bpm: sw.w.hrv.map(|h| h.hr_bpm as f32),
+                rmssd_ms: sw.w.hrv.map(|h| h.rmssd_ms as f32),
+                sdnn_ms: sw.w.hrv.map(|h| h.sdnn_ms as f32),
+                scores: sw.scores.clone(),
+                model: (!sw.scores.is_empty()).then(|| model.clone()),
+                labels: Vec::new(),
+            };
+            if let Err(e) = store.put(&rec) {
+                tracing::error!(sensor = %rec.sensor, "storing window {} failed: {e}", rec.window.index);
+            }
+        }
+        match store.enforce_retention(now) {
+            Ok(r) if r.dropped_by_age + r.dropped_by_bytes > 0 => tracing::info!(
+                by_age = r.dropped_by_age,
+                by_bytes = r.dropped_by_bytes,
+                bytes_freed = r.bytes_freed,
+                "store retention dropped the oldest windows"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!("store retention failed: {e}"),
+        }
+        {
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.flush()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!("flushing the store failed: {e}"),
+                Err(e) => tracing::error!("flushing the store failed: {e}"),
+            }
+        }
+        for sw in group.drain(..) {
+            let msg = state_message(&sw, &heads, &model);
+            let payload = serde_json::to_vec(&msg).expect("state message serialises");
+            let topic = link.topics().state(&msg.sensor);
+            if link.publish(topic, payload, false).await {
+                rep.published += 1;
+            }
+            if let Some(obs) = &observer {
+                let _ = obs.send(Observed {
+                    state: msg,
+                    completed: sw.w.completed,
+                    published: Instant::now(),
+                });
+            }
+        }
+    }
+    rep
+}

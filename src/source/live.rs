@@ -1,0 +1,264 @@
+//! The two live sources that need no hardware, both behind [`super::Source`]:
+//!
+//! * [`SyntheticSource`] — ECGSYN ([`super::synthetic`]) paced in real time, 250 ms blocks.
+//!   Block times come from the sample count (`start + n / fs`), not from the wall clock at
+//!   send time, so a busy scheduler delays blocks but never distorts their timestamps; the lag
+//!   between the wall clock and the last sample is what the load benchmark reports.
+//! * [`ReplaySource`] — any recording the learning core reads (EDF, WFDB, CSV incl. the Polar
+//!   logger layout), paced in real time (250 ms blocks) or as fast as the pipeline accepts
+//!   (1 s blocks, backpressure from the bounded channel), optionally looping. The recording
+//!   is re-anchored to the gateway clock at start; gaps in a CSV's own timestamps and every
+//!   loop restart are flagged as gaps so no window spans them.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::file::read_recording;
+use super::synthetic::{SyntheticConfig, SyntheticEcg};
+use super::{Block, Source, SourceError, SourceEvent, SourceFuture};
+use crate::config::{SensorConfig, SourceConfig};
+
+/// Wall clock now, ns since the Unix epoch.
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Build the source a sensor's config describes. Relative replay paths are resolved against
+/// `base_dir` (the directory of the config file).
+pub fn from_config(sensor: &SensorConfig, base_dir: &Path) -> Box<dyn Source> {
+    match &sensor.source {
+        SourceConfig::Synthetic { ecg } => Box::new(SyntheticSource::new(&sensor.id, ecg.clone())),
+        SourceConfig::Replay {
+            path,
+            signal,
+            realtime,
+            looped,
+        } => Box::new(ReplaySource {
+            sensor: sensor.id.clone(),
+            path: if path.is_absolute() {
+                path.clone()
+            } else {
+                base_dir.join(path)
+            },
+            signal: signal.clone(),
+            realtime: *realtime,
+            looped: *looped,
+        }),
+    }
+}
+
+/// Send or report that the pipeline is gone.
+async fn send(
+    out: &mpsc::Sender<SourceEvent>,
+    ev: SourceEvent,
+    sensor: &str,
+) -> Result<(), SourceError> {
+    out.send(ev).await.map_err(|_| SourceError::Closed {
+        sensor: sensor.to_string(),
+    })
+}
+
+/// Real-time block length.
+const REALTIME_BLOCK: Duration = Duration::from_millis(250);
+
+/// ECGSYN in real time.
+pub struct SyntheticSource {
+    sensor: String,
+    cfg: SyntheticConfig,
+    /// Start time override (tests, benchmarks); default: wall clock at start.
+    start_ns: Option<i64>,
+}
+
+impl SyntheticSource {
+    pub fn new(sensor: &str, cfg: SyntheticConfig) -> Self {
+        Self {
+            sensor: sensor.to_string(),
+            cfg,
+            start_ns: None,
+        }
+    }
+
+    /// Time the first sample as `t0_ns` instead of the wall clock at start.
+    pub fn with_start_ns(mut self, t0_ns: i64) -> Self {
+        self.start_ns = Some(t0_ns);
+        self
+    }
+}
+
+impl Source for SyntheticSource {
+    fn sensor_id(&self) -> &str {
+        &self.sensor
+    }
+
+    fn run(
+        self: Box<Self>,
+        out: mpsc::Sender<SourceEvent>,
+        stop: CancellationToken,
+    ) -> SourceFuture {
+        Box::pin(async move {
+            let sensor = self.sensor;
+            let mut ecg = SyntheticEcg::new(self.cfg).map_err(|e| SourceError::Failed {
+                sensor: sensor.clone(),
+                message: e.to_string(),
+            })?;
+            let fs = ecg.fs_hz();
+            let t_start = self.start_ns.unwrap_or_else(now_ns);
+            let clock0 = Instant::now();
+            send(&out, SourceEvent::Connected, &sensor).await?;
+            let mut n_sent: u64 = 0;
+            let mut gap = true;
+            loop {
+                // Samples due by the next tick.
+                let due_t = clock0.elapsed() + REALTIME_BLOCK;
+                let due_n = (due_t.as_secs_f64() * fs).floor() as u64;
+                if due_n > n_sent {
+                    let mut buf = vec![0f32; (due_n - n_sent) as usize];
+                    ecg.fill(&mut buf);
+                    let t0 = t_start + (n_sent as f64 * 1e9 / fs).round() as i64;
+                    n_sent = due_n;
+                    let block = Block {
+                        t0_ns: t0,
+                        fs_hz: fs,
+                        samples_uv: buf,
+                        gap_before: std::mem::take(&mut gap),
+                    };
+                    tokio::select! {
+                        r = send(&out, SourceEvent::Block(block), &sensor) => r?,
+                        _ = stop.cancelled() => return Ok(()),
+                    }
+                }
+                // Sleep until the samples just sent are "in the past".
+                let wake = clock0 + Duration::from_secs_f64(n_sent as f64 / fs);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => {}
+                    _ = stop.cancelled() => return Ok(()),
+                }
+            }
+        })
+    }
+}
+
+/// A recording file replayed as a live sensor.
+pub struct ReplaySource {
+    pub sensor: String,
+    pub path: PathBuf,
+    pub signal: Option<String>,
+    pub realtime: bool,
+    pub looped: bool,
+}
+
+/// Largest jump between consecutive CSV timestamps still counted as continuous, in sample
+/// periods (the Polar H10 jitters by a fraction of a period).
+const GAP_PERIODS: f64 = 3.0;
+
+impl Source for ReplaySource {
+    fn sensor_id(&self) -> &str {
+        &self.sensor
+    }
+
+    fn run(
+        self: Box<Self>,
+        out: mpsc::Sender<SourceEvent>,
+        stop: CancellationToken,
+    ) -> SourceFuture {
+        Box::pin(async move {
+            let me = *self;
+            let sensor = me.sensor.clone();
+            let path = me.path.clone();
+            let signal = me.signal.clone();
+            let rec = tokio::task::spawn_blocking(move || read_recording(&path, signal.as_deref()))
+                .await
+                .map_err(|e| SourceError::Failed {
+                    sensor: sensor.clone(),
+                    message: format!("reader task failed: {e}"),
+                })?
+                .map_err(|e| SourceError::Failed {
+                    sensor: sensor.clone(),
+                    message: e.to_string(),
+                })?;
+            let fs = rec.fs_hz;
+            let n = rec.samples_uv.len();
+            if n == 0 {
+                return Err(SourceError::Failed {
+                    sensor: sensor.clone(),
+                    message: format!("{} has no samples", me.path.display()),
+                });
+            }
+            // Segment boundaries: indices where the file's own clock jumps.
+            let mut seg_starts = vec![0usize];
+            if let Some(ts) = &rec.timestamps_ns {
+                let max_dt = GAP_PERIODS * 1e9 / fs;
+                for i in 1..ts.len() {
+                    let dt = (ts[i] - ts[i - 1]) as f64;
+                    if !(0.0..=max_dt).contains(&dt) {
+                        seg_starts.push(i);
+                    }
+                }
+            }
+            let rel_ns = |i: usize| -> i64 {
+                match &rec.timestamps_ns {
+                    Some(ts) => ts[i] - ts[0],
+                    None => (i as f64 * 1e9 / fs).round() as i64,
+                }
+            };
+            let block_len = if me.realtime {
+                ((fs * REALTIME_BLOCK.as_secs_f64()).round() as usize).max(1)
+            } else {
+                (fs.round() as usize).max(1)
+            };
+            send(&out, SourceEvent::Connected, &me.sensor).await?;
+            let mut anchor = now_ns();
+            let clock0 = Instant::now();
+            let mut played_ns: i64 = 0; // recording time already played in earlier loops
+            loop {
+                let mut i = 0usize;
+                let mut next_seg = 1usize;
+                let mut gap = true;
+                while i < n {
+                    let seg_end = seg_starts.get(next_seg).copied().unwrap_or(n);
+                    let end = (i + block_len).min(seg_end);
+                    let t0 = anchor + rel_ns(i);
+                    let block = Block {
+                        t0_ns: t0,
+                        fs_hz: fs,
+                        samples_uv: rec.samples_uv[i..end].to_vec(),
+                        gap_before: std::mem::take(&mut gap),
+                    };
+                    if me.realtime {
+                        // Deliver a block when its last sample is in the past.
+                        let due = played_ns + rel_ns(end - 1);
+                        let wake = clock0 + Duration::from_nanos(due.max(0) as u64);
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(wake) => {}
+                            _ = stop.cancelled() => return Ok(()),
+                        }
+                    }
+                    tokio::select! {
+                        r = send(&out, SourceEvent::Block(block), &me.sensor) => r?,
+                        _ = stop.cancelled() => return Ok(()),
+                    }
+                    i = end;
+                    if i == seg_end && i < n {
+                        next_seg += 1;
+                        gap = true;
+                    }
+                }
+                if !me.looped {
+                    send(&out, SourceEvent::End, &me.sensor).await?;
+                    return Ok(());
+                }
+                // Loop: continue the clock after the last sample, flagged as a gap.
+                let span = rel_ns(n - 1) + (1e9 / fs).round() as i64;
+                anchor += span;
+                played_ns += span;
+            }
+        })
+    }
+}

@@ -1,0 +1,193 @@
+//! Shared fixtures of the integration tests: a real Mosquitto broker per test on a free port,
+//! and an MQTT subscriber that records everything it receives.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+/// `../shared/data` relative to the crate, if present.
+pub fn shared_data() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    p.exists().then_some(p)
+}
+
+/// Path of the mosquitto binary, or `None` (the test then skips — unless
+/// `AFFECTGATE_REQUIRE_MOSQUITTO=1`, as set by `.ci/run`, where a missing broker fails).
+pub fn mosquitto_bin() -> Option<PathBuf> {
+    for p in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
+        if Path::new(p).exists() {
+            return Some(PathBuf::from(p));
+        }
+    }
+    if std::env::var("AFFECTGATE_REQUIRE_MOSQUITTO").as_deref() == Ok("1") {
+        panic!(
+            "mosquitto not found but AFFECTGATE_REQUIRE_MOSQUITTO=1 (apt-get install mosquitto)"
+        );
+    }
+    eprintln!("SKIP: mosquitto not installed (apt-get install mosquitto)");
+    None
+}
+
+/// A Mosquitto process on 127.0.0.1:<free port>, killed on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub fn start() -> Option<Mosquitto> {
+        let bin = mosquitto_bin()?;
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Some(Self::start_on(&bin, port))
+    }
+
+    pub fn start_on(bin: &Path, port: u16) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting mosquitto");
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "mosquitto did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mosquitto {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One received message.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+    pub at: Instant,
+}
+
+/// Subscribes to `filters` and records every message (in a background task).
+pub struct Recorder {
+    pub msgs: Arc<Mutex<Vec<Msg>>>,
+    pub client: AsyncClient,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    pub async fn start(port: u16, filters: &[&str]) -> Recorder {
+        let mut opts = MqttOptions::new(
+            format!("rec-{}-{}", std::process::id(), rand_suffix()),
+            "127.0.0.1",
+            port,
+        );
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut ev) = AsyncClient::new(opts, 64);
+        for f in filters {
+            client.subscribe(*f, QoS::AtLeastOnce).await.unwrap();
+        }
+        let msgs = Arc::new(Mutex::new(Vec::new()));
+        let m2 = msgs.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready = Some(ready_tx);
+        let mut acks = 0;
+        let n = filters.len();
+        let task = tokio::spawn(async move {
+            loop {
+                match ev.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        acks += 1;
+                        if acks == n {
+                            if let Some(r) = ready.take() {
+                                let _ = r.send(());
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => m2.lock().unwrap().push(Msg {
+                        topic: p.topic.clone(),
+                        payload: p.payload.to_vec(),
+                        retain: p.retain,
+                        at: Instant::now(),
+                    }),
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .expect("subscriptions acknowledged")
+            .unwrap();
+        Recorder { msgs, client, task }
+    }
+
+    pub fn messages(&self) -> Vec<Msg> {
+        self.msgs.lock().unwrap().clone()
+    }
+
+    pub fn on(&self, topic: &str) -> Vec<Msg> {
+        self.messages()
+            .into_iter()
+            .filter(|m| m.topic == topic)
+            .collect()
+    }
+
+    /// Wait until `pred(messages)` holds or `timeout` passes; returns whether it held.
+    pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&[Msg]) -> bool) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if pred(&self.msgs.lock().unwrap()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        pred(&self.msgs.lock().unwrap())
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,375 @@
+//! The gateway end to end against a real Mosquitto (one broker per test, free port):
+//! replay a real recording → exact number of state messages, valid JSON, plausible heart
+//! rate; restart mid-run → nothing announced is lost from the store; graceful shutdown.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use affectgate::config::{Config, SensorConfig, SourceConfig};
+use affectgate::dsp::windows_from_recording;
+use affectgate::gateway::GatewayBuilder;
+use affectgate::mqtt::StateMessage;
+use affectgate::source::file::read_recording;
+use affectgate::store::{Retention, Store};
+use common::{shared_data, Mosquitto, Recorder};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shipped plugin.toml with a replay sensor, a broker port and a store path.
+fn config_for(port: u16, store: &Path, replay: &Path, looped: bool, gateway: &str) -> Config {
+    let mut cfg = Config::load(&repo().join("plugin.toml")).unwrap();
+    cfg.gateway.id = gateway.into();
+    cfg.mqtt.host = "127.0.0.1".into();
+    cfg.mqtt.port = port;
+    cfg.store.path = store.to_path_buf();
+    cfg.model.path = repo().join("models/affectgate-arousal-v1.onnx");
+    cfg.sensors = vec![SensorConfig {
+        id: "polar".into(),
+        source: SourceConfig::Replay {
+            path: replay.to_path_buf(),
+            signal: None,
+            realtime: false,
+            looped,
+        },
+    }];
+    cfg
+}
+
+fn polar_file() -> Option<PathBuf> {
+    let p = shared_data()?.join("polar-h10/polar_h10_ecg.csv");
+    p.exists().then_some(p)
+}
+
+fn no_retention() -> Retention {
+    Retention {
+        max_bytes: u64::MAX,
+        max_age_ns: i64::MAX,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_polar_recording_publishes_one_valid_state_per_window() {
+    let Some(file) = polar_file() else {
+        eprintln!("SKIP: ../shared/data missing");
+        return;
+    };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let cfg = config_for(broker.port, &store_dir, &file, false, "gw1");
+
+    // The exact number of windows the offline path cuts from this file.
+    let rec = read_recording(&file, None).unwrap();
+    let expected = windows_from_recording(rec.fs_hz, &rec.samples_uv, 0, &cfg.dsp)
+        .unwrap()
+        .len();
+    assert!(expected > 50, "{expected}");
+
+    let rx = Recorder::start(broker.port, &["affectgate/gw1/#"]).await;
+    let report = GatewayBuilder::new(cfg, &repo())
+        .run(std::future::pending())
+        .await
+        .expect("gateway run");
+    assert!(report.mqtt.all_acked, "{:?}", report.mqtt);
+    assert_eq!(report.sensors["polar"].windows as usize, expected);
+    assert_eq!(report.published as usize, expected);
+
+    assert!(
+        rx.wait_for(Duration::from_secs(10), |m| {
+            m.iter()
+                .filter(|m| m.topic == "affectgate/gw1/polar/state")
+                .count()
+                >= expected
+        })
+        .await
+    );
+    let states: Vec<StateMessage> = rx
+        .on("affectgate/gw1/polar/state")
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("valid state JSON"))
+        .collect();
+    assert_eq!(states.len(), expected, "exactly one message per window");
+    // Window numbers 0..expected, each once, in order.
+    let idx: Vec<u64> = states.iter().map(|s| s.window).collect();
+    assert_eq!(idx, (0..expected as u64).collect::<Vec<_>>());
+
+    // Device heart rate (the strap's own hr_bpm column) for a plausibility check.
+    let side = rec.side.as_ref().expect("Polar CSV has hr_bpm");
+    let mut dev: Vec<f32> = side.hr_bpm.iter().map(|(_, v)| *v).collect();
+    dev.sort_by(f32::total_cmp);
+    let dev_median = dev[dev.len() / 2];
+
+    let mut good_hr = Vec::new();
+    for s in &states {
+        assert_eq!(s.sensor, "polar");
+        assert!(s.model.starts_with("affectgate-arousal-v1@"), "{}", s.model);
+        assert!(s.scores.contains_key("arousal"));
+        if s.quality == "good" {
+            let a = s.scores["arousal"].expect("good windows are scored");
+            assert!((0.0..=1.0).contains(&a), "{a}");
+            let hr = s.hr_bpm.expect("good windows have HR");
+            assert!((35.0..=200.0).contains(&hr), "implausible HR {hr}");
+            good_hr.push(hr);
+        } else {
+            assert_eq!(s.scores["arousal"], None, "flagged windows are not scored");
+        }
+    }
+    assert!(
+        good_hr.len() * 10 >= states.len() * 7,
+        "{} of {} good",
+        good_hr.len(),
+        states.len()
+    );
+    good_hr.sort_by(f32::total_cmp);
+    let med = good_hr[good_hr.len() / 2];
+    assert!(
+        (med - dev_median).abs() < 8.0,
+        "median HR {med} vs the strap's own {dev_median}"
+    );
+
+    // Availability: online on connect, offline (retained) at shutdown.
+    let status = rx.on("affectgate/gw1/status");
+    assert_eq!(
+        status.first().map(|m| m.payload.as_slice()),
+        Some(&b"online"[..])
+    );
+    assert_eq!(
+        status.last().map(|m| m.payload.as_slice()),
+        Some(&b"offline"[..])
+    );
+
+    // Everything is in the store, with the same scores that were published.
+    let store = Store::open(&store_dir, no_retention()).unwrap();
+    let stored: Vec<_> = store
+        .range("polar", i64::MIN, i64::MAX)
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(stored.len(), expected);
+    for (rec, s) in stored.iter().zip(&states) {
+        assert_eq!(rec.window.index, s.window);
+        let a = rec
+            .scores
+            .iter()
+            .find(|(h, _)| h == "arousal")
+            .map(|(_, v)| *v);
+        assert_eq!(a, s.scores["arousal"]);
+    }
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_affectgate")
+}
+
+fn write_config(cfg: &Config, path: &Path) {
+    std::fs::write(path, toml::to_string(cfg).unwrap()).unwrap();
+}
+
+/// Kill the gateway (SIGKILL) mid-run, restart it on the same store, stop it with SIGTERM:
+/// every window announced over MQTT before the kill is in the store, the second run exits 0,
+/// says `offline`, and adds exactly the windows it announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_mid_run_keeps_every_announced_window() {
+    let Some(data) = shared_data() else {
+        eprintln!("SKIP: ../shared/data missing");
+        return;
+    };
+    let file = data.join("eegmat/Subject00_rest.edf");
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let cfg = config_for(broker.port, &store_dir, &file, true, "gw2");
+    let cfg_path = dir.path().join("gw.toml");
+    write_config(&cfg, &cfg_path);
+    let rx = Recorder::start(broker.port, &["affectgate/gw2/#"]).await;
+    let state_topic = "affectgate/gw2/polar/state";
+
+    // Run 1: until ≥ 15 windows were announced, then SIGKILL.
+    let mut child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let ok = rx
+        .wait_for(Duration::from_secs(120), |m| {
+            m.iter().filter(|m| m.topic == state_topic).count() >= 15
+        })
+        .await;
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(ok, "run 1 announced < 15 windows");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let announced1: Vec<StateMessage> = rx
+        .on(state_topic)
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    // The broker published our last will.
+    assert!(
+        rx.wait_for(Duration::from_secs(5), |m| m.iter().any(|m| m.topic
+            == "affectgate/gw2/status"
+            && m.payload == b"offline"))
+            .await,
+        "no last-will `offline` after SIGKILL"
+    );
+
+    let count1 = {
+        let store = Store::open(&store_dir, no_retention()).expect("store reopens after SIGKILL");
+        let recs: Vec<_> = store.range("polar", i64::MIN, i64::MAX).collect();
+        assert!(
+            recs.iter().all(|r| r.is_ok()),
+            "undecodable record after SIGKILL"
+        );
+        let recs: Vec<_> = recs.into_iter().map(|r| r.unwrap()).collect();
+        for s in &announced1 {
+            assert!(
+                recs.iter()
+                    .any(|r| r.window.start_ns / 1_000_000 == s.window_start_ms),
+                "announced window {} missing from the store",
+                s.window
+            );
+        }
+        recs.len()
+    };
+    assert!(count1 >= announced1.len());
+
+    // Run 2 on the same store: SIGTERM after 10 more windows → exit 0.
+    let before = rx.on(state_topic).len();
+    let child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ok = rx
+        .wait_for(Duration::from_secs(120), |m| {
+            m.iter().filter(|m| m.topic == state_topic).count() >= before + 10
+        })
+        .await;
+    unsafe_sigterm(child.id());
+    let out = child.wait_with_output().unwrap();
+    assert!(ok, "run 2 announced < 10 windows");
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let announced2 = rx.on(state_topic).len() - before;
+    let status = rx.on("affectgate/gw2/status");
+    assert_eq!(status.last().unwrap().payload, b"offline");
+    let store = Store::open(&store_dir, no_retention()).unwrap();
+    let n = store
+        .range("polar", i64::MIN, i64::MAX)
+        .filter(|r| r.is_ok())
+        .count();
+    assert_eq!(
+        n,
+        count1 + announced2,
+        "store = run 1 + every window announced by run 2"
+    );
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let st = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn broken_model_file_fails_start_naming_the_file_and_keeps_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("broken.onnx");
+    std::fs::write(&model, b"this is not an onnx model").unwrap();
+    let store_dir = dir.path().join("store");
+    let mut cfg = Config::load(&repo().join("plugin.toml")).unwrap();
+    cfg.mqtt.host = "127.0.0.1".into();
+    cfg.mqtt.port = 1;
+    cfg.model.path = model.clone();
+    cfg.store.path = store_dir.clone();
+    let cfg_path = dir.path().join("gw.toml");
+    write_config(&cfg, &cfg_path);
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.onnx"), "{err}");
+    assert!(
+        !store_dir.exists(),
+        "nothing is created before the model loads"
+    );
+}
+
+#[test]
+fn run_rejects_unknown_key_and_notch_above_nyquist() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(repo().join("plugin.toml")).unwrap();
+    let bad = base.replace("warmup_s = 2.0", "warmup_s = 2.0\nwarmup_sec = 3");
+    let p = dir.path().join("a.toml");
+    std::fs::write(&p, bad).unwrap();
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warmup_sec") && err.contains("a.toml"),
+        "{err}"
+    );
+
+    let bad = base.replace("hr_bpm = 62,", "hr_bpm = 62, fs_hz = 90,");
+    std::fs::write(&p, bad).unwrap();
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("notch_hz") && err.contains("calm"), "{err}");
+}
+
+/// The README's first command: scores from all three synthetic sensors well within 30 s,
+/// clean exit.
+#[test]
+fn demo_prints_scores_for_three_sensors_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args(["demo", "--seconds", "24"])
+        .current_dir(dir.path()) // no repo files: everything the demo needs is built in
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for s in ["calm", "steady", "stressed"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(s) && l.contains("arousal") && l.contains("HR"))
+            .unwrap_or_else(|| panic!("no score line for {s}:\n{stdout}"));
+        assert!(line.contains("quality"), "{line}");
+    }
+    assert!(stdout.contains("stopped cleanly"), "{stdout}");
+}
