@@ -22,6 +22,7 @@ use crate::mqtt::broker::EmbeddedBroker;
 use crate::mqtt::StateMessage;
 use crate::source::file::read_recording;
 use crate::source::synthetic::SyntheticConfig;
+use crate::source::live::SyntheticSource;
 use crate::source::Block;
 
 /// `bench dsp`: one thread pushes a recording through the live per-sensor pipeline in 1 s
@@ -56,6 +57,45 @@ pub fn dsp(file: &Path, repeats: usize) -> Result<()> {
     }
     let el = t0.elapsed().as_secs_f64();
     let samples = (rec.samples_uv.len() * repeats.max(1)) as f64;
+
+    // Filters + resampler + windower only (what bench/peers/dsp_scipy.py does).
+    let t1 = Instant::now();
+    let mut raw_windows = Vec::new();
+    for _ in 0..repeats.max(1) {
+        let mut p = crate::dsp::Preprocessor::new(fs, PreprocessConfig::default())?;
+        let mut t = 0i64;
+        for chunk in rec.samples_uv.chunks(block) {
+            p.push(t, chunk, &mut raw_windows);
+            t += (chunk.len() as f64 * 1e9 / fs) as i64;
+            raw_windows.clear();
+        }
+    }
+    let el_pre = t1.elapsed().as_secs_f64();
+
+    // Memory per sensor: 256 synthetic generators + pipelines, 15 s of signal each.
+    let (rss0, _) = rss_mib();
+    let mut sensors = Vec::new();
+    for i in 0..256u64 {
+        let mut g = crate::source::synthetic::SyntheticEcg::new(SyntheticConfig {
+            seed: i + 1,
+            ..Default::default()
+        })?;
+        let mut p = SensorPipeline::new("m", PreprocessConfig::default(), QualityConfig::default());
+        let mut buf = vec![0f32; (15.0 * g.fs_hz()) as usize];
+        g.fill(&mut buf);
+        let b = Block {
+            t0_ns: 0,
+            fs_hz: g.fs_hz(),
+            samples_uv: buf,
+            gap_before: false,
+        };
+        p.push(&b, &mut out)?;
+        out.clear();
+        sensors.push((g, p));
+    }
+    let (rss1, _) = rss_mib();
+    let per_sensor_kib = (rss1 - rss0) * 1024.0 / 256.0;
+    drop(sensors);
     let r = serde_json::json!({
         "bench": "dsp",
         "file": file.display().to_string(),
@@ -65,6 +105,8 @@ pub fn dsp(file: &Path, repeats: usize) -> Result<()> {
         "seconds": el,
         "samples_per_s": samples / el,
         "realtime_factor_per_core": samples / el / fs,
+        "preprocess_samples_per_s": samples / el_pre,
+        "rss_per_sensor_kib": per_sensor_kib,
     });
     println!("{r}");
     Ok(())
@@ -88,6 +130,12 @@ pub struct LoadReport {
     pub latency_ms_p50: f64,
     pub latency_ms_p99: f64,
     pub latency_ms_max: f64,
+    /// Of which: window complete → handed to the MQTT client (scoring, store, flush), ms.
+    pub gateway_ms_p50: f64,
+    pub gateway_ms_p99: f64,
+    /// Of which: handed to the MQTT client → received by the subscriber, ms.
+    pub mqtt_ms_p50: f64,
+    pub mqtt_ms_p99: f64,
     /// Process CPU time / wall time (1.0 = one core busy).
     pub cpu_cores_used: f64,
     /// Peak resident memory of the process (VmHWM), MiB.
@@ -204,7 +252,18 @@ pub async fn sensors(n: usize, seconds: f64, mqtt: Option<&str>) -> Result<LoadR
     let (obs_tx, mut obs_rx) = mpsc::unbounded_channel::<Observed>();
     let cpu0 = cpu_seconds();
     let wall0 = Instant::now();
-    let report = GatewayBuilder::new(cfg, Path::new("."))
+    // Real straps are not in phase: stagger the sensors over one window period, so windows
+    // complete spread out as they would in a home, not all in the same millisecond.
+    let mut builder = GatewayBuilder::new(cfg.clone(), Path::new("."));
+    for (i, s) in cfg.sensors.iter().enumerate() {
+        if let SourceConfig::Synthetic { ecg } = &s.source {
+            let delay = Duration::from_secs_f64(10.0 * i as f64 / n as f64);
+            builder = builder.source(Box::new(
+                SyntheticSource::new(&s.id, ecg.clone()).with_delay(delay),
+            ));
+        }
+    }
+    let report = builder
         .model(model, version)
         .observer(obs_tx)
         .run(tokio::time::sleep(Duration::from_secs_f64(seconds)))
@@ -222,6 +281,8 @@ pub async fn sensors(n: usize, seconds: f64, mqtt: Option<&str>) -> Result<LoadR
     }
     let mut lag = Vec::new();
     let mut lat = Vec::new();
+    let mut gw = Vec::new();
+    let mut mq = Vec::new();
     let mut windows = 0;
     while let Ok(o) = obs_rx.try_recv() {
         windows += 1;
@@ -229,25 +290,40 @@ pub async fn sensors(n: usize, seconds: f64, mqtt: Option<&str>) -> Result<LoadR
         let published_wall =
             crate::source::live::now_ns() - o.published.elapsed().as_nanos() as i64;
         lag.push((published_wall - end_ns) as f64 / 1e6);
+        gw.push(o.published.duration_since(o.completed).as_secs_f64() * 1e3);
         if let Some(t) = received.get(&(o.state.sensor.clone(), o.state.window)) {
             lat.push(t.duration_since(o.completed).as_secs_f64() * 1e3);
+            mq.push(t.saturating_duration_since(o.published).as_secs_f64() * 1e3);
         }
     }
-    // First window after 2 s warm-up + 10 s, then one every 10 s.
-    let per_sensor =
-        ((seconds - 12.0) / 10.0).floor().max(0.0) as usize + usize::from(seconds >= 12.0);
+    // First window after the start delay + 2 s warm-up + 10 s (+ resampler hold-back), then
+    // one every 10 s.
+    let expected: usize = (0..n)
+        .map(|i| {
+            let t = seconds - 10.0 * i as f64 / n as f64 - 12.3;
+            if t < 0.0 {
+                0
+            } else {
+                (t / 10.0).floor() as usize + 1
+            }
+        })
+        .sum();
     Ok(LoadReport {
         bench: "sensors",
         sensors: n,
         seconds: wall,
         windows,
-        expected_windows: per_sensor * n,
+        expected_windows: expected,
         lag_ms_p50: percentile(&mut lag, 0.5),
         lag_ms_p99: percentile(&mut lag, 0.99),
         lag_ms_max: lag.iter().cloned().fold(f64::NAN, f64::max),
         latency_ms_p50: percentile(&mut lat, 0.5),
         latency_ms_p99: percentile(&mut lat, 0.99),
         latency_ms_max: lat.iter().cloned().fold(f64::NAN, f64::max),
+        gateway_ms_p50: percentile(&mut gw, 0.5),
+        gateway_ms_p99: percentile(&mut gw, 0.99),
+        mqtt_ms_p50: percentile(&mut mq, 0.5),
+        mqtt_ms_p99: percentile(&mut mq, 0.99),
         cpu_cores_used: cpu / wall,
         peak_rss_mib: hwm,
         rss_mib: rss,

@@ -399,19 +399,27 @@ fn scorer_loop(
             }
         }
         let mut scores: Vec<Vec<(String, f32)>> = vec![Vec::new(); batch.len()];
-        if !idx.is_empty() {
-            match model.run(&input, idx.len()) {
+        // Run in power-of-two chunks (27 = 16 + 8 + 2 + 1): tract plans and caches per
+        // input shape, so arbitrary batch sizes would keep up to 32 plans alive; this keeps
+        // at most 6, with no padding wasted.
+        let mut done = 0usize;
+        while done < idx.len() {
+            let left = idx.len() - done;
+            let n = 1usize << (usize::BITS - 1 - left.leading_zeros());
+            let chunk = &input[done * WINDOW_LEN..(done + n) * WINDOW_LEN];
+            match model.run(chunk, n) {
                 Ok(s) => {
-                    for (k, &i) in idx.iter().enumerate() {
-                        scores[i] = heads
+                    for k in 0..n {
+                        scores[idx[done + k]] = heads
                             .iter()
                             .cloned()
                             .zip(s.values[k].iter().copied())
                             .collect();
                     }
                 }
-                Err(e) => tracing::error!("inference failed for {} windows: {e}", idx.len()),
+                Err(e) => tracing::error!("inference failed for {n} windows: {e}"),
             }
+            done += n;
         }
         for (w, s) in batch.drain(..).zip(scores) {
             if tx.blocking_send(ScoredWindow { w, scores: s }).is_err() {

@@ -74,6 +74,8 @@ pub struct SyntheticSource {
     cfg: SyntheticConfig,
     /// Start time override (tests, benchmarks); default: wall clock at start.
     start_ns: Option<i64>,
+    /// Wait this long before the first sample (load tests: real straps are not in phase).
+    delay: Duration,
 }
 
 impl SyntheticSource {
@@ -82,7 +84,14 @@ impl SyntheticSource {
             sensor: sensor.to_string(),
             cfg,
             start_ns: None,
+            delay: Duration::ZERO,
         }
+    }
+
+    /// Start producing after `delay`.
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
     }
 
     /// Time the first sample as `t0_ns` instead of the wall clock at start.
@@ -109,6 +118,12 @@ impl Source for SyntheticSource {
                 message: e.to_string(),
             })?;
             let fs = ecg.fs_hz();
+            if !self.delay.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.delay) => {}
+                    _ = stop.cancelled() => return Ok(()),
+                }
+            }
             let t_start = self.start_ns.unwrap_or_else(now_ns);
             let clock0 = Instant::now();
             send(&out, SourceEvent::Connected, &sensor).await?;
