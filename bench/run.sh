@@ -20,4 +20,18 @@ run $bin --threads 1 bench infer --model "$model" --backend tract
 run $bin --threads 2 bench infer --model "$model" --backend tract
 run $bin bench infer --model "$model" --backend onnxruntime
 run "$py" bench/peers/ort_infer.py "$model"
-echo "results appended to $out" >&2
+
+# ── gateway (issue 4): DSP throughput vs SciPy, sensors per core, window → MQTT latency.
+# Mosquitto on core 1, the gateway on core 0.
+gw_out="bench/results/$(date -u +%Y-%m-%d)-gateway.jsonl"
+mq_dir="$(mktemp -d)"; printf 'listener 18830 127.0.0.1\nallow_anonymous true\npersistence false\n' > "$mq_dir/m.conf"
+taskset -c 1 mosquitto -c "$mq_dir/m.conf" & mq_pid=$!
+trap 'kill $mq_pid 2>/dev/null || true' EXIT
+sleep 1
+gw() { echo "# $*" >&2; "$@" | tee -a "$gw_out"; }
+gw taskset -c 0 $bin bench dsp
+gw taskset -c 0 "$py" bench/peers/dsp_scipy.py --repeats 5
+gw taskset -c 0 $bin bench sensors --counts 128,256,512,768,1024 --seconds 45 --mqtt 127.0.0.1:18830
+gw $bin bench latency --sensors 32 --seconds 125 --mqtt 127.0.0.1:18830
+gw $bin bench latency --sensors 32 --seconds 125
+echo "results appended to $out and $gw_out" >&2

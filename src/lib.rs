@@ -9,12 +9,19 @@
 //! The modules follow the data flow:
 //!
 //! ```text
-//! source/  where ECG comes from. `source::file` reads EDF/EDF+, WFDB and CSV recordings
-//!   │      (one reader for training, evaluation and file replay); `source::synthetic`
-//!   │      generates ECG (ECGSYN model) for demos and load tests, with true beat times.
+//! source/  where ECG comes from, behind one seam (`source::Source`: an async task pushing
+//!   │      blocks of timestamped µV samples with gap flags into a bounded queue).
+//!   │      `source::file` reads EDF/EDF+, WFDB and CSV recordings (one reader for training,
+//!   │      evaluation and replay); `source::live` runs synthetic (ECGSYN) and replay sensors.
 //! dsp/     biquad high-pass/low-pass/notch → resample to 256 Hz → 10 s `Window`s →
-//!   │      z-score, plus R-peak detection and HR/HRV. Streaming with state carried across
+//!   │      z-score, R-peaks and HR/HRV, quality gate. Streaming with state carried across
 //!   │      blocks, so training and the live gateway run the *same* code.
+//! gateway/ the long-running process: per-sensor DSP tasks → one scorer thread batching
+//!   │      windows across sensors → sink (store, then publish) → graceful shutdown.
+//!   ├──► store/  sled: every window (compact i16 encoding, quality, HR/HRV, scores, labels),
+//!   │            range scans by sensor and time, retention by bytes and age, CSV export.
+//!   ├──► mqtt/   rumqttc client (state per window, availability with last will), topics,
+//!   │            the embedded rumqttd broker of `affectgate demo`.
 //!   ├──► infer/  ONNX inference through `ort` with two back-ends chosen at run time:
 //!   │            pure-Rust tract (default, no native library) or ONNX Runtime (dlopen).
 //!   └──► learn/  the paper's method: six signal transformations, the signal-transformation
@@ -26,7 +33,7 @@
 //! components' own config structs and validates it as a whole.
 //!
 //! The binary (`src/main.rs`, commands in [`cli`]) is a thin layer over these modules:
-//! `pretrain`, `finetune`, `eval`, `infer`, `experiment`, `bench`.
+//! `run`, `demo`, `store`, `pretrain`, `finetune`, `eval`, `infer`, `experiment`, `bench`.
 //!
 //! ## Decisions worth knowing
 //! - **One window type** ([`dsp::Window`], 2560 samples at 256 Hz) and one preprocessing path
@@ -37,6 +44,11 @@
 //!   so serving never depends on the training framework, and a test proves both agree.
 //! - **Weights cross module borders as plain arrays** ([`learn::onnx::NetworkWeights`]), never
 //!   as framework types.
+//! - **Backpressure, not buffering.** Every queue between gateway stages is bounded; a stalled
+//!   stage slows its producers. The one exception is MQTT: a publish waits at most 2 s for room
+//!   and is then dropped and counted — the window is already in the store.
+//! - **Stored before announced.** The sink writes and flushes a group of windows to sled before
+//!   publishing their state, so nothing a subscriber has seen can be lost by a crash.
 //! - **Errors**: library modules return typed errors (`thiserror`) naming the file, key or
 //!   field at fault; the CLI wraps them with `anyhow` context and tells the user what to do.
 

@@ -9,8 +9,9 @@
 //!   the broker has everything before saying `offline` and disconnecting.
 //! * [`broker`] — an embedded rumqttd broker, used by `affectgate demo` only.
 //!
-//! Publishing never stalls ingest: [`MqttLink::publish`] waits at most [`PUBLISH_WAIT`] for
-//! room in rumqttc's request queue, then drops the message and counts it (the window itself is
+//! Publishing never stalls ingest for long: when rumqttc's request queue (256 messages) is
+//! full, [`MqttLink::publish`] drops the message at once if the broker is down, or after
+//! waiting [`PUBLISH_WAIT`] for room if it is merely slow, and counts it (the window itself is
 //! already in the store). Delivery across broker outages is the outbox's job (home-automation
 //! issue).
 
@@ -197,6 +198,11 @@ impl MqttLink {
                 self.counters.requested.fetch_add(1, Ordering::Relaxed);
                 true
             }
+            Err(_) if !*self.connected.borrow() => {
+                // Broker down and the queue full: waiting would only stall the pipeline.
+                self.drop_message(&topic);
+                false
+            }
             Err(_) => {
                 let r = tokio::time::timeout(
                     PUBLISH_WAIT,
@@ -208,15 +214,22 @@ impl MqttLink {
                     self.counters.requested.fetch_add(1, Ordering::Relaxed);
                     return true;
                 }
-                let n = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::warn!(
-                    topic,
-                    dropped_total = n,
-                    "MQTT queue full (broker {} slow or unreachable): message dropped; the window is kept in the store",
-                    self.broker
-                );
+                self.drop_message(&topic);
                 false
             }
+        }
+    }
+
+    fn drop_message(&self, topic: &str) {
+        let n = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        // One line per 100 drops: a long outage must not flood the log.
+        if n == 1 || n % 100 == 0 {
+            tracing::warn!(
+                topic,
+                dropped_total = n,
+                "MQTT queue full (broker {} slow or unreachable): message dropped; the window is kept in the store",
+                self.broker
+            );
         }
     }
 
