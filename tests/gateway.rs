@@ -374,7 +374,9 @@ fn demo_prints_scores_for_three_sensors_within_30_s_and_stops_on_ctrl_c() {
     let mut first: std::collections::BTreeMap<&str, Duration> = Default::default();
     let mut lines = Vec::new();
     while first.len() < 3 && t0.elapsed() < Duration::from_secs(60) {
-        let Ok((line, at)) = rx.recv_timeout(Duration::from_secs(1)) else { continue };
+        let Ok((line, at)) = rx.recv_timeout(Duration::from_secs(1)) else {
+            continue;
+        };
         for s in ["calm", "steady", "stressed"] {
             if line.contains(&format!(" {s} ")) && line.contains("arousal") && line.contains("HR") {
                 first.entry(s).or_insert(at);
@@ -390,7 +392,10 @@ fn demo_prints_scores_for_three_sensors_within_30_s_and_stops_on_ctrl_c() {
     let all = lines.join("\n");
     assert_eq!(first.len(), 3, "not every sensor printed a score:\n{all}");
     for (s, at) in &first {
-        assert!(*at < Duration::from_secs(30), "{s}: first score after {at:?}");
+        assert!(
+            *at < Duration::from_secs(30),
+            "{s}: first score after {at:?}"
+        );
     }
     assert!(status.success(), "exit {status:?}\n{all}");
     assert!(all.contains("stopped cleanly"), "{all}");

@@ -21,8 +21,8 @@ use crate::infer::{Backend, Model};
 use crate::mqtt::broker::EmbeddedBroker;
 use crate::mqtt::StateMessage;
 use crate::source::file::read_recording;
-use crate::source::synthetic::SyntheticConfig;
 use crate::source::live::SyntheticSource;
+use crate::source::synthetic::SyntheticConfig;
 use crate::source::Block;
 
 /// `bench dsp`: one thread pushes a recording through the live per-sensor pipeline in 1 s
