@@ -408,3 +408,69 @@ fn unsafe_sigint(pid: u32) {
         .unwrap();
     assert!(st.success());
 }
+
+/// `run` with `backend = "onnxruntime"` (a child process: one ort backend per process) on the
+/// same replay gives the same number of windows and the same scores as tract, to 1e-4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onnxruntime_backend_serves_the_same_scores_as_tract() {
+    let Some(file) = polar_file() else { return };
+    let Some(dylib) = affectgate::infer::find_onnxruntime_dylib() else {
+        eprintln!("SKIP: libonnxruntime not found (set ORT_DYLIB_PATH)");
+        return;
+    };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Recorder::start(broker.port, &["affectgate/+/polar/state"]).await;
+    let mut scores: Vec<Vec<Option<f32>>> = Vec::new();
+    for (gw, backend) in [
+        ("tract", affectgate::infer::Backend::Tract),
+        (
+            "ort",
+            affectgate::infer::Backend::OnnxRuntime {
+                dylib: Some(dylib.clone()),
+            },
+        ),
+    ] {
+        let mut cfg = config_for(broker.port, &dir.path().join(gw), &file, false, gw);
+        cfg.model.backend = backend;
+        let p = dir.path().join(format!("{gw}.toml"));
+        write_config(&cfg, &p);
+        let out = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let topic = format!("affectgate/{gw}/polar/state");
+        rx.wait_for(Duration::from_secs(10), |m| {
+            m.iter().filter(|m| m.topic == topic).count() > 50
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        scores.push(
+            rx.on(&topic)
+                .iter()
+                .map(|m| {
+                    serde_json::from_slice::<StateMessage>(&m.payload)
+                        .unwrap()
+                        .scores["arousal"]
+                })
+                .collect(),
+        );
+    }
+    assert!(scores[0].len() > 50);
+    assert_eq!(scores[0].len(), scores[1].len());
+    for (a, b) in scores[0].iter().zip(&scores[1]) {
+        match (a, b) {
+            (Some(a), Some(b)) => assert!((a - b).abs() < 1e-4, "{a} vs {b}"),
+            (None, None) => {}
+            _ => panic!("scored by one backend only: {a:?} vs {b:?}"),
+        }
+    }
+}

@@ -16,6 +16,8 @@
 //! issue).
 
 pub mod broker;
+pub mod discovery;
+pub mod inputs;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -223,7 +225,7 @@ impl MqttLink {
     fn drop_message(&self, topic: &str) {
         let n = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         // One line per 100 drops: a long outage must not flood the log.
-        if n == 1 || n % 100 == 0 {
+        if n == 1 || n.is_multiple_of(100) {
             tracing::warn!(
                 topic,
                 dropped_total = n,
