@@ -149,6 +149,17 @@ pub struct MqttConfig {
     pub password: Option<String>,
     pub keep_alive_s: u64,
     pub discovery_prefix: String,
+    /// Publish Home Assistant discovery (default true).
+    #[serde(default = "yes")]
+    pub discovery: bool,
+    /// Undelivered state messages kept in the outbox; beyond it the oldest are dropped
+    /// (default 100 000 ≈ 3 days of 3 sensors).
+    #[serde(default = "default_outbox_max")]
+    pub outbox_max: u64,
+}
+
+fn default_outbox_max() -> u64 {
+    100_000
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -223,6 +234,13 @@ impl Config {
                     "use letters, digits, '_' and '-' only (it is part of MQTT topics)".into(),
                 ));
             }
+            if s.id == "cmd" {
+                return Err(bad(
+                    format!("{key}.id"),
+                    "\"cmd\"".into(),
+                    "is reserved (affectgate/<gateway>/cmd/… carries commands)".into(),
+                ));
+            }
             if !seen.insert(s.id.as_str()) {
                 return Err(bad(
                     format!("{key}.id"),
@@ -250,6 +268,13 @@ impl Config {
                 "mqtt.port".into(),
                 "0".into(),
                 "must be 1..=65535".into(),
+            ));
+        }
+        if self.mqtt.outbox_max == 0 {
+            return Err(bad(
+                "mqtt.outbox_max".into(),
+                "0".into(),
+                "must be ≥ 1 message".into(),
             ));
         }
         if !is_topic_id(&self.mqtt.discovery_prefix) {

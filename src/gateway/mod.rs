@@ -38,7 +38,9 @@ use self::sensor::{ProcessedWindow, SensorPipeline};
 use crate::config::Config;
 use crate::dsp::WINDOW_LEN;
 use crate::infer::{InferError, Model};
-use crate::mqtt::{rfc3339_ms, LinkReport, MqttLink, StateMessage};
+use crate::mqtt::discovery::{self, DiscoveryInput};
+use crate::mqtt::inputs::{self, Command, Input};
+use crate::mqtt::{rfc3339_ms, LinkOptions, LinkReport, MqttLink, StateMessage};
 use crate::source::live::{from_config, now_ns};
 use crate::source::{Source, SourceError, SourceEvent, SOURCE_QUEUE};
 use crate::store::{Retention, Store, StoreError, StoredWindow};
@@ -100,6 +102,8 @@ pub struct RunReport {
     pub published: u64,
     pub mqtt: LinkReport,
     pub model: String,
+    /// The run ended because `cmd/reload` asked for it: the caller should reload the config.
+    pub reload_requested: bool,
 }
 
 /// Builds and runs a gateway from a [`Config`] (see the module docs).
@@ -207,8 +211,27 @@ impl GatewayBuilder {
         };
         tracing::info!(store = %store_path.display(), "store opened");
 
-        let client_id = format!("affectgate-{}", cfg.gateway.id);
-        let link = Arc::new(MqttLink::start(&cfg.mqtt, &cfg.gateway.id, &client_id));
+        let outbox = store.outbox(cfg.mqtt.outbox_max)?;
+        if !outbox.is_empty() {
+            tracing::info!(pending = outbox.len(), "undelivered state messages from an earlier run will be sent first");
+        }
+        let link = Arc::new(MqttLink::start(
+            LinkOptions {
+                mqtt: cfg.mqtt.clone(),
+                gateway: cfg.gateway.id.clone(),
+                client_id: format!("affectgate-{}", cfg.gateway.id),
+                subscribe: inputs::subscriptions(&cfg.gateway.id),
+                ha_status: cfg
+                    .mqtt
+                    .discovery
+                    .then(|| discovery::ha_status_topic(&cfg.mqtt.discovery_prefix)),
+            },
+            outbox.clone(),
+        ));
+        let sensor_ids: Vec<String> = sources.iter().map(|s| s.sensor_id().to_string()).collect();
+        if cfg.mqtt.discovery {
+            announce_discovery(&cfg, &store, &link, &sensor_ids, model.head_names());
+        }
         if !link.wait_connected(Duration::from_secs(5)).await {
             tracing::warn!(
                 "MQTT broker {}:{} not reachable yet; windows are stored and scoring continues while it retries",
@@ -228,7 +251,7 @@ impl GatewayBuilder {
             let (tx, rx) = mpsc::channel::<SourceEvent>(SOURCE_QUEUE);
             let src_task = tokio::spawn(src.run(tx, stop.child_token()));
             let pipe = SensorPipeline::new(&id, cfg.dsp.clone(), cfg.quality.clone());
-            let dsp_task = tokio::spawn(sensor_task(pipe, rx, win_tx.clone()));
+            let dsp_task = tokio::spawn(sensor_task(pipe, rx, win_tx.clone(), link.clone()));
             sensor_tasks.push((id, src_task, dsp_task));
         }
         drop(win_tx);
@@ -241,9 +264,24 @@ impl GatewayBuilder {
             .map_err(|e| GatewayError::Task(e.to_string()))?;
 
         // Sink task.
+        // Inputs (labels, commands) from MQTT.
+        let reload = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let input_task = link.take_incoming().map(|rx| {
+            tokio::spawn(input_task(
+                rx,
+                cfg.gateway.id.clone(),
+                sensor_ids.clone(),
+                store.clone(),
+                link.clone(),
+                reload.clone(),
+                stop.clone(),
+            ))
+        });
+
         let sink = tokio::spawn(sink_task(
             scored_rx,
             store.clone(),
+            outbox,
             link.clone(),
             version.clone(),
             heads,
@@ -270,7 +308,14 @@ impl GatewayBuilder {
                 stop.cancel();
                 all_done.await
             }
+            _ = stop.cancelled() => {
+                tracing::info!("reloading: stopping sources, draining windows");
+                all_done.await
+            }
         };
+        if let Some(t) = input_task {
+            t.abort();
+        }
         for (id, src_res, dsp_res) in finished {
             let mut rep = dsp_res.unwrap_or_else(|e| SensorReport {
                 error: Some(format!("sensor task panicked: {e}")),
@@ -320,6 +365,7 @@ impl GatewayBuilder {
             published: published.published,
             mqtt,
             model: version,
+            reload_requested: reload.load(std::sync::atomic::Ordering::SeqCst),
         })
     }
 }
@@ -337,6 +383,20 @@ async fn sensor_task(
     mut pipe: SensorPipeline,
     mut rx: mpsc::Receiver<SourceEvent>,
     tx: mpsc::Sender<ProcessedWindow>,
+    link: Arc<MqttLink>,
+) -> SensorReport {
+    let avail = link.topics().availability(pipe.sensor());
+    let rep = sensor_loop(&mut pipe, &mut rx, &tx, &link, &avail).await;
+    link.retain(avail, b"offline".to_vec());
+    rep
+}
+
+async fn sensor_loop(
+    pipe: &mut SensorPipeline,
+    rx: &mut mpsc::Receiver<SourceEvent>,
+    tx: &mpsc::Sender<ProcessedWindow>,
+    link: &MqttLink,
+    avail: &str,
 ) -> SensorReport {
     let mut rep = SensorReport::default();
     let mut out = Vec::new();
@@ -356,9 +416,13 @@ async fn sensor_task(
                     return rep;
                 }
             }
-            SourceEvent::Connected => tracing::info!(sensor = %pipe.sensor(), "sensor connected"),
+            SourceEvent::Connected => {
+                tracing::info!(sensor = %pipe.sensor(), "sensor connected");
+                link.retain(avail.to_string(), b"online".to_vec());
+            }
             SourceEvent::Disconnected { reason } => {
                 tracing::warn!(sensor = %pipe.sensor(), reason, "sensor disconnected");
+                link.retain(avail.to_string(), b"offline".to_vec());
                 pipe.gap();
             }
             SourceEvent::End => pipe.finish(&mut out),
@@ -460,6 +524,7 @@ pub fn state_message(sw: &ScoredWindow, heads: &[String], model: &str) -> StateM
 async fn sink_task(
     mut rx: mpsc::Receiver<ScoredWindow>,
     store: Arc<Store>,
+    outbox: crate::store::outbox::Outbox,
     link: Arc<MqttLink>,
     model: String,
     heads: Vec<String>,
@@ -471,10 +536,11 @@ async fn sink_task(
     };
     let mut group: Vec<ScoredWindow> = Vec::new();
     while let Some(first) = rx.recv().await {
-        // Group commit: store every window that is ready, flush sled once, then publish.
-        // A window whose state message left the gateway is therefore on disk — a crash
-        // (or SIGKILL) can lose a window that was never announced, never one that was —
-        // at one fsync per group instead of one per window.
+        // Group commit: store every window that is ready and queue its state message in the
+        // outbox, flush sled once, then let the MQTT link publish. A window whose state
+        // message left the gateway is therefore on disk, and a state message is never lost
+        // to a broker outage or a restart (the link deletes it only on PUBACK) — at one fsync
+        // per group instead of one per window.
         group.push(first);
         while let Ok(sw) = rx.try_recv() {
             group.push(sw);
@@ -501,7 +567,21 @@ async fn sink_task(
             if let Err(e) = store.put(&rec) {
                 tracing::error!(sensor = %rec.sensor, "storing window {} failed: {e}", rec.window.index);
             }
+            let msg = state_message(sw, &heads, &model);
+            let payload = serde_json::to_vec(&msg).expect("state message serialises");
+            match outbox.push(&link.topics().state(&msg.sensor), &payload) {
+                Ok(_) => rep.published += 1,
+                Err(e) => tracing::error!(sensor = %msg.sensor, "queueing the state message failed: {e}"),
+            }
+            if let Some(obs) = &observer {
+                let _ = obs.send(Observed {
+                    state: msg,
+                    completed: sw.w.completed,
+                    published: Instant::now(),
+                });
+            }
         }
+        group.clear();
         match store.enforce_retention(now) {
             Ok(r) if r.dropped_by_age + r.dropped_by_bytes > 0 => tracing::info!(
                 by_age = r.dropped_by_age,
@@ -520,21 +600,133 @@ async fn sink_task(
                 Err(e) => tracing::error!("flushing the store failed: {e}"),
             }
         }
-        for sw in group.drain(..) {
-            let msg = state_message(&sw, &heads, &model);
-            let payload = serde_json::to_vec(&msg).expect("state message serialises");
-            let topic = link.topics().state(&msg.sensor);
-            if link.publish(topic, payload, false).await {
-                rep.published += 1;
+        link.wake();
+    }
+    rep
+}
+
+/// Retained Home Assistant discovery for every configured sensor, and removal (empty
+/// retained configs) for sensors announced by an earlier run but no longer configured. The
+/// announced set is kept in the store so removal survives restarts.
+fn announce_discovery(
+    cfg: &Config,
+    store: &Store,
+    link: &MqttLink,
+    sensors: &[String],
+    heads: &[String],
+) {
+    let prefix = &cfg.mqtt.discovery_prefix;
+    let gw = &cfg.gateway.id;
+    let before: Vec<String> = store
+        .meta_get("ha_announced")
+        .ok()
+        .flatten()
+        .and_then(|v| serde_json::from_slice(&v).ok())
+        .unwrap_or_default();
+    for old in before.iter().filter(|s| !sensors.contains(s)) {
+        tracing::info!(sensor = %old, "sensor no longer configured: removing its Home Assistant entities");
+        for (t, p) in discovery::removal_messages(prefix, gw, old, heads) {
+            link.retain(t, p.into_bytes());
+        }
+        link.retain(link.topics().availability(old), Vec::new());
+    }
+    let window_period_s = cfg.dsp.hop as f64 / crate::dsp::WINDOW_FS;
+    for s in sensors {
+        let inp = DiscoveryInput {
+            prefix,
+            gateway: gw,
+            sensor: s,
+            heads,
+            window_period_s,
+            sw_version: env!("CARGO_PKG_VERSION"),
+        };
+        for (t, p) in discovery::discovery_messages(&inp) {
+            link.retain(t, p.into_bytes());
+        }
+    }
+    if let Err(e) = store.meta_put(
+        "ha_announced",
+        &serde_json::to_vec(sensors).expect("ids serialise"),
+    ) {
+        tracing::error!("remembering announced sensors failed: {e}");
+    }
+}
+
+/// Labels and commands from MQTT, validated by [`inputs::parse_input`]. A bad payload is
+/// answered on `affectgate/<gateway>/error` and logged with its topic and field; nothing
+/// from the network can stop the gateway or touch stored samples.
+async fn input_task(
+    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+    gateway: String,
+    sensors: Vec<String>,
+    store: Arc<Store>,
+    link: Arc<MqttLink>,
+    reload: Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+) {
+    while let Some((topic, payload)) = rx.recv().await {
+        match inputs::parse_input(&gateway, &topic, &payload, now_ns(), &sensors) {
+            Ok(None) => {}
+            Ok(Some(Input::Label { sensor, label })) => {
+                let store = store.clone();
+                let res = tokio::task::spawn_blocking(move || label_windows(&store, &sensor, &label))
+                    .await;
+                match res {
+                    Ok(Ok(n)) => tracing::info!(topic, windows = n, "self-report stored as labels"),
+                    Ok(Err(e)) => tracing::error!(topic, "storing labels failed: {e}"),
+                    Err(e) => tracing::error!(topic, "storing labels failed: {e}"),
+                }
             }
-            if let Some(obs) = &observer {
-                let _ = obs.send(Observed {
-                    state: msg,
-                    completed: sw.w.completed,
-                    published: Instant::now(),
+            Ok(Some(Input::Command(Command::FlushOutbox))) => {
+                tracing::info!("command: flush outbox");
+                let _ = store.flush();
+                link.wake();
+            }
+            Ok(Some(Input::Command(Command::Reload))) => {
+                tracing::info!("command: reload configuration");
+                reload.store(true, std::sync::atomic::Ordering::SeqCst);
+                stop.cancel();
+            }
+            Ok(Some(Input::Command(Command::Retrain))) => {
+                let msg = serde_json::json!({
+                    "topic": topic,
+                    "field": null,
+                    "error": "on-gateway retraining is not available in this version; nothing was started",
                 });
+                link.send(link.topics().error(), msg.to_string().into_bytes());
+                tracing::warn!(topic, "retrain requested but on-gateway retraining is not available yet");
+            }
+            Err(e) => {
+                tracing::warn!(topic = e.topic(), field = e.field(), "rejected MQTT input: {}", e.message());
+                link.send(link.topics().error(), e.to_json().into_bytes());
             }
         }
     }
-    rep
+}
+
+/// Put a self-report's labels on every stored window of `sensor` overlapping its time span
+/// (labels of other names on those windows are kept). Returns the number of windows labelled.
+pub fn label_windows(
+    store: &Store,
+    sensor: &str,
+    label: &inputs::LabelReport,
+) -> Result<usize, crate::store::StoreError> {
+    let win_ns = (crate::dsp::WINDOW_LEN as f64 / crate::dsp::WINDOW_FS * 1e9) as i64;
+    let mut n = 0;
+    let hits: Vec<_> = store
+        .range(sensor, label.from_ns.saturating_sub(win_ns), label.to_ns)
+        .filter_map(|r| r.ok())
+        .filter(|w| w.window.end_ns() > label.from_ns)
+        .collect();
+    for w in hits {
+        let mut labels = w.labels.clone();
+        for (k, v) in &label.values {
+            labels.retain(|(n, _)| n != k);
+            labels.push((k.clone(), *v));
+        }
+        if store.set_labels(sensor, w.window.start_ns, &labels)? {
+            n += 1;
+        }
+    }
+    Ok(n)
 }

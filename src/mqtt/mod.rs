@@ -3,16 +3,23 @@
 //! * [`Topics`] — every topic the plugin uses, built in one place from the gateway id
 //!   (ids are validated `[a-zA-Z0-9_-]` by the config, so they cannot inject `/`, `+` or `#`).
 //! * [`StateMessage`] — the JSON published per window on `affectgate/<gateway>/<sensor>/state`.
-//! * [`MqttLink`] — a rumqttc client plus its event-loop task: announces `online` (retained,
-//!   QoS 1) on every (re)connect, registers `offline` as the retained last will, reconnects
-//!   with back-off, counts publishes and acknowledgements so [`MqttLink::close`] can wait until
-//!   the broker has everything before saying `offline` and disconnecting.
+//! * [`MqttLink`] — the connection task. State messages never go to it directly: the gateway
+//!   writes them to the sled [`Outbox`] (flushed with the window) and wakes the link, which
+//!   publishes the outbox oldest first (QoS 1) and deletes each entry only on its PUBACK. So a
+//!   broker outage of hours, or a gateway restart in the middle of one, delivers everything
+//!   afterwards, in order (at least once: a message whose PUBACK was lost is sent again).
+//!   Retained messages (gateway `online`/`offline` with the last will, per-strap availability,
+//!   Home Assistant discovery) are remembered and re-sent on every (re)connect and when Home
+//!   Assistant announces itself (`<prefix>/status` = `online`), with the last state per topic.
 //! * [`broker`] — an embedded rumqttd broker, used by `affectgate demo` only.
+//! * [`discovery`] (Home Assistant payloads) and [`inputs`] (validation of label and command
+//!   payloads).
 //!
-//! Publishing never stalls ingest for long: when rumqttc's request queue (256 messages) is
-//! full, [`MqttLink::publish`] drops the message at once if the broker is down, or after
-//! waiting [`PUBLISH_WAIT`] for room if it is merely slow, and counts it (the window itself is
-//! already in the store). Delivery across broker outages is the outbox's job (home-automation
+//! Why a fresh rumqttc client per connection: rumqttc re-sends its own unacknowledged publishes
+//! after a reconnect, which would make "which PUBACK belongs to which outbox entry"
+//! ambiguous. With a new event loop per connection, the n-th QoS 1 publish written is the n-th
+//! one requested, packet ids map to outbox entries exactly, and the outbox alone decides what
+//! is re-sent. Delivery across broker outages is the outbox's job (home-automation
 //! issue).
 
 pub mod broker;
@@ -20,19 +27,22 @@ pub mod discovery;
 pub mod inputs;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use std::collections::{HashMap, VecDeque};
+
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::MqttConfig;
+use crate::store::outbox::Outbox;
 
-/// How long a publish may wait for room in the client's queue before it is dropped.
-pub const PUBLISH_WAIT: Duration = Duration::from_secs(2);
+/// Outbox messages in flight (written, not yet acknowledged) per connection.
+pub const MAX_INFLIGHT: usize = 100;
 
 /// Topic names of one gateway.
 #[derive(Debug, Clone)]
@@ -61,6 +71,14 @@ impl Topics {
     /// `affectgate/<gateway>/error`: problems a subscriber should see.
     pub fn error(&self) -> String {
         format!("affectgate/{}/error", self.gateway)
+    }
+    /// `affectgate/<gateway>/<sensor>/availability`: `online` / `offline`, retained.
+    pub fn availability(&self, sensor: &str) -> String {
+        discovery::strap_availability_topic(&self.gateway, sensor)
+    }
+    /// `affectgate/<gateway>/retrain`: retraining status, retained.
+    pub fn retrain(&self) -> String {
+        discovery::retrain_topic(&self.gateway)
     }
 }
 
@@ -98,72 +116,97 @@ pub fn rfc3339_ms(t_ns: i64) -> String {
 /// Publish / acknowledgement counters of one link.
 #[derive(Debug, Default)]
 pub struct LinkCounters {
-    /// QoS 1 publishes handed to the client (queued).
-    pub requested: AtomicU64,
-    /// QoS 1 publishes written to the socket.
+    /// QoS 1 publishes written to the socket (all connections).
     pub sent: AtomicU64,
     /// PUBACKs received.
     pub acked: AtomicU64,
-    /// Messages dropped because the client queue stayed full.
-    pub dropped: AtomicU64,
+    /// Outbox entries acknowledged (and deleted).
+    pub delivered: AtomicU64,
     /// Successful (re)connections.
     pub connects: AtomicU64,
 }
 
-/// A connected (or connecting) MQTT client with its event loop running in a task.
+/// What the link reports when closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkReport {
+    pub sent: u64,
+    pub acked: u64,
+    /// Outbox entries delivered (acknowledged) during this run.
+    pub delivered: u64,
+    /// Undelivered messages left in the outbox (delivered after the next start).
+    pub pending: u64,
+    /// Messages dropped because the outbox was full.
+    pub dropped: u64,
+    pub connects: u64,
+    /// Everything was acknowledged before disconnecting.
+    pub all_acked: bool,
+}
+
+enum Ctl {
+    Retained { topic: String, payload: Vec<u8> },
+    Transient { topic: String, payload: Vec<u8> },
+    Close {
+        timeout: Duration,
+        done: oneshot::Sender<LinkReport>,
+    },
+}
+
+/// Settings of a link.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    pub mqtt: MqttConfig,
+    pub gateway: String,
+    pub client_id: String,
+    /// Topic filters to subscribe to on every connect; messages arrive on
+    /// [`MqttLink::take_incoming`].
+    pub subscribe: Vec<String>,
+    /// Home Assistant's status topic: `online` there re-publishes retained + last states.
+    pub ha_status: Option<String>,
+}
+
+/// The connection task's handle (see the module docs).
 pub struct MqttLink {
-    client: AsyncClient,
+    ctl: mpsc::UnboundedSender<Ctl>,
+    wake: Arc<Notify>,
     topics: Topics,
     counters: Arc<LinkCounters>,
     connected: watch::Receiver<bool>,
-    closing: Arc<AtomicBool>,
-    task: JoinHandle<()>,
-    broker: String,
+    incoming: std::sync::Mutex<Option<mpsc::Receiver<(String, Vec<u8>)>>>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl MqttLink {
-    /// Start connecting to the broker of `cfg` as `client_id`. Returns immediately; the event
-    /// loop connects in the background (see [`MqttLink::wait_connected`]).
-    pub fn start(cfg: &MqttConfig, gateway: &str, client_id: &str) -> MqttLink {
-        let topics = Topics::new(gateway);
-        let mut opts = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
-        opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_s.max(5)));
-        opts.set_last_will(LastWill::new(
-            topics.status(),
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-        ));
-        opts.set_max_packet_size(256 * 1024, 256 * 1024);
-        if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
-            opts.set_credentials(u.clone(), p.clone());
-        }
-        let (client, mut eventloop) = AsyncClient::new(opts, 256);
-        let mut net = rumqttc::NetworkOptions::new();
-        // Small JSON messages: Nagle's algorithm would add up to 40 ms per publish.
-        net.set_tcp_nodelay(true);
-        eventloop.set_network_options(net);
+    /// Start the connection task. Returns at once; it connects (and reconnects) in the
+    /// background and publishes the outbox whenever connected.
+    pub fn start(opts: LinkOptions, outbox: Outbox) -> MqttLink {
+        let topics = Topics::new(&opts.gateway);
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let wake = Arc::new(Notify::new());
         let counters = Arc::new(LinkCounters::default());
-        let closing = Arc::new(AtomicBool::new(false));
         let (conn_tx, connected) = watch::channel(false);
-        let broker = format!("{}:{}", cfg.host, cfg.port);
-        let task = tokio::spawn(event_loop(
-            eventloop,
-            client.clone(),
-            topics.status(),
-            counters.clone(),
-            closing.clone(),
-            conn_tx,
-            broker.clone(),
-        ));
+        let (in_tx, in_rx) = mpsc::channel(256);
+        let task = tokio::spawn(
+            Pump {
+                opts,
+                outbox,
+                topics: topics.clone(),
+                counters: counters.clone(),
+                conn_tx,
+                in_tx,
+                wake: wake.clone(),
+                retained: Vec::new(),
+                last_state: HashMap::new(),
+            }
+            .run(ctl_rx),
+        );
         MqttLink {
-            client,
+            ctl: ctl_tx,
+            wake,
             topics,
             counters,
             connected,
-            closing,
-            task,
-            broker,
+            incoming: std::sync::Mutex::new(Some(in_rx)),
+            task: std::sync::Mutex::new(Some(task)),
         }
     }
 
@@ -175,12 +218,12 @@ impl MqttLink {
         &self.counters
     }
 
-    /// The underlying client (to subscribe, e.g. in the demo).
-    pub fn client(&self) -> &AsyncClient {
-        &self.client
+    /// Messages received on the subscribed filters (once).
+    pub fn take_incoming(&self) -> Option<mpsc::Receiver<(String, Vec<u8>)>> {
+        self.incoming.lock().ok()?.take()
     }
 
-    /// Wait until the first CONNACK, or `timeout`. Returns whether connected.
+    /// Wait until connected, or `timeout`. Returns whether connected.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let mut rx = self.connected.clone();
         tokio::time::timeout(timeout, rx.wait_for(|c| *c))
@@ -189,157 +232,331 @@ impl MqttLink {
             .unwrap_or(false)
     }
 
-    /// Publish with QoS 1 (see the module docs on why this never waits long). Returns false
-    /// when the message had to be dropped.
-    pub async fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) -> bool {
-        match self
-            .client
-            .try_publish(topic.clone(), QoS::AtLeastOnce, retain, payload.clone())
+    /// New outbox entries are waiting.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// A retained message, remembered and re-sent on every connect (availability, discovery).
+    /// An empty payload deletes the retained message at the broker and is then forgotten.
+    pub fn retain(&self, topic: String, payload: Vec<u8>) {
+        let _ = self.ctl.send(Ctl::Retained { topic, payload });
+    }
+
+    /// A one-off message (errors, replies), sent if connected, else dropped.
+    pub fn send(&self, topic: String, payload: Vec<u8>) {
+        let _ = self.ctl.send(Ctl::Transient { topic, payload });
+    }
+
+    /// Graceful close: deliver the outbox (up to `timeout`), then publish `offline`
+    /// (retained), disconnect and stop. Undelivered messages stay in the outbox.
+    pub async fn close(&self, timeout: Duration) -> LinkReport {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.ctl.send(Ctl::Close { timeout, done: tx });
+        let rep = rx.await.unwrap_or_default();
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+        rep
+    }
+}
+
+struct Pump {
+    opts: LinkOptions,
+    outbox: Outbox,
+    topics: Topics,
+    counters: Arc<LinkCounters>,
+    conn_tx: watch::Sender<bool>,
+    in_tx: mpsc::Sender<(String, Vec<u8>)>,
+    wake: Arc<Notify>,
+    /// Retained messages in first-publication order (status first).
+    retained: Vec<(String, Vec<u8>)>,
+    /// Last state payload per topic, re-sent when Home Assistant restarts.
+    last_state: HashMap<String, Vec<u8>>,
+}
+
+/// Per-connection bookkeeping: QoS 1 requests in order → packet ids → outbox entries.
+#[derive(Default)]
+struct Conn {
+    connected: bool,
+    /// Tags of requested QoS 1 publishes not yet written (`Some(seq)` for outbox entries).
+    fifo: VecDeque<Option<u64>>,
+    /// Written, not yet acknowledged: packet id → tag.
+    inflight: HashMap<u16, Option<u64>>,
+    /// Highest outbox sequence number requested on this connection.
+    cursor: u64,
+}
+
+enum Closing {
+    No,
+    /// Delivering the outbox until the deadline.
+    Draining(tokio::time::Instant, oneshot::Sender<LinkReport>),
+    /// `offline` requested; waiting for its acknowledgement.
+    Offline(tokio::time::Instant, oneshot::Sender<LinkReport>),
+}
+
+impl Pump {
+    fn mqtt_options(&self) -> MqttOptions {
+        let cfg = &self.opts.mqtt;
+        let mut o = MqttOptions::new(self.opts.client_id.clone(), cfg.host.clone(), cfg.port);
+        o.set_keep_alive(Duration::from_secs(cfg.keep_alive_s.max(5)));
+        o.set_last_will(LastWill::new(
+            self.topics.status(),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+        o.set_max_packet_size(256 * 1024, 256 * 1024);
+        o.set_inflight(MAX_INFLIGHT as u16 + 20);
+        if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
+            o.set_credentials(u.clone(), p.clone());
+        }
+        o
+    }
+
+    fn set_retained(&mut self, topic: String, payload: Vec<u8>) {
+        match self.retained.iter_mut().find(|(t, _)| *t == topic) {
+            Some(slot) => slot.1 = payload,
+            None => self.retained.push((topic, payload)),
+        }
+    }
+
+    fn request(&self, client: &AsyncClient, c: &mut Conn, topic: &str, payload: Vec<u8>, retain: bool, tag: Option<u64>) {
+        if client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+            .is_ok()
         {
-            Ok(()) => {
-                self.counters.requested.fetch_add(1, Ordering::Relaxed);
-                true
+            c.fifo.push_back(tag);
+        }
+    }
+
+    fn announce(&self, client: &AsyncClient, c: &mut Conn, with_states: bool) {
+        for (t, p) in &self.retained {
+            self.request(client, c, t, p.clone(), true, None);
+        }
+        if with_states {
+            for (t, p) in &self.last_state {
+                self.request(client, c, t, p.clone(), false, None);
             }
-            Err(_) if !*self.connected.borrow() => {
-                // Broker down and the queue full: waiting would only stall the pipeline.
-                self.drop_message(&topic);
-                false
-            }
-            Err(_) => {
-                let r = tokio::time::timeout(
-                    PUBLISH_WAIT,
-                    self.client
-                        .publish(topic.clone(), QoS::AtLeastOnce, retain, payload),
-                )
-                .await;
-                if matches!(r, Ok(Ok(()))) {
-                    self.counters.requested.fetch_add(1, Ordering::Relaxed);
-                    return true;
+        }
+    }
+
+    fn feed(&mut self, client: &AsyncClient, c: &mut Conn) {
+        let busy = c.fifo.len() + c.inflight.len();
+        if !c.connected || busy >= MAX_INFLIGHT {
+            return;
+        }
+        match self.outbox.after(c.cursor, MAX_INFLIGHT - busy) {
+            Ok(msgs) => {
+                for m in msgs {
+                    if client
+                        .try_publish(m.topic.clone(), QoS::AtLeastOnce, false, m.payload.clone())
+                        .is_err()
+                    {
+                        break;
+                    }
+                    c.fifo.push_back(Some(m.seq));
+                    c.cursor = m.seq;
+                    self.last_state.insert(m.topic, m.payload);
                 }
-                self.drop_message(&topic);
-                false
             }
+            Err(e) => tracing::error!("reading the MQTT outbox failed: {e}"),
         }
     }
 
-    fn drop_message(&self, topic: &str) {
-        let n = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        // One line per 100 drops: a long outage must not flood the log.
-        if n == 1 || n.is_multiple_of(100) {
-            tracing::warn!(
-                topic,
-                dropped_total = n,
-                "MQTT queue full (broker {} slow or unreachable): message dropped; the window is kept in the store",
-                self.broker
-            );
-        }
-    }
-
-    /// Graceful close: publish `offline` (retained), wait up to `timeout` for the broker to
-    /// acknowledge every publish, disconnect, and stop the event loop.
-    pub async fn close(self, timeout: Duration) -> LinkReport {
-        let _ = self
-            .publish(self.topics.status(), b"offline".to_vec(), true)
-            .await;
-        // Wait until every queued publish (states, `online`s, this `offline`) is acknowledged.
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut all_acked = false;
-        while tokio::time::Instant::now() < deadline {
-            let requested = self.counters.requested.load(Ordering::Relaxed);
-            let acked = self.counters.acked.load(Ordering::Relaxed);
-            if acked >= requested {
-                all_acked = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        self.closing.store(true, Ordering::SeqCst);
-        let _ = self.client.disconnect().await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
+    fn report(&self, all_acked: bool) -> LinkReport {
         LinkReport {
             sent: self.counters.sent.load(Ordering::Relaxed),
             acked: self.counters.acked.load(Ordering::Relaxed),
-            dropped: self.counters.dropped.load(Ordering::Relaxed),
+            delivered: self.counters.delivered.load(Ordering::Relaxed),
+            pending: self.outbox.len() as u64,
+            dropped: self.outbox.dropped(),
+            connects: self.counters.connects.load(Ordering::Relaxed),
             all_acked,
         }
     }
-}
 
-/// What [`MqttLink::close`] saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LinkReport {
-    pub sent: u64,
-    pub acked: u64,
-    pub dropped: u64,
-    /// Every publish was acknowledged before disconnecting.
-    pub all_acked: bool,
-}
-
-async fn event_loop(
-    mut eventloop: EventLoop,
-    client: AsyncClient,
-    status_topic: String,
-    counters: Arc<LinkCounters>,
-    closing: Arc<AtomicBool>,
-    connected: watch::Sender<bool>,
-    broker: String,
-) {
-    let mut backoff = Duration::from_millis(250);
-    let mut reported_down = false;
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff = Duration::from_millis(250);
-                counters.connects.fetch_add(1, Ordering::Relaxed);
-                if reported_down {
-                    tracing::info!(broker, "MQTT reconnected");
-                } else {
-                    tracing::info!(broker, "MQTT connected");
-                }
-                reported_down = false;
-                // Announce ourselves on every connect: the broker may have published our
-                // last will while we were away.
-                match client.try_publish(status_topic.clone(), QoS::AtLeastOnce, true, "online") {
-                    Ok(()) => {
-                        counters.requested.fetch_add(1, Ordering::Relaxed);
+    async fn run(mut self, mut ctl: mpsc::UnboundedReceiver<Ctl>) {
+        self.retained.push((self.topics.status(), b"online".to_vec()));
+        let broker = format!("{}:{}", self.opts.mqtt.host, self.opts.mqtt.port);
+        let mut backoff = Duration::from_millis(250);
+        let mut reported_down = false;
+        let mut closing = Closing::No;
+        loop {
+            let (client, mut el) = AsyncClient::new(self.mqtt_options(), 4 * MAX_INFLIGHT);
+            let mut net = rumqttc::NetworkOptions::new();
+            // Small JSON messages: Nagle's algorithm would add up to 40 ms per publish.
+            net.set_tcp_nodelay(true);
+            el.set_network_options(net);
+            // rumqttc's `poll` is not cancel-safe while connecting, so it runs in its own task
+            // and never sits in a `select!` that could drop it.
+            let (ev_tx, mut ev_rx) = mpsc::channel(64);
+            let el_task = tokio::spawn(async move {
+                loop {
+                    let ev = el.poll().await;
+                    let end = ev.is_err();
+                    if ev_tx.send(ev).await.is_err() || end {
+                        return;
                     }
-                    Err(_) => tracing::warn!("could not queue the `online` status message"),
                 }
-                let _ = connected.send(true);
-            }
-            Ok(Event::Incoming(Packet::PubAck(_))) => {
-                counters.acked.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
-                counters.sent.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                if closing.load(Ordering::SeqCst) {
-                    // Let rumqttc write the DISCONNECT packet, then stop.
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
-                    return;
+            });
+            let mut c = Conn::default();
+            let failed = loop {
+                // Shutdown progress.
+                let now = tokio::time::Instant::now();
+                closing = match closing {
+                    Closing::Draining(deadline, done) => {
+                        let drained = self.outbox.is_empty() && c.fifo.is_empty() && c.inflight.is_empty();
+                        if (drained && c.connected) || now >= deadline {
+                            if c.connected {
+                                self.set_retained(self.topics.status(), b"offline".to_vec());
+                                self.request(&client, &mut c, &self.topics.status(), b"offline".to_vec(), true, None);
+                                Closing::Offline(now + Duration::from_secs(2), done)
+                            } else {
+                                let _ = done.send(self.report(false));
+                                return;
+                            }
+                        } else {
+                            Closing::Draining(deadline, done)
+                        }
+                    }
+                    Closing::Offline(deadline, done) => {
+                        if (c.fifo.is_empty() && c.inflight.is_empty()) || now >= deadline {
+                            let all = self.outbox.is_empty() && c.fifo.is_empty() && c.inflight.is_empty();
+                            let _ = client.try_disconnect();
+                            let _ = tokio::time::timeout(Duration::from_millis(300), el_task).await;
+                            let _ = done.send(self.report(all));
+                            return;
+                        }
+                        Closing::Offline(deadline, done)
+                    }
+                    Closing::No => Closing::No,
+                };
+                if matches!(closing, Closing::No | Closing::Draining(..)) {
+                    self.feed(&client, &mut c);
                 }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                if closing.load(Ordering::SeqCst) {
-                    return;
+                tokio::select! {
+                    ev = ev_rx.recv() => match ev.unwrap_or(Err(rumqttc::ConnectionError::RequestsDone)) {
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            c.connected = true;
+                            backoff = Duration::from_millis(250);
+                            self.counters.connects.fetch_add(1, Ordering::Relaxed);
+                            if reported_down {
+                                tracing::info!(broker, pending = self.outbox.len(), "MQTT reconnected");
+                            } else {
+                                tracing::info!(broker, pending = self.outbox.len(), "MQTT connected");
+                            }
+                            reported_down = false;
+                            for f in self.opts.subscribe.iter().chain(self.opts.ha_status.iter()) {
+                                let _ = client.try_subscribe(f.clone(), QoS::AtLeastOnce);
+                            }
+                            // Retained announcements first (HA needs discovery before states).
+                            self.announce(&client, &mut c, false);
+                            let _ = self.conn_tx.send(true);
+                        }
+                        Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
+                            self.counters.sent.fetch_add(1, Ordering::Relaxed);
+                            let tag = c.fifo.pop_front().flatten();
+                            c.inflight.insert(pkid, tag);
+                        }
+                        Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                            if let Some(tag) = c.inflight.remove(&ack.pkid) {
+                                self.counters.acked.fetch_add(1, Ordering::Relaxed);
+                                if let Some(seq) = tag {
+                                    match self.outbox.remove(seq) {
+                                        Ok(()) => { self.counters.delivered.fetch_add(1, Ordering::Relaxed); }
+                                        Err(e) => tracing::error!("outbox: {e}"),
+                                    }
+                                }
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            if self.opts.ha_status.as_deref() == Some(p.topic.as_str()) {
+                                if discovery::is_ha_online(&p.payload) {
+                                    tracing::info!("Home Assistant came online: re-publishing discovery, availability and last states");
+                                    self.announce(&client, &mut c, true);
+                                }
+                            } else if self.in_tx.try_send((p.topic.clone(), p.payload.to_vec())).is_err() {
+                                tracing::warn!(topic = %p.topic, "input queue full: message ignored");
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => break Some(e),
+                    },
+                    _ = self.wake.notified() => {}
+                    msg = ctl.recv() => match msg {
+                        Some(Ctl::Retained { topic, payload }) => {
+                            if c.connected {
+                                self.request(&client, &mut c, &topic, payload.clone(), true, None);
+                            }
+                            if payload.is_empty() {
+                                self.retained.retain(|(t, _)| *t != topic);
+                            } else {
+                                self.set_retained(topic, payload);
+                            }
+                        }
+                        Some(Ctl::Transient { topic, payload }) => {
+                            if c.connected {
+                                self.request(&client, &mut c, &topic, payload, false, None);
+                            }
+                        }
+                        Some(Ctl::Close { timeout, done }) => {
+                            closing = Closing::Draining(tokio::time::Instant::now() + timeout, done);
+                        }
+                        None => {
+                            closing = match closing {
+                                Closing::No => return,
+                                other => other,
+                            };
+                        }
+                    },
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }
-                let _ = connected.send(false);
+            };
+            // Connection lost (or never made).
+            el_task.abort();
+            let _ = self.conn_tx.send(false);
+            if let Some(e) = failed {
                 if !reported_down {
                     tracing::warn!(
                         broker,
                         error = %e,
-                        "MQTT connection failed; retrying with back-off (is the broker running? check mqtt.host / mqtt.port)"
+                        pending = self.outbox.len(),
+                        "MQTT connection lost or refused; retrying with back-off, state messages wait in the outbox (is the broker running? check mqtt.host / mqtt.port)"
                     );
                     reported_down = true;
-                } else {
-                    tracing::debug!(broker, error = %e, "MQTT still down");
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
+            if let Closing::Draining(deadline, _) | Closing::Offline(deadline, _) = &closing {
+                if tokio::time::Instant::now() >= *deadline {
+                    if let Closing::Draining(_, done) | Closing::Offline(_, done) = closing {
+                        let _ = done.send(self.report(false));
+                    }
+                    return;
+                }
+            }
+            // Back-off with jitter, still answering control messages.
+            let jitter = Duration::from_millis(rand::random::<u64>() % 200);
+            let wait = tokio::time::sleep(backoff + jitter);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    msg = ctl.recv() => match msg {
+                        Some(Ctl::Retained { topic, payload }) => {
+                            if payload.is_empty() { self.retained.retain(|(t, _)| *t != topic); } else { self.set_retained(topic, payload); }
+                        }
+                        Some(Ctl::Transient { .. }) => {}
+                        Some(Ctl::Close { timeout, done }) => {
+                            closing = Closing::Draining(tokio::time::Instant::now() + timeout, done);
+                            break;
+                        }
+                        None => return,
+                    },
+                }
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
 }

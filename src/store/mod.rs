@@ -62,6 +62,8 @@
 //! also holds the byte counter (read-modify-write of the counter must not race), readers
 //! are lock-free.
 
+pub mod outbox;
+
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, BufWriter, Write};
@@ -329,6 +331,24 @@ impl Store {
     fn writer(&self) -> MutexGuard<'_, u64> {
         // The counter is only updated after its batch applied, so a poisoned value is valid.
         self.total.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A small named value kept with the store (e.g. which sensors Home Assistant knows).
+    pub fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = [b"m/x/".as_slice(), name.as_bytes()].concat();
+        Ok(self.db.get(key).map_err(|e| self.err(e))?.map(|v| v.to_vec()))
+    }
+
+    /// Set a named value (see [`Store::meta_get`]).
+    pub fn meta_put(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        let key = [b"m/x/".as_slice(), name.as_bytes()].concat();
+        self.db.insert(key, value).map(|_| ()).map_err(|e| self.err(e))
+    }
+
+    /// The MQTT outbox living in this database (see [`outbox`]), holding at most `cap`
+    /// messages.
+    pub fn outbox(&self, cap: u64) -> Result<outbox::Outbox, StoreError> {
+        outbox::Outbox::open(&self.db, &self.path, cap)
     }
 
     /// Raw access to the sled tree, for tests that simulate corruption.
