@@ -331,10 +331,12 @@ impl Pump {
         }
     }
 
-    fn announce(&self, client: &AsyncClient, c: &mut Conn, with_states: bool) {
+    fn announce(&mut self, client: &AsyncClient, c: &mut Conn, with_states: bool) {
         for (t, p) in &self.retained {
             self.request(client, c, t, p.clone(), true, None);
         }
+        // Deletions (empty retained payloads) only need to reach the broker once.
+        self.retained.retain(|(_, p)| !p.is_empty());
         if with_states {
             for (t, p) in &self.last_state {
                 self.request(client, c, t, p.clone(), false, None);
@@ -489,10 +491,13 @@ impl Pump {
                         Some(Ctl::Retained { topic, payload }) => {
                             if c.connected {
                                 self.request(&client, &mut c, &topic, payload.clone(), true, None);
-                            }
-                            if payload.is_empty() {
-                                self.retained.retain(|(t, _)| *t != topic);
+                                if payload.is_empty() {
+                                    self.retained.retain(|(t, _)| *t != topic);
+                                } else {
+                                    self.set_retained(topic, payload);
+                                }
                             } else {
+                                // Kept (deletions too) until the next connect announces it.
                                 self.set_retained(topic, payload);
                             }
                         }
@@ -544,9 +549,7 @@ impl Pump {
                 tokio::select! {
                     _ = &mut wait => break,
                     msg = ctl.recv() => match msg {
-                        Some(Ctl::Retained { topic, payload }) => {
-                            if payload.is_empty() { self.retained.retain(|(t, _)| *t != topic); } else { self.set_retained(topic, payload); }
-                        }
+                        Some(Ctl::Retained { topic, payload }) => self.set_retained(topic, payload),
                         Some(Ctl::Transient { .. }) => {}
                         Some(Ctl::Close { timeout, done }) => {
                             closing = Closing::Draining(tokio::time::Instant::now() + timeout, done);

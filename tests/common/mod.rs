@@ -56,11 +56,30 @@ impl Mosquitto {
     }
 
     pub fn start_on(bin: &Path, port: u16) -> Mosquitto {
+        Self::start_with(bin, port, None)
+    }
+
+    /// A broker that keeps retained messages and persistent sessions across restarts in
+    /// `dir` (saved when it is stopped with SIGTERM).
+    pub fn start_persistent(bin: &Path, port: u16, dir: &Path) -> Mosquitto {
+        Self::start_with(bin, port, Some(dir))
+    }
+
+    fn start_with(bin: &Path, port: u16, persist: Option<&Path>) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("mosquitto.conf");
+        if let Some(d) = persist {
+            // Mosquitto started as root drops to the `mosquitto` user: let it write there.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777));
+        }
+        let persistence = match persist {
+            Some(d) => format!("persistence true\npersistence_location {}/\n", d.display()),
+            None => "persistence false\n".to_string(),
+        };
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}max_queued_messages 1000000\n"),
         )
         .unwrap();
         let child = Command::new(bin)
@@ -83,6 +102,16 @@ impl Mosquitto {
             child,
             _dir: dir,
         }
+    }
+}
+
+impl Mosquitto {
+    /// Graceful stop (SIGTERM: a persistent broker saves its database).
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
     }
 }
 

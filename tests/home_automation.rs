@@ -1,0 +1,471 @@
+//! Home-automation integration against a real Mosquitto: Home Assistant discovery (field by
+//! field), HA birth → re-publication, sensor removal, the outbox across broker restarts and
+//! gateway restarts, and malformed label/command payloads.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use affectgate::config::{Config, SensorConfig, SourceConfig};
+use affectgate::gateway::GatewayBuilder;
+use affectgate::mqtt::StateMessage;
+use affectgate::source::synthetic::SyntheticConfig;
+use affectgate::store::{Retention, Store};
+use common::{shared_data, Mosquitto, Recorder};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn base_config(port: u16, store: &Path, gateway: &str) -> Config {
+    let mut cfg = Config::load(&repo().join("plugin.toml")).unwrap();
+    cfg.gateway.id = gateway.into();
+    cfg.mqtt.host = "127.0.0.1".into();
+    cfg.mqtt.port = port;
+    cfg.store.path = store.to_path_buf();
+    cfg.model.path = repo().join("models/affectgate-arousal-v1.onnx");
+    cfg
+}
+
+fn replay(id: &str, file: &Path, looped: bool) -> SensorConfig {
+    SensorConfig {
+        id: id.into(),
+        source: SourceConfig::Replay {
+            path: file.to_path_buf(),
+            signal: None,
+            realtime: false,
+            looped,
+        },
+    }
+}
+
+fn polar() -> Option<PathBuf> {
+    Some(shared_data()?.join("polar-h10/polar_h10_ecg.csv"))
+}
+
+fn keep_all() -> Retention {
+    Retention {
+        max_bytes: u64::MAX,
+        max_age_ns: i64::MAX,
+    }
+}
+
+fn json(m: &common::Msg) -> Value {
+    serde_json::from_slice(&m.payload).unwrap_or_else(|e| panic!("{}: {e}", m.topic))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_follows_home_assistant_conventions_and_removal_clears_entities() {
+    let Some(file) = polar() else { return };
+    let Some(broker) = Mosquitto::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut cfg = base_config(broker.port, &store, "home");
+    cfg.sensors = vec![replay("chest", &file, false), replay("spare", &file, false)];
+    let rx = Recorder::start(broker.port, &["homeassistant/#", "affectgate/home/#"]).await;
+    GatewayBuilder::new(cfg.clone(), &repo())
+        .run(std::future::pending())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let configs: Vec<_> = rx
+        .messages()
+        .into_iter()
+        .filter(|m| m.topic.starts_with("homeassistant/") && m.topic.ends_with("/config"))
+        .collect();
+    let by_topic: BTreeMap<String, Value> =
+        configs.iter().map(|m| (m.topic.clone(), json(m))).collect();
+    // 7 entities per strap (arousal, heart rate, RMSSD, quality, connected, model, last retrain).
+    assert_eq!(by_topic.len(), 14, "{:?}", by_topic.keys());
+    let state: Value = json(
+        rx.on("affectgate/home/chest/state")
+            .first()
+            .expect("chest states"),
+    );
+    let mut unique = BTreeSet::new();
+    for (topic, c) in &by_topic {
+        let parts: Vec<&str> = topic.split('/').collect();
+        assert_eq!(parts.len(), 4, "{topic}");
+        assert!(["sensor", "binary_sensor"].contains(&parts[1]), "{topic}");
+        let uid = c["unique_id"].as_str().unwrap();
+        assert_eq!(uid, parts[2]);
+        assert!(unique.insert(uid.to_string()), "duplicate unique_id {uid}");
+        let sensor = if uid.contains("_chest_") { "chest" } else { "spare" };
+        assert_eq!(c["device"]["identifiers"][0], format!("affectgate_home_{sensor}"));
+        assert_eq!(c["device"]["manufacturer"], "affectgate");
+        let st = c["state_topic"].as_str().unwrap();
+        let avail: Vec<&str> = c["availability"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["topic"].as_str().unwrap())
+            .collect();
+        assert!(avail.contains(&"affectgate/home/status"), "{uid}");
+        if parts[1] == "binary_sensor" {
+            assert_eq!(c["device_class"], "connectivity");
+            assert_eq!(st, format!("affectgate/home/{sensor}/availability"));
+            continue;
+        }
+        if st.ends_with("/state") {
+            assert_eq!(st, format!("affectgate/home/{sensor}/state"));
+            // The template reads a key the real state message has.
+            let tpl = c["value_template"].as_str().unwrap();
+            let key = tpl
+                .trim_start_matches("{{ value_json.")
+                .trim_end_matches(" }}");
+            assert!(state.get(key).is_some(), "{uid}: {tpl} vs {state}");
+        }
+        let per_window = uid.ends_with("_arousal")
+            || uid.ends_with("_heart_rate")
+            || uid.ends_with("_rmssd")
+            || uid.ends_with("_quality");
+        if per_window {
+            assert_eq!(c["expire_after"], 30, "{uid}: 3 × the 10 s window");
+            assert_eq!(c["availability_mode"], "all");
+            assert!(avail.contains(&format!("affectgate/home/{sensor}/availability").as_str()));
+        }
+        let numeric = uid.ends_with("_arousal") || uid.ends_with("_heart_rate") || uid.ends_with("_rmssd");
+        assert_eq!(
+            c.get("state_class").and_then(|v| v.as_str()),
+            numeric.then_some("measurement"),
+            "{uid}"
+        );
+    }
+    assert_eq!(by_topic["homeassistant/sensor/affectgate_home_chest_heart_rate/config"]["unit_of_measurement"], "bpm");
+    // Strap availability went online, then offline at shutdown (retained).
+    let av = rx.on("affectgate/home/chest/availability");
+    assert_eq!(av.first().unwrap().payload, b"online");
+    assert_eq!(av.last().unwrap().payload, b"offline");
+
+    // Second run without "spare": its 7 configs are deleted (empty retained payloads).
+    let mut cfg2 = cfg.clone();
+    cfg2.sensors = vec![replay("chest", &file, false)];
+    let before = rx.messages().len();
+    GatewayBuilder::new(cfg2, &repo())
+        .run(std::future::pending())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cleared: BTreeSet<String> = rx.messages()[before..]
+        .iter()
+        .filter(|m| m.topic.contains("_spare_") && m.payload.is_empty())
+        .map(|m| m.topic.clone())
+        .collect();
+    assert_eq!(cleared.len(), 7, "{cleared:?}");
+    // A fresh subscriber sees retained configs for chest only.
+    let late = Recorder::start(broker.port, &["homeassistant/#"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let retained: Vec<_> = late.messages().into_iter().filter(|m| m.retain).collect();
+    assert_eq!(retained.len(), 7);
+    assert!(retained.iter().all(|m| m.topic.contains("_chest_")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_assistant_birth_republishes_discovery_and_last_state() {
+    let Some(broker) = Mosquitto::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = base_config(broker.port, &dir.path().join("s"), "birth");
+    cfg.sensors = vec![SensorConfig {
+        id: "synth".into(),
+        source: SourceConfig::Synthetic {
+            ecg: SyntheticConfig::default(),
+        },
+    }];
+    let rx = Recorder::start(broker.port, &["homeassistant/+/+/config", "affectgate/birth/#"]).await;
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let s2 = stop.clone();
+    let gw = tokio::spawn(async move {
+        GatewayBuilder::new(cfg, &repo())
+            .run(async move { s2.notified().await })
+            .await
+    });
+    // First window after ≈ 12.3 s.
+    assert!(
+        rx.wait_for(Duration::from_secs(30), |m| m
+            .iter()
+            .any(|m| m.topic == "affectgate/birth/synth/state"))
+            .await
+    );
+    let n_cfg = |m: &[common::Msg]| m.iter().filter(|m| m.topic.ends_with("/config")).count();
+    let n_state = |m: &[common::Msg]| m.iter().filter(|m| m.topic.ends_with("/state")).count();
+    let (c0, s0) = (n_cfg(&rx.messages()), n_state(&rx.messages()));
+    assert_eq!(c0, 7);
+    rx.client
+        .publish("homeassistant/status", QoS::AtLeastOnce, false, "online")
+        .await
+        .unwrap();
+    assert!(
+        rx.wait_for(Duration::from_secs(5), |m| n_cfg(m) == 2 * c0 && n_state(m) > s0)
+            .await,
+        "no re-publication after the HA birth message"
+    );
+    // Anything else on homeassistant/status (e.g. `offline`) does not trigger it.
+    rx.client
+        .publish("homeassistant/status", QoS::AtLeastOnce, false, "offline")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(n_cfg(&rx.messages()), 2 * c0);
+    stop.notify_one();
+    gw.await.unwrap().unwrap();
+}
+
+/// A subscriber with a persistent session (clean_session = false): the broker queues QoS 1
+/// messages for it while it is away, across broker restarts.
+struct Persistent {
+    seen: Arc<Mutex<Vec<StateMessage>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Persistent {
+    async fn start(port: u16, id: &str, filter: &str) -> Persistent {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_clean_session(false);
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut ev) = AsyncClient::new(o, 64);
+        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready = Some(ready_tx);
+        let task = tokio::spawn(async move {
+            let _client = client;
+            loop {
+                match ev.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Ok(m) = serde_json::from_slice::<StateMessage>(&p.payload) {
+                            s2.lock().unwrap().push(m);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        ready_rx.await.unwrap();
+        Persistent { seen, task }
+    }
+
+    fn distinct(&self) -> BTreeSet<(String, i64)> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| (m.sensor.clone(), m.window_start_ms))
+            .collect()
+    }
+}
+
+impl Drop for Persistent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn stored(store_dir: &Path, sensor: &str) -> BTreeSet<(String, i64)> {
+    let s = Store::open(store_dir, keep_all()).unwrap();
+    s.range(sensor, i64::MIN, i64::MAX)
+        .map(|r| {
+            let w = r.unwrap();
+            (sensor.to_string(), w.window.start_ns.div_euclid(1_000_000))
+        })
+        .collect()
+}
+
+/// Kill (SIGTERM) and restart the broker 20 times while a replay streams: afterwards every
+/// stored window's state message has been received at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restarted_20_times_loses_no_state_message() {
+    let Some(d) = shared_data() else { return };
+    let Some(bin) = common::mosquitto_bin() else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let persist = dir.path().join("mq");
+    std::fs::create_dir_all(&persist).unwrap();
+    let mut broker = Some(Mosquitto::start_persistent(&bin, port, &persist));
+    let sub = Persistent::start(port, "flap-sub", "affectgate/flap/+/state").await;
+    let store_dir = dir.path().join("store");
+    let mut cfg = base_config(port, &store_dir, "flap");
+    // MIT-BIH 100 looped as fast as the pipeline goes: hundreds of windows over the test.
+    cfg.sensors = vec![replay("mit", &d.join("mitbih/100.hea"), true)];
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let s2 = stop.clone();
+    let gw = tokio::spawn(async move {
+        GatewayBuilder::new(cfg, &repo())
+            .run(async move { s2.notified().await })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for _ in 0..20 {
+        broker.take().unwrap().stop();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        broker = Some(Mosquitto::start_persistent(&bin, port, &persist));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    stop.notify_one();
+    let report = gw.await.unwrap().unwrap();
+    assert!(report.mqtt.connects >= 21, "{:?}", report.mqtt);
+    assert!(report.mqtt.all_acked, "{:?}", report.mqtt);
+    let want = stored(&store_dir, "mit");
+    assert!(want.len() > 100, "{} windows", want.len());
+    let t0 = Instant::now();
+    while sub.distinct().len() < want.len() && t0.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = sub.distinct();
+    let missing: Vec<_> = want.difference(&got).collect();
+    assert!(missing.is_empty(), "{} of {} windows never received: {:?}", missing.len(), want.len(), &missing[..missing.len().min(5)]);
+    assert!(got.is_subset(&want));
+    drop(broker);
+}
+
+/// Broker unreachable for a whole run: the state messages wait in the outbox and are
+/// delivered, in order, by the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undelivered_messages_are_delivered_after_a_gateway_restart() {
+    let Some(file) = polar() else { return };
+    let Some(bin) = common::mosquitto_bin() else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let mut cfg = base_config(port, &store_dir, "later");
+    cfg.sensors = vec![replay("polar", &file, false)];
+    // Run 1: no broker.
+    let r1 = GatewayBuilder::new(cfg.clone(), &repo())
+        .run(std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(r1.mqtt.delivered, 0);
+    assert_eq!(r1.mqtt.pending, r1.published, "{:?}", r1.mqtt);
+    assert!(r1.published > 50);
+    // Run 2 with a broker and a subscriber.
+    let _broker = Mosquitto::start_on(&bin, port);
+    let rx = Recorder::start(port, &["affectgate/later/polar/state"]).await;
+    let r2 = GatewayBuilder::new(cfg, &repo())
+        .run(std::future::pending())
+        .await
+        .unwrap();
+    assert!(r2.mqtt.all_acked, "{:?}", r2.mqtt);
+    assert_eq!(r2.mqtt.pending, 0);
+    assert_eq!(r2.mqtt.delivered, r1.published + r2.published);
+    rx.wait_for(Duration::from_secs(5), |m| m.len() as u64 >= r1.published + r2.published)
+        .await;
+    let msgs: Vec<StateMessage> = rx
+        .messages()
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    assert_eq!(msgs.len() as u64, r1.published + r2.published);
+    // In order: run 1's windows first (0..n1), then run 2's (0..n2). (Fast replay timestamps
+    // run ahead of the wall clock, so order is checked by window number, per run.)
+    let idx: Vec<u64> = msgs.iter().map(|m| m.window).collect();
+    let want: Vec<u64> = (0..r1.published).chain(0..r2.published).collect();
+    assert_eq!(idx, want, "delivery order");
+    assert_eq!(stored(&store_dir, "polar").len() as u64, r1.published + r2.published);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_inputs_get_error_messages_and_labels_reach_the_store() {
+    let Some(broker) = Mosquitto::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("s");
+    let mut cfg = base_config(broker.port, &store_dir, "inp");
+    cfg.sensors = vec![SensorConfig {
+        id: "synth".into(),
+        source: SourceConfig::Synthetic {
+            ecg: SyntheticConfig::default(),
+        },
+    }];
+    let rx = Recorder::start(broker.port, &["affectgate/inp/#"]).await;
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let s2 = stop.clone();
+    let gw = tokio::spawn(async move {
+        GatewayBuilder::new(cfg, &repo())
+            .run(async move { s2.notified().await })
+            .await
+    });
+    assert!(
+        rx.wait_for(Duration::from_secs(30), |m| m
+            .iter()
+            .any(|m| m.topic == "affectgate/inp/synth/state"))
+            .await
+    );
+    let bad: [(&str, &[u8], Option<&str>); 5] = [
+        ("affectgate/inp/synth/label", b"{\"arousl\": 5}", Some("arousl")),
+        ("affectgate/inp/synth/label", b"not json", None),
+        ("affectgate/inp/synth/label", b"{\"arousal\": 12, \"scale\": \"1-9\"}", Some("arousal")),
+        ("affectgate/inp/ghost/label", b"{\"arousal\": 0.5}", None),
+        ("affectgate/inp/cmd/explode", b"", None),
+    ];
+    for (t, p, _) in &bad {
+        rx.client.publish(*t, QoS::AtLeastOnce, false, p.to_vec()).await.unwrap();
+    }
+    assert!(
+        rx.wait_for(Duration::from_secs(5), |m| m
+            .iter()
+            .filter(|m| m.topic == "affectgate/inp/error")
+            .count()
+            >= bad.len())
+            .await
+    );
+    let errors: Vec<Value> = rx.on("affectgate/inp/error").iter().map(json).collect();
+    for (t, _, field) in &bad {
+        let e = errors
+            .iter()
+            .find(|e| e["topic"] == *t && field.is_none_or(|f| e["field"] == f))
+            .unwrap_or_else(|| panic!("no error for {t} {field:?}: {errors:?}"));
+        assert!(!e["error"].as_str().unwrap().is_empty());
+    }
+    // A valid self-report labels the stored window(s) of the last 10 minutes.
+    rx.client
+        .publish(
+            "affectgate/inp/synth/label",
+            QoS::AtLeastOnce,
+            false,
+            br#"{"arousal": 7, "scale": "1-9", "last_minutes": 10}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Still alive: another window arrives after all that.
+    let n = rx.on("affectgate/inp/synth/state").len();
+    assert!(
+        rx.wait_for(Duration::from_secs(15), |m| m
+            .iter()
+            .filter(|m| m.topic == "affectgate/inp/synth/state")
+            .count()
+            > n)
+            .await,
+        "gateway stopped publishing after bad inputs"
+    );
+    stop.notify_one();
+    gw.await.unwrap().unwrap();
+    let s = Store::open(&store_dir, keep_all()).unwrap();
+    let all: Vec<_> = s.range("synth", i64::MIN, i64::MAX).map(|r| r.unwrap()).collect();
+    assert!(all.len() >= 2);
+    let labelled: Vec<_> = all.iter().filter(|w| !w.labels.is_empty()).collect();
+    assert!(!labelled.is_empty());
+    for w in &labelled {
+        assert_eq!(w.labels, vec![("arousal".to_string(), 0.75)]);
+    }
+    assert_eq!(s.unlabelled_since("synth", i64::MIN).count(), all.len() - labelled.len());
+}
