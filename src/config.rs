@@ -137,7 +137,8 @@ pub struct StoreConfig {
     pub max_age_days: f64,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+/// Broker connection (`[mqtt]`). `Debug` never prints the password.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     /// Broker host; empty = `affectgate demo` starts an embedded broker.
@@ -156,6 +157,38 @@ pub struct MqttConfig {
     /// (default 100 000 ≈ 3 days of 3 sensors).
     #[serde(default = "default_outbox_max")]
     pub outbox_max: u64,
+    /// TLS to the broker (`[mqtt.tls]`); absent = plain TCP.
+    #[serde(default)]
+    pub tls: Option<MqttTls>,
+}
+
+impl std::fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("keep_alive_s", &self.keep_alive_s)
+            .field("discovery_prefix", &self.discovery_prefix)
+            .field("discovery", &self.discovery)
+            .field("outbox_max", &self.outbox_max)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// TLS files (PEM). Relative paths are resolved against the config file's directory.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTls {
+    /// CA certificate(s) that signed the broker's certificate.
+    pub ca_file: PathBuf,
+    /// Client certificate and key, for brokers that require one (both or neither).
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 fn default_outbox_max() -> u64 {
@@ -268,6 +301,22 @@ impl Config {
                 "mqtt.port".into(),
                 "0".into(),
                 "must be 1..=65535".into(),
+            ));
+        }
+        if let Some(t) = &self.mqtt.tls {
+            if t.client_cert.is_some() != t.client_key.is_some() {
+                return Err(bad(
+                    "mqtt.tls.client_cert / mqtt.tls.client_key".into(),
+                    format!("{:?} / {:?}", t.client_cert, t.client_key),
+                    "give both the client certificate and its key, or neither".into(),
+                ));
+            }
+        }
+        if self.mqtt.username.is_some() != self.mqtt.password.is_some() {
+            return Err(bad(
+                "mqtt.username / mqtt.password".into(),
+                "only one of them set".into(),
+                "give both, or neither for anonymous access".into(),
             ));
         }
         if self.mqtt.outbox_max == 0 {

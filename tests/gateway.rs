@@ -274,12 +274,21 @@ async fn restart_mid_run_keeps_every_announced_window() {
     let announced: std::collections::BTreeSet<i64> = rx
         .on(state_topic)
         .iter()
-        .map(|m| serde_json::from_slice::<StateMessage>(&m.payload).unwrap().window_start_ms)
+        .map(|m| {
+            serde_json::from_slice::<StateMessage>(&m.payload)
+                .unwrap()
+                .window_start_ms
+        })
         .collect();
     let store = Store::open(&store_dir, no_retention()).unwrap();
     let stored: std::collections::BTreeSet<i64> = store
         .range("polar", i64::MIN, i64::MAX)
-        .map(|r| r.expect("every record decodes").window.start_ns.div_euclid(1_000_000))
+        .map(|r| {
+            r.expect("every record decodes")
+                .window
+                .start_ns
+                .div_euclid(1_000_000)
+        })
         .collect();
     assert!(stored.len() >= count1 + 10, "{} stored", stored.len());
     assert_eq!(stored, announced, "stored windows = announced windows");

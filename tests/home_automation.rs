@@ -62,7 +62,9 @@ fn json(m: &common::Msg) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_follows_home_assistant_conventions_and_removal_clears_entities() {
     let Some(file) = polar() else { return };
-    let Some(broker) = Mosquitto::start() else { return };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let mut cfg = base_config(broker.port, &store, "home");
@@ -96,8 +98,15 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
         let uid = c["unique_id"].as_str().unwrap();
         assert_eq!(uid, parts[2]);
         assert!(unique.insert(uid.to_string()), "duplicate unique_id {uid}");
-        let sensor = if uid.contains("_chest_") { "chest" } else { "spare" };
-        assert_eq!(c["device"]["identifiers"][0], format!("affectgate_home_{sensor}"));
+        let sensor = if uid.contains("_chest_") {
+            "chest"
+        } else {
+            "spare"
+        };
+        assert_eq!(
+            c["device"]["identifiers"][0],
+            format!("affectgate_home_{sensor}")
+        );
         assert_eq!(c["device"]["manufacturer"], "affectgate");
         let st = c["state_topic"].as_str().unwrap();
         let avail: Vec<&str> = c["availability"]
@@ -130,14 +139,19 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
             assert_eq!(c["availability_mode"], "all");
             assert!(avail.contains(&format!("affectgate/home/{sensor}/availability").as_str()));
         }
-        let numeric = uid.ends_with("_arousal") || uid.ends_with("_heart_rate") || uid.ends_with("_rmssd");
+        let numeric =
+            uid.ends_with("_arousal") || uid.ends_with("_heart_rate") || uid.ends_with("_rmssd");
         assert_eq!(
             c.get("state_class").and_then(|v| v.as_str()),
             numeric.then_some("measurement"),
             "{uid}"
         );
     }
-    assert_eq!(by_topic["homeassistant/sensor/affectgate_home_chest_heart_rate/config"]["unit_of_measurement"], "bpm");
+    assert_eq!(
+        by_topic["homeassistant/sensor/affectgate_home_chest_heart_rate/config"]
+            ["unit_of_measurement"],
+        "bpm"
+    );
     // Strap availability went online, then offline at shutdown (retained).
     let av = rx.on("affectgate/home/chest/availability");
     assert_eq!(av.first().unwrap().payload, b"online");
@@ -168,7 +182,9 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn home_assistant_birth_republishes_discovery_and_last_state() {
-    let Some(broker) = Mosquitto::start() else { return };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = base_config(broker.port, &dir.path().join("s"), "birth");
     cfg.sensors = vec![SensorConfig {
@@ -177,7 +193,11 @@ async fn home_assistant_birth_republishes_discovery_and_last_state() {
             ecg: SyntheticConfig::default(),
         },
     }];
-    let rx = Recorder::start(broker.port, &["homeassistant/+/+/config", "affectgate/birth/#"]).await;
+    let rx = Recorder::start(
+        broker.port,
+        &["homeassistant/+/+/config", "affectgate/birth/#"],
+    )
+    .await;
     let stop = Arc::new(tokio::sync::Notify::new());
     let s2 = stop.clone();
     let gw = tokio::spawn(async move {
@@ -201,7 +221,8 @@ async fn home_assistant_birth_republishes_discovery_and_last_state() {
         .await
         .unwrap();
     assert!(
-        rx.wait_for(Duration::from_secs(5), |m| n_cfg(m) == 2 * c0 && n_state(m) > s0)
+        rx.wait_for(Duration::from_secs(5), |m| n_cfg(m) == 2 * c0
+            && n_state(m) > s0)
             .await,
         "no re-publication after the HA birth message"
     );
@@ -288,7 +309,9 @@ fn stored(store_dir: &Path, sensor: &str) -> BTreeSet<(String, i64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restarted_20_times_loses_no_state_message() {
     let Some(d) = shared_data() else { return };
-    let Some(bin) = common::mosquitto_bin() else { return };
+    let Some(bin) = common::mosquitto_bin() else {
+        return;
+    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -329,7 +352,13 @@ async fn broker_restarted_20_times_loses_no_state_message() {
     }
     let got = sub.distinct();
     let missing: Vec<_> = want.difference(&got).collect();
-    assert!(missing.is_empty(), "{} of {} windows never received: {:?}", missing.len(), want.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} of {} windows never received: {:?}",
+        missing.len(),
+        want.len(),
+        &missing[..missing.len().min(5)]
+    );
     assert!(got.is_subset(&want));
     drop(broker);
 }
@@ -339,7 +368,9 @@ async fn broker_restarted_20_times_loses_no_state_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undelivered_messages_are_delivered_after_a_gateway_restart() {
     let Some(file) = polar() else { return };
-    let Some(bin) = common::mosquitto_bin() else { return };
+    let Some(bin) = common::mosquitto_bin() else {
+        return;
+    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -367,8 +398,10 @@ async fn undelivered_messages_are_delivered_after_a_gateway_restart() {
     assert!(r2.mqtt.all_acked, "{:?}", r2.mqtt);
     assert_eq!(r2.mqtt.pending, 0);
     assert_eq!(r2.mqtt.delivered, r1.published + r2.published);
-    rx.wait_for(Duration::from_secs(5), |m| m.len() as u64 >= r1.published + r2.published)
-        .await;
+    rx.wait_for(Duration::from_secs(5), |m| {
+        m.len() as u64 >= r1.published + r2.published
+    })
+    .await;
     let msgs: Vec<StateMessage> = rx
         .messages()
         .iter()
@@ -380,12 +413,17 @@ async fn undelivered_messages_are_delivered_after_a_gateway_restart() {
     let idx: Vec<u64> = msgs.iter().map(|m| m.window).collect();
     let want: Vec<u64> = (0..r1.published).chain(0..r2.published).collect();
     assert_eq!(idx, want, "delivery order");
-    assert_eq!(stored(&store_dir, "polar").len() as u64, r1.published + r2.published);
+    assert_eq!(
+        stored(&store_dir, "polar").len() as u64,
+        r1.published + r2.published
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_inputs_get_error_messages_and_labels_reach_the_store() {
-    let Some(broker) = Mosquitto::start() else { return };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("s");
     let mut cfg = base_config(broker.port, &store_dir, "inp");
@@ -410,14 +448,25 @@ async fn malformed_inputs_get_error_messages_and_labels_reach_the_store() {
             .await
     );
     let bad: [(&str, &[u8], Option<&str>); 5] = [
-        ("affectgate/inp/synth/label", b"{\"arousl\": 5}", Some("arousl")),
+        (
+            "affectgate/inp/synth/label",
+            b"{\"arousl\": 5}",
+            Some("arousl"),
+        ),
         ("affectgate/inp/synth/label", b"not json", None),
-        ("affectgate/inp/synth/label", b"{\"arousal\": 12, \"scale\": \"1-9\"}", Some("arousal")),
+        (
+            "affectgate/inp/synth/label",
+            b"{\"arousal\": 12, \"scale\": \"1-9\"}",
+            Some("arousal"),
+        ),
         ("affectgate/inp/ghost/label", b"{\"arousal\": 0.5}", None),
         ("affectgate/inp/cmd/explode", b"", None),
     ];
     for (t, p, _) in &bad {
-        rx.client.publish(*t, QoS::AtLeastOnce, false, p.to_vec()).await.unwrap();
+        rx.client
+            .publish(*t, QoS::AtLeastOnce, false, p.to_vec())
+            .await
+            .unwrap();
     }
     assert!(
         rx.wait_for(Duration::from_secs(5), |m| m
@@ -460,12 +509,66 @@ async fn malformed_inputs_get_error_messages_and_labels_reach_the_store() {
     stop.notify_one();
     gw.await.unwrap().unwrap();
     let s = Store::open(&store_dir, keep_all()).unwrap();
-    let all: Vec<_> = s.range("synth", i64::MIN, i64::MAX).map(|r| r.unwrap()).collect();
+    let all: Vec<_> = s
+        .range("synth", i64::MIN, i64::MAX)
+        .map(|r| r.unwrap())
+        .collect();
     assert!(all.len() >= 2);
     let labelled: Vec<_> = all.iter().filter(|w| !w.labels.is_empty()).collect();
     assert!(!labelled.is_empty());
     for w in &labelled {
         assert_eq!(w.labels, vec![("arousal".to_string(), 0.75)]);
     }
-    assert_eq!(s.unlabelled_since("synth", i64::MIN).count(), all.len() - labelled.len());
+    assert_eq!(
+        s.unlabelled_since("synth", i64::MIN).count(),
+        all.len() - labelled.len()
+    );
+}
+
+/// `cmd/reload` re-reads the config file: a sensor added to the file starts publishing,
+/// without restarting the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_command_applies_an_edited_config() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = base_config(broker.port, &dir.path().join("s"), "rl");
+    let synth = |id: &str| SensorConfig {
+        id: id.into(),
+        source: SourceConfig::Synthetic {
+            ecg: SyntheticConfig::default(),
+        },
+    };
+    cfg.sensors = vec![synth("one")];
+    let p = dir.path().join("rl.toml");
+    std::fs::write(&p, toml::to_string(&cfg).unwrap()).unwrap();
+    let rx = Recorder::start(broker.port, &["affectgate/rl/#"]).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_affectgate"))
+        .args(["run", "--config"])
+        .arg(&p)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        rx.wait_for(Duration::from_secs(20), |m| m.iter().any(|m| m.topic
+            == "affectgate/rl/one/availability"
+            && m.payload == b"online"))
+            .await
+    );
+    cfg.sensors.push(synth("two"));
+    std::fs::write(&p, toml::to_string(&cfg).unwrap()).unwrap();
+    rx.client
+        .publish("affectgate/rl/cmd/reload", QoS::AtLeastOnce, false, "{}")
+        .await
+        .unwrap();
+    let ok = rx
+        .wait_for(Duration::from_secs(30), |m| {
+            m.iter().any(|m| m.topic == "affectgate/rl/two/state")
+        })
+        .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "sensor added by reload never published");
 }

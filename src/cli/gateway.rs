@@ -87,11 +87,18 @@ pub enum StoreWhat {
 
 /// Run a config until SIGINT/SIGTERM (or until every finite source ends).
 pub fn run(a: RunArgs) -> Result<()> {
-    let cfg = Config::load(&a.config)?;
     let base = config_dir(&a.config);
     let rt = runtime()?;
-    let report =
-        rt.block_on(async move { GatewayBuilder::new(cfg, &base).run(shutdown_signal()).await })?;
+    let report = loop {
+        let cfg = Config::load(&a.config)?;
+        let report = rt.block_on(GatewayBuilder::new(cfg, &base).run(shutdown_signal()))?;
+        if !report.reload_requested {
+            break report;
+        }
+        print_report(&report);
+        // `cmd/reload`: a config that no longer validates stops the gateway with its error.
+        tracing::info!(config = %a.config.display(), "reloading the configuration");
+    };
     print_report(&report);
     let failed: Vec<_> = report
         .sensors
@@ -271,9 +278,10 @@ fn print_report(r: &RunReport) {
         );
     }
     println!(
-        "  MQTT: {} state messages published, {} acknowledged publishes, {} dropped{}",
+        "  MQTT: {} state messages queued, {} delivered (acknowledged), {} left in the outbox, {} dropped{}",
         r.published,
-        r.mqtt.acked,
+        r.mqtt.delivered,
+        r.mqtt.pending,
         r.mqtt.dropped,
         if r.mqtt.all_acked {
             ""

@@ -40,7 +40,7 @@ use crate::dsp::WINDOW_LEN;
 use crate::infer::{InferError, Model};
 use crate::mqtt::discovery::{self, DiscoveryInput};
 use crate::mqtt::inputs::{self, Command, Input};
-use crate::mqtt::{rfc3339_ms, LinkOptions, LinkReport, MqttLink, StateMessage};
+use crate::mqtt::{rfc3339_ms, LinkOptions, LinkReport, MqttLink, StateMessage, TlsFiles};
 use crate::source::live::{from_config, now_ns};
 use crate::source::{Source, SourceError, SourceEvent, SOURCE_QUEUE};
 use crate::store::{Retention, Store, StoreError, StoredWindow};
@@ -63,6 +63,8 @@ pub enum GatewayError {
     NoBroker,
     #[error("no sensors configured: add a [[sensors]] table to the config")]
     NoSensors,
+    #[error(transparent)]
+    Tls(#[from] crate::mqtt::TlsFileError),
     #[error("internal task failed: {0}")]
     Task(String),
 }
@@ -196,6 +198,12 @@ impl GatewayBuilder {
         };
         tracing::info!(model = %version, heads = ?model.head_names(), backend = ?model.backend(), "model loaded");
 
+        // TLS files are read before the store opens: a wrong path fails the start cleanly.
+        let tls = match &cfg.mqtt.tls {
+            Some(t) => Some(TlsFiles::load(t, &self.base_dir)?),
+            None => None,
+        };
+
         let store_path = self.resolve(&cfg.store.path);
         let retention = Retention {
             max_bytes: cfg.store.max_bytes,
@@ -213,10 +221,14 @@ impl GatewayBuilder {
 
         let outbox = store.outbox(cfg.mqtt.outbox_max)?;
         if !outbox.is_empty() {
-            tracing::info!(pending = outbox.len(), "undelivered state messages from an earlier run will be sent first");
+            tracing::info!(
+                pending = outbox.len(),
+                "undelivered state messages from an earlier run will be sent first"
+            );
         }
         let link = Arc::new(MqttLink::start(
             LinkOptions {
+                tls,
                 mqtt: cfg.mqtt.clone(),
                 gateway: cfg.gateway.id.clone(),
                 client_id: format!("affectgate-{}", cfg.gateway.id),
@@ -571,7 +583,9 @@ async fn sink_task(
             let payload = serde_json::to_vec(&msg).expect("state message serialises");
             match outbox.push(&link.topics().state(&msg.sensor), &payload) {
                 Ok(_) => rep.published += 1,
-                Err(e) => tracing::error!(sensor = %msg.sensor, "queueing the state message failed: {e}"),
+                Err(e) => {
+                    tracing::error!(sensor = %msg.sensor, "queueing the state message failed: {e}")
+                }
             }
             if let Some(obs) = &observer {
                 let _ = obs.send(Observed {
@@ -669,8 +683,9 @@ async fn input_task(
             Ok(None) => {}
             Ok(Some(Input::Label { sensor, label })) => {
                 let store = store.clone();
-                let res = tokio::task::spawn_blocking(move || label_windows(&store, &sensor, &label))
-                    .await;
+                let res =
+                    tokio::task::spawn_blocking(move || label_windows(&store, &sensor, &label))
+                        .await;
                 match res {
                     Ok(Ok(n)) => tracing::info!(topic, windows = n, "self-report stored as labels"),
                     Ok(Err(e)) => tracing::error!(topic, "storing labels failed: {e}"),
@@ -694,10 +709,18 @@ async fn input_task(
                     "error": "on-gateway retraining is not available in this version; nothing was started",
                 });
                 link.send(link.topics().error(), msg.to_string().into_bytes());
-                tracing::warn!(topic, "retrain requested but on-gateway retraining is not available yet");
+                tracing::warn!(
+                    topic,
+                    "retrain requested but on-gateway retraining is not available yet"
+                );
             }
             Err(e) => {
-                tracing::warn!(topic = e.topic(), field = e.field(), "rejected MQTT input: {}", e.message());
+                tracing::warn!(
+                    topic = e.topic(),
+                    field = e.field(),
+                    "rejected MQTT input: {}",
+                    e.message()
+                );
                 link.send(link.topics().error(), e.to_json().into_bytes());
             }
         }

@@ -143,8 +143,14 @@ pub struct LinkReport {
 }
 
 enum Ctl {
-    Retained { topic: String, payload: Vec<u8> },
-    Transient { topic: String, payload: Vec<u8> },
+    Retained {
+        topic: String,
+        payload: Vec<u8>,
+    },
+    Transient {
+        topic: String,
+        payload: Vec<u8>,
+    },
     Close {
         timeout: Duration,
         done: oneshot::Sender<LinkReport>,
@@ -162,6 +168,61 @@ pub struct LinkOptions {
     pub subscribe: Vec<String>,
     /// Home Assistant's status topic: `online` there re-publishes retained + last states.
     pub ha_status: Option<String>,
+    /// TLS material (PEM bytes), read from `[mqtt.tls]` at start.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM contents for a TLS connection.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub ca: Vec<u8>,
+    /// (certificate, key)
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("TlsFiles")
+            .field("ca_bytes", &self.ca.len())
+            .field("client_auth", &self.client.is_some())
+            .finish()
+    }
+}
+
+/// Errors reading `[mqtt.tls]` files.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} = {path}: {source} (check the path; PEM files are expected)")]
+pub struct TlsFileError {
+    pub key: &'static str,
+    pub path: std::path::PathBuf,
+    pub source: std::io::Error,
+}
+
+impl TlsFiles {
+    /// Read the PEM files of `tls`, resolving relative paths against `base`.
+    pub fn load(
+        tls: &crate::config::MqttTls,
+        base: &std::path::Path,
+    ) -> Result<TlsFiles, TlsFileError> {
+        let read = |key: &'static str, p: &std::path::Path| {
+            let path = if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            };
+            std::fs::read(&path).map_err(|source| TlsFileError { key, path, source })
+        };
+        let ca = read("mqtt.tls.ca_file", &tls.ca_file)?;
+        let client = match (&tls.client_cert, &tls.client_key) {
+            (Some(c), Some(k)) => Some((
+                read("mqtt.tls.client_cert", c)?,
+                read("mqtt.tls.client_key", k)?,
+            )),
+            _ => None,
+        };
+        Ok(TlsFiles { ca, client })
+    }
 }
 
 /// The connection task's handle (see the module docs).
@@ -312,6 +373,13 @@ impl Pump {
         if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
             o.set_credentials(u.clone(), p.clone());
         }
+        if let Some(t) = &self.opts.tls {
+            o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
+                ca: t.ca.clone(),
+                alpn: None,
+                client_auth: t.client.clone(),
+            }));
+        }
         o
     }
 
@@ -322,7 +390,15 @@ impl Pump {
         }
     }
 
-    fn request(&self, client: &AsyncClient, c: &mut Conn, topic: &str, payload: Vec<u8>, retain: bool, tag: Option<u64>) {
+    fn request(
+        &self,
+        client: &AsyncClient,
+        c: &mut Conn,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+        tag: Option<u64>,
+    ) {
         if client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
             .is_ok()
@@ -380,7 +456,8 @@ impl Pump {
     }
 
     async fn run(mut self, mut ctl: mpsc::UnboundedReceiver<Ctl>) {
-        self.retained.push((self.topics.status(), b"online".to_vec()));
+        self.retained
+            .push((self.topics.status(), b"online".to_vec()));
         let broker = format!("{}:{}", self.opts.mqtt.host, self.opts.mqtt.port);
         let mut backoff = Duration::from_millis(250);
         let mut reported_down = false;
@@ -409,11 +486,19 @@ impl Pump {
                 let now = tokio::time::Instant::now();
                 closing = match closing {
                     Closing::Draining(deadline, done) => {
-                        let drained = self.outbox.is_empty() && c.fifo.is_empty() && c.inflight.is_empty();
+                        let drained =
+                            self.outbox.is_empty() && c.fifo.is_empty() && c.inflight.is_empty();
                         if (drained && c.connected) || now >= deadline {
                             if c.connected {
                                 self.set_retained(self.topics.status(), b"offline".to_vec());
-                                self.request(&client, &mut c, &self.topics.status(), b"offline".to_vec(), true, None);
+                                self.request(
+                                    &client,
+                                    &mut c,
+                                    &self.topics.status(),
+                                    b"offline".to_vec(),
+                                    true,
+                                    None,
+                                );
                                 Closing::Offline(now + Duration::from_secs(2), done)
                             } else {
                                 let _ = done.send(self.report(false));
@@ -425,7 +510,9 @@ impl Pump {
                     }
                     Closing::Offline(deadline, done) => {
                         if (c.fifo.is_empty() && c.inflight.is_empty()) || now >= deadline {
-                            let all = self.outbox.is_empty() && c.fifo.is_empty() && c.inflight.is_empty();
+                            let all = self.outbox.is_empty()
+                                && c.fifo.is_empty()
+                                && c.inflight.is_empty();
                             let _ = client.try_disconnect();
                             let _ = tokio::time::timeout(Duration::from_millis(300), el_task).await;
                             let _ = done.send(self.report(all));

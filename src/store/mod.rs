@@ -336,13 +336,20 @@ impl Store {
     /// A small named value kept with the store (e.g. which sensors Home Assistant knows).
     pub fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = [b"m/x/".as_slice(), name.as_bytes()].concat();
-        Ok(self.db.get(key).map_err(|e| self.err(e))?.map(|v| v.to_vec()))
+        Ok(self
+            .db
+            .get(key)
+            .map_err(|e| self.err(e))?
+            .map(|v| v.to_vec()))
     }
 
     /// Set a named value (see [`Store::meta_get`]).
     pub fn meta_put(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
         let key = [b"m/x/".as_slice(), name.as_bytes()].concat();
-        self.db.insert(key, value).map(|_| ()).map_err(|e| self.err(e))
+        self.db
+            .insert(key, value)
+            .map(|_| ())
+            .map_err(|e| self.err(e))
     }
 
     /// The MQTT outbox living in this database (see [`outbox`]), holding at most `cap`

@@ -65,7 +65,16 @@ impl Mosquitto {
         Self::start_with(bin, port, Some(dir))
     }
 
+    /// A broker with extra `mosquitto.conf` lines for its listener (auth, TLS).
+    pub fn start_conf(bin: &Path, port: u16, extra: &str) -> Mosquitto {
+        Self::start_full(bin, port, None, extra)
+    }
+
     fn start_with(bin: &Path, port: u16, persist: Option<&Path>) -> Mosquitto {
+        Self::start_full(bin, port, persist, "allow_anonymous true\n")
+    }
+
+    fn start_full(bin: &Path, port: u16, persist: Option<&Path>, extra: &str) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("mosquitto.conf");
         if let Some(d) = persist {
@@ -79,7 +88,7 @@ impl Mosquitto {
         };
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}max_queued_messages 1000000\n"),
+            format!("listener {port} 127.0.0.1\n{extra}{persistence}max_queued_messages 1000000\n"),
         )
         .unwrap();
         let child = Command::new(bin)
@@ -90,6 +99,7 @@ impl Mosquitto {
             .spawn()
             .expect("starting mosquitto");
         let t0 = Instant::now();
+        std::thread::sleep(Duration::from_millis(50));
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
