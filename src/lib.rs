@@ -19,9 +19,11 @@
 //! gateway/ the long-running process: per-sensor DSP tasks → one scorer thread batching
 //!   │      windows across sensors → sink (store, then publish) → graceful shutdown.
 //!   ├──► store/  sled: every window (compact i16 encoding, quality, HR/HRV, scores, labels),
-//!   │            range scans by sensor and time, retention by bytes and age, CSV export.
-//!   ├──► mqtt/   rumqttc client (state per window, availability with last will), topics,
-//!   │            the embedded rumqttd broker of `affectgate demo`.
+//!   │            range scans by sensor and time, retention by bytes and age, CSV export,
+//!   │            and the MQTT outbox (state messages deleted only on PUBACK).
+//!   ├──► mqtt/   the connection task (outbox delivery, retained availability, last will,
+//!   │            TLS), Home Assistant discovery, validation of label/command inputs, the
+//!   │            embedded rumqttd broker of `affectgate demo`.
 //!   ├──► infer/  ONNX inference through `ort` with two back-ends chosen at run time:
 //!   │            pure-Rust tract (default, no native library) or ONNX Runtime (dlopen).
 //!   └──► learn/  the paper's method: six signal transformations, the signal-transformation
@@ -45,10 +47,11 @@
 //! - **Weights cross module borders as plain arrays** ([`learn::onnx::NetworkWeights`]), never
 //!   as framework types.
 //! - **Backpressure, not buffering.** Every queue between gateway stages is bounded; a stalled
-//!   stage slows its producers. The one exception is MQTT: a publish waits at most 2 s for room
-//!   and is then dropped and counted — the window is already in the store.
-//! - **Stored before announced.** The sink writes and flushes a group of windows to sled before
-//!   publishing their state, so nothing a subscriber has seen can be lost by a crash.
+//!   stage slows its producers. MQTT never pushes back on ingest: state messages wait in the
+//!   sled outbox (bounded, oldest dropped and counted) while the broker is away.
+//! - **Stored before announced.** The sink writes a group of windows and their outbox entries
+//!   to sled and flushes once before the link publishes, so nothing a subscriber has seen can
+//!   be lost by a crash, and nothing queued is lost to a broker outage or a restart.
 //! - **Errors**: library modules return typed errors (`thiserror`) naming the file, key or
 //!   field at fault; the CLI wraps them with `anyhow` context and tells the user what to do.
 
