@@ -337,6 +337,13 @@ struct Pump {
     last_state: HashMap<String, Vec<u8>>,
 }
 
+/// A QoS 1 request waiting for room in rumqttc's request queue.
+struct Pending {
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+}
+
 /// Per-connection bookkeeping: QoS 1 requests in order → packet ids → outbox entries.
 #[derive(Default)]
 struct Conn {
@@ -347,6 +354,9 @@ struct Conn {
     inflight: HashMap<u16, Option<u64>>,
     /// Highest outbox sequence number requested on this connection.
     cursor: u64,
+    /// Announcements that did not fit into the request queue yet (hundreds of straps × 7
+    /// discovery configs at connect): sent before any further outbox entry.
+    backlog: VecDeque<Pending>,
 }
 
 enum Closing {
@@ -390,6 +400,8 @@ impl Pump {
         }
     }
 
+    /// Request a non-outbox QoS 1 publish; kept in the backlog when rumqttc's queue is full
+    /// (never dropped while the connection lasts).
     fn request(
         &self,
         client: &AsyncClient,
@@ -399,12 +411,39 @@ impl Pump {
         retain: bool,
         tag: Option<u64>,
     ) {
-        if client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
-            .is_ok()
-        {
-            c.fifo.push_back(tag);
+        if c.backlog.is_empty() {
+            if client
+                .try_publish(topic, QoS::AtLeastOnce, retain, payload.clone())
+                .is_ok()
+            {
+                c.fifo.push_back(tag);
+                return;
+            }
         }
+        c.backlog.push_back(Pending {
+            topic: topic.to_string(),
+            payload,
+            retain,
+        });
+    }
+
+    /// Move backlog entries into rumqttc's queue while there is room. True when empty.
+    fn drain_backlog(&self, client: &AsyncClient, c: &mut Conn) -> bool {
+        while let Some(p) = c.backlog.pop_front() {
+            match client.try_publish(
+                p.topic.clone(),
+                QoS::AtLeastOnce,
+                p.retain,
+                p.payload.clone(),
+            ) {
+                Ok(()) => c.fifo.push_back(None),
+                Err(_) => {
+                    c.backlog.push_front(p);
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     fn announce(&mut self, client: &AsyncClient, c: &mut Conn, with_states: bool) {
@@ -421,8 +460,11 @@ impl Pump {
     }
 
     fn feed(&mut self, client: &AsyncClient, c: &mut Conn) {
+        if !c.connected || !self.drain_backlog(client, c) {
+            return;
+        }
         let busy = c.fifo.len() + c.inflight.len();
-        if !c.connected || busy >= MAX_INFLIGHT {
+        if busy >= MAX_INFLIGHT {
             return;
         }
         match self.outbox.after(c.cursor, MAX_INFLIGHT - busy) {
@@ -509,7 +551,9 @@ impl Pump {
                         }
                     }
                     Closing::Offline(deadline, done) => {
-                        if (c.fifo.is_empty() && c.inflight.is_empty()) || now >= deadline {
+                        if (c.fifo.is_empty() && c.inflight.is_empty() && c.backlog.is_empty())
+                            || now >= deadline
+                        {
                             let all = self.outbox.is_empty()
                                 && c.fifo.is_empty()
                                 && c.inflight.is_empty();
@@ -524,6 +568,8 @@ impl Pump {
                 };
                 if matches!(closing, Closing::No | Closing::Draining(..)) {
                     self.feed(&client, &mut c);
+                } else {
+                    self.drain_backlog(&client, &mut c);
                 }
                 tokio::select! {
                     ev = ev_rx.recv() => match ev.unwrap_or(Err(rumqttc::ConnectionError::RequestsDone)) {
