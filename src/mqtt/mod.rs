@@ -225,6 +225,9 @@ impl TlsFiles {
     }
 }
 
+/// Messages received on the subscribed filters: (topic, payload).
+pub type Incoming = mpsc::Receiver<(String, Vec<u8>)>;
+
 /// The connection task's handle (see the module docs).
 pub struct MqttLink {
     ctl: mpsc::UnboundedSender<Ctl>,
@@ -232,7 +235,7 @@ pub struct MqttLink {
     topics: Topics,
     counters: Arc<LinkCounters>,
     connected: watch::Receiver<bool>,
-    incoming: std::sync::Mutex<Option<mpsc::Receiver<(String, Vec<u8>)>>>,
+    incoming: std::sync::Mutex<Option<Incoming>>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -280,7 +283,7 @@ impl MqttLink {
     }
 
     /// Messages received on the subscribed filters (once).
-    pub fn take_incoming(&self) -> Option<mpsc::Receiver<(String, Vec<u8>)>> {
+    pub fn take_incoming(&self) -> Option<Incoming> {
         self.incoming.lock().ok()?.take()
     }
 
@@ -411,14 +414,13 @@ impl Pump {
         retain: bool,
         tag: Option<u64>,
     ) {
-        if c.backlog.is_empty() {
-            if client
+        if c.backlog.is_empty()
+            && client
                 .try_publish(topic, QoS::AtLeastOnce, retain, payload.clone())
                 .is_ok()
-            {
-                c.fifo.push_back(tag);
-                return;
-            }
+        {
+            c.fifo.push_back(tag);
+            return;
         }
         c.backlog.push_back(Pending {
             topic: topic.to_string(),

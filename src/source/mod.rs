@@ -16,6 +16,7 @@
 //! double that injects malformed input). The future is boxed once per sensor at start — nothing
 //! is boxed per block.
 
+pub mod ble;
 pub mod file;
 pub mod live;
 pub mod synthetic;
