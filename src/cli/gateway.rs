@@ -157,7 +157,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
                 (m, v)
             };
         println!(
-            "affectgate demo: {broker_note} on {}:{}, {} synthetic sensors, model {version} ({:?})",
+            "affectgate demo: {broker_note} on {}:{}, {} synthetic sensors, model {version} ({})",
             cfg.mqtt.host,
             cfg.mqtt.port,
             cfg.sensors.len(),
