@@ -83,27 +83,8 @@ async fn password_protected_broker_accepts_only_the_right_credentials() {
         "Debug must redact the password"
     );
 
-    // A subscriber needs credentials too.
-    let mut o = rumqttc::MqttOptions::new("sub-auth", "127.0.0.1", port);
-    o.set_credentials("gateway", "s3cret-Pa55");
-    let (client, mut ev) = rumqttc::AsyncClient::new(o, 64);
-    client
-        .subscribe("affectgate/auth/+/state", rumqttc::QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let got = std::sync::Arc::new(std::sync::Mutex::new(0usize));
-    let g2 = got.clone();
-    let sub = tokio::spawn(async move {
-        loop {
-            match ev.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(_))) => {
-                    *g2.lock().unwrap() += 1
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
+    // The read side (`mqtt::subscribe_states`, used by the demo) uses the same credentials.
+    let (mut states, sub) = affectgate::mqtt::subscribe_states(&cfg.mqtt, None, "auth", "sub-auth");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = GatewayBuilder::new(cfg.clone(), &repo())
         .run(std::future::pending())
@@ -115,7 +96,12 @@ async fn password_protected_broker_accepts_only_the_right_credentials() {
         r.mqtt
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(*got.lock().unwrap() as u64, r.published);
+    let mut got = 0u64;
+    while let Ok((m, _)) = states.try_recv() {
+        assert_eq!(m.expect("valid state JSON").sensor, "polar");
+        got += 1;
+    }
+    assert_eq!(got, r.published);
     sub.abort();
 
     // Wrong password, as the real binary with debug logging: nothing delivered, the

@@ -156,10 +156,11 @@ async fn synthetic_source_paces_in_real_time_with_contiguous_timestamps() {
     stop.cancel();
     task.await.unwrap().unwrap();
     let total: usize = blocks.iter().map(|b| b.samples_uv.len()).sum();
-    // Real time: ~1.6 s of samples, at most one block (250 ms) ahead.
+    // Real time: never more than one block (250 ms) ahead of the wall clock. (A loaded
+    // machine can only make it produce less, so there is no lower bound on the count.)
     let el = t0.elapsed().as_secs_f64();
     assert!(total as f64 <= (el + 0.3) * fs, "{total} samples in {el} s");
-    assert!(total as f64 >= 1.0 * fs, "{total}");
+    assert!(blocks.len() >= 2, "{} blocks", blocks.len());
     let mut n = 0usize;
     for (k, b) in blocks.iter().enumerate() {
         assert_eq!(b.gap_before, k == 0);

@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use crate::config::Config;
 use crate::gateway::{model_version, GatewayBuilder, RunReport};
 use crate::infer::{Backend, Model};
 use crate::mqtt::broker::EmbeddedBroker;
-use crate::mqtt::StateMessage;
+use crate::mqtt::{subscribe_states, StateMessage, TlsFiles};
 use crate::store::{Retention, Store};
 
 /// The default configuration, compiled in so `affectgate demo` needs no files.
@@ -170,7 +169,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         println!(
             "  first scores ≈13 s after start (10 s window + 2 s filter warm-up). Ctrl-C stops."
         );
-        let printer = tokio::spawn(print_states(cfg.clone()));
+        let printer = tokio::spawn(print_states(cfg.clone(), base.clone()));
         let seconds = a.seconds;
         let stop = async move {
             match seconds {
@@ -210,32 +209,26 @@ fn backend_name(b: &Backend) -> &'static str {
     }
 }
 
-/// Subscribe to every sensor's state and print one line per message.
-async fn print_states(cfg: Config) -> Result<()> {
-    let mut opts = MqttOptions::new(
-        format!("affectgate-demo-viewer-{}", std::process::id()),
-        cfg.mqtt.host.clone(),
-        cfg.mqtt.port,
+/// Print one line per state message (same broker settings, credentials and TLS as the
+/// gateway).
+async fn print_states(cfg: Config, base: PathBuf) -> Result<()> {
+    let tls = match &cfg.mqtt.tls {
+        Some(t) => Some(TlsFiles::load(t, &base)?),
+        None => None,
+    };
+    let (mut rx, _task) = subscribe_states(
+        &cfg.mqtt,
+        tls.as_ref(),
+        &cfg.gateway.id,
+        &format!("affectgate-demo-viewer-{}", std::process::id()),
     );
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_max_packet_size(256 * 1024, 256 * 1024);
-    let (client, mut ev) = AsyncClient::new(opts, 16);
-    let topics = crate::mqtt::Topics::new(&cfg.gateway.id);
-    client
-        .subscribe(topics.state_all(), QoS::AtLeastOnce)
-        .await?;
-    loop {
-        match ev.poll().await {
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                match serde_json::from_slice::<StateMessage>(&p.payload) {
-                    Ok(m) => println!("{}", format_state(&m)),
-                    Err(e) => println!("{}: unreadable state message: {e}", p.topic),
-                }
-            }
-            Ok(_) => {}
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+    while let Some((m, _)) = rx.recv().await {
+        match m {
+            Ok(m) => println!("{}", format_state(&m)),
+            Err(e) => println!("{e}"),
         }
     }
+    Ok(())
 }
 
 /// One human-readable line for a state message.

@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -19,7 +18,6 @@ use crate::dsp::quality::QualityConfig;
 use crate::dsp::PreprocessConfig;
 use crate::infer::{Backend, Model};
 use crate::mqtt::broker::EmbeddedBroker;
-use crate::mqtt::StateMessage;
 use crate::source::file::read_recording;
 use crate::source::live::SyntheticSource;
 use crate::source::synthetic::SyntheticConfig;
@@ -221,32 +219,12 @@ pub async fn sensors(n: usize, seconds: f64, mqtt: Option<&str>) -> Result<LoadR
     let version = "bench".to_string();
 
     // Subscriber: receive time per (sensor, window).
-    let mut opts = MqttOptions::new(
-        format!("bench-sub-{}", std::process::id()),
-        cfg.mqtt.host.clone(),
-        cfg.mqtt.port,
+    let (mut sub_rx, sub) = crate::mqtt::subscribe_states(
+        &cfg.mqtt,
+        None,
+        &cfg.gateway.id,
+        &format!("bench-sub-{}", std::process::id()),
     );
-    opts.set_max_packet_size(256 * 1024, 256 * 1024);
-    let (client, mut ev) = AsyncClient::new(opts, 64);
-    let topics = crate::mqtt::Topics::new(&cfg.gateway.id);
-    client
-        .subscribe(topics.state_all(), QoS::AtLeastOnce)
-        .await?;
-    let (rx_tx, mut rx_rx) = mpsc::unbounded_channel::<((String, u64), Instant)>();
-    let sub = tokio::spawn(async move {
-        loop {
-            match ev.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let now = Instant::now();
-                    if let Ok(m) = serde_json::from_slice::<StateMessage>(&p.payload) {
-                        let _ = rx_tx.send(((m.sensor, m.window), now));
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let (obs_tx, mut obs_rx) = mpsc::unbounded_channel::<Observed>();
@@ -276,8 +254,10 @@ pub async fn sensors(n: usize, seconds: f64, mqtt: Option<&str>) -> Result<LoadR
     let _ = std::fs::remove_dir_all(&store);
 
     let mut received: HashMap<(String, u64), Instant> = HashMap::new();
-    while let Ok((k, t)) = rx_rx.try_recv() {
-        received.entry(k).or_insert(t);
+    while let Ok((m, t)) = sub_rx.try_recv() {
+        if let Ok(m) = m {
+            received.entry((m.sensor, m.window)).or_insert(t.into_std());
+        }
     }
     let mut lag = Vec::new();
     let mut lat = Vec::new();

@@ -83,7 +83,7 @@ pub struct Observed {
     pub state: StateMessage,
     /// When the window completed in the DSP stage.
     pub completed: Instant,
-    /// When the state message was handed to the MQTT client.
+    /// When the state message was queued in the outbox (stored and flushed with the window).
     pub published: Instant,
 }
 
@@ -101,6 +101,7 @@ pub struct SensorReport {
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub sensors: BTreeMap<String, SensorReport>,
+    /// State messages queued in the outbox during this run (delivery: `mqtt`).
     pub published: u64,
     pub mqtt: LinkReport,
     pub model: String,
@@ -275,7 +276,6 @@ impl GatewayBuilder {
             .spawn(move || scorer_loop(model, win_rx, scored_tx))
             .map_err(|e| GatewayError::Task(e.to_string()))?;
 
-        // Sink task.
         // Inputs (labels, commands) from MQTT.
         let reload = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let input_task = link.take_incoming().map(|rx| {
@@ -290,6 +290,7 @@ impl GatewayBuilder {
             ))
         });
 
+        // Sink task.
         let sink = tokio::spawn(sink_task(
             scored_rx,
             store.clone(),
@@ -353,6 +354,7 @@ impl GatewayBuilder {
                 r.flagged = counts.1;
             }
         }
+        // The sink flushed its windows; this flush covers labels written by the input task.
         {
             let store = store.clone();
             match tokio::task::spawn_blocking(move || store.flush()).await {
@@ -361,14 +363,12 @@ impl GatewayBuilder {
                 Err(e) => tracing::error!("flushing the store failed: {e}"),
             }
         }
-        let link = Arc::try_unwrap(link)
-            .map_err(|_| GatewayError::Task("MQTT link still shared".into()))?;
+        // `close` takes `&self`: an aborted input task may still hold a clone for a moment.
         let mqtt = link.close(CLOSE_TIMEOUT).await;
         if !mqtt.all_acked {
             tracing::warn!(
-                sent = mqtt.sent,
-                acked = mqtt.acked,
-                "broker did not acknowledge every message before shutdown"
+                pending = mqtt.pending,
+                "broker did not acknowledge everything before shutdown; the undelivered state messages stay in the outbox for the next start"
             );
         }
         drop(store);

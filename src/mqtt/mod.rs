@@ -19,8 +19,10 @@
 //! after a reconnect, which would make "which PUBACK belongs to which outbox entry"
 //! ambiguous. With a new event loop per connection, the n-th QoS 1 publish written is the n-th
 //! one requested, packet ids map to outbox entries exactly, and the outbox alone decides what
-//! is re-sent. Delivery across broker outages is the outbox's job (home-automation
-//! issue).
+//! is re-sent.
+//!
+//! [`client_options`] (host, credentials, TLS) is shared by the link and by
+//! [`subscribe_states`], the read side used by `affectgate demo` and the benchmarks.
 
 pub mod broker;
 pub mod discovery;
@@ -155,6 +157,62 @@ enum Ctl {
         timeout: Duration,
         done: oneshot::Sender<LinkReport>,
     },
+}
+
+/// rumqttc options for `cfg` (host, port, keep-alive, credentials, TLS): the one place that
+/// turns `[mqtt]` into a connection, for the gateway's link and for subscribers alike.
+pub fn client_options(cfg: &MqttConfig, tls: Option<&TlsFiles>, client_id: &str) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
+    o.set_keep_alive(Duration::from_secs(cfg.keep_alive_s.max(5)));
+    o.set_max_packet_size(256 * 1024, 256 * 1024);
+    if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
+        o.set_credentials(u.clone(), p.clone());
+    }
+    if let Some(t) = tls {
+        o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
+            ca: t.ca.clone(),
+            alpn: None,
+            client_auth: t.client.clone(),
+        }));
+    }
+    o
+}
+
+/// Parsed state messages (or `topic: reason`) with their receive time.
+pub type StateFeed = mpsc::UnboundedReceiver<(Result<StateMessage, String>, tokio::time::Instant)>;
+
+/// Subscribe to every sensor's state of `gateway` and deliver each parsed message with its
+/// receive time. Re-subscribes after every reconnect (a clean session forgets
+/// subscriptions). Messages that do not parse are reported as `Err(topic: reason)`.
+pub fn subscribe_states(
+    cfg: &MqttConfig,
+    tls: Option<&TlsFiles>,
+    gateway: &str,
+    client_id: &str,
+) -> (StateFeed, JoinHandle<()>) {
+    let (client, mut ev) = AsyncClient::new(client_options(cfg, tls, client_id), 64);
+    let filter = Topics::new(gateway).state_all();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let now = tokio::time::Instant::now();
+                    let m = serde_json::from_slice::<StateMessage>(&p.payload)
+                        .map_err(|e| format!("{}: unreadable state message: {e}", p.topic));
+                    if tx.send((m, now)).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    });
+    (rx, task)
 }
 
 /// Settings of a link.
@@ -372,27 +430,18 @@ enum Closing {
 
 impl Pump {
     fn mqtt_options(&self) -> MqttOptions {
-        let cfg = &self.opts.mqtt;
-        let mut o = MqttOptions::new(self.opts.client_id.clone(), cfg.host.clone(), cfg.port);
-        o.set_keep_alive(Duration::from_secs(cfg.keep_alive_s.max(5)));
+        let mut o = client_options(
+            &self.opts.mqtt,
+            self.opts.tls.as_ref(),
+            &self.opts.client_id,
+        );
         o.set_last_will(LastWill::new(
             self.topics.status(),
             "offline",
             QoS::AtLeastOnce,
             true,
         ));
-        o.set_max_packet_size(256 * 1024, 256 * 1024);
         o.set_inflight(MAX_INFLIGHT as u16 + 20);
-        if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
-            o.set_credentials(u.clone(), p.clone());
-        }
-        if let Some(t) = &self.opts.tls {
-            o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
-                ca: t.ca.clone(),
-                alpn: None,
-                client_auth: t.client.clone(),
-            }));
-        }
         o
     }
 
@@ -412,14 +461,13 @@ impl Pump {
         topic: &str,
         payload: Vec<u8>,
         retain: bool,
-        tag: Option<u64>,
     ) {
         if c.backlog.is_empty()
             && client
                 .try_publish(topic, QoS::AtLeastOnce, retain, payload.clone())
                 .is_ok()
         {
-            c.fifo.push_back(tag);
+            c.fifo.push_back(None);
             return;
         }
         c.backlog.push_back(Pending {
@@ -450,13 +498,13 @@ impl Pump {
 
     fn announce(&mut self, client: &AsyncClient, c: &mut Conn, with_states: bool) {
         for (t, p) in &self.retained {
-            self.request(client, c, t, p.clone(), true, None);
+            self.request(client, c, t, p.clone(), true);
         }
         // Deletions (empty retained payloads) only need to reach the broker once.
         self.retained.retain(|(_, p)| !p.is_empty());
         if with_states {
             for (t, p) in &self.last_state {
-                self.request(client, c, t, p.clone(), false, None);
+                self.request(client, c, t, p.clone(), false);
             }
         }
     }
@@ -541,7 +589,6 @@ impl Pump {
                                     &self.topics.status(),
                                     b"offline".to_vec(),
                                     true,
-                                    None,
                                 );
                                 Closing::Offline(now + Duration::from_secs(2), done)
                             } else {
@@ -625,7 +672,7 @@ impl Pump {
                     msg = ctl.recv() => match msg {
                         Some(Ctl::Retained { topic, payload }) => {
                             if c.connected {
-                                self.request(&client, &mut c, &topic, payload.clone(), true, None);
+                                self.request(&client, &mut c, &topic, payload.clone(), true);
                                 if payload.is_empty() {
                                     self.retained.retain(|(t, _)| *t != topic);
                                 } else {
@@ -638,7 +685,7 @@ impl Pump {
                         }
                         Some(Ctl::Transient { topic, payload }) => {
                             if c.connected {
-                                self.request(&client, &mut c, &topic, payload, false, None);
+                                self.request(&client, &mut c, &topic, payload, false);
                             }
                         }
                         Some(Ctl::Close { timeout, done }) => {
