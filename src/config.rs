@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::dsp::quality::QualityConfig;
 use crate::dsp::PreprocessConfig;
 use crate::infer::Backend;
+use crate::source::ble::BleConfig;
 use crate::source::synthetic::SyntheticConfig;
 
 /// Version of the configuration schema this build reads (`plugin.config_schema`).
@@ -111,6 +112,12 @@ pub enum SourceConfig {
         realtime: bool,
         #[serde(default, rename = "loop")]
         looped: bool,
+    },
+    /// A BLE sensor (Polar H10, Heart Rate service, generic GATT ECG); the table's other keys
+    /// are `BleConfig`.
+    Ble {
+        #[serde(flatten)]
+        ble: BleConfig,
     },
 }
 
@@ -280,6 +287,18 @@ impl Config {
                     format!("{:?}", s.id),
                     "another sensor already has this id".into(),
                 ));
+            }
+            if let SourceConfig::Ble { ble } = &s.source {
+                ble.validate()
+                    .map_err(|e| component(format!("{key}.source"), e))?;
+                if let Some(fs) = ble.ecg_fs_hz() {
+                    self.dsp.validate(fs).map_err(|e| {
+                        component(
+                            format!("dsp (for sensor {:?} at {fs} Hz)", s.id),
+                            e.to_string(),
+                        )
+                    })?;
+                }
             }
             if let SourceConfig::Synthetic { ecg } = &s.source {
                 ecg.validate()

@@ -30,6 +30,20 @@ pub struct RunArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ScanArgs {
+    /// How long to listen for advertisements.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Adapter (`hci0`); default: the first one BlueZ lists.
+    #[arg(long)]
+    pub adapter: Option<String>,
+    /// Mark devices matching this config's BLE sensors (and recognise their generic
+    /// services).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Use this configuration instead of the built-in default (plugin.toml).
     #[arg(long, short)]
@@ -111,6 +125,48 @@ pub fn run(a: RunArgs) -> Result<()> {
             failed.join("\n  ")
         );
     }
+    Ok(())
+}
+
+/// `affectgate scan`.
+pub fn scan(a: ScanArgs) -> Result<()> {
+    use crate::config::SourceConfig;
+    use crate::source::ble::scan;
+    if !(a.seconds.is_finite() && a.seconds > 0.0 && a.seconds <= 3600.0) {
+        bail!("--seconds {}: give 0 < seconds ≤ 3600", a.seconds);
+    }
+    let sensors: Vec<(String, crate::source::ble::BleConfig)> = match &a.config {
+        Some(path) => Config::load(path)?
+            .sensors
+            .into_iter()
+            .filter_map(|s| match s.source {
+                SourceConfig::Ble { ble } => Some((s.id, ble)),
+                _ => None,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let bar = indicatif::ProgressBar::new(100).with_style(
+        indicatif::ProgressStyle::with_template("scanning {bar:30} {elapsed}")
+            .expect("static template"),
+    );
+    let rt = runtime()?;
+    let devices = rt.block_on(scan::scan(a.adapter.as_deref(), a.seconds, &sensors, |f| {
+        bar.set_position((f * 100.0) as u64)
+    }));
+    bar.finish_and_clear();
+    let devices = devices?;
+    print!("{}", scan::render(&devices));
+    let readable = devices.iter().filter(|d| !d.profiles.is_empty()).count();
+    println!(
+        "{} device(s), {readable} with a profile affectgate reads{}",
+        devices.len(),
+        if readable > 0 {
+            ". Add one to the config: [[sensors]] id = \"chest\", source = { kind = \"ble\", profile = \"polar_pmd\", address = \"<ADDRESS>\" }"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }
 
@@ -260,10 +316,15 @@ fn print_report(r: &RunReport) {
     println!("stopped cleanly. model {}", r.model);
     for (id, s) in &r.sensors {
         println!(
-            "  {id:<12} windows {:>5}  scored {:>5}  flagged {:>5}{}",
+            "  {id:<12} windows {:>5}  scored {:>5}  flagged {:>5}{}{}",
             s.windows,
             s.scored,
             s.flagged,
+            if s.hr_summaries > 0 {
+                format!("  heart-rate summaries {}", s.hr_summaries)
+            } else {
+                String::new()
+            },
             s.error
                 .as_ref()
                 .map(|e| format!("  ERROR: {e}"))

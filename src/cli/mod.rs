@@ -45,6 +45,8 @@ pub enum Command {
     Demo(gateway::DemoArgs),
     /// Inspect or export the window store.
     Store(gateway::StoreArgs),
+    /// List nearby BLE devices: name, address, RSSI and the profiles this gateway can read.
+    Scan(gateway::ScanArgs),
     /// Self-supervised pretraining (signal-transformation recognition) on unlabelled ECG.
     Pretrain(PretrainArgs),
     /// Train emotion heads on a frozen pretrained encoder from a labelled manifest.
@@ -267,6 +269,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => gateway::run(a),
         Command::Demo(a) => gateway::demo(a),
         Command::Store(a) => gateway::store(a),
+        Command::Scan(a) => gateway::scan(a),
         Command::Pretrain(a) => pretrain(a),
         Command::Finetune(a) => finetune(a),
         Command::Eval(a) => eval(a),

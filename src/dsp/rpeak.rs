@@ -45,14 +45,25 @@ pub fn hrv(peaks: &[usize], fs: f64) -> Option<HrvStats> {
     if !(fs.is_finite() && fs > 0.0) || peaks.len() < 3 {
         return None;
     }
+    let rr: Vec<f64> = peaks
+        .windows(2)
+        .map(|w| (w[1] as f64 - w[0] as f64) * 1000.0 / fs)
+        .collect();
+    hrv_from_rr(&rr)
+}
+
+/// HR / RMSSD / SDNN from consecutive RR intervals in ms — the same rules as [`hrv`], for
+/// sensors that report RR intervals themselves (the Heart Rate service, 0x2A37). `n_beats` is
+/// `rr.len() + 1`.
+pub fn hrv_from_rr(rr_ms: &[f64]) -> Option<HrvStats> {
+    let ok = |rr: f64| (RR_MIN_MS..=RR_MAX_MS).contains(&rr);
     let mut n_ok = 0usize;
     let mut sum = 0.0;
     let mut sum_sq_diff = 0.0;
     let mut n_diff = 0usize;
     let mut prev: Option<f64> = None;
-    for w in peaks.windows(2) {
-        let rr = (w[1] as f64 - w[0] as f64) * 1000.0 / fs;
-        if (RR_MIN_MS..=RR_MAX_MS).contains(&rr) {
+    for &rr in rr_ms {
+        if ok(rr) {
             n_ok += 1;
             sum += rr;
             if let Some(p) = prev {
@@ -68,18 +79,16 @@ pub fn hrv(peaks: &[usize], fs: f64) -> Option<HrvStats> {
         return None;
     }
     let mean = sum / n_ok as f64;
-    let mut ss = 0.0;
-    for w in peaks.windows(2) {
-        let rr = (w[1] as f64 - w[0] as f64) * 1000.0 / fs;
-        if (RR_MIN_MS..=RR_MAX_MS).contains(&rr) {
-            ss += (rr - mean) * (rr - mean);
-        }
-    }
+    let ss: f64 = rr_ms
+        .iter()
+        .filter(|&&rr| ok(rr))
+        .map(|rr| (rr - mean) * (rr - mean))
+        .sum();
     Some(HrvStats {
         hr_bpm: 60_000.0 / mean,
         rmssd_ms: (sum_sq_diff / n_diff as f64).sqrt(),
         sdnn_ms: (ss / (n_ok - 1) as f64).sqrt(),
-        n_beats: peaks.len(),
+        n_beats: rr_ms.len() + 1,
     })
 }
 

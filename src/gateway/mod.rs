@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use self::sensor::{ProcessedWindow, SensorPipeline};
+use self::sensor::{BeatSummary, HrSummary, ProcessedWindow, SensorPipeline};
 use crate::config::Config;
 use crate::dsp::WINDOW_LEN;
 use crate::infer::{InferError, Model};
@@ -93,6 +93,8 @@ pub struct SensorReport {
     pub windows: u64,
     pub scored: u64,
     pub flagged: u64,
+    /// Heart-rate-only summaries published (sensors without ECG).
+    pub hr_summaries: u64,
     /// The source's error, if it stopped with one.
     pub error: Option<String>,
 }
@@ -258,13 +260,24 @@ impl GatewayBuilder {
         let (scored_tx, scored_rx) = mpsc::channel::<ScoredWindow>(WINDOW_QUEUE);
 
         // Sensors: one source task + one DSP task each.
+        let hr_pub = HrPublisher {
+            outbox: outbox.clone(),
+            heads: model.head_names().to_vec(),
+            period_ns: (WINDOW_LEN as f64 / crate::dsp::WINDOW_FS * 1e9) as i64,
+        };
         let mut sensor_tasks = Vec::new();
         for src in sources {
             let id = src.sensor_id().to_string();
             let (tx, rx) = mpsc::channel::<SourceEvent>(SOURCE_QUEUE);
             let src_task = tokio::spawn(src.run(tx, stop.child_token()));
             let pipe = SensorPipeline::new(&id, cfg.dsp.clone(), cfg.quality.clone());
-            let dsp_task = tokio::spawn(sensor_task(pipe, rx, win_tx.clone(), link.clone()));
+            let dsp_task = tokio::spawn(sensor_task(
+                pipe,
+                rx,
+                win_tx.clone(),
+                link.clone(),
+                hr_pub.clone(),
+            ));
             sensor_tasks.push((id, src_task, dsp_task));
         }
         drop(win_tx);
@@ -391,14 +404,45 @@ pub fn model_version(path: &Path, sha256: &str) -> String {
     format!("{stem}@{}", &sha256[..sha256.len().min(8)])
 }
 
+/// Where heart-rate-only summaries go (they bypass the scorer: there is nothing to score).
+#[derive(Clone)]
+struct HrPublisher {
+    outbox: crate::store::outbox::Outbox,
+    heads: Vec<String>,
+    period_ns: i64,
+}
+
+impl HrPublisher {
+    fn publish(&self, link: &MqttLink, sensor: &str, s: &HrSummary) {
+        let msg = StateMessage {
+            time: rfc3339_ms(s.end_ns),
+            window_start_ms: s.start_ns.div_euclid(1_000_000),
+            window: s.index,
+            sensor: sensor.to_string(),
+            scores: self.heads.iter().map(|h| (h.clone(), None)).collect(),
+            hr_bpm: s.hr_bpm,
+            rmssd_ms: s.hrv.map(|h| h.rmssd_ms as f32),
+            sdnn_ms: s.hrv.map(|h| h.sdnn_ms as f32),
+            quality: s.quality.to_string(),
+            model: "none".into(),
+        };
+        let payload = serde_json::to_vec(&msg).expect("state message serialises");
+        match self.outbox.push(&link.topics().state(sensor), &payload) {
+            Ok(_) => link.wake(),
+            Err(e) => tracing::error!(sensor, "queueing the heart-rate message failed: {e}"),
+        }
+    }
+}
+
 async fn sensor_task(
     mut pipe: SensorPipeline,
     mut rx: mpsc::Receiver<SourceEvent>,
     tx: mpsc::Sender<ProcessedWindow>,
     link: Arc<MqttLink>,
+    hr: HrPublisher,
 ) -> SensorReport {
     let avail = link.topics().availability(pipe.sensor());
-    let rep = sensor_loop(&mut pipe, &mut rx, &tx, &link, &avail).await;
+    let rep = sensor_loop(&mut pipe, &mut rx, &tx, &link, &avail, &hr).await;
     link.retain(avail, b"offline".to_vec());
     rep
 }
@@ -409,11 +453,19 @@ async fn sensor_loop(
     tx: &mpsc::Sender<ProcessedWindow>,
     link: &MqttLink,
     avail: &str,
+    hr: &HrPublisher,
 ) -> SensorReport {
     let mut rep = SensorReport::default();
     let mut out = Vec::new();
+    let mut beats = BeatSummary::new(hr.period_ns);
     while let Some(ev) = rx.recv().await {
         match ev {
+            SourceEvent::Beats(b) => {
+                if let Some(s) = beats.push(&b) {
+                    rep.hr_summaries += 1;
+                    hr.publish(link, pipe.sensor(), &s);
+                }
+            }
             SourceEvent::Block(b) => {
                 if let Err(e) = pipe.push(&b, &mut out) {
                     // A configuration that does not fit this sensor's rate (e.g. a notch
@@ -436,6 +488,7 @@ async fn sensor_loop(
                 tracing::warn!(sensor = %pipe.sensor(), reason, "sensor disconnected");
                 link.retain(avail.to_string(), b"offline".to_vec());
                 pipe.gap();
+                beats.gap();
             }
             SourceEvent::End => pipe.finish(&mut out),
         }

@@ -1,4 +1,5 @@
-//! The two live sources that need no hardware, both behind [`super::Source`]:
+//! The two live sources that need no hardware, both behind [`super::Source`], and the
+//! config → source mapping ([`from_config`]) that also builds BLE sources ([`super::ble`]):
 //!
 //! * [`SyntheticSource`] — ECGSYN ([`super::synthetic`]) paced in real time, 250 ms blocks.
 //!   Block times come from the sample count (`start + n / fs`), not from the wall clock at
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::ble::BleSource;
 use super::file::read_recording;
 use super::synthetic::{SyntheticConfig, SyntheticEcg};
 use super::{Block, Source, SourceError, SourceEvent, SourceFuture};
@@ -51,6 +53,7 @@ pub fn from_config(sensor: &SensorConfig, base_dir: &Path) -> Box<dyn Source> {
             realtime: *realtime,
             looped: *looped,
         }),
+        SourceConfig::Ble { ble } => Box::new(BleSource::new(&sensor.id, ble.clone())),
     }
 }
 

@@ -41,11 +41,26 @@ pub struct Block {
     pub gap_before: bool,
 }
 
+/// Heart beats reported by a sensor that has no ECG (the Heart Rate service, 0x2A37).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Beats {
+    /// When the report arrived, ns since the Unix epoch (gateway clock).
+    pub t_ns: i64,
+    /// The sensor's own heart rate; `None` when it reported 0.
+    pub hr_bpm: Option<f32>,
+    /// RR intervals since the previous report, ms (0–9 per report).
+    pub rr_ms: Vec<f32>,
+    /// Skin contact, when the sensor detects it.
+    pub contact: Option<bool>,
+}
+
 /// What a source reports.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceEvent {
     /// Samples.
     Block(Block),
+    /// Heart rate and RR intervals without ECG (published as HR/HRV, never windowed).
+    Beats(Beats),
     /// The sensor is delivering (after start or a reconnect).
     Connected,
     /// The link dropped; the next block will carry `gap_before`.

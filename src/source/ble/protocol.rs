@@ -125,6 +125,8 @@ pub enum ProtocolError {
         "heart rate measurement: {len} RR bytes is not a multiple of 2 (RR intervals are u16 LE)"
     )]
     RaggedRr { len: usize },
+    #[error("generic ECG notification: {len} bytes is not a whole number of {format} samples")]
+    RaggedGeneric { len: usize, format: SampleFormat },
     #[error("PMD control point: opcode {op_code} on measurement type {measurement_type} failed: {status}")]
     CommandFailed {
         op_code: u8,
@@ -593,6 +595,93 @@ pub fn encode_heart_rate(hr: &HeartRate, sixteen_bit: bool) -> Vec<u8> {
     for &ms in &hr.rr_ms {
         let raw = (f64::from(ms) * 1.024).round().clamp(0.0, 65535.0) as u16;
         out.extend_from_slice(&raw.to_le_bytes());
+    }
+    out
+}
+
+// ---- Generic GATT ECG (DIY boards): bare samples, format from the config.
+
+/// Sample encoding of a generic GATT ECG characteristic: signed integers, 16 or 24 bits, either
+/// byte order, packed back to back with no header (config `format = "i16le"` …).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SampleFormat {
+    I16le,
+    I16be,
+    I24le,
+    I24be,
+}
+
+impl SampleFormat {
+    /// Bytes per sample.
+    pub fn width(self) -> usize {
+        match self {
+            Self::I16le | Self::I16be => 2,
+            Self::I24le | Self::I24be => 3,
+        }
+    }
+
+    /// Largest representable value (smallest is `-max - 1`).
+    pub fn max(self) -> i32 {
+        if self.width() == 2 {
+            i16::MAX as i32
+        } else {
+            SAMPLE_MAX
+        }
+    }
+}
+
+impl fmt::Display for SampleFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::I16le => "i16le",
+            Self::I16be => "i16be",
+            Self::I24le => "i24le",
+            Self::I24be => "i24be",
+        })
+    }
+}
+
+/// Decode one generic notification into µV (`raw × scale_uv`), appended to `out`. A length
+/// that is not a whole number of samples is an error (a torn packet is dropped whole: its
+/// sample boundaries are unknown).
+pub fn decode_samples(
+    data: &[u8],
+    format: SampleFormat,
+    scale_uv: f32,
+    out: &mut Vec<f32>,
+) -> Result<usize, ProtocolError> {
+    let w = format.width();
+    if !data.len().is_multiple_of(w) {
+        return Err(ProtocolError::RaggedGeneric {
+            len: data.len(),
+            format,
+        });
+    }
+    out.reserve(data.len() / w);
+    for b in data.chunks_exact(w) {
+        let raw = match format {
+            SampleFormat::I16le => i16::from_le_bytes([b[0], b[1]]) as i32,
+            SampleFormat::I16be => i16::from_be_bytes([b[0], b[1]]) as i32,
+            SampleFormat::I24le => i32::from_le_bytes([0, b[0], b[1], b[2]]) >> 8,
+            SampleFormat::I24be => i32::from_be_bytes([b[0], b[1], b[2], 0]) >> 8,
+        };
+        out.push(raw as f32 * scale_uv);
+    }
+    Ok(data.len() / w)
+}
+
+/// Encode raw sample values (simulator, tests); values outside the format's range saturate.
+pub fn encode_samples(raw: &[i32], format: SampleFormat) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() * format.width());
+    for &v in raw {
+        let v = v.clamp(-format.max() - 1, format.max());
+        match format {
+            SampleFormat::I16le => out.extend_from_slice(&(v as i16).to_le_bytes()),
+            SampleFormat::I16be => out.extend_from_slice(&(v as i16).to_be_bytes()),
+            SampleFormat::I24le => out.extend_from_slice(&v.to_le_bytes()[..3]),
+            SampleFormat::I24be => out.extend_from_slice(&v.to_be_bytes()[1..]),
+        }
     }
     out
 }
@@ -1196,6 +1285,76 @@ mod tests {
         let (mut x, mut c) = (Xs(29), PolarClock::new(ECG_NOMINAL_FS_HZ));
         for _ in 0..3000 {
             let _ = c.frame(x.next(), x.below(300) as usize, x.next() as i64); // garbage: no panic
+        }
+    }
+
+    #[test]
+    fn golden_generic_samples() {
+        let mut out = Vec::new();
+        // -2, 258 in every layout.
+        let cases = [
+            (SampleFormat::I16le, "FEFF0201"),
+            (SampleFormat::I16be, "FFFE0102"),
+            (SampleFormat::I24le, "FEFFFF020100"),
+            (SampleFormat::I24be, "FFFFFE000102"),
+        ];
+        for (fmt, bytes) in cases {
+            out.clear();
+            assert_eq!(decode_samples(&hex(bytes), fmt, 0.5, &mut out), Ok(2));
+            assert_eq!(out, vec![-1.0, 129.0], "{fmt}");
+            assert_eq!(encode_samples(&[-2, 258], fmt), hex(bytes));
+        }
+        // Extremes and saturation.
+        assert_eq!(encode_samples(&[1 << 20], SampleFormat::I16le), hex("FF7F"));
+        assert_eq!(
+            encode_samples(&[-(1 << 30)], SampleFormat::I24be),
+            hex("800000")
+        );
+        out.clear();
+        decode_samples(&hex("000080"), SampleFormat::I24le, 1.0, &mut out).unwrap();
+        assert_eq!(out, vec![SAMPLE_MIN as f32]);
+        // A torn packet is an error naming the format; nothing is appended.
+        out.clear();
+        assert_eq!(
+            err(decode_samples(
+                &hex("0102030405"),
+                SampleFormat::I24le,
+                1.0,
+                &mut out
+            )),
+            "generic ECG notification: 5 bytes is not a whole number of i24le samples"
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn generic_samples_round_trip() {
+        let mut x = Xs(23);
+        let formats = [
+            SampleFormat::I16le,
+            SampleFormat::I16be,
+            SampleFormat::I24le,
+            SampleFormat::I24be,
+        ];
+        let mut out = Vec::new();
+        for i in 0..4000 {
+            let fmt = formats[i % 4];
+            let span = 2 * (fmt.max() as u64 + 1);
+            let raw: Vec<i32> = (0..x.below(60))
+                .map(|_| (x.below(span) as i64 - (fmt.max() as i64 + 1)) as i32)
+                .collect();
+            let bytes = encode_samples(&raw, fmt);
+            out.clear();
+            assert_eq!(decode_samples(&bytes, fmt, 1.0, &mut out), Ok(raw.len()));
+            let back: Vec<i32> = out.iter().map(|&v| v as i32).collect();
+            assert_eq!(back, raw, "{fmt}");
+            // Random bytes: a whole number of samples decodes, anything else is an error.
+            let junk = x.bytes(40);
+            out.clear();
+            assert_eq!(
+                decode_samples(&junk, fmt, 1.0, &mut out).is_ok(),
+                junk.len() % fmt.width() == 0
+            );
         }
     }
 }
