@@ -134,6 +134,7 @@ class Session:
         self.hr: list[tuple[int, int, list[float]]] = []
         self.t_connect = 0.0
         self.t_first = None
+        self.t_last = None
         self.t_disconnect = None
 
 
@@ -164,6 +165,7 @@ class Checker:
         now = time.monotonic()
         if s.t_first is None:
             s.t_first = now
+        s.t_last = now
         ts, samples = decode_ecg(bytes(data))
         s.frames.append((now, ts, samples))
 
@@ -171,12 +173,15 @@ class Checker:
         s = self.sessions[-1]
         if s.t_first is None and self.args.profile == "hr":
             s.t_first = time.monotonic()
+        if self.args.profile == "hr":
+            s.t_last = time.monotonic()
         s.hr.append(decode_hr(bytes(data)))
 
     def on_generic(self, _c, data: bytearray) -> None:
         s = self.sessions[-1]
         if s.t_first is None:
             s.t_first = time.monotonic()
+        s.t_last = time.monotonic()
         s.generic.extend(decode_generic(bytes(data), self.args.generic_format))
         s.generic_notifications += 1
 
@@ -358,10 +363,10 @@ class Checker:
             self.analyse_generic()
 
     def _rate(self, s: Session, n: int) -> Optional[float]:
-        if s.t_first is None:
+        # n items arrived between the first and the last arrival: n-1 intervals
+        if s.t_first is None or s.t_last is None or n < 2:
             return None
-        end = s.t_disconnect or time.monotonic()
-        return round(n / max(end - s.t_first, 1e-6), 2)
+        return round((n - 1) / max(s.t_last - s.t_first, 1e-6), 2)
 
     def analyse_pmd(self) -> None:
         S, fail = self.summary, self.fail

@@ -391,7 +391,18 @@ class Adapter1(DbusInterfaceCommonAsync, interface_name="org.bluez.Adapter1"):
         raise NotImplementedError
 
 
+class BluezooPatches1(DbusInterfaceCommonAsync, interface_name="com.affectgate.BluezooPatches1"):
+
+    @dbus_property_async("as")
+    def Patches(self) -> list[str]:
+        raise NotImplementedError
+
+
 class Device1(DbusInterfaceCommonAsync, interface_name="org.bluez.Device1"):
+
+    @dbus_property_async("b")
+    def Connected(self) -> bool:
+        raise NotImplementedError
 
     @dbus_method_async()
     async def Disconnect(self) -> None:
@@ -643,6 +654,9 @@ class FakeSensor:
         return objs
 
     def adv_uuids(self) -> list[str]:
+        if self.args.adv_uuids is not None:
+            return [uuid16(int(u, 16)) if len(u) <= 4 else u.lower()
+                    for u in self.args.adv_uuids.split(",") if u]
         if self.profile == "pmd":
             return [HR_SERVICE, PMD_SERVICE]
         if self.profile == "hr":
@@ -707,10 +721,24 @@ class FakeSensor:
         await self.adv_mgr.RegisterAdvertisement(ADV_PATH, {})
         self.adv_registered = True
 
+        self.bluezoo_patches = await self._bluezoo_patches()
+        if "reconnect" not in self.bluezoo_patches:
+            msg = ("org.bluez is plain BlueZoo: a central cannot reconnect after a "
+                   "disconnect (EEXIST on Connect); run tests/ble_sim/bluezoo_fixed.py instead")
+            log.warning("%s", msg)
+            emit("warning", message=msg)
+
         emit("ready", address=self.address, name=self.args.name, adapter=self.args.adapter,
              profile=self.profile, speed=self.args.speed, csv=str(self.rec.path),
              csv_rows=self.rec.n, csv_row=self.pos, sample_rate_hz=round(self.rec.sample_rate, 3),
-             service_uuids=self.adv_uuids())
+             service_uuids=self.adv_uuids(), bluezoo_patches=self.bluezoo_patches)
+
+    async def _bluezoo_patches(self) -> list[str]:
+        try:
+            proxy = BluezooPatches1.new_proxy("org.bluez", "/org/bluezoo/affectgate")
+            return list(await asyncio.wait_for(proxy.Patches.get_async(), 2.0))
+        except Exception:  # noqa: BLE001 - plain BlueZoo
+            return []
 
     async def shutdown(self) -> None:
         if self.streaming:
@@ -719,6 +747,12 @@ class FakeSensor:
             self.pending_start.cancel()
         if self.player:
             self.player.cancel()
+        # Like switching the sensor off: the central sees the link go down.
+        if self.connected_peers:
+            try:
+                await asyncio.wait_for(self._disconnect_centrals(), 2.0)
+            except Exception as e:  # noqa: BLE001
+                log.warning("disconnect on shutdown failed: %s", e)
         for coro, what in ((self._unregister_adv, "advertisement"),
                            (self._unregister_app, "application")):
             try:
@@ -776,8 +810,13 @@ class FakeSensor:
         self.watched_devices[path] = await bus.match_signal_async(
             "org.bluez", path, "org.freedesktop.DBus.Properties", "PropertiesChanged",
             on_changed)
-        if props.get("Connected", ("b", False))[1]:
-            self._on_device_connected(path, True)
+        # The device may have connected between InterfacesAdded and our match
+        # being installed: read the current state now that no change can be missed.
+        try:
+            connected = await Device1.new_proxy("org.bluez", path).Connected.get_async()
+        except Exception:  # noqa: BLE001 - removed meanwhile
+            connected = bool(props.get("Connected", ("b", False))[1])
+        self._on_device_connected(path, bool(connected))
 
     def _on_device_connected(self, path: str, connected: bool) -> None:
         peer = path.rsplit("dev_", 1)[-1].replace("_", ":")
@@ -790,17 +829,21 @@ class FakeSensor:
             log.info("central %s disconnected", peer)
             emit("disconnected", peer=peer)
             if not self.connected_peers:
+                self._stop_all("disconnected")
                 self.spawn(self._on_link_lost("disconnected"))
 
-    async def _on_link_lost(self, reason: str) -> None:
-        """What the real sensor does when the link goes away: stop everything and
-        forget the subscriptions (BlueZoo does not call StopNotify for us)."""
+    def _stop_all(self, reason: str) -> None:
         if self.pending_start:
             self.pending_start.cancel()
             self.pending_start = None
             emit("start_cancelled", reason=reason)
         if self.streaming:
             self._stop_primary(reason)
+
+    async def _on_link_lost(self, reason: str) -> None:
+        """What the real sensor does when the link goes away: stop everything and
+        forget the subscriptions (plain BlueZoo never calls StopNotify for us)."""
+        self._stop_all(reason)
         for c in self.chars:
             await c.reset_notifying()
         self.wake.set()
@@ -1144,6 +1187,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--generic-scale-uv", type=float, default=1.0,
                    help="µV per LSB of the generic stream")
     p.add_argument("--generic-samples", type=int, default=20, help="samples per notification")
+    p.add_argument("--adv-uuids", default=None,
+                   help="comma-separated service UUIDs to advertise instead of the profile's "
+                        "default (e.g. '180d' to mimic a real H10, which does not advertise "
+                        "the PMD service); '' advertises none")
     p.add_argument("--appearance", type=lambda s: int(s, 0), default=APPEARANCE_HEART_RATE_SENSOR,
                    help="advertised GAP appearance (-1: none)")
     p.add_argument("--battery", type=int, default=87, help="battery level %% (0x2A19)")
@@ -1165,12 +1212,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 async def amain(args: argparse.Namespace) -> int:
-    if args.bus:
-        bus = sdbus.sd_bus_open_system() if args.bus == "system" else None
-        if bus is None:
-            os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = args.bus
-            bus = sdbus.sd_bus_open_system()
+    if args.bus == "session":
+        bus = sdbus.sd_bus_open_user()
     else:
+        if args.bus and args.bus != "system":
+            # sd-bus reads the system bus address from the environment
+            os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = args.bus
         bus = sdbus.sd_bus_open_system()
     sdbus.set_default_bus(bus)
 

@@ -774,6 +774,12 @@ impl PolarClock {
         self.fs_hz
     }
 
+    /// The rate comes from timestamps (else it is still the nominal rate). Kept across
+    /// [`reset`](Self::reset).
+    pub fn is_estimated(&self) -> bool {
+        self.estimated
+    }
+
     /// Time one frame from its timestamp (= its last sample), sample count and gateway receive
     /// time. A frame without samples changes nothing (its timestamp belongs to no sample): it
     /// gets `t0 = rx`, no gap.

@@ -32,6 +32,8 @@ const CP_TIMEOUT: Duration = Duration::from_secs(5);
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the scan looks at the devices BlueZ has seen.
 const SCAN_POLL: Duration = Duration::from_millis(250);
+/// PMD frames held back (at most) until the sensor's rate is estimated, see [`Feed::warm`].
+const WARM_MAX_FRAMES: usize = 64;
 /// Generic GATT ECG: re-anchor (with a gap) when the sample-count clock and the receive clock
 /// disagree by more than this.
 const GENERIC_REANCHOR_NS: i64 = 1_000_000_000;
@@ -88,6 +90,16 @@ struct Feed {
     bad_frames: u64,
     /// This session delivered data (resets the back-off).
     delivered: bool,
+    /// PMD frames of the first ~2 s after the first connect, held until the clock has
+    /// estimated the strap's true rate (≈130.1 Hz, not 130): handing them over at the nominal
+    /// rate would make the gateway rebuild its filters 2 s later (a 0.1 % rate change) and lose
+    /// the first window's worth of signal. The estimate survives reconnects, so later
+    /// connects pass frames straight through.
+    warm: Vec<Block>,
+    /// Sensor timestamp of the last PMD frame: a frame repeating it is a duplicate delivery
+    /// (a re-subscription racing the old one) and is skipped, not treated as a gap.
+    last_ts: Option<u64>,
+    duplicates: u64,
 }
 
 impl Feed {
@@ -159,6 +171,9 @@ pub(super) async fn run(
         dropped_blocks: 0,
         bad_frames: 0,
         delivered: false,
+        warm: Vec::new(),
+        last_ts: None,
+        duplicates: 0,
     };
     let mut backoff = Backoff::new(
         Duration::from_secs_f64(cfg.backoff_initial_s),
@@ -172,6 +187,8 @@ pub(super) async fn run(
         attempt += 1;
         st.delivered = false;
         st.gap = true;
+        st.warm.clear();
+        st.last_ts = None;
         st.clock.reset();
         let res = session(&cfg, &mut st, &stop).await;
         let reason = match res {
@@ -596,14 +613,30 @@ async fn pmd(
         let rx = now_ns();
         match protocol::parse_pmd_frame(&n.value) {
             Ok(f) if f.samples_uv.is_empty() => {}
+            Ok(f) if st.last_ts == Some(f.sensor_ts_ns) => {
+                st.duplicates += 1;
+                if st.duplicates.is_power_of_two() {
+                    tracing::debug!(sensor = %st.sensor, duplicates = st.duplicates, "duplicate PMD frame skipped");
+                }
+            }
             Ok(f) => {
+                st.last_ts = Some(f.sensor_ts_ns);
                 let t = st.clock.frame(f.sensor_ts_ns, f.samples_uv.len(), rx);
-                st.block(Block {
+                let b = Block {
                     t0_ns: t.t0_unix_ns,
                     fs_hz: t.fs_hz,
                     samples_uv: f.samples_f32(),
                     gap_before: t.gap_before,
-                })?;
+                };
+                if !st.clock.is_estimated() && st.warm.len() < WARM_MAX_FRAMES {
+                    st.warm.push(b);
+                    continue;
+                }
+                for mut w in std::mem::take(&mut st.warm) {
+                    w.fs_hz = t.fs_hz;
+                    st.block(w)?;
+                }
+                st.block(b)?;
             }
             Err(e) => st.bad_frame(&e),
         }
