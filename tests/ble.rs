@@ -591,3 +591,196 @@ async fn h10_over_simulated_bluez_end_to_end_with_a_link_drop() {
         "{logtext}"
     );
 }
+
+/// Wait until the strap emitted `event` or `timeout` passed.
+async fn wait_event(sim: &Sim, event: &str, timeout: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if !sim.named(event).is_empty() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Old H10 firmware: no PMD service. A `polar_pmd` sensor falls back to the Heart Rate
+/// service and publishes HR/HRV summaries (no scores, no stored windows) whose heart rate
+/// matches the strap's own RR intervals over the same stretch of the recording.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strap_without_pmd_falls_back_to_heart_rate_summaries() {
+    let (Some(venv), Some(csv)) = (venv(), polar_csv()) else {
+        return;
+    };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let speed = 5.0;
+    let csv_s = csv.to_string_lossy().into_owned();
+    let sim = Sim::start(
+        &venv,
+        &[
+            "--csv",
+            &csv_s,
+            "--profile",
+            "hr",
+            "--speed",
+            &speed.to_string(),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = ble_config(
+        broker.port,
+        dir.path(),
+        "gwhr",
+        "oldstrap",
+        "profile = \"polar_pmd\"\naddress = \"00:aa:bb:cc:dd:ee\"\nadapter = \"hci0\"",
+    );
+    let rec = Recorder::start(broker.port, &["affectgate/gwhr/#"]).await;
+    let log = dir.path().join("gateway.log");
+    let gw = gateway(&sim, &config, &log);
+    let topic = "affectgate/gwhr/oldstrap/state";
+    let got3 = rec
+        .wait_for(Duration::from_secs(60), |m| {
+            m.iter().filter(|m| m.topic == topic).count() >= 3
+        })
+        .await;
+    let (code, stdout) = stop(gw);
+    let logtext = std::fs::read_to_string(&log).unwrap();
+    assert!(got3, "{stdout}\n{logtext}");
+    assert_eq!(code, 0, "{logtext}");
+    assert!(
+        logtext.contains("falling back to the Heart Rate service"),
+        "{logtext}"
+    );
+    assert!(stdout.contains("heart-rate summaries"), "{stdout}");
+
+    let msgs = states(&rec, topic);
+    // Each summary covers 10 s of gateway time = 10 × speed s of the recording, from the
+    // first report on. Expected HR: 60000 / mean of the strap's RR intervals in that span.
+    let (times, _, rr) = device_columns(&csv);
+    let first_rr = rr.iter().position(Option::is_some).unwrap();
+    let span = (10.0 * speed * 1e9) as i64;
+    for m in &msgs {
+        assert_eq!(m.quality, "hr_only", "{m:?}");
+        assert_eq!(m.model, "none");
+        assert_eq!(m.scores.get("arousal"), Some(&None), "never scored: {m:?}");
+        assert!(m.rmssd_ms.is_some() && m.sdnn_ms.is_some(), "{m:?}");
+        let t0 = times[first_rr] + m.window as i64 * span;
+        let want = 60_000.0 / device_hr(&times, &rr, t0, t0 + span).unwrap();
+        let got = m.hr_bpm.unwrap() as f64;
+        eprintln!(
+            "HR-only summary {}: {got:.1} bpm, strap RR {want:.1} bpm",
+            m.window
+        );
+        assert!(
+            (got - want).abs() <= 2.0,
+            "summary {}: {got} vs {want}",
+            m.window
+        );
+    }
+    // No ECG, so nothing was windowed or stored.
+    let cfg = Config::load(&config).unwrap();
+    let store = Store::open(
+        &cfg.store.path,
+        Retention {
+            max_bytes: u64::MAX,
+            max_age_ns: i64::MAX,
+        },
+    )
+    .unwrap();
+    assert_eq!(store.range("oldstrap", i64::MIN, i64::MAX).count(), 0);
+}
+
+/// A DIY board: bare big-endian 24-bit samples at 0.5 µV per count, rate from the config.
+/// The stored windows carry the recording's signal at the right amplitude.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generic_gatt_ecg_board_is_decoded_with_the_configured_format() {
+    let (Some(venv), Some(csv)) = (venv(), polar_csv()) else {
+        return;
+    };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let csv_s = csv.to_string_lossy().into_owned();
+    let sim = Sim::start(
+        &venv,
+        &[
+            "--csv",
+            &csv_s,
+            "--profile",
+            "generic",
+            "--name",
+            "DIY-ECG 01",
+            "--generic-format",
+            "i24be",
+            "--generic-scale-uv",
+            "0.5",
+        ],
+    );
+    let recording = read_recording(&csv, None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = ble_config(
+        broker.port,
+        dir.path(),
+        "gwdiy",
+        "diy",
+        &format!(
+            "profile = \"gatt_ecg\"\nname = \"DIY-ECG*\"\nadapter = \"hci0\"\n[gatt]\nservice_uuid = \"6e400001-b5a3-f393-e0a9-e50e24dcca9e\"\ncharacteristic_uuid = \"6e400003-b5a3-f393-e0a9-e50e24dcca9e\"\nformat = \"i24be\"\nscale_uv = 0.5\nfs_hz = {}",
+            recording.fs_hz
+        ),
+    );
+    let rec = Recorder::start(broker.port, &["affectgate/gwdiy/#"]).await;
+    let log = dir.path().join("gateway.log");
+    let gw = gateway(&sim, &config, &log);
+    let topic = "affectgate/gwdiy/diy/state";
+    // Real time: warm-up 2 s + two 10 s windows.
+    let got = rec
+        .wait_for(Duration::from_secs(60), |m| {
+            m.iter().filter(|m| m.topic == topic).count() >= 2
+        })
+        .await;
+    let (code, _) = stop(gw);
+    let logtext = std::fs::read_to_string(&log).unwrap();
+    assert!(got, "{logtext}");
+    assert_eq!(code, 0, "{logtext}");
+    let start_row = row(&sim.named("stream_start")[0], "csv_row");
+    let cfg = Config::load(&config).unwrap();
+    let offline = windows_from_recording(
+        recording.fs_hz,
+        &recording.samples_uv[start_row..],
+        0,
+        &cfg.dsp,
+    )
+    .unwrap();
+    let store = Store::open(
+        &cfg.store.path,
+        Retention {
+            max_bytes: u64::MAX,
+            max_age_ns: i64::MAX,
+        },
+    )
+    .unwrap();
+    let mut stored: Vec<_> = store
+        .range("diy", i64::MIN, i64::MAX)
+        .map(|w| w.unwrap())
+        .collect();
+    stored.sort_by_key(|w| w.window.index);
+    assert!(stored.len() >= 2, "{}", stored.len());
+    let std = |x: &[f32]| {
+        let m = x.iter().map(|&v| v as f64).sum::<f64>() / x.len() as f64;
+        (x.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / x.len() as f64).sqrt()
+    };
+    for (k, (got, want)) in stored.iter().zip(&offline).enumerate() {
+        let r = (-16i32..=16)
+            .map(|l| shifted_correlation(&got.window.samples, &want.samples, l))
+            .fold(f64::MIN, f64::max);
+        let ratio = std(&got.window.samples) / std(&want.samples);
+        eprintln!("generic window {k}: correlation {r:.4}, amplitude ratio {ratio:.4}");
+        assert!(r > 0.95, "window {k}: {r}");
+        assert!(
+            (ratio - 1.0).abs() < 0.02,
+            "window {k}: amplitude ratio {ratio}"
+        );
+    }
+}
