@@ -12,7 +12,9 @@
 //! source/  where ECG comes from, behind one seam (`source::Source`: an async task pushing
 //!   │      blocks of timestamped µV samples with gap flags into a bounded queue).
 //!   │      `source::file` reads EDF/EDF+, WFDB and CSV recordings (one reader for training,
-//!   │      evaluation and replay); `source::live` runs synthetic (ECGSYN) and replay sensors.
+//!   │      evaluation and replay); `source::live` runs synthetic (ECGSYN) and replay sensors;
+//!   │      `source::ble` reads Polar H10 ECG (PMD), the Heart Rate service and generic GATT
+//!   │      ECG boards through btleplug, reconnecting forever with back-off and a watchdog.
 //! dsp/     biquad high-pass/low-pass/notch → resample to 256 Hz → 10 s `Window`s →
 //!   │      z-score, R-peaks and HR/HRV, quality gate. Streaming with state carried across
 //!   │      blocks, so training and the live gateway run the *same* code.

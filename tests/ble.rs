@@ -1,6 +1,7 @@
 //! BLE end to end with no radio: the real btleplug code path against a simulated BlueZ.
 //!
-//! Each test starts its own private D-Bus daemon, BlueZoo (a BlueZ mock from PyPI: adapters
+//! Each test starts its own private D-Bus daemon, BlueZoo (a BlueZ mock from PyPI, launched
+//! through `tests/ble_sim/bluezoo_fixed.py` which fixes its reconnect handling: adapters
 //! `hci0` for the gateway and `hci1` for the strap) and `tests/ble_sim/fake_h10.py`, which
 //! advertises a Polar H10, answers the PMD control point like one and notifies ECG frames built
 //! from the real recording in ../shared/data/polar-h10. The gateway binary runs as a child with
@@ -79,8 +80,12 @@ impl Sim {
             .unwrap();
         let bus = line.trim().to_string();
         assert!(bus.starts_with("unix:"), "dbus address {bus:?}");
-        let bluezoo = Command::new(venv.join("bin/bluezoo"))
-            .args(["--auto-enable", "-a", "00:11:22:33:44:55", "-a", STRAP])
+        // BlueZoo with the simulator's fixes (clean reconnects, RSSI updates; see
+        // tests/ble_sim/README.md), scanning every second instead of every 10 s.
+        let bluezoo = Command::new(venv.join("bin/python"))
+            .arg(repo().join("tests/ble_sim/bluezoo_fixed.py"))
+            .args(["--auto-enable", "--scan-interval", "1"])
+            .args(["-a", "00:11:22:33:44:55", "-a", STRAP])
             .env("DBUS_SYSTEM_BUS_ADDRESS", &bus)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

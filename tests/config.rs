@@ -119,3 +119,37 @@ fn cli_config_check() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (gateway affectgate, 3 sensors"));
 }
+
+#[test]
+fn ble_sensors_parse_and_bad_ones_name_the_key() {
+    let ble = |src: &str| {
+        shipped().replace(
+            "source = { kind = \"synthetic\", hr_bpm = 62, hrv_sdnn_ms = 70, seed = 1 }",
+            &format!("source = {{ kind = \"ble\", {src} }}"),
+        )
+    };
+    let cfg = Config::parse(
+        &ble("profile = \"polar_pmd\", name = \"Polar H10 *\", watchdog_s = 8"),
+        Path::new("test.toml"),
+    )
+    .unwrap();
+    match &cfg.sensors[0].source {
+        SourceConfig::Ble { ble } => {
+            assert_eq!(ble.watchdog_s, 8.0);
+            assert_eq!(ble.start_timeout_s, 35.0);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let e = err(&ble("profile = \"polar_pmd\", address = \"A0:9E:1A\""));
+    assert!(
+        e.contains("sensors[0].source") && e.contains("six hex pairs"),
+        "{e}"
+    );
+    let e = err(&ble("profile = \"polar_pmd\", name = \"x\", watchdog = 3"));
+    assert!(e.contains("watchdog"), "{e}");
+    let e = err(&ble("profile = \"pmd\", name = \"x\""));
+    assert!(e.contains("pmd") && e.contains("polar_pmd"), "{e}");
+    // A generic board's rate is checked against the filters: notch 50 Hz needs fs > 100 Hz.
+    let e = err(&ble("profile = \"gatt_ecg\", name = \"x\", gatt = { service_uuid = \"180d\", characteristic_uuid = \"2a37\", format = \"i16le\", fs_hz = 90 }"));
+    assert!(e.contains("at 90 Hz"), "{e}");
+}

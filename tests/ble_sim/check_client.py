@@ -516,6 +516,7 @@ def parse_args() -> argparse.Namespace:
     a = p.parse_args()
     if a.csv is None:
         sys.path.insert(0, str(here))
+        sys.dont_write_bytecode = True  # no __pycache__ in the source tree
         from fake_h10 import default_csv  # noqa: E402
         a.csv = default_csv()
     return a

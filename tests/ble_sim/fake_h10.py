@@ -568,6 +568,9 @@ class FakeSensor:
         self.ignored_starts = 0
 
         self.player: Optional[asyncio.Task] = None
+        self.anchor_epoch = 0
+        self.session_delivered = 0
+        self.total_delivered = 0
         self.wake = asyncio.Event()
         self.bg: set[asyncio.Task] = set()
         self.slots: list[Any] = []
@@ -887,6 +890,8 @@ class FakeSensor:
         elif op == PMD_OP_STOP:
             if len(value) < 2:
                 await self.cp_respond(op, mtype, ST_INVALID_PARAMETER)
+            elif mtype == PMD_TYPE_ACC:
+                await self.cp_respond(op, mtype, ST_NOT_SUPPORTED)
             elif mtype != PMD_TYPE_ECG:
                 await self.cp_respond(op, mtype, ST_INVALID_MEASUREMENT_TYPE)
             else:
@@ -987,7 +992,8 @@ class FakeSensor:
             emit("stream_start", csv_row=self.pos, stream=self._stream_name(), ended=True)
             return
         self.streaming = True
-        self.session_frames = self.session_samples = 0
+        self.anchor_epoch += 1
+        self.session_frames = self.session_samples = self.session_delivered = 0
         if self.first_start_row is None:
             self.first_start_row = self.pos
             if self.args.max_s is not None:
@@ -1004,6 +1010,7 @@ class FakeSensor:
         self.streaming = False
         emit("stream_stop", reason=reason, stream=self._stream_name(), csv_row=self.pos,
              frames=self.session_frames, samples=self.session_samples,
+             delivered_frames=self.session_delivered,
              total_frames=self.total_frames, total_samples=self.total_samples)
         log.info("stream stop (%s) at csv row %d: %d frames / %d samples", reason, self.pos,
                  self.session_frames, self.session_samples)
@@ -1015,8 +1022,14 @@ class FakeSensor:
     def _hr_active(self) -> bool:
         return self.hr_char is not None and self.hr_char.notifying
 
+    def _hr_drives(self) -> bool:
+        """Whether HR notifications alone keep the recording running: always for the hr
+        profile; for pmd only with --hr-without-ecg (by default the recording pauses while
+        ECG is stopped, so that ECG resumes exactly where it stopped)."""
+        return self._hr_active() and (self.profile == "hr" or self.args.hr_without_ecg)
+
     def _active(self) -> bool:
-        return not self.ended and (self.streaming or self._hr_active())
+        return not self.ended and (self.streaming or self._hr_drives())
 
     def _kick(self) -> None:
         self.wake.set()
@@ -1034,6 +1047,8 @@ class FakeSensor:
                 await self.hr_char.send(encode_hr(hr, rr))
                 self.hr_sent += 1
                 if self.profile == "hr" and self.streaming:
+                    self.session_delivered += 1
+                    self.total_delivered += 1
                     self.session_frames += 1
                     self.session_samples += len(rr)
                     self.total_frames += 1
@@ -1044,16 +1059,21 @@ class FakeSensor:
         if self.streaming:
             self._stop_primary(reason)
         emit("end", reason=reason, csv_row=self.pos, frames=self.total_frames,
-             samples=self.total_samples, hr_notifications=self.hr_sent)
+             samples=self.total_samples, delivered_frames=self.total_delivered,
+             hr_notifications=self.hr_sent)
         log.info("end of recording (%s)", reason)
 
     async def _play(self) -> None:
         rec, speed = self.rec, self.args.speed
-        anchor_wall = self.loop.time()
-        anchor_rec = rec.t[min(self.pos, rec.n - 1)]
+        epoch = -1
         log.debug("player start at row %d", self.pos)
         while self._active():
             self.wake.clear()
+            if epoch != self.anchor_epoch:
+                # (re)started: the recording's timeline is anchored to the wall clock now
+                epoch = self.anchor_epoch
+                anchor_wall = self.loop.time()
+                anchor_rec = rec.t[min(self.pos, rec.n - 1)]
             target = anchor_rec + (self.loop.time() - anchor_wall) * speed * 1e9
             if self.streaming and self.profile in ("pmd", "generic"):
                 last = self.pos + self.frame_len - 1
@@ -1094,11 +1114,14 @@ class FakeSensor:
         samples = self.rec.uv[first:last + 1]
         if self.profile == "pmd":
             assert self.data_char is not None
-            await self.data_char.send(encode_ecg_frame(self.rec.t[last], samples))
+            sent = await self.data_char.send(encode_ecg_frame(self.rec.t[last], samples))
         else:
             assert self.generic_char is not None
-            await self.generic_char.send(
+            sent = await self.generic_char.send(
                 encode_generic(samples, self.args.generic_format, self.args.generic_scale_uv))
+        if sent:
+            self.session_delivered += 1
+            self.total_delivered += 1
         self.session_frames += 1
         self.session_samples += len(samples)
         self.total_frames += 1
@@ -1176,6 +1199,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="delay the PMD start response and first frame (wall seconds)")
     p.add_argument("--ignore-first-starts", type=int, default=0,
                    help="silently ignore the first K PMD start commands")
+    p.add_argument("--hr-without-ecg", action="store_true",
+                   help="pmd: keep sending HR notifications (and running the recording) while "
+                        "ECG is stopped, like a real H10; by default the recording pauses "
+                        "between ECG streams so ECG resumes exactly where it stopped")
     p.add_argument("--drop-after-s", type=float, default=None,
                    help="drop the link once after this many recording seconds since the first "
                         "start")

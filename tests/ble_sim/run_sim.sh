@@ -61,7 +61,7 @@ trap cleanup EXIT
 trap on_signal INT TERM
 
 # Private bus (a session-type bus that we use as the "system" bus).
-dbus-daemon --session --nofork --nopidfile --print-address=3 3>"$WORK/address" &
+dbus-daemon --session --nofork --nopidfile --print-address=3 3>"$WORK/address" 2>"$LOG_DIR/dbus-daemon.log" &
 DBUS_PID=$!
 for _ in $(seq 100); do [[ -s "$WORK/address" ]] && break; sleep 0.05; done
 ADDR="$(head -n1 "$WORK/address")"

@@ -1,9 +1,11 @@
 //! `affectgate scan`: which BLE devices are in range and which of them this gateway can read.
 //!
-//! Profiles are told from the *advertised* service UUIDs (no connection is made, so scanning
-//! never disturbs a strap another gateway or phone is using). An H10 advertises the Heart Rate
-//! service and, with current firmware, the PMD service; a generic ECG board is recognised only
-//! when a configured `gatt_ecg` sensor names its service.
+//! Profiles are told from the *advertised* service UUIDs and name (no connection is made, so
+//! scanning never disturbs a strap another gateway or phone is using): an H10 advertises the
+//! Heart Rate service and its name "Polar H10 <id>"; whether it also lists the PMD UUID is not
+//! guaranteed, so the name counts (old firmware without PMD then falls back to heart rate when
+//! connected). A generic ECG board is recognised only when a configured `gatt_ecg` sensor
+//! names its service.
 
 use std::time::Duration;
 
@@ -26,10 +28,14 @@ pub struct ScannedDevice {
     pub matches: Vec<String>,
 }
 
-/// Profiles offered by a device advertising `services` (generic services from the config).
-pub fn profiles_of(services: &[Uuid], generic: &[Uuid]) -> Vec<&'static str> {
+/// Profiles offered by a device advertising `services` under `name` (generic services from the
+/// config). An H10 need not put the 128-bit PMD UUID in its advertisement (there is little room
+/// next to the Heart Rate UUID and the name), so the name "Polar H10 …" counts too.
+pub fn profiles_of(name: Option<&str>, services: &[Uuid], generic: &[Uuid]) -> Vec<&'static str> {
     let mut out = Vec::new();
-    if services.contains(&Uuid::from_u128(PMD_SERVICE_UUID)) {
+    if services.contains(&Uuid::from_u128(PMD_SERVICE_UUID))
+        || name.is_some_and(|n| n.starts_with("Polar H10"))
+    {
         out.push(BleProfile::PolarPmd.name());
     }
     if services.contains(&Uuid::from_u128(HEART_RATE_SERVICE_UUID)) {
@@ -72,7 +78,7 @@ pub async fn scan(
             .or(props.advertisement_name.clone());
         let address = p.address().to_string();
         out.push(ScannedDevice {
-            profiles: profiles_of(&props.services, &generic),
+            profiles: profiles_of(name.as_deref(), &props.services, &generic),
             matches: sensors
                 .iter()
                 .filter(|(_, c)| c.matches(&address, name.as_deref()))
