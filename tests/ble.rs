@@ -789,3 +789,139 @@ async fn generic_gatt_ecg_board_is_decoded_with_the_configured_format() {
         );
     }
 }
+
+/// After abrupt link loss BlueZ can re-subscribe without data ever arriving: the strap here
+/// stops delivering notifications while the link stays up. The gateway's watchdog must notice,
+/// drop the link, reconnect, re-subscribe and restart ECG — and the windows on both sides are
+/// exactly the recording's, none spanning the silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_reconnects_a_silent_link() {
+    let (Some(venv), Some(csv)) = (venv(), polar_csv()) else {
+        return;
+    };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let csv_s = csv.to_string_lossy().into_owned();
+    let sim = Sim::start(
+        &venv,
+        &[
+            "--csv",
+            &csv_s,
+            "--speed",
+            "20",
+            "--stall-after-s",
+            "120",
+            "--max-s",
+            "400",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = ble_config(
+        broker.port,
+        dir.path(),
+        "gwwd",
+        "chest",
+        "profile = \"polar_pmd\"\nname = \"Polar H10 *\"\nadapter = \"hci0\"\nwatchdog_s = 2\nbackoff_initial_s = 0.5\nbackoff_max_s = 2",
+    );
+    let rec = Recorder::start(broker.port, &["affectgate/gwwd/#"]).await;
+    let log = dir.path().join("gateway.log");
+    let gw = gateway(&sim, &config, &log);
+    let ended = wait_event(&sim, "end", Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (code, stdout) = stop(gw);
+    let logtext = std::fs::read_to_string(&log).unwrap();
+    assert!(ended, "{:?}\n{logtext}", sim.events());
+    assert_eq!(code, 0, "{stdout}\n{logtext}");
+    assert!(
+        logtext.contains("watchdog: no notification for 2.0 s"),
+        "{logtext}"
+    );
+
+    let stall = &sim.named("stall")[0];
+    let stall_end = &sim.named("stall_end")[0];
+    let starts = sim.named("stream_start");
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    let (stall_row, resume_row, end_row) = (
+        row(stall, "csv_row"),
+        row(&starts[1], "csv_row"),
+        row(&sim.named("end")[0], "csv_row"),
+    );
+    assert!(row(stall_end, "lost_frames") > 0);
+    let recording = read_recording(&csv, None).unwrap();
+    let cfg = Config::load(&config).unwrap();
+    let w = |a: usize, b: usize| {
+        windows_from_recording(recording.fs_hz, &recording.samples_uv[a..b], 0, &cfg.dsp)
+            .unwrap()
+            .len()
+    };
+    let expected = w(0, stall_row) + w(resume_row, end_row);
+    let msgs = states(&rec, "affectgate/gwwd/chest/state");
+    eprintln!(
+        "watchdog: {} windows (expected {expected}); silent from row {stall_row}, resumed at {resume_row}",
+        msgs.len()
+    );
+    assert_eq!(msgs.len(), expected, "{logtext}");
+    let avail: Vec<String> = rec
+        .on("affectgate/gwwd/chest/availability")
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    assert_eq!(avail, vec!["online", "offline", "online", "offline"]);
+}
+
+/// No BlueZ on the bus, or a wrong adapter: `scan` fails with what to do; `run` logs the
+/// error naming the adapter, keeps retrying (bluetoothd may come back) and still shuts down
+/// cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_bluez_or_adapter_is_a_clear_error_not_a_panic() {
+    let out = Command::new(env!("CARGO_BIN_EXE_affectgate"))
+        .args(["scan", "--seconds", "1"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/bus")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot reach BlueZ over D-Bus"), "{stderr}");
+    assert!(stderr.contains("Is bluetoothd running"), "{stderr}");
+
+    let Some(venv) = venv() else {
+        return;
+    };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let sim = Sim::start(&venv, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = ble_config(
+        broker.port,
+        dir.path(),
+        "gwna",
+        "chest",
+        "profile = \"polar_pmd\"\nname = \"Polar H10 *\"\nadapter = \"hci9\"\nbackoff_initial_s = 0.2\nbackoff_max_s = 0.5",
+    );
+    let rec = Recorder::start(broker.port, &["affectgate/gwna/#"]).await;
+    let log = dir.path().join("gateway.log");
+    let gw = gateway(&sim, &config, &log);
+    // The gateway itself is up (status online) while the sensor keeps failing.
+    assert!(
+        rec.wait_for(Duration::from_secs(20), |m| m.iter().any(|m| m.topic
+            == "affectgate/gwna/status"
+            && m.payload == b"online"))
+            .await
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, _) = stop(gw);
+    let logtext = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, 0, "{logtext}");
+    assert!(
+        logtext.contains("adapter \"hci9\" not found; available: hci"),
+        "{logtext}"
+    );
+    assert!(
+        logtext.matches("not found").count() >= 2,
+        "retried: {logtext}"
+    );
+    assert!(!logtext.contains("panicked"), "{logtext}");
+    assert!(rec.on("affectgate/gwna/chest/state").is_empty());
+}

@@ -555,6 +555,9 @@ class FakeSensor:
         self.first_start_row: Optional[int] = None
         self.limit_row = rec.n
         self.dropped = False
+        self.stalled = False
+        self.stall_done = False
+        self.stalled_frames = 0
         self.ended = False
 
         # primary stream (ECG for pmd, raw samples for generic, HR for hr)
@@ -846,6 +849,9 @@ class FakeSensor:
     async def _on_link_lost(self, reason: str) -> None:
         """What the real sensor does when the link goes away: stop everything and
         forget the subscriptions (plain BlueZoo never calls StopNotify for us)."""
+        if self.stalled:
+            self.stalled = False
+            emit("stall_end", csv_row=self.pos, lost_frames=self.stalled_frames)
         self._stop_all(reason)
         for c in self.chars:
             await c.reset_notifying()
@@ -1084,6 +1090,11 @@ class FakeSensor:
                     await self._send_frame(self.pos, last)
                     self.pos = last + 1
                     await self._send_hr_upto(self.pos)
+                    if self._stall_due():
+                        self.stalled = self.stall_done = True
+                        emit("stall", csv_row=self.pos,
+                             recording_s=round(self.rec_s(self.pos - 1), 3))
+                        log.info("stall: frames stop reaching the central at row %d", self.pos)
                     if self._drop_due():
                         await self._drop()
                     continue
@@ -1112,6 +1123,10 @@ class FakeSensor:
 
     async def _send_frame(self, first: int, last: int) -> None:
         samples = self.rec.uv[first:last + 1]
+        if self.stalled:
+            # Produced but never delivered (see --stall-after-s).
+            self.stalled_frames += 1
+            return
         if self.profile == "pmd":
             assert self.data_char is not None
             sent = await self.data_char.send(encode_ecg_frame(self.rec.t[last], samples))
@@ -1126,6 +1141,11 @@ class FakeSensor:
         self.session_samples += len(samples)
         self.total_frames += 1
         self.total_samples += len(samples)
+
+    def _stall_due(self) -> bool:
+        if self.stall_done or self.args.stall_after_s is None or self.first_start_row is None:
+            return False
+        return self.rec_s(self.pos - 1) >= self.args.stall_after_s
 
     def _drop_due(self) -> bool:
         if self.dropped or self.args.drop_after_s is None or self.first_start_row is None:
@@ -1206,6 +1226,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--drop-after-s", type=float, default=None,
                    help="drop the link once after this many recording seconds since the first "
                         "start")
+    p.add_argument("--stall-after-s", type=float, default=None,
+                   help="once, after this many seconds of recording streamed, keep the link "
+                        "and the stream up but deliver no more notifications (a silently "
+                        "failed subscription) until the central drops the link; the frames "
+                        "produced meanwhile are lost")
     p.add_argument("--drop-gap-s", type=float, default=5.0,
                    help="recording seconds lost at the drop")
     p.add_argument("--generic-service", default="6e400001-b5a3-f393-e0a9-e50e24dcca9e")
