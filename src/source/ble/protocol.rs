@@ -1359,7 +1359,7 @@ mod tests {
             out.clear();
             assert_eq!(
                 decode_samples(&junk, fmt, 1.0, &mut out).is_ok(),
-                junk.len() % fmt.width() == 0
+                junk.len().is_multiple_of(fmt.width())
             );
         }
     }

@@ -141,12 +141,20 @@ mod tests {
         let hr = Uuid::from_u128(HEART_RATE_SERVICE_UUID);
         let diy = parse_uuid("6e400001-b5a3-f393-e0a9-e50e24dcca9e").unwrap();
         assert_eq!(
-            profiles_of(&[hr, pmd], &[]),
+            profiles_of(None, &[hr, pmd], &[]),
             vec!["polar_pmd", "heart_rate"]
         );
-        assert_eq!(profiles_of(&[hr], &[]), vec!["heart_rate"]);
-        assert_eq!(profiles_of(&[diy], &[]), Vec::<&str>::new());
-        assert_eq!(profiles_of(&[diy], &[diy]), vec!["gatt_ecg"]);
+        assert_eq!(profiles_of(None, &[hr], &[]), vec!["heart_rate"]);
+        assert_eq!(
+            profiles_of(Some("Polar H10 1A2B3C4D"), &[hr], &[]),
+            vec!["polar_pmd", "heart_rate"]
+        );
+        assert_eq!(
+            profiles_of(Some("Polar OH1 1A"), &[hr], &[]),
+            vec!["heart_rate"]
+        );
+        assert_eq!(profiles_of(None, &[diy], &[]), Vec::<&str>::new());
+        assert_eq!(profiles_of(None, &[diy], &[diy]), vec!["gatt_ecg"]);
         let table = render(&[ScannedDevice {
             address: "00:AA:BB:CC:DD:EE".into(),
             name: Some("Polar H10 1A2B3C4D".into()),

@@ -685,7 +685,7 @@ async fn heart_rate(
             Ok(m) => st.beats(Beats {
                 t_ns: now_ns(),
                 hr_bpm: (m.bpm > 0).then_some(f32::from(m.bpm)),
-                rr_ms: m.rr_ms.iter().map(|&r| r as f32).collect(),
+                rr_ms: m.rr_ms.clone(),
                 contact: m.contact,
             })?,
             Err(e) => st.bad_frame(&e),
