@@ -57,6 +57,8 @@ fn polar_csv() -> Option<PathBuf> {
 }
 
 const STRAP: &str = "00:AA:BB:CC:DD:EE";
+/// A second strap's adapter (`hci2`), for the several-straps test.
+const STRAP_B: &str = "00:12:34:56:78:9A";
 
 /// Private bus + BlueZoo + fake strap; everything killed on drop.
 struct Sim {
@@ -85,7 +87,7 @@ impl Sim {
         let bluezoo = Command::new(venv.join("bin/python"))
             .arg(repo().join("tests/ble_sim/bluezoo_fixed.py"))
             .args(["--auto-enable", "--scan-interval", "1"])
-            .args(["-a", "00:11:22:33:44:55", "-a", STRAP])
+            .args(["-a", "00:11:22:33:44:55", "-a", STRAP, "-a", STRAP_B])
             .env("DBUS_SYSTEM_BUS_ADDRESS", &bus)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -103,11 +105,16 @@ impl Sim {
         sim
     }
 
-    /// Start the fake strap and wait for its `ready` event.
+    /// Start the fake strap on `hci1` and wait for its `ready` event.
     fn fake(&mut self, args: &[&str]) {
+        self.fake_on("hci1", args)
+    }
+
+    /// Start a fake strap on `adapter`; its events carry `"adapter"`.
+    fn fake_on(&mut self, adapter: &str, args: &[&str]) {
         let mut fake = Command::new(self.venv.join("bin/python"))
             .arg(repo().join("tests/ble_sim/fake_h10.py"))
-            .args(["--adapter", "hci1"])
+            .args(["--adapter", adapter])
             .args(args)
             .env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus)
             .stdout(Stdio::piped())
@@ -116,9 +123,11 @@ impl Sim {
             .expect("fake_h10.py");
         let out = fake.stdout.take().unwrap();
         let events = self.events.clone();
+        let tag = adapter.to_string();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if let Ok(mut v) = serde_json::from_str::<Value>(&line) {
+                    v["adapter"] = Value::String(tag.clone());
                     events.lock().unwrap().push(v);
                 }
             }
@@ -127,7 +136,7 @@ impl Sim {
         assert!(
             self.wait(Duration::from_secs(30), |e| e
                 .iter()
-                .any(|v| v["event"] == "ready")),
+                .any(|v| v["event"] == "ready" && v["adapter"] == adapter)),
             "fake strap not ready: {:?}",
             self.events()
         );
@@ -137,10 +146,15 @@ impl Sim {
         self.events.lock().unwrap().clone()
     }
 
+    /// Events of the strap on `hci1`.
     fn named(&self, name: &str) -> Vec<Value> {
+        self.named_on("hci1", name)
+    }
+
+    fn named_on(&self, adapter: &str, name: &str) -> Vec<Value> {
         self.events()
             .into_iter()
-            .filter(|v| v["event"] == name)
+            .filter(|v| v["event"] == name && v["adapter"] == adapter)
             .collect()
     }
 
@@ -178,6 +192,10 @@ unsafe extern "C" {
 
 /// The shipped plugin.toml with one BLE sensor, a broker and a store.
 fn ble_config(port: u16, dir: &Path, gw: &str, sensor: &str, ble: &str) -> PathBuf {
+    ble_config_multi(port, dir, gw, &[(sensor, ble)])
+}
+
+fn ble_config_multi(port: u16, dir: &Path, gw: &str, sensors: &[(&str, &str)]) -> PathBuf {
     let mut cfg = Config::load(&repo().join("plugin.toml")).unwrap();
     cfg.gateway.id = gw.into();
     cfg.mqtt.host = "127.0.0.1".into();
@@ -185,11 +203,15 @@ fn ble_config(port: u16, dir: &Path, gw: &str, sensor: &str, ble: &str) -> PathB
     cfg.mqtt.discovery = false;
     cfg.store.path = dir.join("store");
     cfg.model.path = repo().join("models/affectgate-arousal-v1.onnx");
-    let ble: BleConfig = toml::from_str(ble).expect("ble config");
-    cfg.sensors = vec![SensorConfig {
-        id: sensor.into(),
-        source: SourceConfig::Ble { ble },
-    }];
+    cfg.sensors = sensors
+        .iter()
+        .map(|(id, ble)| SensorConfig {
+            id: id.to_string(),
+            source: SourceConfig::Ble {
+                ble: toml::from_str::<BleConfig>(ble).expect("ble config"),
+            },
+        })
+        .collect();
     let path = dir.join("gw.toml");
     std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
     Config::load(&path).expect("written config validates");
@@ -924,4 +946,94 @@ async fn missing_bluez_or_adapter_is_a_clear_error_not_a_panic() {
     );
     assert!(!logtext.contains("panicked"), "{logtext}");
     assert!(rec.on("affectgate/gwna/chest/state").is_empty());
+}
+
+/// Two straps at once, each in its own task: an H10 streaming ECG (by address) and a
+/// heart-rate-only strap (by name pattern). Each publishes on its own topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_straps_at_once() {
+    let (Some(venv), Some(csv)) = (venv(), polar_csv()) else {
+        return;
+    };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let csv_s = csv.to_string_lossy().into_owned();
+    let mut sim = Sim::start(&venv, &["--csv", &csv_s, "--speed", "20", "--max-s", "200"]);
+    sim.fake_on(
+        "hci2",
+        &[
+            "--csv",
+            &csv_s,
+            "--profile",
+            "hr",
+            "--speed",
+            "5",
+            "--name",
+            "Polar H10 99887766",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = ble_config_multi(
+        broker.port,
+        dir.path(),
+        "gw2",
+        &[
+            (
+                "ecg",
+                "profile = \"polar_pmd\"\naddress = \"00:AA:BB:CC:DD:EE\"\nadapter = \"hci0\"",
+            ),
+            (
+                "hr",
+                "profile = \"heart_rate\"\nname = \"Polar H10 9988*\"\nadapter = \"hci0\"",
+            ),
+        ],
+    );
+    let rec = Recorder::start(broker.port, &["affectgate/gw2/#"]).await;
+    let log = dir.path().join("gateway.log");
+    let gw = gateway(&sim, &config, &log);
+    let ended = wait_event(&sim, "end", Duration::from_secs(90)).await;
+    let hr_topic = "affectgate/gw2/hr/state";
+    let got_hr = rec
+        .wait_for(Duration::from_secs(30), |m| {
+            m.iter().filter(|m| m.topic == hr_topic).count() >= 2
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (code, _) = stop(gw);
+    let logtext = std::fs::read_to_string(&log).unwrap();
+    assert!(ended && got_hr, "{logtext}");
+    assert_eq!(code, 0, "{logtext}");
+    let end_row = row(&sim.named("end")[0], "csv_row");
+    let recording = read_recording(&csv, None).unwrap();
+    let cfg = Config::load(&config).unwrap();
+    let expected = windows_from_recording(
+        recording.fs_hz,
+        &recording.samples_uv[..end_row],
+        0,
+        &cfg.dsp,
+    )
+    .unwrap()
+    .len();
+    let ecg = states(&rec, "affectgate/gw2/ecg/state");
+    assert_eq!(ecg.len(), expected, "{logtext}");
+    assert!(ecg
+        .iter()
+        .all(|m| m.sensor == "ecg" && m.quality != "hr_only"));
+    let hr = states(&rec, hr_topic);
+    assert!(
+        hr.iter()
+            .all(|m| m.sensor == "hr" && m.quality == "hr_only"),
+        "{hr:?}"
+    );
+    for sensor in ["ecg", "hr"] {
+        let a = rec.on(&format!("affectgate/gw2/{sensor}/availability"));
+        assert_eq!(
+            a.first().map(|m| m.payload.as_slice()),
+            Some(&b"online"[..]),
+            "{sensor}"
+        );
+    }
+    // Both straps connected through the same adapter, each from its own task.
+    assert!(sim.named_on("hci2", "connected").len() + sim.named_on("hci2", "notify").len() > 0);
 }

@@ -1299,10 +1299,10 @@ mod tests {
         let mut out = Vec::new();
         // -2, 258 in every layout.
         let cases = [
-            (SampleFormat::I16le, "FEFF0201"),
-            (SampleFormat::I16be, "FFFE0102"),
-            (SampleFormat::I24le, "FEFFFF020100"),
-            (SampleFormat::I24be, "FFFFFE000102"),
+            (SampleFormat::I16le, "FE FF 02 01"),
+            (SampleFormat::I16be, "FF FE 01 02"),
+            (SampleFormat::I24le, "FE FF FF 02 01 00"),
+            (SampleFormat::I24be, "FF FF FE 00 01 02"),
         ];
         for (fmt, bytes) in cases {
             out.clear();
@@ -1311,19 +1311,22 @@ mod tests {
             assert_eq!(encode_samples(&[-2, 258], fmt), hex(bytes));
         }
         // Extremes and saturation.
-        assert_eq!(encode_samples(&[1 << 20], SampleFormat::I16le), hex("FF7F"));
+        assert_eq!(
+            encode_samples(&[1 << 20], SampleFormat::I16le),
+            hex("FF 7F")
+        );
         assert_eq!(
             encode_samples(&[-(1 << 30)], SampleFormat::I24be),
-            hex("800000")
+            hex("80 00 00")
         );
         out.clear();
-        decode_samples(&hex("000080"), SampleFormat::I24le, 1.0, &mut out).unwrap();
+        decode_samples(&hex("00 00 80"), SampleFormat::I24le, 1.0, &mut out).unwrap();
         assert_eq!(out, vec![SAMPLE_MIN as f32]);
         // A torn packet is an error naming the format; nothing is appended.
         out.clear();
         assert_eq!(
             err(decode_samples(
-                &hex("0102030405"),
+                &hex("01 02 03 04 05"),
                 SampleFormat::I24le,
                 1.0,
                 &mut out

@@ -167,9 +167,7 @@ mod tests {
             row.starts_with("00:AA:BB:CC:DD:EE    -58  Polar H10 1A2B3C4D"),
             "{row}"
         );
-        assert!(
-            row.ends_with("polar_pmd, heart_rate          chest"),
-            "{row}"
-        );
+        assert!(row.contains("  polar_pmd, heart_rate  "), "{row}");
+        assert!(row.ends_with("  chest"), "{row}");
     }
 }
