@@ -208,6 +208,14 @@ pub struct RetrainConfig {
     pub enabled: bool,
     pub interval_h: f64,
     pub min_new_windows: usize,
+    /// The gateway's model registry (retrained models, which one serves, the previous one);
+    /// relative to the config file. Default `models-local`.
+    #[serde(default = "default_models_dir")]
+    pub models_dir: PathBuf,
+}
+
+fn default_models_dir() -> PathBuf {
+    PathBuf::from("models-local")
 }
 
 /// Is `s` a valid MQTT/HA id (`[a-zA-Z0-9_-]+`)?

@@ -64,5 +64,6 @@ pub mod gateway;
 pub mod infer;
 pub mod learn;
 pub mod mqtt;
+pub mod retrain;
 pub mod source;
 pub mod store;

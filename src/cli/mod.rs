@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 pub mod gateway;
+pub mod model;
 
 use crate::dsp::PreprocessConfig;
 use crate::infer::{Backend, Model};
@@ -45,6 +46,8 @@ pub enum Command {
     Demo(gateway::DemoArgs),
     /// Inspect or export the window store.
     Store(gateway::StoreArgs),
+    /// The gateway's model registry: list, show, promote, rollback.
+    Model(model::ModelArgs),
     /// List nearby BLE devices: name, address, RSSI and the profiles this gateway can read.
     Scan(gateway::ScanArgs),
     /// Self-supervised pretraining (signal-transformation recognition) on unlabelled ECG.
@@ -270,6 +273,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => gateway::demo(a),
         Command::Store(a) => gateway::store(a),
         Command::Scan(a) => gateway::scan(a),
+        Command::Model(a) => model::model(a),
         Command::Pretrain(a) => pretrain(a),
         Command::Finetune(a) => finetune(a),
         Command::Eval(a) => eval(a),

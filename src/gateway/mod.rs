@@ -37,10 +37,11 @@ use tokio_util::sync::CancellationToken;
 use self::sensor::{BeatSummary, HrSummary, ProcessedWindow, SensorPipeline};
 use crate::config::Config;
 use crate::dsp::WINDOW_LEN;
-use crate::infer::{InferError, Model};
+use crate::infer::{Backend, InferError, Model};
 use crate::mqtt::discovery::{self, DiscoveryInput};
 use crate::mqtt::inputs::{self, Command, Input};
 use crate::mqtt::{rfc3339_ms, LinkOptions, LinkReport, MqttLink, StateMessage, TlsFiles};
+use crate::retrain::registry::{Registry, SHIPPED};
 use crate::source::live::{from_config, now_ns};
 use crate::source::{Source, SourceError, SourceEvent, SOURCE_QUEUE};
 use crate::store::{Retention, Store, StoreError, StoredWindow};
@@ -75,6 +76,9 @@ pub struct ScoredWindow {
     pub w: ProcessedWindow,
     /// (head, score); empty when the window was not scored.
     pub scores: Vec<(String, f32)>,
+    /// Version of the model that scored it (`<stem>@<sha8>`): models can be swapped while
+    /// the gateway runs, so the version travels with each window.
+    pub model: Arc<str>,
 }
 
 /// What the gateway tells an observer after each publish (latency measurements, tests).
@@ -182,7 +186,19 @@ impl GatewayBuilder {
         }
 
         // Model first: a broken model file must fail the start, before anything connects.
-        let (model, version) = match self.model.take() {
+        // A model promoted by on-gateway retraining (the registry's `current`) serves instead
+        // of the shipped one; if its file cannot be loaded the shipped model serves and the
+        // error is logged (the registry is left as it is for `affectgate model`).
+        let registry = Registry::open(&self.resolve(&cfg.retrain.models_dir));
+        let promoted = match self.model.is_none() {
+            true => load_registered(&registry, &cfg.model.backend).await,
+            false => None,
+        };
+        let serving_id = promoted
+            .as_ref()
+            .map(|(_, _, id)| id.clone())
+            .unwrap_or_else(|| SHIPPED.to_string());
+        let (model, version) = match self.model.take().or(promoted.map(|(m, v, _)| (m, v))) {
             Some(m) => m,
             None => {
                 let path = self.resolve(&cfg.model.path);
@@ -284,10 +300,21 @@ impl GatewayBuilder {
 
         // Scorer thread.
         let heads: Vec<String> = model.head_names().to_vec();
+        let (swap_tx, swap_rx) = std::sync::mpsc::channel::<(Model, String)>();
+        let scorer_version: Arc<str> = Arc::from(version.as_str());
         let scorer = std::thread::Builder::new()
             .name("affectgate-scorer".into())
-            .spawn(move || scorer_loop(model, win_rx, scored_tx))
+            .spawn(move || scorer_loop(model, scorer_version, win_rx, scored_tx, swap_rx))
             .map_err(|e| GatewayError::Task(e.to_string()))?;
+        // Registry watcher: a promotion or rollback (by a retraining round or `affectgate
+        // model`) is loaded here, completely, and only then handed to the scorer.
+        let watcher = tokio::spawn(watch_registry(
+            registry.clone(),
+            cfg.model.backend.clone(),
+            self.resolve(&cfg.model.path),
+            serving_id,
+            swap_tx,
+        ));
 
         // Inputs (labels, commands) from MQTT.
         let reload = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -309,7 +336,6 @@ impl GatewayBuilder {
             store.clone(),
             outbox,
             link.clone(),
-            version.clone(),
             heads,
             self.observer.take(),
         ));
@@ -342,6 +368,7 @@ impl GatewayBuilder {
         if let Some(t) = input_task {
             t.abort();
         }
+        watcher.abort();
         for (id, src_res, dsp_res) in finished {
             let mut rep = dsp_res.unwrap_or_else(|e| SensorReport {
                 error: Some(format!("sensor task panicked: {e}")),
@@ -392,6 +419,96 @@ impl GatewayBuilder {
             model: version,
             reload_requested: reload.load(std::sync::atomic::Ordering::SeqCst),
         })
+    }
+}
+
+/// The registry's current model, loaded, with its version and id; `None` when the shipped
+/// model serves (nothing promoted) or the promoted one cannot be loaded (logged).
+async fn load_registered(
+    registry: &Registry,
+    backend: &Backend,
+) -> Option<(Model, String, String)> {
+    let id = match registry.serving() {
+        Ok((Some(id), _)) => id,
+        Ok((None, _)) => return None,
+        Err(e) => {
+            tracing::error!("{e}; serving the shipped model");
+            return None;
+        }
+    };
+    let path = registry.model_path(&id);
+    let (p, b) = (path.clone(), backend.clone());
+    match tokio::task::spawn_blocking(move || Model::load(&p, &b)).await {
+        Ok(Ok(m)) => {
+            let version = model_version(Path::new(&format!("{id}.onnx")), m.sha256());
+            Some((m, version, id))
+        }
+        Ok(Err(e)) => {
+            tracing::error!(model = %id, "promoted model {} cannot be loaded ({e}); serving the shipped model", path.display());
+            None
+        }
+        Err(e) => {
+            tracing::error!("loading {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// How often the gateway looks for promotions and rollbacks in the registry.
+const REGISTRY_POLL: Duration = Duration::from_secs(2);
+
+async fn watch_registry(
+    registry: Registry,
+    backend: Backend,
+    shipped: PathBuf,
+    mut serving: String,
+    swap: std::sync::mpsc::Sender<(Model, String)>,
+) {
+    loop {
+        tokio::time::sleep(REGISTRY_POLL).await;
+        let want = match registry.serving() {
+            Ok((cur, _)) => cur.unwrap_or_else(|| SHIPPED.to_string()),
+            Err(e) => {
+                tracing::warn!("{e}");
+                continue;
+            }
+        };
+        if want == serving {
+            continue;
+        }
+        let loaded = if want == SHIPPED {
+            None
+        } else {
+            load_registered(&registry, &backend).await
+        };
+        let (model, version) = match loaded {
+            Some((m, v, id)) if id == want => (m, v),
+            Some(_) => continue, // changed again meanwhile: next round
+            None if want != SHIPPED => {
+                serving = want; // logged by load_registered; do not retry every poll
+                continue;
+            }
+            None => {
+                let (p, b) = (shipped.clone(), backend.clone());
+                match tokio::task::spawn_blocking(move || Model::load(&p, &b)).await {
+                    Ok(Ok(m)) => {
+                        let v = model_version(&shipped, m.sha256());
+                        (m, v)
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!("shipped model {}: {e}", shipped.display());
+                        serving = want;
+                        continue;
+                    }
+                    Err(_) => continue,
+                }
+            }
+        };
+        tracing::info!(model = %want, version = %version, "registry changed: swapping the serving model");
+        if swap.send((model, version)).is_err() {
+            return;
+        }
+        serving = want;
     }
 }
 
@@ -502,15 +619,25 @@ async fn sensor_loop(
     rep
 }
 
+/// The scorer thread. New models arrive on `swap` already loaded; one is taken only between
+/// batches, so a window is scored entirely by one model and none is dropped by a swap.
 fn scorer_loop(
     mut model: Model,
+    mut version: Arc<str>,
     mut rx: mpsc::Receiver<ProcessedWindow>,
     tx: mpsc::Sender<ScoredWindow>,
+    swap: std::sync::mpsc::Receiver<(Model, String)>,
 ) {
-    let heads: Vec<String> = model.head_names().to_vec();
+    let mut heads: Vec<String> = model.head_names().to_vec();
     let mut batch: Vec<ProcessedWindow> = Vec::with_capacity(MAX_BATCH);
     let mut input: Vec<f32> = Vec::with_capacity(MAX_BATCH * WINDOW_LEN);
     while let Some(first) = rx.blocking_recv() {
+        while let Ok((m, v)) = swap.try_recv() {
+            tracing::info!(from = %version, to = %v, "serving model swapped");
+            model = m;
+            version = Arc::from(v.as_str());
+            heads = model.head_names().to_vec();
+        }
         batch.clear();
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -551,7 +678,12 @@ fn scorer_loop(
             done += n;
         }
         for (w, s) in batch.drain(..).zip(scores) {
-            if tx.blocking_send(ScoredWindow { w, scores: s }).is_err() {
+            let sw = ScoredWindow {
+                w,
+                scores: s,
+                model: version.clone(),
+            };
+            if tx.blocking_send(sw).is_err() {
                 return;
             }
         }
@@ -565,7 +697,7 @@ struct SinkReport {
 }
 
 /// Build the MQTT state message of a scored window.
-pub fn state_message(sw: &ScoredWindow, heads: &[String], model: &str) -> StateMessage {
+pub fn state_message(sw: &ScoredWindow, heads: &[String]) -> StateMessage {
     let w = &sw.w;
     let mut scores: BTreeMap<String, Option<f32>> =
         heads.iter().map(|h| (h.clone(), None)).collect();
@@ -582,7 +714,7 @@ pub fn state_message(sw: &ScoredWindow, heads: &[String], model: &str) -> StateM
         rmssd_ms: w.hrv.map(|h| h.rmssd_ms as f32),
         sdnn_ms: w.hrv.map(|h| h.sdnn_ms as f32),
         quality: w.quality.label(),
-        model: model.to_string(),
+        model: sw.model.to_string(),
     }
 }
 
@@ -591,7 +723,6 @@ async fn sink_task(
     store: Arc<Store>,
     outbox: crate::store::outbox::Outbox,
     link: Arc<MqttLink>,
-    model: String,
     heads: Vec<String>,
     observer: Option<mpsc::UnboundedSender<Observed>>,
 ) -> SinkReport {
@@ -626,13 +757,13 @@ async fn sink_task(
                 rmssd_ms: sw.w.hrv.map(|h| h.rmssd_ms as f32),
                 sdnn_ms: sw.w.hrv.map(|h| h.sdnn_ms as f32),
                 scores: sw.scores.clone(),
-                model: (!sw.scores.is_empty()).then(|| model.clone()),
+                model: (!sw.scores.is_empty()).then(|| sw.model.to_string()),
                 labels: Vec::new(),
             };
             if let Err(e) = store.put(&rec) {
                 tracing::error!(sensor = %rec.sensor, "storing window {} failed: {e}", rec.window.index);
             }
-            let msg = state_message(sw, &heads, &model);
+            let msg = state_message(sw, &heads);
             let payload = serde_json::to_vec(&msg).expect("state message serialises");
             match outbox.push(&link.topics().state(&msg.sensor), &payload) {
                 Ok(_) => rep.published += 1,

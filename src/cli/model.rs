@@ -1,0 +1,119 @@
+//! `affectgate model list|show|promote|rollback`: the gateway's model registry from the
+//! command line. Promotion and rollback only edit the registry; a running gateway notices
+//! within seconds and swaps its serving model between two inference batches.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+
+use crate::config::Config;
+use crate::learn::onnx::sha256_hex;
+use crate::retrain::registry::{Registry, SHIPPED};
+
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    /// Configuration file (locates `retrain.models_dir` and the shipped model).
+    #[arg(long, short, global = true, default_value = "plugin.toml")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub what: ModelCmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCmd {
+    /// Every model: id, status (serving / previous / candidate / rejected / retired), parent.
+    List,
+    /// One model's registry entry (gate metrics, decision) and model card.
+    Show { id: String },
+    /// Serve this model (a passed candidate, a retired one, or `shipped`).
+    Promote { id: String },
+    /// Serve the previous model again.
+    Rollback,
+}
+
+fn open(config: &Path) -> Result<(Config, Registry, PathBuf)> {
+    let cfg = Config::load(config)?;
+    let base = match config.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let resolve = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    let registry = Registry::open(&resolve(&cfg.retrain.models_dir));
+    let shipped = resolve(&cfg.model.path);
+    Ok((cfg, registry, shipped))
+}
+
+pub fn model(a: ModelArgs) -> Result<()> {
+    let (_, registry, shipped) = open(&a.config)?;
+    match a.what {
+        ModelCmd::List => {
+            let (current, previous) = registry.serving()?;
+            let shipped_status = match (&current, &previous) {
+                (None, _) => "serving",
+                (_, Some(p)) if p == SHIPPED => "previous",
+                _ => "available",
+            };
+            let sha = std::fs::read(&shipped)
+                .map(|b| sha256_hex(&b)[..8].to_string())
+                .unwrap_or_else(|e| format!("unreadable: {e}"));
+            println!(
+                "{:<8}  {:<10}  {:<20}  {:<8}  {:<8}  NOTE",
+                "ID", "STATUS", "CREATED", "PARENT", "SHA256"
+            );
+            println!(
+                "{:<8}  {:<10}  {:<20}  {:<8}  {:<8}  {}",
+                SHIPPED,
+                shipped_status,
+                "-",
+                "-",
+                sha,
+                shipped.display()
+            );
+            for e in registry.list()? {
+                println!(
+                    "{:<8}  {:<10}  {:<20}  {:<8}  {:<8}  {}",
+                    e.id,
+                    e.status,
+                    e.created.chars().take(20).collect::<String>(),
+                    e.parent,
+                    &e.sha256[..e.sha256.len().min(8)],
+                    e.reason
+                );
+            }
+        }
+        ModelCmd::Show { id } => {
+            if id == SHIPPED {
+                println!("shipped model: {}", shipped.display());
+                let card = crate::learn::card::ModelCard::path_for(&shipped);
+                print!(
+                    "{}",
+                    std::fs::read_to_string(&card)
+                        .with_context(|| format!("reading {}", card.display()))?
+                );
+                return Ok(());
+            }
+            let e = registry.get(&id)?;
+            println!("{}", serde_json::to_string_pretty(&e)?);
+            let card = registry.model_path(&id).with_extension("card.toml");
+            if let Ok(text) = std::fs::read_to_string(&card) {
+                println!("\n# {}\n{text}", card.display());
+            }
+        }
+        ModelCmd::Promote { id } => {
+            registry.promote(&id)?;
+            println!("{id} now serves (a running gateway swaps to it within seconds); `affectgate model rollback` undoes this");
+        }
+        ModelCmd::Rollback => {
+            let back = registry.rollback()?;
+            println!("rolled back: {back} serves again");
+        }
+    }
+    Ok(())
+}
