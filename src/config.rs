@@ -206,16 +206,60 @@ fn default_outbox_max() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct RetrainConfig {
     pub enabled: bool,
+    /// Hours between rounds (from the end of the last one).
     pub interval_h: f64,
+    /// Good windows stored since the last round before a scheduled round starts.
     pub min_new_windows: usize,
+    /// Only start rounds inside this daily UTC window, `"HH:MM-HH:MM"` (may wrap midnight).
+    #[serde(default)]
+    pub daily_window: Option<String>,
     /// The gateway's model registry (retrained models, which one serves, the previous one);
     /// relative to the config file. Default `models-local`.
     #[serde(default = "default_models_dir")]
     pub models_dir: PathBuf,
+    /// Training threads (default 1: on a 4-core Pi three stay for scoring and I/O).
+    #[serde(default = "one_usize")]
+    pub max_threads: usize,
+    /// Stop the round when the process's resident memory exceeds this (default 1536 MiB).
+    #[serde(default = "default_max_memory_mb")]
+    pub max_memory_mb: u64,
+    /// Nice value of the training threads (default 10; 0–19).
+    #[serde(default = "default_nice")]
+    pub nice: i32,
+    /// Wall-clock budget of a round, minutes (default 120).
+    #[serde(default = "default_budget_min")]
+    pub budget_min: f64,
+    /// Pretext epochs per round (default 2).
+    #[serde(default = "default_pretext_epochs")]
+    pub pretext_epochs: usize,
+    /// Cap on pretext steps per epoch (default: none).
+    #[serde(default)]
+    pub max_steps_per_epoch: Option<usize>,
+    /// Most recent good windows a round trains on (default 3000 ≈ 8 h of one strap).
+    #[serde(default = "default_max_windows")]
+    pub max_windows: usize,
 }
 
 fn default_models_dir() -> PathBuf {
     PathBuf::from("models-local")
+}
+fn one_usize() -> usize {
+    1
+}
+fn default_max_memory_mb() -> u64 {
+    1536
+}
+fn default_nice() -> i32 {
+    10
+}
+fn default_budget_min() -> f64 {
+    120.0
+}
+fn default_pretext_epochs() -> usize {
+    2
+}
+fn default_max_windows() -> usize {
+    3000
 }
 
 /// Is `s` a valid MQTT/HA id (`[a-zA-Z0-9_-]+`)?
@@ -366,6 +410,23 @@ impl Config {
                 self.store.max_age_days.to_string(),
                 "must be > 0".into(),
             ));
+        }
+        if let Some(w) = &self.retrain.daily_window {
+            crate::retrain::scheduler::parse_window(w).map_err(|e| {
+                bad("retrain.daily_window".into(), format!("{w:?}"), e)
+            })?;
+        }
+        for (key, ok, why) in [
+            ("retrain.max_threads", (1..=256).contains(&self.retrain.max_threads), "must be 1..=256"),
+            ("retrain.nice", (0..=19).contains(&self.retrain.nice), "must be 0..=19"),
+            ("retrain.max_memory_mb", self.retrain.max_memory_mb >= 64, "must be ≥ 64 MiB"),
+            ("retrain.budget_min", self.retrain.budget_min.is_finite() && self.retrain.budget_min > 0.0, "must be > 0 minutes"),
+            ("retrain.pretext_epochs", (1..=1000).contains(&self.retrain.pretext_epochs), "must be 1..=1000"),
+            ("retrain.max_windows", self.retrain.max_windows >= 10, "must be ≥ 10"),
+        ] {
+            if !ok {
+                return Err(bad(key.into(), "(as given)".into(), why.into()));
+            }
         }
         if self.retrain.enabled
             && (self.retrain.interval_h.is_nan() || self.retrain.interval_h <= 0.0)

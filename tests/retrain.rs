@@ -192,3 +192,116 @@ async fn a_broken_promoted_model_falls_back_to_the_shipped_one() {
     assert!(first.state.model.starts_with("affectgate-arousal-v1@"));
     assert_eq!(report.sensors["polar"].windows, 59);
 }
+
+/// The whole loop in a running gateway: windows stream in (fast looping replay), a
+/// self-report labels some, `cmd/retrain` starts a (tiny) round; the retained status goes
+/// running → promoted/rejected with before/after metrics; the registry records the verdict;
+/// state messages keep flowing while the round trains; a promoted model then scores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cmd_retrain_runs_a_round_in_the_running_gateway() {
+    let Some(data) = shared_data() else {
+        return;
+    };
+    let pack = repo().join("models/affectgate-arousal-v1.replay.bin");
+    assert!(pack.exists(), "the shipped model's replay pack is missing: {}", pack.display());
+    let Some(broker) = common::Mosquitto::start() else {
+        return;
+    };
+    let replay = data.join("polar-h10/polar_h10_ecg.csv");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &replay);
+    cfg.gateway.id = "gwrt".into();
+    cfg.mqtt.port = broker.port;
+    cfg.retrain.enabled = true;
+    cfg.retrain.interval_h = 1000.0;
+    cfg.retrain.min_new_windows = 1_000_000;
+    cfg.retrain.pretext_epochs = 1;
+    cfg.retrain.max_steps_per_epoch = Some(2);
+    cfg.retrain.max_windows = 60;
+    let registry = Registry::open(&cfg.retrain.models_dir);
+    let rec = common::Recorder::start(broker.port, &["affectgate/gwrt/#"]).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Observed>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let gw = tokio::spawn(GatewayBuilder::new(cfg, &repo()).observer(tx).run(async move {
+        let _ = stop_rx.await;
+    }));
+    // Let ~80 windows accumulate, label the recent ones, then ask for a round.
+    let mut seen = Vec::new();
+    while seen.len() < 80 {
+        seen.push(tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.unwrap().unwrap());
+    }
+    let publish = |topic: &str, payload: &str| {
+        let c = rec.client.clone();
+        let (t, p) = (topic.to_string(), payload.to_string());
+        async move { c.publish(t, rumqttc::QoS::AtLeastOnce, false, p).await.unwrap() }
+    };
+    publish("affectgate/gwrt/polar/label", r#"{"arousal": 0.9, "last_minutes": 1440}"#).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    publish("affectgate/gwrt/cmd/retrain", "").await;
+    let status = |m: &[common::Msg]| -> Vec<serde_json::Value> {
+        m.iter()
+            .filter(|m| m.topic == "affectgate/gwrt/retrain")
+            .filter_map(|m| serde_json::from_slice(&m.payload).ok())
+            .collect()
+    };
+    let t_request = Instant::now();
+    let done = rec
+        .wait_for(Duration::from_secs(300), |m| {
+            status(m).iter().any(|s| s["state"] == "promoted" || s["state"] == "rejected" || s["state"] == "failed")
+        })
+        .await;
+    // A few more windows after the verdict (a promoted model must be swapped in).
+    let mut after = Vec::new();
+    while after.len() < 40 {
+        after.push(tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.unwrap().unwrap());
+    }
+    let _ = stop_tx.send(());
+    gw.await.unwrap().unwrap();
+    let states = status(&rec.messages());
+    assert!(done, "no verdict after {:?}: {states:?}", t_request.elapsed());
+    let last = states.last().unwrap();
+    eprintln!("retrain status: {}", serde_json::to_string_pretty(last).unwrap());
+    assert!(states.iter().any(|s| s["state"] == "running"), "{states:?}");
+    assert_ne!(last["state"], "failed", "{last}");
+    let report = &last["report"];
+    assert_eq!(report["id"], "r0001");
+    assert!(report["windows"].as_u64().unwrap() + report["labelled"].as_u64().unwrap() <= 60);
+    assert!(report["labelled"].as_u64().unwrap() > 0, "the self-report labelled windows: {report}");
+    assert!(report["before"]["heads"][0][1].is_number(), "{report}");
+    assert!(last["finished"].as_str().unwrap().ends_with('Z'));
+    // Scores kept flowing while the round trained: windows published between the first
+    // `running` status and the verdict, with their window-complete → queued latency.
+    let msgs = rec.messages();
+    let at = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        msgs.iter()
+            .filter(|m| m.topic == "affectgate/gwrt/retrain")
+            .find(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).is_ok_and(|v| pred(&v)))
+            .map(|m| m.at)
+            .unwrap()
+    };
+    let t_run = at(&|v| v["state"] == "running");
+    let t_done = at(&|v| v["state"] == "promoted" || v["state"] == "rejected");
+    let during: Vec<f64> = seen
+        .iter()
+        .chain(&after)
+        .filter(|o| o.published > t_run && o.published < t_done)
+        .map(|o| (o.published - o.completed).as_secs_f64() * 1e3)
+        .collect();
+    eprintln!(
+        "round took {:.1} s; {} windows published meanwhile, max window→queue latency {:.1} ms",
+        (t_done - t_run).as_secs_f64(),
+        during.len(),
+        during.iter().cloned().fold(0.0, f64::max)
+    );
+    assert!(!during.is_empty(), "state messages kept flowing during the round");
+    let entry = registry.get("r0001").unwrap();
+    if last["state"] == "promoted" {
+        assert_eq!(entry.status, "serving");
+        assert!(after.iter().rev().take(5).all(|o| o.state.model.starts_with("r0001@")));
+    } else {
+        assert_eq!(entry.status, "rejected");
+        assert!(!entry.reason.is_empty());
+        assert!(after.iter().all(|o| o.state.model.starts_with("affectgate-arousal-v1@")));
+    }
+    assert!(registry.model_path("r0001").exists());
+}

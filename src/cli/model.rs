@@ -30,6 +30,24 @@ pub enum ModelCmd {
     Promote { id: String },
     /// Serve the previous model again.
     Rollback,
+    /// Build a model's replay pack (`<model>.replay.bin`: a sample of its pretraining windows
+    /// and its heads' labelled training set), which on-gateway retraining needs.
+    Pack {
+        /// The model the pack belongs to (written beside it).
+        #[arg(long)]
+        model: PathBuf,
+        /// Labelled manifest the model's heads were trained on.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Recordings (files or folders) the encoder was pretrained on.
+        #[arg(long, num_args = 1.., required = true)]
+        unlabelled: Vec<PathBuf>,
+        /// Pretraining windows kept in the pack.
+        #[arg(long, default_value_t = 300)]
+        max_pretext: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
 }
 
 fn open(config: &Path) -> Result<(Config, Registry, PathBuf)> {
@@ -51,6 +69,16 @@ fn open(config: &Path) -> Result<(Config, Registry, PathBuf)> {
 }
 
 pub fn model(a: ModelArgs) -> Result<()> {
+    if let ModelCmd::Pack {
+        model,
+        manifest,
+        unlabelled,
+        max_pretext,
+        seed,
+    } = &a.what
+    {
+        return pack(model, manifest, unlabelled, *max_pretext, *seed);
+    }
     let (_, registry, shipped) = open(&a.config)?;
     match a.what {
         ModelCmd::List => {
@@ -114,6 +142,37 @@ pub fn model(a: ModelArgs) -> Result<()> {
             let back = registry.rollback()?;
             println!("rolled back: {back} serves again");
         }
+        ModelCmd::Pack { .. } => unreachable!("handled above"),
     }
+    Ok(())
+}
+
+fn pack(
+    model: &Path,
+    manifest: &Path,
+    unlabelled: &[PathBuf],
+    max_pretext: usize,
+    seed: u64,
+) -> Result<()> {
+    use crate::dsp::PreprocessConfig;
+    use crate::learn::dataset;
+    use crate::learn::retrain::ReplayPack;
+    let pre = PreprocessConfig::default();
+    let labelled = dataset::labelled_from_manifest(manifest, &pre)?;
+    let files = dataset::find_recordings(unlabelled)?;
+    let pretext = dataset::unlabelled_from_paths(&files, &pre)?;
+    let pack = ReplayPack::build(&labelled, &pretext, max_pretext, seed);
+    let out = crate::retrain::round::pack_path(model);
+    pack.save(&out)?;
+    let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "{}: {} pretext windows, {} labelled windows ({} subjects), heads {:?}, {:.1} MB",
+        out.display(),
+        pack.pretext.len(),
+        pack.labelled.len(),
+        pack.labelled_subjects().len(),
+        pack.head_names,
+        bytes as f64 / 1e6
+    );
     Ok(())
 }

@@ -42,6 +42,7 @@ use crate::mqtt::discovery::{self, DiscoveryInput};
 use crate::mqtt::inputs::{self, Command, Input};
 use crate::mqtt::{rfc3339_ms, LinkOptions, LinkReport, MqttLink, StateMessage, TlsFiles};
 use crate::retrain::registry::{Registry, SHIPPED};
+use crate::retrain::scheduler::Scheduler;
 use crate::source::live::{from_config, now_ns};
 use crate::source::{Source, SourceError, SourceEvent, SOURCE_QUEUE};
 use crate::store::{Retention, Store, StoreError, StoredWindow};
@@ -318,6 +319,23 @@ impl GatewayBuilder {
 
         // Inputs (labels, commands) from MQTT.
         let reload = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // On-gateway retraining (scheduler task; rounds run on their own low-priority threads).
+        let (retrain_tx, retrain_rx) = mpsc::channel::<()>(1);
+        let retrain_task = cfg.retrain.enabled.then(|| {
+            tokio::spawn(
+                Scheduler {
+                    cfg: cfg.retrain.clone(),
+                    store: store.clone(),
+                    registry: registry.clone(),
+                    shipped: self.resolve(&cfg.model.path),
+                    backend: cfg.model.backend.clone(),
+                    link: link.clone(),
+                }
+                .run(retrain_rx, stop.clone()),
+            )
+        });
+        let retrain_tx = cfg.retrain.enabled.then_some(retrain_tx);
+
         let input_task = link.take_incoming().map(|rx| {
             tokio::spawn(input_task(
                 rx,
@@ -327,6 +345,7 @@ impl GatewayBuilder {
                 link.clone(),
                 reload.clone(),
                 stop.clone(),
+                retrain_tx.clone(),
             ))
         });
 
@@ -369,6 +388,11 @@ impl GatewayBuilder {
             t.abort();
         }
         watcher.abort();
+        if let Some(t) = retrain_task {
+            // The scheduler stops a running round at once (it resumes from its checkpoint at
+            // the next start) and returns.
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
         for (id, src_res, dsp_res) in finished {
             let mut rep = dsp_res.unwrap_or_else(|e| SensorReport {
                 error: Some(format!("sensor task panicked: {e}")),
@@ -861,6 +885,7 @@ async fn input_task(
     link: Arc<MqttLink>,
     reload: Arc<std::sync::atomic::AtomicBool>,
     stop: CancellationToken,
+    retrain: Option<mpsc::Sender<()>>,
 ) {
     while let Some((topic, payload)) = rx.recv().await {
         match inputs::parse_input(&gateway, &topic, &payload, now_ns(), &sensors) {
@@ -887,16 +912,21 @@ async fn input_task(
                 stop.cancel();
             }
             Ok(Some(Input::Command(Command::Retrain))) => {
-                let msg = serde_json::json!({
-                    "topic": topic,
-                    "field": null,
-                    "error": "on-gateway retraining is not available in this version; nothing was started",
-                });
-                link.send(link.topics().error(), msg.to_string().into_bytes());
-                tracing::warn!(
-                    topic,
-                    "retrain requested but on-gateway retraining is not available yet"
-                );
+                let error = match &retrain {
+                    None => Some("on-gateway retraining is disabled (retrain.enabled = false in the config); nothing was started"),
+                    Some(tx) => match tx.try_send(()) {
+                        Ok(()) => None,
+                        Err(_) => Some("a retraining round is already requested or running; see affectgate/<gateway>/retrain"),
+                    },
+                };
+                match error {
+                    None => tracing::info!(topic, "retraining round requested"),
+                    Some(error) => {
+                        let msg = serde_json::json!({"topic": topic, "field": null, "error": error});
+                        link.send(link.topics().error(), msg.to_string().into_bytes());
+                        tracing::warn!(topic, "{error}");
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(

@@ -1,4 +1,14 @@
-//! On-gateway retraining: the model registry the gateway serves from (promotion, rollback,
-//! rejected candidates) and — built on the learning core — the retraining rounds that feed it.
+//! On-gateway retraining, built on the learning core:
+//!
+//! * [`registry`] — the models this gateway can serve, which serves, which served before,
+//!   every candidate with the gate's verdict (atomic on disk);
+//! * [`round`] — one round: stored windows + the shipped replay pack → SSL pretext training
+//!   (checkpointed) → heads re-fitted with self-reports → metric gate and serving gate →
+//!   registry;
+//! * [`scheduler`] — when rounds run (interval, daily window, minimum new windows,
+//!   `cmd/retrain`), with how many threads, at which priority, within which budget, and what
+//!   `affectgate/<gw>/retrain` says about it.
 
 pub mod registry;
+pub mod round;
+pub mod scheduler;

@@ -1,0 +1,414 @@
+//! When the gateway retrains, and how it keeps a round from disturbing live scoring.
+//!
+//! * **When**: every `interval_h` hours (counted from the last finished round, kept in the
+//!   store), optionally only inside a daily UTC window (`daily_window = "02:00-05:00"`), and
+//!   only once `min_new_windows` good windows arrived since the last round; `cmd/retrain` over
+//!   MQTT starts one at once (still needing ≥ 10 stored windows). A round interrupted by a
+//!   shutdown or a power cut resumes from its checkpoint at the next start.
+//! * **How gently**: the round runs on its own OS thread and a private rayon pool of
+//!   `max_threads` threads, each with a raised nice value (`nice`, Linux per-thread
+//!   priority), so the scorer thread and the async runtime keep their cores; between pretext
+//!   epochs it stops itself when the wall-clock budget (`budget_min`) is spent, when the
+//!   process's resident memory exceeds `max_memory_mb`, or when the gateway shuts down. Any
+//!   error (full disk, corrupt pack, not enough data) ends the round with a logged and
+//!   published reason; the gateway and its serving model are untouched.
+//! * **What it tells**: `affectgate/<gw>/retrain` (retained JSON, [`RetrainStatus`]): state,
+//!   stage, progress, timestamps, before/after metrics, decision and reason. Home Assistant's
+//!   "Last retrain" entity reads `finished`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::registry::Registry;
+use super::round::{self, RoundContext};
+use crate::config::RetrainConfig;
+use crate::infer::Backend;
+use crate::learn::retrain::RoundConfig;
+use crate::mqtt::{rfc3339_ms, MqttLink};
+use crate::source::live::now_ns;
+use crate::store::Store;
+
+/// Store meta key of the last status (so a restart re-publishes it and knows when the last
+/// round finished).
+const META_STATUS: &str = "retrain_status";
+/// A manual round still needs this many stored good windows.
+const MANUAL_MIN_WINDOWS: usize = 10;
+/// Re-check interval while waiting for enough new windows.
+const RECHECK: Duration = Duration::from_secs(600);
+
+/// The retained retraining status.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RetrainStatus {
+    /// `idle`, `waiting`, `running`, `promoted`, `rejected`, `failed`, `stopped`.
+    pub state: String,
+    #[serde(default)]
+    pub stage: Option<String>,
+    #[serde(default)]
+    pub progress: Option<f32>,
+    #[serde(default)]
+    pub started: Option<String>,
+    /// End of the last round (RFC 3339); what Home Assistant shows as "Last retrain".
+    #[serde(default)]
+    pub finished: Option<String>,
+    #[serde(default)]
+    pub finished_ns: Option<i64>,
+    /// Candidate id of the round.
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The round's report (windows, metrics before/after, decision, parity, seconds).
+    #[serde(default)]
+    pub report: Option<serde_json::Value>,
+}
+
+/// Everything the scheduler needs from the gateway.
+pub struct Scheduler {
+    pub cfg: RetrainConfig,
+    pub store: Arc<Store>,
+    pub registry: Registry,
+    pub shipped: std::path::PathBuf,
+    pub backend: Backend,
+    pub link: Arc<MqttLink>,
+}
+
+/// Parse `"HH:MM-HH:MM"` (UTC) into minutes of the day.
+pub fn parse_window(s: &str) -> Result<(u32, u32), String> {
+    let hm = |t: &str| -> Option<u32> {
+        let (h, m) = t.trim().split_once(':')?;
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60).then_some(h * 60 + m)
+    };
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: expected \"HH:MM-HH:MM\" (UTC)"))?;
+    match (hm(a), hm(b)) {
+        (Some(a), Some(b)) if a != b => Ok((a, b)),
+        _ => Err(format!("{s:?}: expected \"HH:MM-HH:MM\" (UTC), start ≠ end")),
+    }
+}
+
+/// Earliest time ≥ `from_ns` inside the daily window (which may wrap midnight).
+pub fn next_in_window(from_ns: i64, window: Option<(u32, u32)>) -> i64 {
+    let Some((a, b)) = window else {
+        return from_ns;
+    };
+    const MIN: i64 = 60_000_000_000;
+    let day = 1440 * MIN;
+    let minute = (from_ns.rem_euclid(day) / MIN) as u32;
+    let inside = if a < b {
+        (a..b).contains(&minute)
+    } else {
+        minute >= a || minute < b
+    };
+    if inside {
+        return from_ns;
+    }
+    let midnight = from_ns - from_ns.rem_euclid(day);
+    let start = midnight + a as i64 * MIN;
+    if start > from_ns {
+        start
+    } else {
+        start + day
+    }
+}
+
+/// Resident set size of this process, MiB (Linux; `None` elsewhere).
+fn rss_mib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096 / (1 << 20))
+}
+
+/// Lower this thread's priority (Linux: nice is per thread).
+fn renice_current_thread(nice: i32) {
+    #[cfg(target_os = "linux")]
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, nice) != 0 {
+            tracing::debug!("setpriority({nice}) failed: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
+impl Scheduler {
+    fn publish(&self, st: &RetrainStatus) {
+        let bytes = serde_json::to_vec(st).expect("status serialises");
+        self.link.retain(self.link.topics().retrain(), bytes.clone());
+        if st.state != "running" {
+            if let Err(e) = self.store.meta_put(META_STATUS, &bytes) {
+                tracing::warn!("saving the retraining status: {e}");
+            }
+        }
+    }
+
+    fn last(&self) -> RetrainStatus {
+        self.store
+            .meta_get(META_STATUS)
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| RetrainStatus {
+                state: "idle".into(),
+                ..Default::default()
+            })
+    }
+
+    /// Good windows stored after `since_ns`.
+    fn new_windows(&self, since_ns: i64) -> usize {
+        let Ok(sensors) = self.store.sensors() else {
+            return 0;
+        };
+        sensors
+            .iter()
+            .map(|s| {
+                self.store
+                    .range(s, since_ns.saturating_add(1), i64::MAX)
+                    .filter(|w| w.as_ref().is_ok_and(|w| w.quality == 0))
+                    .count()
+            })
+            .sum()
+    }
+
+    /// The scheduler task: runs until `stop`.
+    pub async fn run(self, mut trigger: mpsc::Receiver<()>, stop: CancellationToken) {
+        let window = self
+            .cfg
+            .daily_window
+            .as_deref()
+            .and_then(|w| parse_window(w).ok());
+        let last = self.last();
+        self.publish(&last);
+        // An interrupted round (checkpoint on disk) resumes right away.
+        // An interrupted round (checkpoint on disk) resumes right away; `forced` also carries
+        // a `cmd/retrain` that arrived while waiting for new windows.
+        let mut forced = self.registry.dir().join("work/round.json").exists();
+        loop {
+            let last = self.last();
+            let last_ns = last.finished_ns.unwrap_or(0);
+            let manual = if forced {
+                forced = false;
+                true
+            } else {
+                let due_ns = if last_ns == 0 {
+                    now_ns()
+                } else {
+                    last_ns + (self.cfg.interval_h * 3600e9) as i64
+                };
+                let due_ns = next_in_window(due_ns.max(now_ns()), window);
+                let wait = Duration::from_nanos((due_ns - now_ns()).max(0) as u64);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    t = trigger.recv() => match t { Some(()) => true, None => return },
+                    _ = tokio::time::sleep(wait) => false,
+                }
+            };
+            let fresh = self.new_windows(last_ns);
+            let need = if manual {
+                MANUAL_MIN_WINDOWS
+            } else {
+                self.cfg.min_new_windows
+            };
+            if fresh < need {
+                tracing::info!(fresh, need, "retraining waits for more good windows");
+                self.publish(&RetrainStatus {
+                    state: "waiting".into(),
+                    reason: Some(format!(
+                        "{fresh} new good windows since the last round, {need} needed"
+                    )),
+                    ..last.clone()
+                });
+                if manual {
+                    continue;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    t = trigger.recv() => match t { Some(()) => forced = true, None => return },
+                    _ = tokio::time::sleep(RECHECK) => {}
+                }
+                continue;
+            }
+            if !self.round(&stop, last).await {
+                return;
+            }
+        }
+    }
+
+    /// One round on its own thread; returns false when the gateway is stopping.
+    async fn round(&self, stop: &CancellationToken, last: RetrainStatus) -> bool {
+        let started = rfc3339_ms(now_ns());
+        let mut st = RetrainStatus {
+            state: "running".into(),
+            stage: Some("starting".into()),
+            progress: Some(0.0),
+            started: Some(started.clone()),
+            finished: last.finished.clone(),
+            finished_ns: last.finished_ns,
+            ..Default::default()
+        };
+        self.publish(&st);
+        tracing::info!("retraining round starting");
+        let (ptx, mut prx) = mpsc::unbounded_channel::<(String, f32)>();
+        let (dtx, drx) = tokio::sync::oneshot::channel();
+        let halt = Arc::new(AtomicBool::new(false));
+        let cfg = self.cfg.clone();
+        let ctx_parts = (
+            self.store.clone(),
+            self.registry.clone(),
+            self.shipped.clone(),
+            self.backend.clone(),
+        );
+        let h2 = halt.clone();
+        let spawned = std::thread::Builder::new()
+            .name("affectgate-retrain".into())
+            .spawn(move || {
+                renice_current_thread(cfg.nice);
+                let t0 = Instant::now();
+                let budget = Duration::from_secs_f64(cfg.budget_min * 60.0);
+                let nice = cfg.nice;
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(cfg.max_threads.max(1))
+                    .thread_name(|i| format!("affectgate-retrain-{i}"))
+                    .start_handler(move |_| renice_current_thread(nice))
+                    .build();
+                let res = match pool {
+                    Err(e) => Err(round::RoundError::NotEnoughData(format!("thread pool: {e}"))),
+                    Ok(pool) => pool.install(|| {
+                        let ctx = RoundContext {
+                            store: &ctx_parts.0,
+                            registry: &ctx_parts.1,
+                            shipped: ctx_parts.2.clone(),
+                            backend: ctx_parts.3.clone(),
+                            round: RoundConfig {
+                                pretext_epochs: cfg.pretext_epochs,
+                                max_steps_per_epoch: cfg.max_steps_per_epoch,
+                                seed: now_ns() as u64,
+                                ..RoundConfig::default()
+                            },
+                            max_windows: cfg.max_windows,
+                        };
+                        let should_stop = || -> Option<String> {
+                            if h2.load(Ordering::SeqCst) {
+                                return Some("the gateway is shutting down (the round resumes from its checkpoint at the next start)".into());
+                            }
+                            if t0.elapsed() > budget {
+                                return Some(format!("wall-clock budget of {} min spent", cfg.budget_min));
+                            }
+                            match rss_mib() {
+                                Some(m) if m > cfg.max_memory_mb => Some(format!(
+                                    "process memory {m} MiB above max_memory_mb = {}",
+                                    cfg.max_memory_mb
+                                )),
+                                _ => None,
+                            }
+                        };
+                        round::run(&ctx, &mut |s, p| {
+                            let _ = ptx.send((s.to_string(), p));
+                        }, &should_stop)
+                    }),
+                };
+                let _ = dtx.send(res);
+            });
+        if let Err(e) = spawned {
+            st.state = "failed".into();
+            st.reason = Some(format!("cannot start the retraining thread: {e}"));
+            self.publish(&st);
+            return true;
+        }
+        tokio::pin!(drx);
+        let mut last_pub = Instant::now();
+        let result = loop {
+            tokio::select! {
+                r = &mut drx => break r,
+                p = prx.recv() => if let Some((stage, frac)) = p {
+                    tracing::info!(stage, progress = frac, "retraining");
+                    st.stage = Some(stage);
+                    st.progress = Some(frac);
+                    if last_pub.elapsed() > Duration::from_secs(1) {
+                        self.publish(&st);
+                        last_pub = Instant::now();
+                    }
+                },
+                _ = stop.cancelled() => {
+                    // Shutdown: the round stops at its next epoch boundary; the gateway does
+                    // not wait for that (the last checkpoint is on disk and is resumed at the
+                    // next start; registry writes are atomic renames).
+                    halt.store(true, Ordering::SeqCst);
+                    match tokio::time::timeout(Duration::from_secs(2), &mut drx).await {
+                        Ok(r) => break r,
+                        Err(_) => {
+                            st.state = "stopped".into();
+                            st.stage = None;
+                            st.reason = Some("the gateway stopped during the round; it resumes from its checkpoint at the next start".into());
+                            self.publish(&st);
+                            tracing::info!("retraining round interrupted by shutdown; it resumes at the next start");
+                            return false;
+                        }
+                    }
+                }
+            }
+        };
+        let now = now_ns();
+        st.stage = None;
+        match result {
+            Ok(Ok(report)) => {
+                st.state = if report.promoted { "promoted" } else { "rejected" }.into();
+                st.progress = Some(1.0);
+                st.finished = Some(rfc3339_ms(now));
+                st.finished_ns = Some(now);
+                st.model = Some(report.id.clone());
+                st.reason = (!report.reason.is_empty()).then(|| report.reason.clone());
+                st.report = serde_json::to_value(&report).ok();
+                tracing::info!(model = %report.id, decision = %report.decision, reason = %report.reason, seconds = report.seconds, "retraining round finished");
+            }
+            Ok(Err(e)) => {
+                let stopped = matches!(&e, round::RoundError::Retrain(crate::learn::retrain::RetrainError::Stopped(_)));
+                st.state = if stopped { "stopped" } else { "failed" }.into();
+                st.reason = Some(e.to_string());
+                if !stopped {
+                    // A failed round counts as a round for the schedule (no tight retry loop).
+                    st.finished = Some(rfc3339_ms(now));
+                    st.finished_ns = Some(now);
+                }
+                tracing::error!("retraining round ended without a model: {e}");
+            }
+            Err(_) => {
+                st.state = "failed".into();
+                st.reason = Some("the retraining thread died (out of memory?)".into());
+                st.finished_ns = Some(now);
+                tracing::error!("the retraining thread died");
+            }
+        }
+        self.publish(&st);
+        !stop.is_cancelled()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daily_window_parsing_and_next_time() {
+        assert_eq!(parse_window("02:00-05:30"), Ok((120, 330)));
+        assert_eq!(parse_window("23:00-01:00"), Ok((1380, 60)));
+        assert!(parse_window("2-5").is_err());
+        assert!(parse_window("25:00-01:00").is_err());
+        assert!(parse_window("01:00-01:00").is_err());
+        const MIN: i64 = 60_000_000_000;
+        let day0 = 20_000 * 1440 * MIN; // some midnight UTC
+        let w = Some((120, 330));
+        assert_eq!(next_in_window(day0 + 150 * MIN, w), day0 + 150 * MIN);
+        assert_eq!(next_in_window(day0 + 60 * MIN, w), day0 + 120 * MIN);
+        assert_eq!(next_in_window(day0 + 400 * MIN, w), day0 + 1440 * MIN + 120 * MIN);
+        let wrap = Some((1380, 60));
+        assert_eq!(next_in_window(day0 + 30 * MIN, wrap), day0 + 30 * MIN);
+        assert_eq!(next_in_window(day0 + 600 * MIN, wrap), day0 + 1380 * MIN);
+        assert_eq!(next_in_window(day0 + 5, None), day0 + 5);
+    }
+}
