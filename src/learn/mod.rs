@@ -7,6 +7,7 @@
 //! - [`manifest`]: the labelled-dataset manifest (CSV);
 //! - [`metrics`]: balanced accuracy, accuracy, macro-F1, confusion;
 //! - [`onnx`]: ONNX export and import of the network, plus a plain-Rust reference forward;
+//! - [`retrain`]: on-gateway retraining rounds (replay pack, checkpoints, promotion gate);
 //! - [`card`]: model cards; [`plots`]: SVG plots; [`experiment`]: the paper's comparison,
 //!   subject-independent.
 
@@ -18,5 +19,6 @@ pub mod metrics;
 pub mod model;
 pub mod onnx;
 pub mod plots;
+pub mod retrain;
 pub mod train;
 pub mod transforms;
