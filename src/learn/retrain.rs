@@ -1104,8 +1104,8 @@ pub fn run_round(
         }
         if e.is_empty() {
             return Err(RetrainError::NotEnoughData(format!(
-                "head {name}: no labelled training windows (pack subjects outside the gate: {}, \
-                 the wearer's self-reports outside the hold-out: {})",
+                "head {name}: no labelled training windows (pack windows outside the gate \
+                 subjects: {}, the wearer's self-reports outside the hold-out: {})",
                 sp.pack_train.len(),
                 sp.user_train.len()
             )));
