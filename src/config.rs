@@ -412,17 +412,40 @@ impl Config {
             ));
         }
         if let Some(w) = &self.retrain.daily_window {
-            crate::retrain::scheduler::parse_window(w).map_err(|e| {
-                bad("retrain.daily_window".into(), format!("{w:?}"), e)
-            })?;
+            crate::retrain::scheduler::parse_window(w)
+                .map_err(|e| bad("retrain.daily_window".into(), format!("{w:?}"), e))?;
         }
         for (key, ok, why) in [
-            ("retrain.max_threads", (1..=256).contains(&self.retrain.max_threads), "must be 1..=256"),
-            ("retrain.nice", (0..=19).contains(&self.retrain.nice), "must be 0..=19"),
-            ("retrain.max_memory_mb", self.retrain.max_memory_mb >= 64, "must be ≥ 64 MiB"),
-            ("retrain.budget_min", self.retrain.budget_min.is_finite() && self.retrain.budget_min > 0.0, "must be > 0 minutes"),
-            ("retrain.pretext_epochs", (1..=1000).contains(&self.retrain.pretext_epochs), "must be 1..=1000"),
-            ("retrain.max_windows", self.retrain.max_windows >= 10, "must be ≥ 10"),
+            (
+                "retrain.max_threads",
+                (1..=256).contains(&self.retrain.max_threads),
+                "must be 1..=256",
+            ),
+            (
+                "retrain.nice",
+                (0..=19).contains(&self.retrain.nice),
+                "must be 0..=19",
+            ),
+            (
+                "retrain.max_memory_mb",
+                self.retrain.max_memory_mb >= 64,
+                "must be ≥ 64 MiB",
+            ),
+            (
+                "retrain.budget_min",
+                self.retrain.budget_min.is_finite() && self.retrain.budget_min > 0.0,
+                "must be > 0 minutes",
+            ),
+            (
+                "retrain.pretext_epochs",
+                (1..=1000).contains(&self.retrain.pretext_epochs),
+                "must be 1..=1000",
+            ),
+            (
+                "retrain.max_windows",
+                self.retrain.max_windows >= 10,
+                "must be ≥ 10",
+            ),
         ] {
             if !ok {
                 return Err(bad(key.into(), "(as given)".into(), why.into()));

@@ -162,7 +162,7 @@ fn pack(
     let files = dataset::find_recordings(unlabelled)?;
     let pretext = dataset::unlabelled_from_paths(&files, &pre)?;
     let pack = ReplayPack::build(&labelled, &pretext, max_pretext, seed);
-    let out = crate::retrain::round::pack_path(model);
+    let out = ReplayPack::path_for(model);
     pack.save(&out)?;
     let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     println!(

@@ -922,7 +922,8 @@ async fn input_task(
                 match error {
                     None => tracing::info!(topic, "retraining round requested"),
                     Some(error) => {
-                        let msg = serde_json::json!({"topic": topic, "field": null, "error": error});
+                        let msg =
+                            serde_json::json!({"topic": topic, "field": null, "error": error});
                         link.send(link.topics().error(), msg.to_string().into_bytes());
                         tracing::warn!(topic, "{error}");
                     }

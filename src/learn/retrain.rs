@@ -1089,44 +1089,50 @@ pub fn run_round(
         labels.push(l.clone());
         reps.push(user_reps);
     }
-    let emb = embed(&w, &windows);
-    let mut heads = Vec::with_capacity(head_names.len());
-    for (h, name) in head_names.iter().enumerate() {
-        let mut e = Vec::new();
-        let mut l = Vec::new();
-        for i in 0..windows.len() {
-            if let Some(v) = labels[i][h] {
-                for _ in 0..reps[i] {
-                    e.push(emb[i].clone());
-                    l.push(vec![Some(v)]);
+    // The same head fitting (same windows, weights and seeds) for any encoder: the new one
+    // (the candidate) and the serving one (the gate's honest baseline, below).
+    let fit_heads = |encoder: &NetworkWeights| -> Result<Vec<HeadWeights>, RetrainError> {
+        let emb = embed(encoder, &windows);
+        let mut heads = Vec::with_capacity(head_names.len());
+        for (h, name) in head_names.iter().enumerate() {
+            let mut e = Vec::new();
+            let mut l = Vec::new();
+            for i in 0..windows.len() {
+                if let Some(v) = labels[i][h] {
+                    for _ in 0..reps[i] {
+                        e.push(emb[i].clone());
+                        l.push(vec![Some(v)]);
+                    }
                 }
             }
+            if e.is_empty() {
+                return Err(RetrainError::NotEnoughData(format!(
+                    "head {name}: no labelled training windows (pack windows outside the gate \
+                     subjects: {}, the wearer's self-reports outside the hold-out: {})",
+                    sp.pack_train.len(),
+                    sp.user_train.len()
+                )));
+            }
+            let tcfg = TrainConfig {
+                epochs: cfg.head_epochs,
+                batch: cfg.batch,
+                lr: cfg.head_lr,
+                seed: mix(cfg.seed, 2000 + h as u64),
+                max_steps_per_epoch: None,
+                progress: false,
+            };
+            let (mut hw, _) = train_heads(
+                &e,
+                &l,
+                std::slice::from_ref(name),
+                &hidden_of(&current.heads[h]),
+                &tcfg,
+            );
+            heads.push(hw.remove(0));
         }
-        if e.is_empty() {
-            return Err(RetrainError::NotEnoughData(format!(
-                "head {name}: no labelled training windows (pack windows outside the gate \
-                 subjects: {}, the wearer's self-reports outside the hold-out: {})",
-                sp.pack_train.len(),
-                sp.user_train.len()
-            )));
-        }
-        let tcfg = TrainConfig {
-            epochs: cfg.head_epochs,
-            batch: cfg.batch,
-            lr: cfg.head_lr,
-            seed: mix(cfg.seed, 2000 + h as u64),
-            max_steps_per_epoch: None,
-            progress: false,
-        };
-        let (mut hw, _) = train_heads(
-            &e,
-            &l,
-            std::slice::from_ref(name),
-            &hidden_of(&current.heads[h]),
-            &tcfg,
-        );
-        heads.push(hw.remove(0));
-    }
+        Ok(heads)
+    };
+    let heads = fit_heads(&w)?;
     let candidate = NetworkWeights {
         convs: w.convs.clone(),
         heads,
@@ -1150,11 +1156,28 @@ pub fn run_round(
         .collect();
     let gate_windows: Vec<Vec<f32>> = keep.iter().map(|&i| gate_windows[i].clone()).collect();
     let gate_labels: Vec<Vec<Option<f32>>> = keep.iter().map(|&i| gate_labels[i].clone()).collect();
+    // `before` must be what the serving side is worth on data it never saw. On the wearer's
+    // held-out self-reports that is the serving model itself. The held-out pack subjects'
+    // labels, however, were in the shipped heads' training set, which would inflate `before`
+    // (measured: 0.87 vs 0.74 for the same encoder with heads fitted without them), so there
+    // the baseline is the serving encoder with heads fitted by exactly the same procedure as
+    // the candidate's (same windows, weights and seeds) — the comparison isolates what the
+    // round's encoder adaptation changed.
+    let n_pack_gate = keep.iter().filter(|&&i| i < sp.pack_holdout.len()).count();
     let (scores_before, scores_after) = if gate_windows.is_empty() {
         (Vec::new(), Vec::new())
     } else {
+        let baseline = NetworkWeights {
+            convs: current.convs.clone(),
+            heads: fit_heads(current)?,
+        };
+        let mut before = predict_heads(
+            &baseline.heads,
+            &embed(&baseline, &gate_windows[..n_pack_gate]),
+        );
+        before.extend(predict(current, &gate_windows[n_pack_gate..]));
         (
-            predict(current, &gate_windows),
+            before,
             predict_heads(&candidate.heads, &embed(&candidate, &gate_windows)),
         )
     };

@@ -84,11 +84,6 @@ pub enum RoundError {
     NotEnoughData(String),
 }
 
-/// The replay pack that belongs to a model file: `<stem>.replay.bin` beside it.
-pub fn pack_path(model: &Path) -> PathBuf {
-    model.with_extension("replay.bin")
-}
-
 fn work_dir(registry: &Registry) -> PathBuf {
     registry.dir().join("work")
 }
@@ -144,11 +139,7 @@ fn serving_weights(
 
 /// The store's good windows (newest `max` of them), z-scored per sensor, with their labels
 /// mapped onto `heads` (oldest first).
-pub fn gather(
-    store: &Store,
-    heads: &[String],
-    max: usize,
-) -> Result<RoundData, RoundError> {
+pub fn gather(store: &Store, heads: &[String], max: usize) -> Result<RoundData, RoundError> {
     let mut per_sensor: Vec<(i64, String, Vec<f32>, Vec<Option<f32>>)> = Vec::new();
     for sensor in store.sensors()? {
         let mut ws = Vec::new();
@@ -199,7 +190,7 @@ pub fn run(
     progress("loading", 0.0);
     let (parent, current, pretext_init) = serving_weights(ctx)?;
     let heads = current.head_names();
-    let pack_file = pack_path(&ctx.shipped);
+    let pack_file = ReplayPack::path_for(&ctx.shipped);
     let pack = ReplayPack::load(&pack_file)?;
     let data = gather(ctx.store, &heads, ctx.max_windows)?;
     let (windows, labelled) = (data.unlabelled.len(), data.user_labelled.len());
@@ -287,13 +278,7 @@ pub fn run(
             message: e.to_string(),
         }
     })?;
-    let probe: Vec<Vec<f32>> = data
-        .unlabelled
-        .iter()
-        .rev()
-        .take(8)
-        .cloned()
-        .collect();
+    let probe: Vec<Vec<f32>> = data.unlabelled.iter().rev().take(8).cloned().collect();
     let (mut decision, mut reason) = match &outcome.decision {
         Decision::Promote => ("promote".to_string(), String::new()),
         Decision::Reject { reason } => ("reject".to_string(), reason.clone()),

@@ -89,7 +89,9 @@ pub fn parse_window(s: &str) -> Result<(u32, u32), String> {
         .ok_or_else(|| format!("{s:?}: expected \"HH:MM-HH:MM\" (UTC)"))?;
     match (hm(a), hm(b)) {
         (Some(a), Some(b)) if a != b => Ok((a, b)),
-        _ => Err(format!("{s:?}: expected \"HH:MM-HH:MM\" (UTC), start ≠ end")),
+        _ => Err(format!(
+            "{s:?}: expected \"HH:MM-HH:MM\" (UTC), start ≠ end"
+        )),
     }
 }
 
@@ -131,7 +133,10 @@ fn renice_current_thread(nice: i32) {
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         if libc::setpriority(libc::PRIO_PROCESS, tid, nice) != 0 {
-            tracing::debug!("setpriority({nice}) failed: {}", std::io::Error::last_os_error());
+            tracing::debug!(
+                "setpriority({nice}) failed: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 }
@@ -139,7 +144,8 @@ fn renice_current_thread(nice: i32) {
 impl Scheduler {
     fn publish(&self, st: &RetrainStatus) {
         let bytes = serde_json::to_vec(st).expect("status serialises");
-        self.link.retain(self.link.topics().retrain(), bytes.clone());
+        self.link
+            .retain(self.link.topics().retrain(), bytes.clone());
         if st.state != "running" {
             if let Err(e) = self.store.meta_put(META_STATUS, &bytes) {
                 tracing::warn!("saving the retraining status: {e}");
@@ -357,7 +363,12 @@ impl Scheduler {
         st.stage = None;
         match result {
             Ok(Ok(report)) => {
-                st.state = if report.promoted { "promoted" } else { "rejected" }.into();
+                st.state = if report.promoted {
+                    "promoted"
+                } else {
+                    "rejected"
+                }
+                .into();
                 st.progress = Some(1.0);
                 st.finished = Some(rfc3339_ms(now));
                 st.finished_ns = Some(now);
@@ -367,7 +378,10 @@ impl Scheduler {
                 tracing::info!(model = %report.id, decision = %report.decision, reason = %report.reason, seconds = report.seconds, "retraining round finished");
             }
             Ok(Err(e)) => {
-                let stopped = matches!(&e, round::RoundError::Retrain(crate::learn::retrain::RetrainError::Stopped(_)));
+                let stopped = matches!(
+                    &e,
+                    round::RoundError::Retrain(crate::learn::retrain::RetrainError::Stopped(_))
+                );
                 st.state = if stopped { "stopped" } else { "failed" }.into();
                 st.reason = Some(e.to_string());
                 if !stopped {
@@ -405,7 +419,10 @@ mod tests {
         let w = Some((120, 330));
         assert_eq!(next_in_window(day0 + 150 * MIN, w), day0 + 150 * MIN);
         assert_eq!(next_in_window(day0 + 60 * MIN, w), day0 + 120 * MIN);
-        assert_eq!(next_in_window(day0 + 400 * MIN, w), day0 + 1440 * MIN + 120 * MIN);
+        assert_eq!(
+            next_in_window(day0 + 400 * MIN, w),
+            day0 + 1440 * MIN + 120 * MIN
+        );
         let wrap = Some((1380, 60));
         assert_eq!(next_in_window(day0 + 30 * MIN, wrap), day0 + 30 * MIN);
         assert_eq!(next_in_window(day0 + 600 * MIN, wrap), day0 + 1380 * MIN);
