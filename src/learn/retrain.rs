@@ -12,8 +12,11 @@
 //!   wearer's windows mixed with replayed pack windows, one epoch at a time with a
 //!   [`Checkpoint`] after each (a gateway can be restarted or asked to stop between epochs)
 //!   → retrain the emotion heads on the new, frozen encoder (pack subjects + the wearer's
-//!   self-reports, weighted up) → evaluate the current model and the candidate on the same
-//!   held-out windows → [`decide`].
+//!   self-reports, weighted up) → evaluate the serving side and the candidate on the same
+//!   held-out windows → [`decide`]. "The serving side" is the current model on the wearer's
+//!   held-out self-reports, but on the held-out pack subjects — whose labels the shipped
+//!   heads were trained on — the current encoder with heads fitted by the same procedure as
+//!   the candidate's, so `before` is not inflated by labels it saw.
 //! - [`decide`]: the promotion gate. A candidate replaces the current model only if it is
 //!   shown to be no worse on windows neither of them trained on: every head's held-out
 //!   balanced accuracy must not drop (no tolerance), nor (when both exist) the mean pretext

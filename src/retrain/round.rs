@@ -140,7 +140,9 @@ fn serving_weights(
 /// The store's good windows (newest `max` of them), z-scored per sensor, with their labels
 /// mapped onto `heads` (oldest first).
 pub fn gather(store: &Store, heads: &[String], max: usize) -> Result<RoundData, RoundError> {
-    let mut per_sensor: Vec<(i64, String, Vec<f32>, Vec<Option<f32>>)> = Vec::new();
+    // (window start, sensor, samples, labels per head)
+    type Gathered = (i64, String, Vec<f32>, Vec<Option<f32>>);
+    let mut per_sensor: Vec<Gathered> = Vec::new();
     for sensor in store.sensors()? {
         let mut ws = Vec::new();
         for w in store.range(&sensor, i64::MIN, i64::MAX) {
@@ -302,7 +304,7 @@ pub fn run(
                         .zip(trained.iter().flatten())
                         .map(|(a, b)| (a - b).abs())
                         .fold(0.0, f32::max);
-                    if !(parity_max_abs <= PARITY_TOL) {
+                    if parity_max_abs.is_nan() || parity_max_abs > PARITY_TOL {
                         decision = "reject".into();
                         reason = format!("serving backend disagrees with the training forward pass: max |Δ| {parity_max_abs:.2e} > {PARITY_TOL:.0e}");
                     }
