@@ -99,6 +99,20 @@ pub enum BenchWhat {
         #[command(flatten)]
         backend: BackendArgs,
     },
+    /// One retraining round on a store of N synthetic windows: wall time and peak memory.
+    Retrain {
+        #[arg(long, default_value = "models/affectgate-arousal-v1.onnx")]
+        model: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        windows: usize,
+        #[arg(long, default_value_t = 1)]
+        epochs: usize,
+        /// Cap pretext steps per epoch (default: full epochs).
+        #[arg(long)]
+        max_steps: Option<usize>,
+        #[arg(long, default_value_t = 1)]
+        retrain_threads: usize,
+    },
     #[command(flatten)]
     Gateway(gateway::GatewayBench),
 }
@@ -918,6 +932,18 @@ fn bench(a: BenchArgs) -> Result<()> {
     let threads = rayon::current_num_threads();
     match a.what {
         BenchWhat::Gateway(b) => return gateway::bench(b),
+        BenchWhat::Retrain {
+            model,
+            windows,
+            epochs,
+            max_steps,
+            retrain_threads,
+        } => {
+            let v =
+                crate::retrain::bench::run(&model, windows, epochs, max_steps, retrain_threads)?;
+            println!("{v}");
+            return Ok(());
+        }
         BenchWhat::Train { steps, batch } => {
             let windows = synthetic_windows(batch * 2, 1);
             let cfg = TrainConfig {

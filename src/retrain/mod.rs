@@ -9,6 +9,7 @@
 //!   `cmd/retrain`), with how many threads, at which priority, within which budget, and what
 //!   `affectgate/<gw>/retrain` says about it.
 
+pub mod bench;
 pub mod registry;
 pub mod round;
 pub mod scheduler;
