@@ -393,3 +393,115 @@ async fn cmd_retrain_runs_a_round_in_the_running_gateway() {
     }
     assert!(registry.model_path("r0001").exists());
 }
+
+/// Power cut during a round: SIGKILL the gateway after the round's first checkpoint. The
+/// serving model is untouched (nothing promoted, registry intact), and the next start resumes
+/// the round from its checkpoint instead of starting over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_killed_mid_way_resumes_from_its_checkpoint() {
+    let Some(data) = shared_data() else {
+        return;
+    };
+    let Some(broker) = common::Mosquitto::start() else {
+        return;
+    };
+    let replay = data.join("polar-h10/polar_h10_ecg.csv");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &replay);
+    cfg.gateway.id = "gwkill".into();
+    cfg.mqtt.port = broker.port;
+    if let SourceConfig::Replay { looped, .. } = &mut cfg.sensors[0].source {
+        *looped = false;
+    }
+    // Windows to train on (run 1 ends with the file).
+    GatewayBuilder::new(cfg.clone(), &repo())
+        .run(std::future::pending())
+        .await
+        .unwrap();
+    // Runs 2 and 3: a real-time synthetic strap keeps the gateway alive; a round starts at
+    // once (min_new_windows = 1) with 4 short pretext epochs.
+    cfg.sensors = vec![SensorConfig {
+        id: "polar".into(),
+        source: SourceConfig::Synthetic {
+            ecg: Default::default(),
+        },
+    }];
+    cfg.retrain.enabled = true;
+    cfg.retrain.min_new_windows = 1;
+    cfg.retrain.pretext_epochs = 4;
+    cfg.retrain.max_steps_per_epoch = Some(3);
+    cfg.retrain.max_windows = 200;
+    let path = dir.path().join("gw.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let registry = Registry::open(&cfg.retrain.models_dir);
+    let work = cfg.retrain.models_dir.join("work");
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_affectgate"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn,affectgate=info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut gw = spawn();
+    let t0 = Instant::now();
+    while !work.join("checkpoint.bin").exists() && t0.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        work.join("checkpoint.bin").exists(),
+        "no checkpoint written"
+    );
+    gw.kill().unwrap(); // SIGKILL: no shutdown path runs
+    gw.wait().unwrap();
+    assert_eq!(
+        registry.serving().unwrap(),
+        (None, None),
+        "serving model untouched"
+    );
+    assert!(
+        registry.list().unwrap().is_empty(),
+        "nothing registered mid-round"
+    );
+    assert!(work.join("round.json").exists());
+
+    let rec = common::Recorder::start(broker.port, &["affectgate/gwkill/retrain"]).await;
+    let mut gw = spawn();
+    let verdict = |m: &[common::Msg]| {
+        m.iter()
+            .filter_map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).ok())
+            .find(|v| {
+                v["state"] == "promoted" || v["state"] == "rejected" || v["state"] == "failed"
+            })
+    };
+    let done = rec
+        .wait_for(Duration::from_secs(300), |m| verdict(m).is_some())
+        .await;
+    unsafe { libc_kill(gw.id() as i32, 15) };
+    gw.wait().unwrap();
+    assert!(done, "no verdict after the restart");
+    let v = verdict(&rec.messages()).unwrap();
+    assert_ne!(v["state"], "failed", "{v}");
+    let r = &v["report"];
+    let resumed = r["resumed_from_epoch"]
+        .as_u64()
+        .expect("resumed from a checkpoint");
+    assert!(resumed >= 1, "{r}");
+    assert_eq!(
+        r["epochs_run"].as_u64().unwrap(),
+        4 - resumed,
+        "only the remaining epochs: {r}"
+    );
+    assert_eq!(r["id"], "r0001");
+    assert!(
+        !work.exists(),
+        "the work directory is cleared after the round"
+    );
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
