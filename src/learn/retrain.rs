@@ -110,29 +110,10 @@ fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), RetrainError> {
 
 // ───────────────────────────────── CRC-32 ─────────────────────────────────
 
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = (c >> 1) ^ (0xEDB8_8320 & (c & 1).wrapping_neg());
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
 
 /// CRC-32 (IEEE, as zlib/PNG), the same polynomial as the window store.
 fn crc32(bytes: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &b in bytes {
-        c = CRC_TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
-    }
-    !c
+    crc32fast::hash(bytes)
 }
 
 /// SplitMix64 finaliser: independent seeds for the streams of a round.

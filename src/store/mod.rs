@@ -758,31 +758,14 @@ pub fn quantisation_scale(samples: &[f32]) -> f32 {
     scale
 }
 
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = (c >> 1) ^ (0xEDB8_8320 & (c & 1).wrapping_neg());
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
 
-/// CRC-32 (IEEE) of the key fields and the value body.
+/// CRC-32 (IEEE, crc32fast) of the key fields and the value body.
 fn checksum(sensor: &str, start_ns: i64, body: &[u8]) -> u32 {
-    let mut c = !0u32;
+    let mut h = crc32fast::Hasher::new();
     for part in [sensor.as_bytes(), &[0], &start_ns.to_le_bytes(), body] {
-        for &b in part {
-            c = CRC_TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
-        }
+        h.update(part);
     }
-    !c
+    h.finalize()
 }
 
 /// Encodes a record (format 1, layout in the module docs). Fails on non-finite samples or
