@@ -110,7 +110,6 @@ fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), RetrainError> {
 
 // ───────────────────────────────── CRC-32 ─────────────────────────────────
 
-
 /// CRC-32 (IEEE, as zlib/PNG), the same polynomial as the window store.
 fn crc32(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)

@@ -758,7 +758,6 @@ pub fn quantisation_scale(samples: &[f32]) -> f32 {
     scale
 }
 
-
 /// CRC-32 (IEEE, crc32fast) of the key fields and the value body.
 fn checksum(sensor: &str, start_ns: i64, body: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();

@@ -463,6 +463,22 @@ impl Link<'_> {
         }
     }
 
+    /// Next value notified on `uuid` (others are skipped) under the watchdog; `None` when
+    /// `stop` was cancelled.
+    async fn next_of(
+        &mut self,
+        uuid: Uuid,
+        stop: &CancellationToken,
+    ) -> Result<Option<Vec<u8>>, SessionError> {
+        loop {
+            match self.next(self.watchdog, stop).await? {
+                None => return Ok(None),
+                Some(n) if n.uuid == uuid => return Ok(Some(n.value)),
+                Some(_) => {} // e.g. a late control-point indication
+            }
+        }
+    }
+
     /// Wait for the control-point answer to `op`; data notifications are kept for later.
     async fn answer(
         &mut self,
@@ -601,17 +617,10 @@ async fn pmd(
         )));
     }
     st.connected().await?;
-    let res = loop {
-        let n = match link.next(link.watchdog, stop).await {
-            Ok(Some(n)) => n,
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(e),
-        };
-        if n.uuid != data.uuid {
-            continue; // a late control-point indication
-        }
+    let res: Result<(), SessionError> = async {
+        while let Some(value) = link.next_of(data.uuid, stop).await? {
         let rx = now_ns();
-        match protocol::parse_pmd_frame(&n.value) {
+        match protocol::parse_pmd_frame(&value) {
             Ok(f) if f.samples_uv.is_empty() => {}
             Ok(f) if st.last_ts == Some(f.sensor_ts_ns) => {
                 st.duplicates += 1;
@@ -640,7 +649,10 @@ async fn pmd(
             }
             Err(e) => st.bad_frame(&e),
         }
-    };
+        }
+        Ok(())
+    }
+    .await;
     if res.is_ok() {
         // Shutdown: stop the stream so the strap stops radioing, then unsubscribe.
         let _ = timeout(
@@ -672,25 +684,21 @@ async fn heart_rate(
     )
     .await?;
     st.connected().await?;
-    let res = loop {
-        let n = match link.next(link.watchdog, stop).await {
-            Ok(Some(n)) => n,
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(e),
-        };
-        if n.uuid != hr.uuid {
-            continue;
+    let res: Result<(), SessionError> = async {
+        while let Some(value) = link.next_of(hr.uuid, stop).await? {
+            match protocol::parse_heart_rate(&value) {
+                Ok(m) => st.beats(Beats {
+                    t_ns: now_ns(),
+                    hr_bpm: (m.bpm > 0).then_some(f32::from(m.bpm)),
+                    rr_ms: m.rr_ms.clone(),
+                    contact: m.contact,
+                })?,
+                Err(e) => st.bad_frame(&e),
+            }
         }
-        match protocol::parse_heart_rate(&n.value) {
-            Ok(m) => st.beats(Beats {
-                t_ns: now_ns(),
-                hr_bpm: (m.bpm > 0).then_some(f32::from(m.bpm)),
-                rr_ms: m.rr_ms.clone(),
-                contact: m.contact,
-            })?,
-            Err(e) => st.bad_frame(&e),
-        }
-    };
+        Ok(())
+    }
+    .await;
     if res.is_ok() {
         let _ = timeout(TEARDOWN_TIMEOUT, link.p.unsubscribe(hr)).await;
     }
@@ -742,31 +750,27 @@ async fn generic(
     within(CP_TIMEOUT, "enable ECG notifications", link.p.subscribe(c)).await?;
     st.connected().await?;
     let mut clock = CountClock::new(g.fs_hz);
-    let res = loop {
-        let n = match link.next(link.watchdog, stop).await {
-            Ok(Some(n)) => n,
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(e),
-        };
-        if n.uuid != c.uuid {
-            continue;
-        }
-        let rx = now_ns();
-        let mut samples = Vec::new();
-        match protocol::decode_samples(&n.value, g.format, g.scale_uv, &mut samples) {
-            Ok(0) => {}
-            Ok(k) => {
-                let (t0, gap) = clock.packet(k, rx);
-                st.block(Block {
-                    t0_ns: t0,
-                    fs_hz: g.fs_hz,
-                    samples_uv: samples,
-                    gap_before: gap,
-                })?;
+    let res: Result<(), SessionError> = async {
+        while let Some(value) = link.next_of(c.uuid, stop).await? {
+            let rx = now_ns();
+            let mut samples = Vec::new();
+            match protocol::decode_samples(&value, g.format, g.scale_uv, &mut samples) {
+                Ok(0) => {}
+                Ok(k) => {
+                    let (t0, gap) = clock.packet(k, rx);
+                    st.block(Block {
+                        t0_ns: t0,
+                        fs_hz: g.fs_hz,
+                        samples_uv: samples,
+                        gap_before: gap,
+                    })?;
+                }
+                Err(e) => st.bad_frame(&e),
             }
-            Err(e) => st.bad_frame(&e),
         }
-    };
+        Ok(())
+    }
+    .await;
     if res.is_ok() {
         let _ = timeout(TEARDOWN_TIMEOUT, link.p.unsubscribe(c)).await;
     }
