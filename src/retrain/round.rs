@@ -144,7 +144,9 @@ pub fn gather(store: &Store, heads: &[String], max: usize) -> Result<RoundData, 
     type Gathered = (i64, String, Vec<f32>, Vec<Option<f32>>);
     let mut per_sensor: Vec<Gathered> = Vec::new();
     for sensor in store.sensors()? {
-        let mut ws = Vec::new();
+        // Oldest first; only the newest `max` of each sensor are kept in memory (a store can
+        // hold far more windows than fit in RAM).
+        let mut ws = std::collections::VecDeque::with_capacity(max.min(4096) + 1);
         for w in store.range(&sensor, i64::MIN, i64::MAX) {
             let Ok(w) = w else { continue }; // corrupt records are reported by `store stats`
             if w.quality != 0 {
@@ -154,7 +156,10 @@ pub fn gather(store: &Store, heads: &[String], max: usize) -> Result<RoundData, 
                 .iter()
                 .map(|h| w.labels.iter().find(|(n, _)| n == h).map(|(_, v)| *v))
                 .collect();
-            ws.push((w.window.start_ns, sensor.clone(), w.window.samples, labels));
+            ws.push_back((w.window.start_ns, sensor.clone(), w.window.samples, labels));
+            if ws.len() > max {
+                ws.pop_front();
+            }
         }
         per_sensor.extend(ws);
     }

@@ -378,14 +378,13 @@ impl Scheduler {
                 tracing::info!(model = %report.id, decision = %report.decision, reason = %report.reason, seconds = report.seconds, "retraining round finished");
             }
             Ok(Err(e)) => {
-                let stopped = matches!(
-                    &e,
-                    round::RoundError::Retrain(crate::learn::retrain::RetrainError::Stopped(_))
-                );
-                st.state = if stopped { "stopped" } else { "failed" }.into();
+                // Stopped for a shutdown: not a round (it resumes at the next start). Stopped
+                // by the budget or the memory limit, or failed: counts as a round for the
+                // schedule, so a round that cannot fit does not restart in a tight loop.
+                let shutdown = halt.load(Ordering::SeqCst);
+                st.state = if shutdown { "stopped" } else { "failed" }.into();
                 st.reason = Some(e.to_string());
-                if !stopped {
-                    // A failed round counts as a round for the schedule (no tight retry loop).
+                if !shutdown {
                     st.finished = Some(rfc3339_ms(now));
                     st.finished_ns = Some(now);
                 }
