@@ -174,7 +174,7 @@ impl Drop for Sim {
     fn drop(&mut self) {
         for p in self.procs.iter_mut().rev() {
             unsafe {
-                libc_kill(p.id() as i32, 15);
+                libc::kill(p.id() as libc::pid_t, libc::SIGTERM);
             }
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -183,11 +183,6 @@ impl Drop for Sim {
             let _ = p.wait();
         }
     }
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 /// The shipped plugin.toml with one BLE sensor, a broker and a store.
@@ -234,7 +229,7 @@ fn gateway(sim: &Sim, config: &Path, log: &Path) -> Child {
 /// SIGTERM and wait (graceful shutdown); returns stdout.
 fn stop(child: Child) -> (i32, String) {
     unsafe {
-        libc_kill(child.id() as i32, 15);
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
     }
     let out = child.wait_with_output().unwrap();
     (
@@ -394,15 +389,7 @@ async fn h10_over_simulated_bluez_end_to_end_with_a_link_drop() {
     let gw = gateway(&sim, &config, &log);
 
     // The whole recording (≈ 10 min) at 20× ≈ 30 s, plus connect, retry and reconnect.
-    let ended = {
-        let t0 = Instant::now();
-        loop {
-            if !sim.named("end").is_empty() || t0.elapsed() > Duration::from_secs(150) {
-                break !sim.named("end").is_empty();
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
+    let ended = wait_event(&sim, "end", Duration::from_secs(150)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (code, stdout) = stop(gw);
     let logtext = std::fs::read_to_string(&log).unwrap();

@@ -479,7 +479,7 @@ async fn a_round_killed_mid_way_resumes_from_its_checkpoint() {
     let done = rec
         .wait_for(Duration::from_secs(300), |m| verdict(m).is_some())
         .await;
-    unsafe { libc_kill(gw.id() as i32, 15) };
+    unsafe { libc::kill(gw.id() as libc::pid_t, libc::SIGTERM) };
     gw.wait().unwrap();
     assert!(done, "no verdict after the restart");
     let v = verdict(&rec.messages()).unwrap();
@@ -499,9 +499,4 @@ async fn a_round_killed_mid_way_resumes_from_its_checkpoint() {
         !work.exists(),
         "the work directory is cleared after the round"
     );
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }

@@ -440,26 +440,12 @@ impl Link<'_> {
         if !self.pending.is_empty() {
             return Ok(Some(self.pending.remove(0)));
         }
-        let id = self.p.id();
-        let deadline = Instant::now() + wait;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return Ok(None),
-                n = self.notes.next() => return match n {
-                    Some(n) => Ok(Some(n)),
-                    None => Err(failed("notification stream ended (link lost)")),
-                },
-                ev = self.events.next() => match ev {
-                    Some(CentralEvent::DeviceDisconnected(d)) if d == id => {
-                        return Err(failed("link lost (device disconnected)"))
-                    }
-                    Some(_) => {}
-                    None => return Err(failed("BlueZ event stream ended")),
-                },
-                _ = tokio::time::sleep_until(deadline) => {
-                    return Err(failed(format!("watchdog: no notification for {:.1} s", wait.as_secs_f64())))
-                }
-            }
+        match timeout(wait, self.next_raw(stop)).await {
+            Ok(r) => r,
+            Err(_) => Err(failed(format!(
+                "watchdog: no notification for {:.1} s",
+                wait.as_secs_f64()
+            ))),
         }
     }
 
@@ -514,7 +500,8 @@ impl Link<'_> {
         res
     }
 
-    /// Like `next` without the watchdog and pending queue (used inside `answer`).
+    /// The next notification or link event, no watchdog, no pending queue (`StreamExt::next`
+    /// is cancel-safe, so a timeout around this loses nothing).
     async fn next_raw(
         &mut self,
         stop: &CancellationToken,
