@@ -60,6 +60,9 @@ pub enum Command {
     Infer(InferArgs),
     /// The paper's comparison, subject-independent: SSL vs supervised vs heart-rate baseline.
     Experiment(ExperimentArgs),
+    /// Leave-one-subject-out personalisation: what one on-gateway retraining round (with a
+    /// handful of self-reports) does for a person the model never saw.
+    Personalise(PersonaliseArgs),
     /// Measure training-step and inference speed (prints one JSON object).
     Bench(BenchArgs),
     /// Configuration tools.
@@ -275,6 +278,50 @@ pub struct ExperimentArgs {
     pub out: Option<PathBuf>,
 }
 
+#[derive(Args, Debug)]
+pub struct PersonaliseArgs {
+    #[arg(long)]
+    pub manifest: PathBuf,
+    /// Extra unlabelled recordings (other people) for the encoders' pretraining and the packs.
+    #[arg(long)]
+    pub unlabelled: Vec<PathBuf>,
+    #[arg(long, default_value = "arousal")]
+    pub head: String,
+    /// Encoder folds: each fold's encoder is pretrained without that fold's subjects.
+    #[arg(long, default_value_t = 6)]
+    pub folds: usize,
+    /// Pretraining epochs of each fold's encoder (from scratch, Adam 1e-3).
+    #[arg(long, default_value_t = 2)]
+    pub pretext_epochs: usize,
+    /// Epochs of each subject's base head (as the shipped model's: 60).
+    #[arg(long, default_value_t = 60)]
+    pub head_epochs: usize,
+    /// Self-reports per condition (rest, task).
+    #[arg(long, default_value_t = 2)]
+    pub reports_per_class: usize,
+    /// Pretext epochs of the retraining round (the gateway's default: 2).
+    #[arg(long, default_value_t = 2)]
+    pub round_epochs: usize,
+    /// Learning rate of the round's pretext stage (the gateway's default: 1e-4).
+    #[arg(long, default_value_t = 1e-4)]
+    pub round_lr: f64,
+    /// Only these subjects (repeatable; default all).
+    #[arg(long)]
+    pub subject: Vec<String>,
+    /// Cap optimiser steps per epoch of every pretext training (smoke runs).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Per-subject results, one JSON line each, appended as they finish; subjects already
+    /// in the file are skipped (resume).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Where fold encoders are cached (default: <out>.encoders/).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new()
@@ -293,6 +340,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval(a),
         Command::Infer(a) => infer(a),
         Command::Experiment(a) => run_experiment(a),
+        Command::Personalise(a) => run_personalise(a),
         Command::Bench(a) => bench(a),
         Command::Config {
             what: ConfigWhat::Check { file },
@@ -892,6 +940,61 @@ fn run_experiment(a: ExperimentArgs) -> Result<()> {
         std::fs::write(out, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", out.display()))?;
     }
+    Ok(())
+}
+
+fn run_personalise(a: PersonaliseArgs) -> Result<()> {
+    use crate::learn::personalise::{self, PersonaliseConfig};
+    use crate::learn::retrain::RoundConfig;
+    let pre = PreprocessConfig::default();
+    let data = dataset::labelled_from_manifest(&a.manifest, &pre)?;
+    let extra = if a.unlabelled.is_empty() {
+        dataset::Dataset::default()
+    } else {
+        dataset::unlabelled_from_paths(&a.unlabelled, &pre)?
+    };
+    let tc = |epochs: usize, seed: u64| TrainConfig {
+        epochs,
+        batch: 32,
+        lr: 1e-3,
+        seed,
+        max_steps_per_epoch: a.max_steps,
+        progress: false,
+    };
+    let cfg = PersonaliseConfig {
+        head: a.head.clone(),
+        folds: a.folds,
+        pretext: tc(a.pretext_epochs, a.seed),
+        heads: TrainConfig {
+            max_steps_per_epoch: None,
+            ..tc(a.head_epochs, a.seed + 1)
+        },
+        pack_pretext: 300,
+        reports_per_class: a.reports_per_class,
+        round: RoundConfig {
+            pretext_epochs: a.round_epochs,
+            lr: a.round_lr,
+            max_steps_per_epoch: a.max_steps,
+            seed: a.seed,
+            ..RoundConfig::default()
+        },
+    };
+    let cache = a
+        .cache
+        .clone()
+        .unwrap_or_else(|| personalise::default_cache(&a.out));
+    eprintln!(
+        "personalisation, leave-one-subject-out: {} windows of {} subjects, {} extra unlabelled windows; results → {}",
+        data.windows.len(),
+        data.subjects().len(),
+        extra.windows.len(),
+        a.out.display()
+    );
+    let t0 = std::time::Instant::now();
+    let results = personalise::run(&data, &extra, &cfg, &a.subject, &a.out, Some(&cache), |m| {
+        eprintln!("[{:>6.0} s] {m}", t0.elapsed().as_secs_f64())
+    })?;
+    println!("{}", personalise::markdown(&results));
     Ok(())
 }
 

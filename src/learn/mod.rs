@@ -8,6 +8,8 @@
 //! - [`metrics`]: balanced accuracy, accuracy, macro-F1, confusion;
 //! - [`onnx`]: ONNX export and import of the network, plus a plain-Rust reference forward;
 //! - [`retrain`]: on-gateway retraining rounds (replay pack, checkpoints, promotion gate);
+//! - [`personalise`]: leave-one-subject-out evidence of what a retraining round does for a
+//!   new person;
 //! - [`card`]: model cards; [`plots`]: SVG plots; [`experiment`]: the paper's comparison,
 //!   subject-independent.
 
@@ -18,6 +20,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod onnx;
+pub mod personalise;
 pub mod plots;
 pub mod retrain;
 pub mod train;

@@ -958,6 +958,129 @@ fn validate_inputs(
     Ok(())
 }
 
+/// The labelled windows a round's head stage trains on: the pack's labelled windows outside
+/// the gate subjects (once each) and the wearer's self-reports outside the hold-out
+/// (repeated `round(user_weight)` times), labels in the current model's head order.
+struct HeadSet {
+    pack_col: Vec<Option<usize>>,
+    head_names: Vec<String>,
+    windows: Vec<Vec<f32>>,
+    labels: Vec<Vec<Option<f32>>>,
+    reps: Vec<usize>,
+    n_pack: usize,
+    n_user: usize,
+}
+
+impl HeadSet {
+    fn new(
+        data: &RoundData,
+        pack: &ReplayPack,
+        sp: &Split,
+        head_names: &[String],
+        cfg: &RoundConfig,
+    ) -> Self {
+        let pack_col = head_names
+            .iter()
+            .map(|h| pack.head_names.iter().position(|p| p == h))
+            .collect();
+        let mut set = HeadSet {
+            pack_col,
+            head_names: head_names.to_vec(),
+            windows: Vec::new(),
+            labels: Vec::new(),
+            reps: Vec::new(),
+            n_pack: sp.pack_train.len(),
+            n_user: sp.user_train.len(),
+        };
+        let user_reps = (cfg.user_weight.round() as usize).max(1);
+        for &i in &sp.pack_train {
+            set.windows.push(pack.labelled[i].window.clone());
+            set.labels.push(set.pack_labels(&pack.labelled[i]));
+            set.reps.push(1);
+        }
+        for (win, l) in &data.user_labelled[sp.user_train.clone()] {
+            set.windows.push(win.clone());
+            set.labels.push(l.clone());
+            set.reps.push(user_reps);
+        }
+        set
+    }
+
+    /// A pack window's labels in the current model's head order.
+    fn pack_labels(&self, pw: &PackWindow) -> Vec<Option<f32>> {
+        self.pack_col
+            .iter()
+            .map(|c| c.and_then(|c| pw.labels[c]))
+            .collect()
+    }
+
+    /// Fresh heads (the widths of `current`'s) on `encoder`'s frozen embeddings.
+    fn fit(
+        &self,
+        encoder: &NetworkWeights,
+        current: &NetworkWeights,
+        cfg: &RoundConfig,
+    ) -> Result<Vec<HeadWeights>, RetrainError> {
+        let emb = embed(encoder, &self.windows);
+        let mut heads = Vec::with_capacity(self.head_names.len());
+        for (h, name) in self.head_names.iter().enumerate() {
+            let mut e = Vec::new();
+            let mut l = Vec::new();
+            for i in 0..self.windows.len() {
+                if let Some(v) = self.labels[i][h] {
+                    for _ in 0..self.reps[i] {
+                        e.push(emb[i].clone());
+                        l.push(vec![Some(v)]);
+                    }
+                }
+            }
+            if e.is_empty() {
+                return Err(RetrainError::NotEnoughData(format!(
+                    "head {name}: no labelled training windows (pack windows outside the gate \
+                     subjects: {}, the wearer's self-reports outside the hold-out: {})",
+                    self.n_pack, self.n_user
+                )));
+            }
+            let tcfg = TrainConfig {
+                epochs: cfg.head_epochs,
+                batch: cfg.batch,
+                lr: cfg.head_lr,
+                seed: mix(cfg.seed, 2000 + h as u64),
+                max_steps_per_epoch: None,
+                progress: false,
+            };
+            let (mut hw, _) = train_heads(
+                &e,
+                &l,
+                std::slice::from_ref(name),
+                &hidden_of(&current.heads[h]),
+                &tcfg,
+            );
+            heads.push(hw.remove(0));
+        }
+        Ok(heads)
+    }
+}
+
+/// A round's head stage on its own: heads fitted on `encoder` exactly as [`run_round`] fits
+/// the candidate's (same windows, hold-outs, weights and seeds), returned as a complete
+/// model. Used by the personalisation experiment to separate what the encoder adaptation
+/// and what the self-reports contribute.
+pub fn refit_heads(
+    encoder: &NetworkWeights,
+    current: &NetworkWeights,
+    data: &RoundData,
+    pack: &ReplayPack,
+    cfg: &RoundConfig,
+) -> Result<NetworkWeights, RetrainError> {
+    let sp = split(data, pack, cfg);
+    let set = HeadSet::new(data, pack, &sp, &current.head_names(), cfg);
+    Ok(NetworkWeights {
+        convs: encoder.convs.clone(),
+        heads: set.fit(encoder, current, cfg)?,
+    })
+}
+
 /// One retraining round (see the module docs for the steps).
 ///
 /// - `current`: the serving model (encoder + emotion heads); it is what `before` measures.
@@ -1048,73 +1171,10 @@ pub fn run_round(
 
     // ── stage 2: emotion heads on the new, frozen encoder ──
     on_progress(Progress::Heads);
-    let pack_col: Vec<Option<usize>> = head_names
-        .iter()
-        .map(|h| pack.head_names.iter().position(|p| p == h))
-        .collect();
-    let pack_labels = |pw: &PackWindow| -> Vec<Option<f32>> {
-        pack_col
-            .iter()
-            .map(|c| c.and_then(|c| pw.labels[c]))
-            .collect()
-    };
-    let mut windows: Vec<Vec<f32>> = Vec::new();
-    let mut labels: Vec<Vec<Option<f32>>> = Vec::new();
-    let mut reps: Vec<usize> = Vec::new();
-    let user_reps = (cfg.user_weight.round() as usize).max(1);
-    for &i in &sp.pack_train {
-        windows.push(pack.labelled[i].window.clone());
-        labels.push(pack_labels(&pack.labelled[i]));
-        reps.push(1);
-    }
-    for (win, l) in &data.user_labelled[sp.user_train.clone()] {
-        windows.push(win.clone());
-        labels.push(l.clone());
-        reps.push(user_reps);
-    }
+    let set = HeadSet::new(data, pack, &sp, &head_names, cfg);
     // The same head fitting (same windows, weights and seeds) for any encoder: the new one
     // (the candidate) and the serving one (the gate's honest baseline, below).
-    let fit_heads = |encoder: &NetworkWeights| -> Result<Vec<HeadWeights>, RetrainError> {
-        let emb = embed(encoder, &windows);
-        let mut heads = Vec::with_capacity(head_names.len());
-        for (h, name) in head_names.iter().enumerate() {
-            let mut e = Vec::new();
-            let mut l = Vec::new();
-            for i in 0..windows.len() {
-                if let Some(v) = labels[i][h] {
-                    for _ in 0..reps[i] {
-                        e.push(emb[i].clone());
-                        l.push(vec![Some(v)]);
-                    }
-                }
-            }
-            if e.is_empty() {
-                return Err(RetrainError::NotEnoughData(format!(
-                    "head {name}: no labelled training windows (pack windows outside the gate \
-                     subjects: {}, the wearer's self-reports outside the hold-out: {})",
-                    sp.pack_train.len(),
-                    sp.user_train.len()
-                )));
-            }
-            let tcfg = TrainConfig {
-                epochs: cfg.head_epochs,
-                batch: cfg.batch,
-                lr: cfg.head_lr,
-                seed: mix(cfg.seed, 2000 + h as u64),
-                max_steps_per_epoch: None,
-                progress: false,
-            };
-            let (mut hw, _) = train_heads(
-                &e,
-                &l,
-                std::slice::from_ref(name),
-                &hidden_of(&current.heads[h]),
-                &tcfg,
-            );
-            heads.push(hw.remove(0));
-        }
-        Ok(heads)
-    };
+    let fit_heads = |encoder: &NetworkWeights| set.fit(encoder, current, cfg);
     let heads = fit_heads(&w)?;
     let candidate = NetworkWeights {
         convs: w.convs.clone(),
@@ -1127,7 +1187,7 @@ pub fn run_round(
     let mut gate_labels: Vec<Vec<Option<f32>>> = Vec::new();
     for &i in &sp.pack_holdout {
         gate_windows.push(pack.labelled[i].window.clone());
-        gate_labels.push(pack_labels(&pack.labelled[i]));
+        gate_labels.push(set.pack_labels(&pack.labelled[i]));
     }
     for (win, l) in &data.user_labelled[sp.user_holdout.clone()] {
         gate_windows.push(win.clone());

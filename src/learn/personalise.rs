@@ -1,0 +1,591 @@
+//! The personalisation experiment: what one on-gateway retraining round does for a person the
+//! model has never met, for every EEGMAT subject in turn (leave-one-subject-out).
+//!
+//! For each subject S (the "wearer"):
+//! 1. **The model S's gateway would ship with** never saw S: its self-supervised encoder is
+//!    pretrained on the other subjects' ECG (plus any extra unlabelled recordings), its emotion
+//!    head is trained on the other 23 subjects' labels, and its replay pack is built from
+//!    those same people. Encoders are pretrained once per *encoder fold* (`folds` groups of
+//!    subjects, default 6 × 4) to fit the compute budget, so an encoder has also not seen three
+//!    other people; the head and the pack are per subject (all 23 others).
+//! 2. **The gateway streams S's rest and then task recording**: every window of S, in time
+//!    order, is a stored unlabelled window. `reports_per_class` windows of each condition,
+//!    evenly spaced through the recording, are S's self-reports.
+//! 3. **One retraining round** — [`run_round`], the function the gateway's scheduler calls,
+//!    with the gateway's [`RoundConfig`] — adapts the encoder on S's windows (+ replay) and
+//!    re-fits the head on the pack + S's self-reports; its gate decides promote / reject.
+//! 4. **Scored on S's windows that were not self-reports** (the labels never touched any
+//!    training; the signals did, unlabelled, exactly as on a gateway): the shipped model
+//!    (`base`), the round's candidate (`round`), what the gateway then serves (`served`:
+//!    candidate if promoted, else base), and two ablations with the round's own head fitting —
+//!    `reports_only` (serving encoder, head re-fitted with the self-reports) and `ssl_only`
+//!    (adapted encoder, head re-fitted without them) — to tell the two contributions apart.
+//!
+//! Results are appended per subject to a JSON-lines file as they finish, so a long run can be
+//! stopped and resumed (`resume`), and fold encoders are cached as ONNX files.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::dataset::{Dataset, TrainWindow};
+use super::experiment::subject_folds;
+use super::metrics::Confusion;
+use super::model::EMOTION_HIDDEN;
+use super::onnx::{export_onnx, import_onnx, NetworkWeights};
+use super::retrain::{
+    refit_heads, run_round, Decision, GateMetrics, ReplayPack, RoundConfig, RoundData,
+};
+use super::train::{embed, predict, predict_heads, pretrain, train_heads, TrainConfig};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PersonaliseConfig {
+    /// Label column evaluated (EEGMAT: "arousal").
+    pub head: String,
+    /// Encoder folds (groups of subjects left out of one pretrained encoder).
+    pub folds: usize,
+    /// Pretraining of each fold's encoder (from scratch).
+    pub pretext: TrainConfig,
+    /// Training of the shipped head of each subject's base model.
+    pub heads: TrainConfig,
+    /// Pretext windows in each subject's replay pack (the shipped pack has 300).
+    pub pack_pretext: usize,
+    /// Self-reports per condition (rest, task).
+    pub reports_per_class: usize,
+    /// The retraining round (the gateway's settings).
+    pub round: RoundConfig,
+}
+
+/// One model's numbers on a subject's evaluation windows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ArmResult {
+    pub arm: String,
+    pub confusion: Confusion,
+    pub balanced_accuracy: f64,
+    /// Threshold-free: probability that a random task window scores above a random rest
+    /// window (ties count ½). NaN when the subject has only one class.
+    pub auc: f64,
+    pub mean_score_rest: f64,
+    pub mean_score_task: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SubjectResult {
+    pub subject: String,
+    pub fold: usize,
+    /// S's windows streamed to the gateway (rest, task).
+    pub windows_rest: usize,
+    pub windows_task: usize,
+    /// Self-reports: (window index in stream order, label).
+    pub self_reports: Vec<(usize, f32)>,
+    pub eval_windows: usize,
+    pub arms: Vec<ArmResult>,
+    /// The round's gate.
+    pub decision: String,
+    pub gate_before: GateMetrics,
+    pub gate_after: GateMetrics,
+    pub seconds: f64,
+}
+
+impl SubjectResult {
+    pub fn arm(&self, name: &str) -> Option<&ArmResult> {
+        self.arms.iter().find(|a| a.arm == name)
+    }
+}
+
+pub const ARMS: [&str; 5] = ["base", "reports_only", "ssl_only", "round", "served"];
+
+/// Probability that a positive scores above a negative (Mann–Whitney U / (n₊ n₋)).
+pub fn auc(scores: &[f32], labels: &[bool]) -> f64 {
+    let pos: Vec<f32> = scores
+        .iter()
+        .zip(labels)
+        .filter(|(_, &y)| y)
+        .map(|(&s, _)| s)
+        .collect();
+    let neg: Vec<f32> = scores
+        .iter()
+        .zip(labels)
+        .filter(|(_, &y)| !y)
+        .map(|(&s, _)| s)
+        .collect();
+    if pos.is_empty() || neg.is_empty() {
+        return f64::NAN;
+    }
+    let mut u = 0.0;
+    for p in &pos {
+        for n in &neg {
+            u += if p > n {
+                1.0
+            } else if p == n {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    u / (pos.len() * neg.len()) as f64
+}
+
+fn arm(name: &str, scores: &[f32], labels: &[bool]) -> ArmResult {
+    let mean = |want: bool| {
+        let v: Vec<f64> = scores
+            .iter()
+            .zip(labels)
+            .filter(|(_, &y)| y == want)
+            .map(|(&s, _)| s as f64)
+            .collect();
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    let confusion = Confusion::from_scores(scores, labels, 0.5);
+    ArmResult {
+        arm: name.to_string(),
+        balanced_accuracy: confusion.balanced_accuracy(),
+        confusion,
+        auc: auc(scores, labels),
+        mean_score_rest: mean(false),
+        mean_score_task: mean(true),
+    }
+}
+
+/// `k` indices spread evenly over `0..n` (the middle of `k` equal slices).
+fn evenly(n: usize, k: usize) -> Vec<usize> {
+    let k = k.min(n);
+    (0..k).map(|j| ((2 * j + 1) * n) / (2 * k)).collect()
+}
+
+fn subset(data: &Dataset, keep: impl Fn(&TrainWindow) -> bool) -> Dataset {
+    Dataset {
+        label_names: data.label_names.clone(),
+        windows: data.windows.iter().filter(|w| keep(w)).cloned().collect(),
+    }
+}
+
+/// The pretrained encoder of fold `fi` (pretext network, seven heads), from `cache` if it is
+/// there, else trained and written there.
+fn fold_encoder(
+    fi: usize,
+    unlabelled: &[Vec<f32>],
+    cfg: &PersonaliseConfig,
+    cache: Option<&Path>,
+    log: &mut dyn FnMut(&str),
+) -> Result<NetworkWeights> {
+    let file = cache.map(|d| {
+        d.join(format!(
+            "fold{}-of{}-e{}-s{}.pretext.onnx",
+            fi + 1,
+            cfg.folds,
+            cfg.pretext.epochs,
+            cfg.pretext.seed
+        ))
+    });
+    if let Some(f) = file.as_ref().filter(|f| f.exists()) {
+        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        let (w, _) = import_onnx(&bytes).with_context(|| format!("{}", f.display()))?;
+        log(&format!("fold {}: encoder from {}", fi + 1, f.display()));
+        return Ok(w);
+    }
+    let mut pcfg = cfg.pretext.clone();
+    pcfg.seed = cfg.pretext.seed + fi as u64;
+    let t0 = std::time::Instant::now();
+    let (w, hist) = pretrain(unlabelled, &[], &pcfg, None);
+    log(&format!(
+        "fold {}: encoder pretrained on {} windows, {} epochs, loss {:.4} → {:.4}, {:.0} s",
+        fi + 1,
+        unlabelled.len(),
+        pcfg.epochs,
+        hist.first().map(|e| e.train_loss).unwrap_or(f32::NAN),
+        hist.last().map(|e| e.train_loss).unwrap_or(f32::NAN),
+        t0.elapsed().as_secs_f64()
+    ));
+    if let Some(f) = &file {
+        if let Some(d) = f.parent() {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let bytes = export_onnx(&w, &[], env!("CARGO_PKG_VERSION"))?;
+        std::fs::write(f, bytes).with_context(|| format!("writing {}", f.display()))?;
+    }
+    Ok(w)
+}
+
+/// Subjects already in a results file (for resuming). Lines that do not parse are an error
+/// naming the file and line: a half-written file is not silently overwritten.
+pub fn read_results(path: &Path) -> Result<Vec<SubjectResult>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{} line {}: not a subject result", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Run the experiment for `subjects` (all when empty), appending one JSON line per subject
+/// to `results`. Subjects already in `results` are skipped.
+pub fn run(
+    data: &Dataset,
+    extra: &Dataset,
+    cfg: &PersonaliseConfig,
+    only: &[String],
+    results: &Path,
+    cache: Option<&Path>,
+    mut log: impl FnMut(&str),
+) -> Result<Vec<SubjectResult>> {
+    let Some(h) = data.label_names.iter().position(|n| n == &cfg.head) else {
+        bail!(
+            "label column '{}' not in the manifest (it has: {:?})",
+            cfg.head,
+            data.label_names
+        );
+    };
+    let subjects = data.subjects();
+    if cfg.folds < 2 || subjects.len() < cfg.folds {
+        bail!(
+            "{} subjects cannot make {} encoder folds",
+            subjects.len(),
+            cfg.folds
+        );
+    }
+    for s in only {
+        if !subjects.contains(s) {
+            bail!("--subject {s}: not in the manifest (it has {subjects:?})");
+        }
+    }
+    let mut done = read_results(results)?;
+    let folds = subject_folds(&subjects, cfg.folds);
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(results)
+        .with_context(|| format!("opening {}", results.display()))?;
+    let names = vec![cfg.head.clone()];
+    // Only this head's label, so the pack and the models have exactly one head.
+    let one_head = Dataset {
+        label_names: names.clone(),
+        windows: data
+            .windows
+            .iter()
+            .map(|w| TrainWindow {
+                labels: vec![w.labels[h]],
+                ..w.clone()
+            })
+            .collect(),
+    };
+    for (fi, fold) in folds.iter().enumerate() {
+        let todo: Vec<&String> = fold
+            .iter()
+            .filter(|s| only.is_empty() || only.contains(s))
+            .filter(|s| !done.iter().any(|r| &r.subject == *s))
+            .collect();
+        if todo.is_empty() {
+            continue;
+        }
+        let train = subset(&one_head, |w| !fold.contains(&w.subject));
+        let mut unl = train.samples();
+        unl.extend(extra.samples());
+        let pretext_net = fold_encoder(fi, &unl, cfg, cache, &mut log)?;
+        // The pack's unlabelled side: the fold's training windows + the extra recordings.
+        let mut pack_unl = train.clone();
+        pack_unl.windows.extend(extra.windows.iter().cloned());
+
+        for s in todo {
+            let t0 = std::time::Instant::now();
+            let others = subset(&one_head, |w| &w.subject != s);
+            let mine = subset(&one_head, |w| &w.subject == s);
+            // The base model: this fold's encoder + a head on the other 23 subjects.
+            let (ox, oy): (Vec<Vec<f32>>, Vec<Vec<Option<f32>>>) = others
+                .windows
+                .iter()
+                .filter(|w| w.labels[0].is_some())
+                .map(|w| (w.samples.clone(), w.labels.clone()))
+                .unzip();
+            let mut hcfg = cfg.heads.clone();
+            hcfg.progress = false;
+            let (heads, _) = train_heads(
+                &embed(&pretext_net, &ox),
+                &oy,
+                &names,
+                &EMOTION_HIDDEN,
+                &hcfg,
+            );
+            let base = NetworkWeights {
+                convs: pretext_net.convs.clone(),
+                heads,
+            };
+            let pack = ReplayPack::build(
+                &others,
+                &subset(&pack_unl, |w| &w.subject != s),
+                cfg.pack_pretext,
+                cfg.round.seed,
+            );
+
+            // The stream: rest then task (manifest order), time order within each.
+            let stream: Vec<&TrainWindow> = mine.windows.iter().collect();
+            let label_of = |w: &TrainWindow| w.labels[0].map(|v| v >= 0.5);
+            let rest: Vec<usize> = (0..stream.len())
+                .filter(|&i| label_of(stream[i]) == Some(false))
+                .collect();
+            let task: Vec<usize> = (0..stream.len())
+                .filter(|&i| label_of(stream[i]) == Some(true))
+                .collect();
+            let mut reports: Vec<usize> = evenly(rest.len(), cfg.reports_per_class)
+                .into_iter()
+                .map(|j| rest[j])
+                .chain(
+                    evenly(task.len(), cfg.reports_per_class)
+                        .into_iter()
+                        .map(|j| task[j]),
+                )
+                .collect();
+            reports.sort_unstable();
+            let data_round = RoundData {
+                unlabelled: stream.iter().map(|w| w.samples.clone()).collect(),
+                user_labelled: reports
+                    .iter()
+                    .map(|&i| (stream[i].samples.clone(), stream[i].labels.clone()))
+                    .collect(),
+            };
+            let eval: Vec<usize> = (0..stream.len())
+                .filter(|i| !reports.contains(i) && label_of(stream[*i]).is_some())
+                .collect();
+            let ex: Vec<Vec<f32>> = eval.iter().map(|&i| stream[i].samples.clone()).collect();
+            let ey: Vec<bool> = eval
+                .iter()
+                .map(|&i| label_of(stream[i]) == Some(true))
+                .collect();
+
+            let outcome = run_round(
+                &base,
+                Some(&pretext_net),
+                None,
+                &data_round,
+                &pack,
+                &cfg.round,
+                &mut |_| Ok(()),
+                &mut |_| {},
+                &|| None,
+            )?;
+            let adapted = NetworkWeights {
+                convs: outcome.pretext.convs.clone(),
+                heads: Vec::new(),
+            };
+            let reports_only = refit_heads(&base, &base, &data_round, &pack, &cfg.round)?;
+            let no_reports = RoundData {
+                unlabelled: data_round.unlabelled.clone(),
+                user_labelled: Vec::new(),
+            };
+            let ssl_only = refit_heads(&adapted, &base, &no_reports, &pack, &cfg.round)?;
+            let score = |m: &NetworkWeights| -> Vec<f32> {
+                predict_heads(&m.heads, &embed(m, &ex))
+                    .into_iter()
+                    .map(|r| r[0])
+                    .collect()
+            };
+            let base_scores: Vec<f32> = predict(&base, &ex).into_iter().map(|r| r[0]).collect();
+            let round_scores = score(&outcome.candidate);
+            let promoted = outcome.decision == Decision::Promote;
+            let arms = vec![
+                arm("base", &base_scores, &ey),
+                arm("reports_only", &score(&reports_only), &ey),
+                arm("ssl_only", &score(&ssl_only), &ey),
+                arm("round", &round_scores, &ey),
+                arm(
+                    "served",
+                    if promoted {
+                        &round_scores
+                    } else {
+                        &base_scores
+                    },
+                    &ey,
+                ),
+            ];
+            let r = SubjectResult {
+                subject: s.clone(),
+                fold: fi + 1,
+                windows_rest: rest.len(),
+                windows_task: task.len(),
+                self_reports: reports
+                    .iter()
+                    .map(|&i| (i, stream[i].labels[0].unwrap_or(f32::NAN)))
+                    .collect(),
+                eval_windows: eval.len(),
+                arms,
+                decision: match &outcome.decision {
+                    Decision::Promote => "promote".into(),
+                    Decision::Reject { reason } => format!("reject: {reason}"),
+                },
+                gate_before: outcome.before.clone(),
+                gate_after: outcome.after.clone(),
+                seconds: t0.elapsed().as_secs_f64(),
+            };
+            log(&format!(
+                "{s} (fold {}): {} rest + {} task windows, {} self-reports, {} evaluated; balanced accuracy {}; {}; {:.0} s",
+                fi + 1,
+                r.windows_rest,
+                r.windows_task,
+                r.self_reports.len(),
+                r.eval_windows,
+                r.arms
+                    .iter()
+                    .map(|a| format!("{} {:.3}", a.arm, a.balanced_accuracy))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                r.decision,
+                r.seconds
+            ));
+            writeln!(out, "{}", serde_json::to_string(&r)?)
+                .and_then(|_| out.flush())
+                .with_context(|| format!("writing {}", results.display()))?;
+            done.push(r);
+        }
+    }
+    done.sort_by(|a, b| a.subject.cmp(&b.subject));
+    Ok(done)
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    let n = v.len() as f64;
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let m = v.iter().sum::<f64>() / n;
+    let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+    (m, sd)
+}
+
+/// Two-sided exact sign test: P(at least this lopsided | no effect), ties dropped.
+pub fn sign_test(better: usize, worse: usize) -> f64 {
+    let n = better + worse;
+    if n == 0 {
+        return 1.0;
+    }
+    let k = better.min(worse);
+    let mut c = 1.0f64; // C(n, 0)
+    let mut tail = 0.0;
+    for i in 0..=k {
+        if i > 0 {
+            c = c * (n - i + 1) as f64 / i as f64;
+        }
+        tail += c;
+    }
+    (2.0 * tail / 2f64.powi(n as i32)).min(1.0)
+}
+
+/// The summary table (markdown) and per-subject table.
+pub fn markdown(results: &[SubjectResult]) -> String {
+    let mut s = String::new();
+    s.push_str("| model | pooled balanced accuracy | per-subject balanced accuracy, mean ± sd | per-subject AUC, mean ± sd | better / same / worse than base (sign test p) |\n|---|---|---|---|---|\n");
+    for name in ARMS {
+        let mut pooled = Confusion::default();
+        let mut ba = Vec::new();
+        let mut au = Vec::new();
+        let (mut better, mut same, mut worse) = (0, 0, 0);
+        for r in results {
+            let (Some(a), Some(b)) = (r.arm(name), r.arm("base")) else {
+                continue;
+            };
+            pooled.add(&a.confusion);
+            ba.push(a.balanced_accuracy);
+            au.push(a.auc);
+            let d = a.balanced_accuracy - b.balanced_accuracy;
+            if d > 1e-9 {
+                better += 1
+            } else if d < -1e-9 {
+                worse += 1
+            } else {
+                same += 1
+            }
+        }
+        let (m, sd) = mean_sd(&ba);
+        let (am, asd) = mean_sd(&au);
+        let cmp = if name == "base" {
+            "—".to_string()
+        } else {
+            format!(
+                "{better} / {same} / {worse} (p = {:.3})",
+                sign_test(better, worse)
+            )
+        };
+        s.push_str(&format!(
+            "| {name} | {:.3} | {m:.3} ± {sd:.3} | {am:.3} ± {asd:.3} | {cmp} |\n",
+            pooled.balanced_accuracy()
+        ));
+    }
+    let promoted = results.iter().filter(|r| r.decision == "promote").count();
+    s.push_str(&format!(
+        "\nGate: {promoted} of {} rounds promoted.\n\n",
+        results.len()
+    ));
+    s.push_str("| subject | rest / task windows | evaluated | base | reports_only | ssl_only | round | gate |\n|---|---|---|---|---|---|---|---|\n");
+    for r in results {
+        let b = |n: &str| {
+            r.arm(n)
+                .map(|a| format!("{:.3}", a.balanced_accuracy))
+                .unwrap_or_default()
+        };
+        let gate = if r.decision == "promote" {
+            "promote".to_string()
+        } else {
+            "reject".to_string()
+        };
+        s.push_str(&format!(
+            "| {} | {} / {} | {} | {} | {} | {} | {} | {gate} |\n",
+            r.subject,
+            r.windows_rest,
+            r.windows_task,
+            r.eval_windows,
+            b("base"),
+            b("reports_only"),
+            b("ssl_only"),
+            b("round"),
+        ));
+    }
+    s
+}
+
+/// Where a run keeps its fold encoders when the user gives no cache directory.
+pub fn default_cache(results: &Path) -> PathBuf {
+    results.with_extension("encoders")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_counts_pairs_and_ties() {
+        assert_eq!(auc(&[0.9, 0.1], &[true, false]), 1.0);
+        assert_eq!(auc(&[0.1, 0.9], &[true, false]), 0.0);
+        assert_eq!(auc(&[0.5, 0.5, 0.2], &[true, false, false]), 0.75);
+        assert!(auc(&[0.5], &[true]).is_nan());
+    }
+
+    #[test]
+    fn sign_test_exact() {
+        // 9 better, 1 worse of 10: 2 * (1 + 10) / 1024.
+        assert!((sign_test(9, 1) - 22.0 / 1024.0).abs() < 1e-12);
+        assert_eq!(sign_test(5, 5), 1.0);
+        assert_eq!(sign_test(0, 0), 1.0);
+    }
+
+    #[test]
+    fn evenly_spreads_reports() {
+        assert_eq!(evenly(18, 2), vec![4, 13]);
+        assert_eq!(evenly(6, 2), vec![1, 4]);
+        assert_eq!(evenly(1, 2), vec![0]);
+        assert!(evenly(0, 2).is_empty());
+    }
+}
