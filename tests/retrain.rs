@@ -266,6 +266,7 @@ async fn cmd_retrain_runs_a_round_in_the_running_gateway() {
     let gw = tokio::spawn(
         GatewayBuilder::new(cfg, &repo())
             .observer(tx)
+            .retrain_worker(Path::new(env!("CARGO_BIN_EXE_affectgate")))
             .run(async move {
                 let _ = stop_rx.await;
             }),
@@ -499,4 +500,177 @@ async fn a_round_killed_mid_way_resumes_from_its_checkpoint() {
         !work.exists(),
         "the work directory is cleared after the round"
     );
+}
+
+/// A tmpfs mount for the duration of a test (unmounted on drop).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// `None` (the test says why and skips) where this user may not mount.
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!(
+                "SKIP: cannot mount a tmpfs at {} (needs root)",
+                at.display()
+            );
+            return None;
+        }
+        Some(Tmpfs(at.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let st = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A full disk, then an out-of-memory, each end the round with a clear published reason —
+/// never the gateway: states keep flowing (no window lost or repeated), the serving model
+/// stays, nothing is registered, and the gateway still shuts down cleanly afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_or_out_of_memory_ends_the_round_not_the_gateway() {
+    let Some(data) = shared_data() else {
+        return;
+    };
+    let Some(broker) = common::Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let replay = data.join("polar-h10/polar_h10_ecg.csv");
+    let mut cfg = config(dir.path(), &replay);
+    cfg.gateway.id = "gwfull".into();
+    cfg.mqtt.port = broker.port;
+    // The models directory on a 64 KiB file system: the round's input (≈ 0.3 MB) cannot fit.
+    let Some(fs) = Tmpfs::mount(&dir.path().join("models-local"), "64k") else {
+        return;
+    };
+    if let SourceConfig::Replay { looped, .. } = &mut cfg.sensors[0].source {
+        *looped = false;
+    }
+    GatewayBuilder::new(cfg.clone(), &repo())
+        .run(std::future::pending())
+        .await
+        .unwrap();
+    if let SourceConfig::Replay { looped, .. } = &mut cfg.sensors[0].source {
+        *looped = true;
+    }
+    cfg.retrain.enabled = true;
+    cfg.retrain.interval_h = 1000.0;
+    cfg.retrain.min_new_windows = 1_000_000;
+    cfg.retrain.pretext_epochs = 1;
+    cfg.retrain.max_steps_per_epoch = Some(2);
+    cfg.retrain.max_windows = 200;
+    cfg.retrain.max_memory_mb = 48;
+    let registry = Registry::open(&cfg.retrain.models_dir);
+    let work = registry.dir().join("work");
+    let rec = common::Recorder::start(broker.port, &["affectgate/gwfull/retrain"]).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Observed>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let gw = tokio::spawn(
+        GatewayBuilder::new(cfg, &repo())
+            .observer(tx)
+            .retrain_worker(Path::new(env!("CARGO_BIN_EXE_affectgate")))
+            .run(async move {
+                let _ = stop_rx.await;
+            }),
+    );
+    let mut seen = Vec::new();
+    let failed = |m: &[common::Msg]| -> Vec<serde_json::Value> {
+        m.iter()
+            .filter_map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).ok())
+            .filter(|v| v["state"] == "failed")
+            .collect()
+    };
+    // Ask for a round and wait for the n-th failed status, collecting states meanwhile.
+    for n in 1..=2 {
+        while seen.len() < 5 * n {
+            seen.push(
+                tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        if n == 2 {
+            fs.resize("64m"); // room on disk now, but 48 MiB of memory
+        }
+        rec.client
+            .publish(
+                "affectgate/gwfull/cmd/retrain",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                "",
+            )
+            .await
+            .unwrap();
+        assert!(
+            rec.wait_for(Duration::from_secs(120), |m| failed(m).len() >= n)
+                .await,
+            "no failed status #{n}: {:?}",
+            rec.messages()
+                .iter()
+                .map(|m| String::from_utf8_lossy(&m.payload).to_string())
+                .collect::<Vec<_>>()
+        );
+    }
+    let statuses = failed(&rec.messages());
+    // 1. Full disk: staging the round cannot write its input.
+    let reason = statuses[0]["reason"].as_str().unwrap();
+    eprintln!("full disk: {reason}");
+    assert!(reason.contains("No space left on device"), "{reason}");
+    assert!(reason.contains("input.bin"), "names the file: {reason}");
+    assert!(statuses[0]["finished"].as_str().is_some());
+    // 2. Out of memory in the worker process.
+    let reason = statuses[1]["reason"].as_str().unwrap();
+    eprintln!("out of memory: {reason}");
+    assert!(reason.starts_with("out of memory"), "{reason}");
+    assert!(reason.contains("max_memory_mb = 48"), "{reason}");
+    assert!(
+        !work.exists(),
+        "a crashed round's staged input is dropped (it would crash again)"
+    );
+
+    // The gateway never stopped scoring, nothing was registered, the shipped model serves.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        seen.push(
+            tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let _ = stop_tx.send(());
+    let report = gw.await.unwrap().unwrap();
+    while let Ok(o) = rx.try_recv() {
+        seen.push(o);
+    }
+    let idx: Vec<u64> = seen.iter().map(|o| o.state.window).collect();
+    assert_eq!(
+        idx,
+        (0..seen.len() as u64).collect::<Vec<_>>(),
+        "no window dropped or repeated"
+    );
+    assert_eq!(report.sensors["polar"].windows, seen.len() as u64);
+    assert!(seen
+        .iter()
+        .all(|o| o.state.model.is_empty() || o.state.model.starts_with("affectgate-arousal-v1@")));
+    assert!(registry.list().unwrap().is_empty());
+    assert_eq!(registry.serving().unwrap(), (None, None));
 }

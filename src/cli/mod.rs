@@ -63,6 +63,13 @@ pub enum Command {
     /// Leave-one-subject-out personalisation: what one on-gateway retraining round (with a
     /// handful of self-reports) does for a person the model never saw.
     Personalise(PersonaliseArgs),
+    /// Internal: run a staged retraining round (the gateway starts this; see retrain::worker).
+    #[command(hide = true)]
+    RetrainWorker {
+        /// The round's spec (JSON).
+        #[arg(long)]
+        spec: String,
+    },
     /// Measure training-step and inference speed (prints one JSON object).
     Bench(BenchArgs),
     /// Configuration tools.
@@ -341,6 +348,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Infer(a) => infer(a),
         Command::Experiment(a) => run_experiment(a),
         Command::Personalise(a) => run_personalise(a),
+        Command::RetrainWorker { spec } => {
+            let spec: crate::retrain::worker::WorkerSpec =
+                serde_json::from_str(&spec).context("retrain-worker --spec: not a worker spec")?;
+            std::process::exit(crate::retrain::worker::worker_main(&spec));
+        }
         Command::Bench(a) => bench(a),
         Command::Config {
             what: ConfigWhat::Check { file },

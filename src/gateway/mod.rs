@@ -123,6 +123,7 @@ pub struct GatewayBuilder {
     model: Option<(Model, String)>,
     sources: Vec<Box<dyn Source>>,
     observer: Option<mpsc::UnboundedSender<Observed>>,
+    retrain_worker: Option<PathBuf>,
 }
 
 impl GatewayBuilder {
@@ -135,7 +136,16 @@ impl GatewayBuilder {
             model: None,
             sources: Vec::new(),
             observer: None,
+            retrain_worker: None,
         }
+    }
+
+    /// The `affectgate` executable that runs retraining rounds (`retrain-worker`). Default:
+    /// the running executable — which is right for the `affectgate` binary; a program that
+    /// embeds the gateway (tests) points it at the built binary.
+    pub fn retrain_worker(mut self, exe: &Path) -> Self {
+        self.retrain_worker = Some(exe.to_path_buf());
+        self
     }
 
     /// Serve this already-loaded model (named `version`) instead of loading `model.path`.
@@ -319,7 +329,12 @@ impl GatewayBuilder {
 
         // Inputs (labels, commands) from MQTT.
         let reload = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        // On-gateway retraining (scheduler task; rounds run on their own low-priority threads).
+        // On-gateway retraining (scheduler task; rounds run in a low-priority worker process).
+        let worker_exe = self
+            .retrain_worker
+            .clone()
+            .or_else(|| std::env::current_exe().ok())
+            .unwrap_or_else(|| PathBuf::from("affectgate"));
         let (retrain_tx, retrain_rx) = mpsc::channel::<()>(1);
         let retrain_task = cfg.retrain.enabled.then(|| {
             tokio::spawn(
@@ -330,6 +345,7 @@ impl GatewayBuilder {
                     shipped: self.resolve(&cfg.model.path),
                     backend: cfg.model.backend.clone(),
                     link: link.clone(),
+                    worker_exe,
                 }
                 .run(retrain_rx, stop.clone()),
             )

@@ -88,23 +88,18 @@ fn work_dir(registry: &Registry) -> PathBuf {
     registry.dir().join("work")
 }
 
-#[derive(Serialize, Deserialize)]
-struct WorkState {
-    id: String,
-    parent: String,
-}
-
 /// Load the serving network's weights: (id, weights, pretext weights of its round if any).
 fn serving_weights(
-    ctx: &RoundContext,
+    registry: &Registry,
+    shipped: &Path,
 ) -> Result<(String, NetworkWeights, Option<NetworkWeights>), RoundError> {
-    let (current, _) = ctx.registry.serving()?;
+    let (current, _) = registry.serving()?;
     let (id, path) = match current {
         Some(id) => {
-            let p = ctx.registry.model_path(&id);
+            let p = registry.model_path(&id);
             (id, p)
         }
-        None => (SHIPPED.to_string(), ctx.shipped.clone()),
+        None => (SHIPPED.to_string(), shipped.to_path_buf()),
     };
     let read = |p: &Path, what: &'static str| {
         std::fs::read(p).map_err(|e| RoundError::File {
@@ -187,19 +182,74 @@ pub fn gather(store: &Store, heads: &[String], max: usize) -> Result<RoundData, 
     Ok(data)
 }
 
-/// Run one round to a verdict (see the module docs). `progress` gets (stage, fraction).
-pub fn run(
-    ctx: &RoundContext,
-    progress: &mut dyn FnMut(&str, f32),
-    should_stop: &dyn Fn() -> Option<String>,
-) -> Result<RoundReport, RoundError> {
-    let t0 = std::time::Instant::now();
-    progress("loading", 0.0);
-    let (parent, current, pretext_init) = serving_weights(ctx)?;
+/// A staged round: its data are in `<models_dir>/work/input.bin`, its identity in
+/// `work/round.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Staged {
+    pub id: String,
+    /// The serving model the round starts from.
+    pub parent: String,
+    /// Unlabelled and self-reported windows in the input.
+    pub windows: usize,
+    pub labelled: usize,
+}
+
+fn file_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RoundError {
+    let path = path.to_path_buf();
+    move |e: std::io::Error| RoundError::File {
+        what,
+        path,
+        message: e.to_string(),
+    }
+}
+
+/// The round's data as a file: the replay-pack codec (CRC, atomic, the store's i16
+/// quantisation), the wearer's windows as its "pretext" windows and the self-reports as its
+/// labelled windows.
+fn input_pack(data: &RoundData, heads: &[String]) -> ReplayPack {
+    ReplayPack {
+        head_names: heads.to_vec(),
+        pretext: data.unlabelled.clone(),
+        pretext_subjects: vec!["wearer".into(); data.unlabelled.len()],
+        labelled: data
+            .user_labelled
+            .iter()
+            .map(|(w, l)| crate::learn::retrain::PackWindow {
+                window: w.clone(),
+                labels: l.clone(),
+                subject: "wearer".into(),
+            })
+            .collect(),
+        created: crate::mqtt::rfc3339_ms(crate::source::live::now_ns()),
+    }
+}
+
+/// Stage a round (the part that needs the store, so it runs in the gateway process): keep a
+/// staged round of the same serving model as it is (it resumes with exactly the data it
+/// started with), else gather the store's windows into `work/input.bin` and name the round.
+/// `round.json` is written last, so a round is staged only once its input is complete.
+pub fn stage(
+    store: &Store,
+    registry: &Registry,
+    shipped: &Path,
+    max_windows: usize,
+) -> Result<Staged, RoundError> {
+    let (parent, current, _) = serving_weights(registry, shipped)?;
+    let work = work_dir(registry);
+    let state_path = work.join("round.json");
+    let input_path = work.join("input.bin");
+    if let Some(st) = std::fs::read(&state_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Staged>(&b).ok())
+    {
+        if st.parent == parent && ReplayPack::load(&input_path).is_ok() {
+            return Ok(st);
+        }
+        tracing::info!(round = %st.id, "discarding a staged round of another serving model (or with a damaged input)");
+    }
+    let _ = std::fs::remove_dir_all(&work);
     let heads = current.head_names();
-    let pack_file = ReplayPack::path_for(&ctx.shipped);
-    let pack = ReplayPack::load(&pack_file)?;
-    let data = gather(ctx.store, &heads, ctx.max_windows)?;
+    let data = gather(store, &heads, max_windows)?;
     let (windows, labelled) = (data.unlabelled.len(), data.user_labelled.len());
     if windows + labelled < 10 {
         return Err(RoundError::NotEnoughData(format!(
@@ -207,49 +257,106 @@ pub fn run(
             windows + labelled
         )));
     }
-
-    // Resume a checkpoint of an interrupted round on the same parent; anything else is stale.
-    let work = work_dir(ctx.registry);
-    let state_path = work.join("round.json");
-    let ckpt_path = work.join("checkpoint.bin");
-    let mut resume = None;
-    let id = match std::fs::read(&state_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<WorkState>(&b).ok())
-    {
-        Some(st) if st.parent == parent => {
-            match Checkpoint::load(&ckpt_path) {
-                Ok(c) => {
-                    tracing::info!(round = %st.id, epoch = c.epoch, "resuming an interrupted retraining round");
-                    resume = Some(c);
-                }
-                Err(e) => tracing::warn!("checkpoint unusable, restarting the round: {e}"),
-            }
-            st.id
-        }
-        _ => {
-            let _ = std::fs::remove_dir_all(&work);
-            ctx.registry.next_id()?
-        }
-    };
-    let file_err = |what: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |e: std::io::Error| RoundError::File {
-            what,
-            path,
-            message: e.to_string(),
-        }
-    };
     std::fs::create_dir_all(&work).map_err(file_err("work directory", &work))?;
-    let st = serde_json::to_vec(&WorkState {
-        id: id.clone(),
-        parent: parent.clone(),
-    })
-    .expect("serialises");
-    std::fs::write(&state_path, st).map_err(file_err("round state", &state_path))?;
-    let resumed_from_epoch = resume.as_ref().map(|c| c.epoch);
+    input_pack(&data, &heads).save(&input_path)?;
+    let st = Staged {
+        id: registry.next_id()?,
+        parent,
+        windows,
+        labelled,
+    };
+    let tmp = work.join("round.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&st).expect("serialises"))
+        .and_then(|_| std::fs::rename(&tmp, &state_path))
+        .map_err(file_err("round state", &state_path))?;
+    Ok(st)
+}
 
-    let epochs = ctx.round.pretext_epochs.max(1) as f32;
+/// Stage and run one round in this process (see the module docs). `progress` gets
+/// (stage, fraction). The gateway runs [`run_staged`] in a worker process instead.
+pub fn run(
+    ctx: &RoundContext,
+    progress: &mut dyn FnMut(&str, f32),
+    should_stop: &dyn Fn() -> Option<String>,
+) -> Result<RoundReport, RoundError> {
+    progress("loading", 0.0);
+    stage(ctx.store, ctx.registry, &ctx.shipped, ctx.max_windows)?;
+    run_staged(
+        ctx.registry,
+        &ctx.shipped,
+        &ctx.backend,
+        &ctx.round,
+        progress,
+        should_stop,
+    )
+}
+
+/// Run the staged round to a verdict: needs no store, so it can run in its own process.
+pub fn run_staged(
+    registry: &Registry,
+    shipped: &Path,
+    backend: &Backend,
+    round: &RoundConfig,
+    progress: &mut dyn FnMut(&str, f32),
+    should_stop: &dyn Fn() -> Option<String>,
+) -> Result<RoundReport, RoundError> {
+    let t0 = std::time::Instant::now();
+    progress("loading", 0.02);
+    let work = work_dir(registry);
+    let state_path = work.join("round.json");
+    let st: Staged = std::fs::read(&state_path)
+        .map_err(file_err("round state", &state_path))
+        .and_then(|b| {
+            serde_json::from_slice(&b).map_err(|e| RoundError::File {
+                what: "round state",
+                path: state_path.clone(),
+                message: e.to_string(),
+            })
+        })?;
+    let (parent, current, pretext_init) = serving_weights(registry, shipped)?;
+    if parent != st.parent {
+        let _ = std::fs::remove_dir_all(&work);
+        return Err(RoundError::NotEnoughData(format!(
+            "the serving model changed from {} to {parent} since round {} was staged; it is discarded",
+            st.parent, st.id
+        )));
+    }
+    let heads = current.head_names();
+    let input = ReplayPack::load(&work.join("input.bin"))?;
+    if input.head_names != heads {
+        return Err(RoundError::NotEnoughData(format!(
+            "staged input has heads {:?}, the serving model {heads:?}",
+            input.head_names
+        )));
+    }
+    let data = RoundData {
+        unlabelled: input.pretext,
+        user_labelled: input
+            .labelled
+            .into_iter()
+            .map(|w| (w.window, w.labels))
+            .collect(),
+    };
+    let pack = ReplayPack::load(&ReplayPack::path_for(shipped))?;
+    let (windows, labelled) = (data.unlabelled.len(), data.user_labelled.len());
+    let id = st.id.clone();
+    let ckpt_path = work.join("checkpoint.bin");
+    let resume = if ckpt_path.exists() {
+        match Checkpoint::load(&ckpt_path) {
+            Ok(c) => {
+                tracing::info!(round = %id, epoch = c.epoch, "resuming an interrupted retraining round");
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!("checkpoint unusable, restarting the round: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let resumed_from_epoch = resume.as_ref().map(|c| c.epoch);
+    let epochs = round.pretext_epochs.max(1) as f32;
     let mut on_ckpt = |c: &Checkpoint| c.save(&ckpt_path);
     let mut on_progress = |p: Progress| match p {
         Progress::Pretext { epoch, of, loss } => progress(
@@ -265,7 +372,7 @@ pub fn run(
         resume,
         &data,
         &pack,
-        &ctx.round,
+        round,
         &mut on_ckpt,
         &mut on_progress,
         should_stop,
@@ -291,7 +398,7 @@ pub fn run(
         Decision::Reject { reason } => ("reject".to_string(), reason.clone()),
     };
     let mut parity_max_abs = f32::NAN;
-    match Model::load_bytes(&onnx, &ctx.backend) {
+    match Model::load_bytes(&onnx, backend) {
         Err(e) => {
             decision = "reject".into();
             reason = format!("does not load in the serving backend: {e}");
@@ -340,7 +447,7 @@ pub fn run(
         parity_max_abs,
         seconds: t0.elapsed().as_secs_f64(),
     };
-    let card = card_for(ctx, &id, &parent, &onnx, &report);
+    let card = card_for(shipped, &id, &parent, &onnx, &report);
     let entry = Entry {
         id: id.clone(),
         created: crate::mqtt::rfc3339_ms(crate::source::live::now_ns()),
@@ -350,15 +457,15 @@ pub fn run(
         metrics: serde_json::to_value(&report).expect("report serialises"),
         sha256: String::new(),
     };
-    ctx.registry.add(entry, &onnx, &card)?;
+    registry.add(entry, &onnx, &card)?;
     if let Ok(p) = export_onnx(&outcome.pretext, &[], env!("CARGO_PKG_VERSION")) {
-        let path = ctx.registry.model_path(&id).with_file_name("pretext.onnx");
+        let path = registry.model_path(&id).with_file_name("pretext.onnx");
         if let Err(e) = std::fs::write(&path, p) {
             tracing::warn!("saving the pretext network {}: {e}", path.display());
         }
     }
     if promoted {
-        ctx.registry.promote(&id)?;
+        registry.promote(&id)?;
     }
     let _ = std::fs::remove_dir_all(&work);
     progress("done", 1.0);
@@ -367,8 +474,8 @@ pub fn run(
 
 /// The candidate's model card: the shipped card's contract (input, preprocessing, heads) with
 /// this round's provenance and held-out results.
-fn card_for(ctx: &RoundContext, id: &str, parent: &str, onnx: &[u8], r: &RoundReport) -> String {
-    let mut card = match ModelCard::load_for_model(&ctx.shipped) {
+fn card_for(shipped: &Path, id: &str, parent: &str, onnx: &[u8], r: &RoundReport) -> String {
+    let mut card = match ModelCard::load_for_model(shipped) {
         Ok(c) => c,
         Err(_) => return format!("name = {id:?}\n# shipped card unavailable\n"),
     };

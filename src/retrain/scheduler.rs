@@ -5,18 +5,20 @@
 //!   only once `min_new_windows` good windows arrived since the last round; `cmd/retrain` over
 //!   MQTT starts one at once (still needing ≥ 10 stored windows). A round interrupted by a
 //!   shutdown or a power cut resumes from its checkpoint at the next start.
-//! * **How gently**: the round runs on its own OS thread and a private rayon pool of
-//!   `max_threads` threads, each with a raised nice value (`nice`, Linux per-thread
-//!   priority), so the scorer thread and the async runtime keep their cores; between pretext
-//!   epochs it stops itself when the wall-clock budget (`budget_min`) is spent, when the
-//!   process's resident memory exceeds `max_memory_mb`, or when the gateway shuts down. Any
-//!   error (full disk, corrupt pack, not enough data) ends the round with a logged and
-//!   published reason; the gateway and its serving model are untouched.
+//! * **How gently**: the gateway only *stages* the round (copies the store's windows into
+//!   `<models_dir>/work/input.bin`); training, gate and registration run in a separate worker
+//!   process (see [`super::worker`]) with `max_threads` threads, the `nice` level and a hard
+//!   memory limit of `max_memory_mb` (`RLIMIT_DATA`), so the scorer thread and the async
+//!   runtime keep their cores and an out-of-memory kills the round, never the gateway. The
+//!   round stops itself at an epoch boundary once the wall-clock budget (`budget_min`) is
+//!   spent (and is killed a minute later if it has not); a shutdown kills it (it resumes from
+//!   its checkpoint). Any error (full disk, corrupt pack, not enough data, out of memory) ends
+//!   the round with a logged and published reason; the gateway and its serving model are
+//!   untouched.
 //! * **What it tells**: `affectgate/<gw>/retrain` (retained JSON, [`RetrainStatus`]): state,
 //!   stage, progress, timestamps, before/after metrics, decision and reason. Home Assistant's
 //!   "Last retrain" entity reads `finished`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +27,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::registry::Registry;
-use super::round::{self, RoundContext};
+use super::round;
+use super::worker::{self, WorkerError, WorkerLimits, WorkerSpec};
 use crate::config::RetrainConfig;
 use crate::infer::Backend;
 use crate::learn::retrain::RoundConfig;
@@ -75,6 +78,9 @@ pub struct Scheduler {
     pub shipped: std::path::PathBuf,
     pub backend: Backend,
     pub link: Arc<MqttLink>,
+    /// The `affectgate` executable that runs rounds (`retrain-worker`): the running one,
+    /// or in tests the built binary.
+    pub worker_exe: std::path::PathBuf,
 }
 
 /// Parse `"HH:MM-HH:MM"` (UTC) into minutes of the day.
@@ -117,27 +123,6 @@ pub fn next_in_window(from_ns: i64, window: Option<(u32, u32)>) -> i64 {
         start
     } else {
         start + day
-    }
-}
-
-/// Resident set size of this process, MiB (Linux; `None` elsewhere).
-fn rss_mib() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096 / (1 << 20))
-}
-
-/// Lower this thread's priority (Linux: nice is per thread).
-fn renice_current_thread(nice: i32) {
-    #[cfg(target_os = "linux")]
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        if libc::setpriority(libc::PRIO_PROCESS, tid, nice) != 0 {
-            tracing::debug!(
-                "setpriority({nice}) failed: {}",
-                std::io::Error::last_os_error()
-            );
-        }
     }
 }
 
@@ -259,110 +244,76 @@ impl Scheduler {
         };
         self.publish(&st);
         tracing::info!("retraining round starting");
-        let (ptx, mut prx) = mpsc::unbounded_channel::<(String, f32)>();
-        let (dtx, drx) = tokio::sync::oneshot::channel();
-        let halt = Arc::new(AtomicBool::new(false));
-        let cfg = self.cfg.clone();
-        let ctx_parts = (
-            self.store.clone(),
-            self.registry.clone(),
-            self.shipped.clone(),
-            self.backend.clone(),
-        );
-        let h2 = halt.clone();
-        let spawned = std::thread::Builder::new()
-            .name("affectgate-retrain".into())
-            .spawn(move || {
-                renice_current_thread(cfg.nice);
-                let t0 = Instant::now();
-                let budget = Duration::from_secs_f64(cfg.budget_min * 60.0);
-                let nice = cfg.nice;
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(cfg.max_threads.max(1))
-                    .thread_name(|i| format!("affectgate-retrain-{i}"))
-                    .start_handler(move |_| renice_current_thread(nice))
-                    .build();
-                let res = match pool {
-                    Err(e) => Err(round::RoundError::NotEnoughData(format!("thread pool: {e}"))),
-                    Ok(pool) => pool.install(|| {
-                        let ctx = RoundContext {
-                            store: &ctx_parts.0,
-                            registry: &ctx_parts.1,
-                            shipped: ctx_parts.2.clone(),
-                            backend: ctx_parts.3.clone(),
-                            round: RoundConfig {
-                                pretext_epochs: cfg.pretext_epochs,
-                                max_steps_per_epoch: cfg.max_steps_per_epoch,
-                                seed: now_ns() as u64,
-                                ..RoundConfig::default()
-                            },
-                            max_windows: cfg.max_windows,
-                        };
-                        let should_stop = || -> Option<String> {
-                            if h2.load(Ordering::SeqCst) {
-                                return Some("the gateway is shutting down (the round resumes from its checkpoint at the next start)".into());
-                            }
-                            if t0.elapsed() > budget {
-                                return Some(format!("wall-clock budget of {} min spent", cfg.budget_min));
-                            }
-                            match rss_mib() {
-                                Some(m) if m > cfg.max_memory_mb => Some(format!(
-                                    "process memory {m} MiB above max_memory_mb = {}",
-                                    cfg.max_memory_mb
-                                )),
-                                _ => None,
-                            }
-                        };
-                        round::run(&ctx, &mut |s, p| {
-                            let _ = ptx.send((s.to_string(), p));
-                        }, &should_stop)
-                    }),
+        // 1. Stage (needs the store, so it runs here, off the async threads).
+        let staged = {
+            let (store, registry, shipped, max) = (
+                self.store.clone(),
+                self.registry.clone(),
+                self.shipped.clone(),
+                self.cfg.max_windows,
+            );
+            tokio::task::spawn_blocking(move || round::stage(&store, &registry, &shipped, max))
+                .await
+        };
+        let result: Result<round::RoundReport, (bool, String)> = match staged {
+            Err(e) => Err((false, format!("staging the round panicked: {e}"))),
+            Ok(Err(e)) => Err((false, format!("staging the round: {e}"))),
+            Ok(Ok(staged)) => {
+                tracing::info!(round = %staged.id, parent = %staged.parent, windows = staged.windows, labelled = staged.labelled, "round staged; starting the worker process");
+                // 2. Train, gate and register in the worker process.
+                let spec = WorkerSpec {
+                    models_dir: self.registry.dir().to_path_buf(),
+                    shipped: self.shipped.clone(),
+                    backend: String::new(),
+                    ort_dylib: None,
+                    round: RoundConfig {
+                        pretext_epochs: self.cfg.pretext_epochs,
+                        max_steps_per_epoch: self.cfg.max_steps_per_epoch,
+                        seed: now_ns() as u64,
+                        ..RoundConfig::default()
+                    },
+                    threads: self.cfg.max_threads.max(1),
+                    budget_s: self.cfg.budget_min * 60.0,
+                }
+                .with_backend(&self.backend);
+                let limits = WorkerLimits {
+                    nice: self.cfg.nice,
+                    max_memory_mb: self.cfg.max_memory_mb,
                 };
-                let _ = dtx.send(res);
-            });
-        if let Err(e) = spawned {
-            st.state = "failed".into();
-            st.reason = Some(format!("cannot start the retraining thread: {e}"));
-            self.publish(&st);
-            return true;
-        }
-        tokio::pin!(drx);
-        let mut last_pub = Instant::now();
-        let result = loop {
-            tokio::select! {
-                r = &mut drx => break r,
-                p = prx.recv() => if let Some((stage, frac)) = p {
-                    tracing::info!(stage, progress = frac, "retraining");
-                    st.stage = Some(stage);
-                    st.progress = Some(frac);
-                    if last_pub.elapsed() > Duration::from_secs(1) {
-                        self.publish(&st);
-                        last_pub = Instant::now();
-                    }
-                },
-                _ = stop.cancelled() => {
-                    // Shutdown: the round stops at its next epoch boundary; the gateway does
-                    // not wait for that (the last checkpoint is on disk and is resumed at the
-                    // next start; registry writes are atomic renames).
-                    halt.store(true, Ordering::SeqCst);
-                    match tokio::time::timeout(Duration::from_secs(2), &mut drx).await {
-                        Ok(r) => break r,
-                        Err(_) => {
-                            st.state = "stopped".into();
-                            st.stage = None;
-                            st.reason = Some("the gateway stopped during the round; it resumes from its checkpoint at the next start".into());
+                let mut last_pub = Instant::now();
+                let res = worker::supervise(
+                    &self.worker_exe,
+                    &spec,
+                    &limits,
+                    |stage, frac| {
+                        tracing::info!(stage, progress = frac, "retraining");
+                        st.stage = Some(stage);
+                        st.progress = Some(frac);
+                        if last_pub.elapsed() > Duration::from_secs(1) {
                             self.publish(&st);
-                            tracing::info!("retraining round interrupted by shutdown; it resumes at the next start");
-                            return false;
+                            last_pub = Instant::now();
                         }
+                    },
+                    stop,
+                )
+                .await;
+                match res {
+                    Ok(r) => Ok(r),
+                    Err(WorkerError::Stopped) => Err((true, WorkerError::Stopped.to_string())),
+                    Err(WorkerError::Crashed(m)) => {
+                        // A crashed round (out of memory) would crash again on the same
+                        // staged input: drop it, the next round stages afresh.
+                        let _ = std::fs::remove_dir_all(self.registry.dir().join("work"));
+                        Err((false, m))
                     }
+                    Err(e) => Err((false, e.to_string())),
                 }
             }
         };
         let now = now_ns();
         st.stage = None;
         match result {
-            Ok(Ok(report)) => {
+            Ok(report) => {
                 st.state = if report.promoted {
                     "promoted"
                 } else {
@@ -377,24 +328,21 @@ impl Scheduler {
                 st.report = serde_json::to_value(&report).ok();
                 tracing::info!(model = %report.id, decision = %report.decision, reason = %report.reason, seconds = report.seconds, "retraining round finished");
             }
-            Ok(Err(e)) => {
+            Err((shutdown, reason)) => {
                 // Stopped for a shutdown: not a round (it resumes at the next start). Stopped
                 // by the budget or the memory limit, or failed: counts as a round for the
                 // schedule, so a round that cannot fit does not restart in a tight loop.
-                let shutdown = halt.load(Ordering::SeqCst);
                 st.state = if shutdown { "stopped" } else { "failed" }.into();
-                st.reason = Some(e.to_string());
                 if !shutdown {
                     st.finished = Some(rfc3339_ms(now));
                     st.finished_ns = Some(now);
+                    tracing::error!("retraining round ended without a model: {reason}");
+                } else {
+                    tracing::info!(
+                        "retraining round interrupted by shutdown; it resumes at the next start"
+                    );
                 }
-                tracing::error!("retraining round ended without a model: {e}");
-            }
-            Err(_) => {
-                st.state = "failed".into();
-                st.reason = Some("the retraining thread died (out of memory?)".into());
-                st.finished_ns = Some(now);
-                tracing::error!("the retraining thread died");
+                st.reason = Some(reason);
             }
         }
         self.publish(&st);
