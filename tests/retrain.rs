@@ -347,6 +347,10 @@ async fn cmd_retrain_runs_a_round_in_the_running_gateway() {
         "the self-reported windows: {report}"
     );
     assert!(report["before"]["heads"][0][1].is_number(), "{report}");
+    // The shipped pretext network (models/<model>.pretext.onnx) gives the first round a
+    // pretext "before" too.
+    assert!(report["before"]["pretext_accuracy"].is_number(), "{report}");
+    assert!(report["after"]["pretext_accuracy"].is_number(), "{report}");
     assert!(last["finished"].as_str().unwrap().ends_with('Z'));
     // Scores kept flowing while the round trained: windows published between the first
     // `running` status and the verdict, with their window-complete → queued latency.

@@ -170,3 +170,20 @@ fn one_tiny_round_from_the_shipped_model() {
         out.before, out.after, out.decision
     );
 }
+
+/// The shipped pretext network is the one the shipped encoder came from: same convolutions,
+/// seven pretext heads — so a first round measures the pretext task before and after.
+#[test]
+fn the_shipped_pretext_network_matches_the_shipped_encoder() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let read = |f: &str| {
+        affectgate::learn::onnx::import_onnx(&std::fs::read(dir.join(f)).unwrap())
+            .unwrap()
+            .0
+    };
+    let model = read("affectgate-arousal-v1.onnx");
+    let pretext = read("affectgate-arousal-v1.pretext.onnx");
+    assert_eq!(pretext.convs, model.convs);
+    assert_eq!(pretext.heads.len(), 7);
+    assert_eq!(model.head_names(), vec!["arousal".to_string()]);
+}

@@ -114,8 +114,15 @@ fn serving_weights(
         path: path.clone(),
         message: e.to_string(),
     })?;
-    let pretext_path = path.with_file_name("pretext.onnx");
-    let pretext = if id != SHIPPED && pretext_path.exists() {
+    // The pretext network the serving encoder came from: a round's `pretext.onnx` beside its
+    // model, or for the shipped model `<model>.pretext.onnx` — used only if its convolutions
+    // are exactly the serving encoder's.
+    let pretext_path = if id == SHIPPED {
+        path.with_extension("pretext.onnx")
+    } else {
+        path.with_file_name("pretext.onnx")
+    };
+    let pretext = if pretext_path.exists() {
         let b = read(&pretext_path, "pretext network")?;
         Some(
             import_onnx(&b)
@@ -128,6 +135,16 @@ fn serving_weights(
         )
     } else {
         None
+    };
+    let pretext = match pretext {
+        Some(p) if p.convs != w.convs => {
+            tracing::warn!(
+                "{}: its encoder is not the serving model's; ignored (the round starts with fresh pretext heads)",
+                pretext_path.display()
+            );
+            None
+        }
+        p => p,
     };
     Ok((id, w, pretext))
 }
