@@ -28,16 +28,21 @@
 //!   │            embedded rumqttd broker of `affectgate demo`.
 //!   ├──► infer/  ONNX inference through `ort` with two back-ends chosen at run time:
 //!   │            pure-Rust tract (default, no native library) or ONNX Runtime (dlopen).
-//!   └──► learn/  the paper's method: six signal transformations, the signal-transformation
-//!                recognition network and the emotion network in burn, training loops,
-//!                metrics, experiments, ONNX export and model cards.
+//!   ├──► learn/  the paper's method: six signal transformations, the signal-transformation
+//!   │            recognition network and the emotion network in burn, training loops,
+//!   │            metrics, experiments, ONNX export and model cards; a retraining round
+//!   │            (replay pack, checkpoints, promotion gate) and the personalisation study.
+//!   └──► retrain/ on-gateway retraining: the scheduler stages a round from the store and
+//!                runs it in a worker process (memory-limited, niced), the model registry
+//!                records every candidate, and the scorer hot-swaps a promoted one.
 //! ```
 //!
 //! [`config`] assembles the one configuration (`plugin.toml`: manifest + defaults) from the
 //! components' own config structs and validates it as a whole.
 //!
 //! The binary (`src/main.rs`, commands in [`cli`]) is a thin layer over these modules:
-//! `run`, `demo`, `store`, `pretrain`, `finetune`, `eval`, `infer`, `experiment`, `bench`.
+//! `run`, `demo`, `store`, `scan`, `model`, `pretrain`, `finetune`, `eval`, `infer`,
+//! `experiment`, `personalise`, `bench` (and the internal `retrain-worker`).
 //!
 //! ## Decisions worth knowing
 //! - **One window type** ([`dsp::Window`], 2560 samples at 256 Hz) and one preprocessing path
@@ -54,6 +59,9 @@
 //! - **Stored before announced.** The sink writes a group of windows and their outbox entries
 //!   to sled and flushes once before the link publishes, so nothing a subscriber has seen can
 //!   be lost by a crash, and nothing queued is lost to a broker outage or a restart.
+//! - **A round is a process.** Rust aborts on allocation failure and the kernel's OOM killer
+//!   picks processes: training, the one bursty allocator, runs in `affectgate retrain-worker`
+//!   under a hard memory limit so it can fail alone (see [`retrain::worker`]).
 //! - **Errors**: library modules return typed errors (`thiserror`) naming the file, key or
 //!   field at fault; the CLI wraps them with `anyhow` context and tells the user what to do.
 
