@@ -27,6 +27,46 @@ fn entry(id: &str) -> Entry {
     }
 }
 
+/// Looping replay, retraining on (tiny rounds: 1 epoch × 2 steps, ≤ 200 windows) but only
+/// when asked over `cmd/retrain`.
+fn on_demand_tiny_rounds(cfg: &mut Config) {
+    if let SourceConfig::Replay { looped, .. } = &mut cfg.sensors[0].source {
+        *looped = true;
+    }
+    cfg.retrain.enabled = true;
+    cfg.retrain.interval_h = 1000.0;
+    cfg.retrain.min_new_windows = 1_000_000;
+    cfg.retrain.pretext_epochs = 1;
+    cfg.retrain.max_steps_per_epoch = Some(2);
+    cfg.retrain.max_windows = 200;
+}
+
+type GatewayTask = tokio::task::JoinHandle<
+    Result<affectgate::gateway::RunReport, affectgate::gateway::GatewayError>,
+>;
+
+/// The gateway in this process (rounds in the built binary's worker), observed, until the
+/// sender is used.
+fn spawn_gateway(
+    cfg: Config,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<Observed>,
+    tokio::sync::oneshot::Sender<()>,
+    GatewayTask,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Observed>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let gw = tokio::spawn(
+        GatewayBuilder::new(cfg, &repo())
+            .observer(tx)
+            .retrain_worker(Path::new(env!("CARGO_BIN_EXE_affectgate")))
+            .run(async move {
+                let _ = stop_rx.await;
+            }),
+    );
+    (rx, stop_tx, gw)
+}
+
 fn config(dir: &Path, replay: &Path) -> Config {
     let mut cfg = Config::load(&repo().join("plugin.toml")).unwrap();
     cfg.gateway.id = "gwswap".into();
@@ -250,27 +290,10 @@ async fn cmd_retrain_runs_a_round_in_the_running_gateway() {
         store.flush().unwrap();
     }
     // Run 2: looping, with retraining enabled (a tiny round) and asked for over MQTT.
-    if let SourceConfig::Replay { looped, .. } = &mut cfg.sensors[0].source {
-        *looped = true;
-    }
-    cfg.retrain.enabled = true;
-    cfg.retrain.interval_h = 1000.0;
-    cfg.retrain.min_new_windows = 1_000_000;
-    cfg.retrain.pretext_epochs = 1;
-    cfg.retrain.max_steps_per_epoch = Some(2);
-    cfg.retrain.max_windows = 200;
+    on_demand_tiny_rounds(&mut cfg);
     let registry = Registry::open(&cfg.retrain.models_dir);
     let rec = common::Recorder::start(broker.port, &["affectgate/gwrt/#"]).await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Observed>();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let gw = tokio::spawn(
-        GatewayBuilder::new(cfg, &repo())
-            .observer(tx)
-            .retrain_worker(Path::new(env!("CARGO_BIN_EXE_affectgate")))
-            .run(async move {
-                let _ = stop_rx.await;
-            }),
-    );
+    let (mut rx, stop_tx, gw) = spawn_gateway(cfg);
     let mut seen = Vec::new();
     while seen.len() < 20 {
         seen.push(
@@ -571,29 +594,12 @@ async fn a_full_disk_or_out_of_memory_ends_the_round_not_the_gateway() {
         .run(std::future::pending())
         .await
         .unwrap();
-    if let SourceConfig::Replay { looped, .. } = &mut cfg.sensors[0].source {
-        *looped = true;
-    }
-    cfg.retrain.enabled = true;
-    cfg.retrain.interval_h = 1000.0;
-    cfg.retrain.min_new_windows = 1_000_000;
-    cfg.retrain.pretext_epochs = 1;
-    cfg.retrain.max_steps_per_epoch = Some(2);
-    cfg.retrain.max_windows = 200;
+    on_demand_tiny_rounds(&mut cfg);
     cfg.retrain.max_memory_mb = 48;
     let registry = Registry::open(&cfg.retrain.models_dir);
     let work = registry.dir().join("work");
     let rec = common::Recorder::start(broker.port, &["affectgate/gwfull/retrain"]).await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Observed>();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let gw = tokio::spawn(
-        GatewayBuilder::new(cfg, &repo())
-            .observer(tx)
-            .retrain_worker(Path::new(env!("CARGO_BIN_EXE_affectgate")))
-            .run(async move {
-                let _ = stop_rx.await;
-            }),
-    );
+    let (mut rx, stop_tx, gw) = spawn_gateway(cfg);
     let mut seen = Vec::new();
     let failed = |m: &[common::Msg]| -> Vec<serde_json::Value> {
         m.iter()

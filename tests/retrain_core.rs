@@ -1,6 +1,8 @@
 //! On-gateway retraining through the library API on real ECG (EEGMAT) and the shipped model:
 //! a replay pack built from a manifest survives its file, and one tiny round (1 step) runs
-//! from the shipped weights to a gated candidate with the same heads, checkpointing to disk.
+//! from the shipped weights to a gated candidate with the same heads, checkpointing to disk;
+//! the shipped pretext network matches the shipped encoder; the personalisation study runs
+//! end to end on a small subset and resumes from its results file.
 //! Skips when `../shared/data` (or `$AFFECTGATE_SHARED_DATA`) is absent.
 
 use std::path::{Path, PathBuf};
@@ -186,4 +188,128 @@ fn the_shipped_pretext_network_matches_the_shipped_encoder() {
     assert_eq!(pretext.convs, model.convs);
     assert_eq!(pretext.heads.len(), 7);
     assert_eq!(model.head_names(), vec!["arousal".to_string()]);
+}
+
+/// The personalisation study on a 4-subject EEGMAT subset with tiny training: the left-out
+/// subject gets 2 rest + 2 task self-reports and is scored on its other windows by all five
+/// arms; "served" is the candidate exactly when the gate promoted it; a second call resumes
+/// from the results file instead of recomputing.
+#[test]
+fn personalisation_study_one_subject_and_resume() {
+    use affectgate::learn::personalise::{self, PersonaliseConfig};
+    use affectgate::learn::train::TrainConfig;
+    let Some(data) = data_dir() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pre = PreprocessConfig::default();
+    let ds =
+        labelled_from_manifest(&manifest(&data, dir.path(), "m.csv", &[0, 1, 3, 4]), &pre).unwrap();
+    let tiny = |epochs: usize| TrainConfig {
+        epochs,
+        batch: 32,
+        lr: 1e-3,
+        seed: 7,
+        max_steps_per_epoch: Some(1),
+        progress: false,
+    };
+    let cfg = PersonaliseConfig {
+        head: "arousal".into(),
+        folds: 2,
+        pretext: tiny(1),
+        heads: tiny(2),
+        pack_pretext: 20,
+        reports_per_class: 2,
+        round: RoundConfig {
+            pretext_epochs: 1,
+            max_steps_per_epoch: Some(1),
+            head_epochs: 2,
+            holdout_subjects: 1,
+            ..RoundConfig::default()
+        },
+    };
+    let results = dir.path().join("r.jsonl");
+    let cache = dir.path().join("enc");
+    let only = vec!["Subject03".to_string()];
+    let mut log = Vec::new();
+    let r = personalise::run(
+        &ds,
+        &Default::default(),
+        &cfg,
+        &only,
+        &results,
+        Some(&cache),
+        |m| log.push(m.to_string()),
+    )
+    .unwrap();
+    assert_eq!(r.len(), 1);
+    let s = &r[0];
+    assert_eq!(s.subject, "Subject03");
+    let n = ds
+        .windows
+        .iter()
+        .filter(|w| w.subject == "Subject03")
+        .count();
+    assert_eq!(s.windows_rest + s.windows_task, n);
+    assert_eq!(
+        s.eval_windows,
+        n - 4,
+        "every window but the 4 self-reports is scored"
+    );
+    let labels: Vec<f32> = s.self_reports.iter().map(|r| r.1).collect();
+    assert_eq!(
+        labels,
+        vec![0.0, 0.0, 1.0, 1.0],
+        "2 rest then 2 task, in time order"
+    );
+    let names: Vec<&str> = s.arms.iter().map(|a| a.arm.as_str()).collect();
+    assert_eq!(names, personalise::ARMS.to_vec());
+    for a in &s.arms {
+        assert_eq!(a.confusion.n(), s.eval_windows, "{}", a.arm);
+        assert!((0.0..=1.0).contains(&a.auc), "{}: auc {}", a.arm, a.auc);
+    }
+    let served = s.arm("served").unwrap().confusion;
+    let expect = if s.decision == "promote" {
+        "round"
+    } else {
+        "base"
+    };
+    assert_eq!(served, s.arm(expect).unwrap().confusion, "{}", s.decision);
+    assert!(
+        std::fs::read_dir(&cache).unwrap().count() == 1,
+        "fold encoder cached"
+    );
+    // Resume: the subject is in the file, nothing is trained again.
+    let mut log2 = Vec::new();
+    let again = personalise::run(
+        &ds,
+        &Default::default(),
+        &cfg,
+        &only,
+        &results,
+        Some(&cache),
+        |m| log2.push(m.to_string()),
+    )
+    .unwrap();
+    assert!(log2.is_empty(), "{log2:?}");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].arms[0].confusion, s.arms[0].confusion);
+    assert_eq!(
+        std::fs::read_to_string(&results).unwrap().lines().count(),
+        1
+    );
+    assert!(personalise::markdown(&again).contains("| Subject03 | "));
+    // A damaged results file is an error naming it, not silently overwritten.
+    std::fs::write(&results, "{not json\n").unwrap();
+    let e = personalise::run(
+        &ds,
+        &Default::default(),
+        &cfg,
+        &only,
+        &results,
+        Some(&cache),
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("r.jsonl line 1"), "{e:#}");
 }

@@ -256,15 +256,38 @@ pub struct InferArgs {
     pub backend: BackendArgs,
 }
 
+/// The data of the EEGMAT studies (`experiment`, `personalise`).
 #[derive(Args, Debug)]
-pub struct ExperimentArgs {
+pub struct StudyDataArgs {
+    /// Labelled manifest (CSV: file, subject, label columns).
     #[arg(long)]
     pub manifest: PathBuf,
-    /// Extra unlabelled recordings (other people) for the self-supervised stage.
+    /// Extra unlabelled recordings (other people), for self-supervised pretraining only.
     #[arg(long)]
     pub unlabelled: Vec<PathBuf>,
+    /// The label column evaluated.
     #[arg(long, default_value = "arousal")]
     pub head: String,
+}
+
+impl StudyDataArgs {
+    /// (labelled dataset, extra unlabelled dataset), preprocessed like the gateway.
+    fn load(&self) -> Result<(Dataset, Dataset)> {
+        let pre = PreprocessConfig::default();
+        let data = dataset::labelled_from_manifest(&self.manifest, &pre)?;
+        let extra = if self.unlabelled.is_empty() {
+            Dataset::default()
+        } else {
+            dataset::unlabelled_from_paths(&self.unlabelled, &pre)?
+        };
+        Ok((data, extra))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ExperimentArgs {
+    #[command(flatten)]
+    pub data: StudyDataArgs,
     #[arg(long, default_value_t = 4)]
     pub folds: usize,
     #[arg(long, value_delimiter = ',', default_value = "0.01,0.1,0.25,1.0")]
@@ -287,13 +310,8 @@ pub struct ExperimentArgs {
 
 #[derive(Args, Debug)]
 pub struct PersonaliseArgs {
-    #[arg(long)]
-    pub manifest: PathBuf,
-    /// Extra unlabelled recordings (other people) for the encoders' pretraining and the packs.
-    #[arg(long)]
-    pub unlabelled: Vec<PathBuf>,
-    #[arg(long, default_value = "arousal")]
-    pub head: String,
+    #[command(flatten)]
+    pub data: StudyDataArgs,
     /// Encoder folds: each fold's encoder is pretrained without that fold's subjects.
     #[arg(long, default_value_t = 6)]
     pub folds: usize,
@@ -922,13 +940,8 @@ fn infer(a: InferArgs) -> Result<()> {
 }
 
 fn run_experiment(a: ExperimentArgs) -> Result<()> {
-    let pre = PreprocessConfig::default();
-    let data = dataset::labelled_from_manifest(&a.manifest, &pre)?;
-    let extra = if a.unlabelled.is_empty() {
-        Vec::new()
-    } else {
-        dataset::unlabelled_from_paths(&a.unlabelled, &pre)?.samples()
-    };
+    let (data, extra) = a.data.load()?;
+    let extra = extra.samples();
     let tc = |epochs: usize, seed: u64| TrainConfig {
         epochs,
         batch: 32,
@@ -944,7 +957,7 @@ fn run_experiment(a: ExperimentArgs) -> Result<()> {
         heads: tc(a.head_epochs, a.seed + 1),
         supervised: tc(a.supervised_epochs, a.seed + 2),
         baseline: tc(a.head_epochs, a.seed + 3),
-        head: a.head.clone(),
+        head: a.data.head.clone(),
     };
     let report = experiment::run(&data, &extra, &cfg, |m| eprintln!("{m}"))?;
     println!("{}", experiment::markdown(&report));
@@ -958,13 +971,7 @@ fn run_experiment(a: ExperimentArgs) -> Result<()> {
 fn run_personalise(a: PersonaliseArgs) -> Result<()> {
     use crate::learn::personalise::{self, PersonaliseConfig};
     use crate::learn::retrain::RoundConfig;
-    let pre = PreprocessConfig::default();
-    let data = dataset::labelled_from_manifest(&a.manifest, &pre)?;
-    let extra = if a.unlabelled.is_empty() {
-        dataset::Dataset::default()
-    } else {
-        dataset::unlabelled_from_paths(&a.unlabelled, &pre)?
-    };
+    let (data, extra) = a.data.load()?;
     let tc = |epochs: usize, seed: u64| TrainConfig {
         epochs,
         batch: 32,
@@ -974,7 +981,7 @@ fn run_personalise(a: PersonaliseArgs) -> Result<()> {
         progress: false,
     };
     let cfg = PersonaliseConfig {
-        head: a.head.clone(),
+        head: a.data.head.clone(),
         folds: a.folds,
         pretext: tc(a.pretext_epochs, a.seed),
         heads: TrainConfig {

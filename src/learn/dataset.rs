@@ -45,6 +45,17 @@ impl Dataset {
         self.windows.iter().map(|w| w.samples.clone()).collect()
     }
 
+    /// Position of label column `name`, or an error naming the columns there are.
+    pub fn label_index(&self, name: &str) -> Result<usize> {
+        match self.label_names.iter().position(|n| n == name) {
+            Some(h) => Ok(h),
+            None => bail!(
+                "label column '{name}' not in the manifest (it has: {:?})",
+                self.label_names
+            ),
+        }
+    }
+
     pub fn labels(&self) -> Vec<Vec<Option<f32>>> {
         self.windows.iter().map(|w| w.labels.clone()).collect()
     }

@@ -124,13 +124,7 @@ pub fn run(
     mut log: impl FnMut(&str),
 ) -> Result<ExperimentReport> {
     let t0 = std::time::Instant::now();
-    let Some(h) = data.label_names.iter().position(|n| n == &cfg.head) else {
-        bail!(
-            "label column '{}' not in the manifest (it has: {:?})",
-            cfg.head,
-            data.label_names
-        );
-    };
+    let h = data.label_index(&cfg.head)?;
     let subjects = data.subjects();
     if subjects.len() < cfg.folds || cfg.folds < 2 {
         bail!(

@@ -243,13 +243,7 @@ pub fn run(
     cache: Option<&Path>,
     mut log: impl FnMut(&str),
 ) -> Result<Vec<SubjectResult>> {
-    let Some(h) = data.label_names.iter().position(|n| n == &cfg.head) else {
-        bail!(
-            "label column '{}' not in the manifest (it has: {:?})",
-            cfg.head,
-            data.label_names
-        );
-    };
+    let h = data.label_index(&cfg.head)?;
     let subjects = data.subjects();
     if cfg.folds < 2 || subjects.len() < cfg.folds {
         bail!(

@@ -1026,10 +1026,10 @@ impl HeadSet {
         for (h, name) in self.head_names.iter().enumerate() {
             let mut e = Vec::new();
             let mut l = Vec::new();
-            for i in 0..self.windows.len() {
-                if let Some(v) = self.labels[i][h] {
-                    for _ in 0..self.reps[i] {
-                        e.push(emb[i].clone());
+            for ((x, labels), &reps) in emb.iter().zip(&self.labels).zip(&self.reps) {
+                if let Some(v) = labels[h] {
+                    for _ in 0..reps {
+                        e.push(x.clone());
                         l.push(vec![Some(v)]);
                     }
                 }
