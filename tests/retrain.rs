@@ -370,6 +370,11 @@ async fn cmd_retrain_runs_a_round_in_the_running_gateway() {
         "the self-reported windows: {report}"
     );
     assert!(report["before"]["heads"][0][1].is_number(), "{report}");
+    // Measured in the worker process, which is not the test process.
+    let peak = report["peak_rss_mib"]
+        .as_f64()
+        .expect("worker's peak memory");
+    assert!(peak > 10.0 && peak < 1536.0, "{peak} MiB");
     // The shipped pretext network (models/<model>.pretext.onnx) gives the first round a
     // pretext "before" too.
     assert!(report["before"]["pretext_accuracy"].is_number(), "{report}");

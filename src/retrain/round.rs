@@ -62,6 +62,10 @@ pub struct RoundReport {
     pub before: GateMetrics,
     pub after: GateMetrics,
     pub parity_max_abs: f32,
+    /// Peak resident memory of the process that ran the round (MiB; the worker process on
+    /// a gateway), for sizing `max_memory_mb`.
+    #[serde(default)]
+    pub peak_rss_mib: Option<f64>,
     pub seconds: f64,
 }
 
@@ -462,6 +466,7 @@ pub fn run_staged(
         before: outcome.before.clone(),
         after: outcome.after.clone(),
         parity_max_abs,
+        peak_rss_mib: None,
         seconds: t0.elapsed().as_secs_f64(),
     };
     let card = card_for(shipped, &id, &parent, &onnx, &report);

@@ -111,7 +111,8 @@ pub fn worker_main(spec: &WorkerSpec) -> i32 {
         &should_stop,
     );
     match res {
-        Ok(report) => {
+        Ok(mut report) => {
+            report.peak_rss_mib = super::bench::peak_rss_mib();
             emit(&WorkerMessage::Done {
                 report: Box::new(report),
             });
