@@ -191,7 +191,7 @@ fn the_shipped_pretext_network_matches_the_shipped_encoder() {
 }
 
 /// The personalisation study on a 4-subject EEGMAT subset with tiny training: the left-out
-/// subject gets 2 rest + 2 task self-reports and is scored on its other windows by all five
+/// subject gets 2 rest + 2 task self-reports and is scored on its other windows by all six
 /// arms; "served" is the candidate exactly when the gate promoted it; a second call resumes
 /// from the results file instead of recomputing.
 #[test]

@@ -17,9 +17,12 @@
 //! 4. **Scored on S's windows that were not self-reports** (the labels never touched any
 //!    training; the signals did, unlabelled, exactly as on a gateway): the shipped model
 //!    (`base`), the round's candidate (`round`), what the gateway then serves (`served`:
-//!    candidate if promoted, else base), and two ablations with the round's own head fitting —
-//!    `reports_only` (serving encoder, head re-fitted with the self-reports) and `ssl_only`
-//!    (adapted encoder, head re-fitted without them) — to tell the two contributions apart.
+//!    candidate if promoted, else base), and three ablations with the round's own head fitting
+//!    (which trains on the pack minus the gate's 4 held-out subjects) — `refit` (serving
+//!    encoder, head re-fitted without self-reports), `reports_only` (serving encoder, with
+//!    them) and `ssl_only` (adapted encoder, without them) — to tell the contributions apart:
+//!    base → refit is the smaller head training set, refit → reports_only the self-reports,
+//!    reports_only → round the encoder adaptation.
 //!
 //! Results are appended per subject to a JSON-lines file as they finish, so a long run can be
 //! stopped and resumed (`resume`), and fold encoders are cached as ONNX files.
@@ -95,7 +98,126 @@ impl SubjectResult {
     }
 }
 
-pub const ARMS: [&str; 5] = ["base", "reports_only", "ssl_only", "round", "served"];
+pub const ARMS: [&str; 6] = [
+    "base",
+    "refit",
+    "reports_only",
+    "ssl_only",
+    "round",
+    "served",
+];
+
+/// One left-out subject's setting: their base model and replay pack, their stream with the
+/// self-reports, and the windows they are scored on.
+struct Wearer {
+    base: NetworkWeights,
+    pack: ReplayPack,
+    data_round: RoundData,
+    /// Label per stream window (None: unlabelled in the manifest).
+    labels: Vec<Option<f32>>,
+    rest: Vec<usize>,
+    task: Vec<usize>,
+    /// Stream indices of the self-reports, in time order.
+    reports: Vec<usize>,
+    /// Evaluated windows (every labelled window but the self-reports) and their truth.
+    ex: Vec<Vec<f32>>,
+    ey: Vec<bool>,
+}
+
+impl Wearer {
+    fn new(
+        s: &str,
+        one_head: &Dataset,
+        pretext_net: &NetworkWeights,
+        pack_unl: &Dataset,
+        cfg: &PersonaliseConfig,
+        names: &[String],
+    ) -> Wearer {
+        let others = subset(one_head, |w| w.subject != s);
+        let mine = subset(one_head, |w| w.subject == s);
+        // The base model: this fold's encoder + a head on the other 23 subjects.
+        let (ox, oy): (Vec<Vec<f32>>, Vec<Vec<Option<f32>>>) = others
+            .windows
+            .iter()
+            .filter(|w| w.labels[0].is_some())
+            .map(|w| (w.samples.clone(), w.labels.clone()))
+            .unzip();
+        let mut hcfg = cfg.heads.clone();
+        hcfg.progress = false;
+        let (heads, _) = train_heads(&embed(pretext_net, &ox), &oy, names, &EMOTION_HIDDEN, &hcfg);
+        let base = NetworkWeights {
+            convs: pretext_net.convs.clone(),
+            heads,
+        };
+        let pack = ReplayPack::build(
+            &others,
+            &subset(pack_unl, |w| w.subject != s),
+            cfg.pack_pretext,
+            cfg.round.seed,
+        );
+        // The stream: rest then task (manifest order), time order within each.
+        let labels: Vec<Option<f32>> = mine.windows.iter().map(|w| w.labels[0]).collect();
+        let is = |want: bool| -> Vec<usize> {
+            (0..labels.len())
+                .filter(|&i| labels[i].map(|v| v >= 0.5) == Some(want))
+                .collect()
+        };
+        let (rest, task) = (is(false), is(true));
+        let mut reports: Vec<usize> = evenly(rest.len(), cfg.reports_per_class)
+            .into_iter()
+            .map(|j| rest[j])
+            .chain(
+                evenly(task.len(), cfg.reports_per_class)
+                    .into_iter()
+                    .map(|j| task[j]),
+            )
+            .collect();
+        reports.sort_unstable();
+        let data_round = RoundData {
+            unlabelled: mine.samples(),
+            user_labelled: reports
+                .iter()
+                .map(|&i| (mine.windows[i].samples.clone(), vec![labels[i]]))
+                .collect(),
+        };
+        let eval: Vec<usize> = (0..labels.len())
+            .filter(|i| !reports.contains(i) && labels[*i].is_some())
+            .collect();
+        Wearer {
+            base,
+            pack,
+            ex: eval
+                .iter()
+                .map(|&i| mine.windows[i].samples.clone())
+                .collect(),
+            ey: eval
+                .iter()
+                .map(|&i| labels[i].is_some_and(|v| v >= 0.5))
+                .collect(),
+            data_round,
+            labels,
+            rest,
+            task,
+            reports,
+        }
+    }
+
+    /// The same stream without self-reports.
+    fn no_reports(&self) -> RoundData {
+        RoundData {
+            unlabelled: self.data_round.unlabelled.clone(),
+            user_labelled: Vec::new(),
+        }
+    }
+
+    /// Arousal scores of `m` on the evaluated windows.
+    fn score(&self, m: &NetworkWeights) -> Vec<f32> {
+        predict_heads(&m.heads, &embed(m, &self.ex))
+            .into_iter()
+            .map(|r| r[0])
+            .collect()
+    }
+}
 
 /// Probability that a positive scores above a negative (Mann–Whitney U / (n₊ n₋)).
 pub fn auc(scores: &[f32], labels: &[bool]) -> f64 {
@@ -258,6 +380,7 @@ pub fn run(
         }
     }
     let mut done = read_results(results)?;
+    let mut filled = false;
     let folds = subject_folds(&subjects, cfg.folds);
     let mut out = std::fs::OpenOptions::new()
         .create(true)
@@ -283,7 +406,12 @@ pub fn run(
             .filter(|s| only.is_empty() || only.contains(s))
             .filter(|s| !done.iter().any(|r| &r.subject == *s))
             .collect();
-        if todo.is_empty() {
+        let stale = done.iter().any(|r| {
+            fold.contains(&r.subject)
+                && r.arm("refit").is_none()
+                && (only.is_empty() || only.contains(&r.subject))
+        });
+        if todo.is_empty() && !stale {
             continue;
         }
         let train = subset(&one_head, |w| !fold.contains(&w.subject));
@@ -294,78 +422,31 @@ pub fn run(
         let mut pack_unl = train.clone();
         pack_unl.windows.extend(extra.windows.iter().cloned());
 
+        // Results from before the `refit` arm existed get it added (cheap: heads only).
+        for r in done.iter_mut().filter(|r| fold.contains(&r.subject)) {
+            if r.arm("refit").is_some() || !(only.is_empty() || only.contains(&r.subject)) {
+                continue;
+            }
+            let w = Wearer::new(&r.subject, &one_head, &pretext_net, &pack_unl, cfg, &names);
+            let refit = refit_heads(&w.base, &w.base, &w.no_reports(), &w.pack, &cfg.round)?;
+            let a = arm("refit", &w.score(&refit), &w.ey);
+            log(&format!(
+                "{}: added arm refit (balanced accuracy {:.3})",
+                r.subject, a.balanced_accuracy
+            ));
+            r.arms.insert(1, a);
+            filled = true;
+        }
         for s in todo {
             let t0 = std::time::Instant::now();
-            let others = subset(&one_head, |w| &w.subject != s);
-            let mine = subset(&one_head, |w| &w.subject == s);
-            // The base model: this fold's encoder + a head on the other 23 subjects.
-            let (ox, oy): (Vec<Vec<f32>>, Vec<Vec<Option<f32>>>) = others
-                .windows
-                .iter()
-                .filter(|w| w.labels[0].is_some())
-                .map(|w| (w.samples.clone(), w.labels.clone()))
-                .unzip();
-            let mut hcfg = cfg.heads.clone();
-            hcfg.progress = false;
-            let (heads, _) = train_heads(
-                &embed(&pretext_net, &ox),
-                &oy,
-                &names,
-                &EMOTION_HIDDEN,
-                &hcfg,
-            );
-            let base = NetworkWeights {
-                convs: pretext_net.convs.clone(),
-                heads,
-            };
-            let pack = ReplayPack::build(
-                &others,
-                &subset(&pack_unl, |w| &w.subject != s),
-                cfg.pack_pretext,
-                cfg.round.seed,
-            );
-
-            // The stream: rest then task (manifest order), time order within each.
-            let stream: Vec<&TrainWindow> = mine.windows.iter().collect();
-            let label_of = |w: &TrainWindow| w.labels[0].map(|v| v >= 0.5);
-            let rest: Vec<usize> = (0..stream.len())
-                .filter(|&i| label_of(stream[i]) == Some(false))
-                .collect();
-            let task: Vec<usize> = (0..stream.len())
-                .filter(|&i| label_of(stream[i]) == Some(true))
-                .collect();
-            let mut reports: Vec<usize> = evenly(rest.len(), cfg.reports_per_class)
-                .into_iter()
-                .map(|j| rest[j])
-                .chain(
-                    evenly(task.len(), cfg.reports_per_class)
-                        .into_iter()
-                        .map(|j| task[j]),
-                )
-                .collect();
-            reports.sort_unstable();
-            let data_round = RoundData {
-                unlabelled: stream.iter().map(|w| w.samples.clone()).collect(),
-                user_labelled: reports
-                    .iter()
-                    .map(|&i| (stream[i].samples.clone(), stream[i].labels.clone()))
-                    .collect(),
-            };
-            let eval: Vec<usize> = (0..stream.len())
-                .filter(|i| !reports.contains(i) && label_of(stream[*i]).is_some())
-                .collect();
-            let ex: Vec<Vec<f32>> = eval.iter().map(|&i| stream[i].samples.clone()).collect();
-            let ey: Vec<bool> = eval
-                .iter()
-                .map(|&i| label_of(stream[i]) == Some(true))
-                .collect();
-
+            let w = Wearer::new(s, &one_head, &pretext_net, &pack_unl, cfg, &names);
+            let (base, pack, data_round) = (&w.base, &w.pack, &w.data_round);
             let outcome = run_round(
-                &base,
+                base,
                 Some(&pretext_net),
                 None,
-                &data_round,
-                &pack,
+                data_round,
+                pack,
                 &cfg.round,
                 &mut |_| Ok(()),
                 &mut |_| {},
@@ -375,26 +456,19 @@ pub fn run(
                 convs: outcome.pretext.convs.clone(),
                 heads: Vec::new(),
             };
-            let reports_only = refit_heads(&base, &base, &data_round, &pack, &cfg.round)?;
-            let no_reports = RoundData {
-                unlabelled: data_round.unlabelled.clone(),
-                user_labelled: Vec::new(),
-            };
-            let ssl_only = refit_heads(&adapted, &base, &no_reports, &pack, &cfg.round)?;
-            let score = |m: &NetworkWeights| -> Vec<f32> {
-                predict_heads(&m.heads, &embed(m, &ex))
-                    .into_iter()
-                    .map(|r| r[0])
-                    .collect()
-            };
-            let base_scores: Vec<f32> = predict(&base, &ex).into_iter().map(|r| r[0]).collect();
-            let round_scores = score(&outcome.candidate);
+            let refit = refit_heads(base, base, &w.no_reports(), pack, &cfg.round)?;
+            let reports_only = refit_heads(base, base, data_round, pack, &cfg.round)?;
+            let ssl_only = refit_heads(&adapted, base, &w.no_reports(), pack, &cfg.round)?;
+            let base_scores: Vec<f32> = predict(base, &w.ex).into_iter().map(|r| r[0]).collect();
+            let round_scores = w.score(&outcome.candidate);
             let promoted = outcome.decision == Decision::Promote;
+            let ey = &w.ey;
             let arms = vec![
-                arm("base", &base_scores, &ey),
-                arm("reports_only", &score(&reports_only), &ey),
-                arm("ssl_only", &score(&ssl_only), &ey),
-                arm("round", &round_scores, &ey),
+                arm("base", &base_scores, ey),
+                arm("refit", &w.score(&refit), ey),
+                arm("reports_only", &w.score(&reports_only), ey),
+                arm("ssl_only", &w.score(&ssl_only), ey),
+                arm("round", &round_scores, ey),
                 arm(
                     "served",
                     if promoted {
@@ -402,9 +476,10 @@ pub fn run(
                     } else {
                         &base_scores
                     },
-                    &ey,
+                    ey,
                 ),
             ];
+            let (rest, task, reports) = (&w.rest, &w.task, &w.reports);
             let r = SubjectResult {
                 subject: s.clone(),
                 fold: fi + 1,
@@ -412,9 +487,9 @@ pub fn run(
                 windows_task: task.len(),
                 self_reports: reports
                     .iter()
-                    .map(|&i| (i, stream[i].labels[0].unwrap_or(f32::NAN)))
+                    .map(|&i| (i, w.labels[i].unwrap_or(f32::NAN)))
                     .collect(),
-                eval_windows: eval.len(),
+                eval_windows: w.ex.len(),
                 arms,
                 decision: match &outcome.decision {
                     Decision::Promote => "promote".into(),
@@ -444,6 +519,18 @@ pub fn run(
                 .with_context(|| format!("writing {}", results.display()))?;
             done.push(r);
         }
+    }
+    if filled {
+        // Rewrite the file with the added arms (atomically: a crash keeps the old one).
+        let tmp = results.with_extension("jsonl.tmp");
+        let mut text = String::new();
+        for r in &done {
+            text.push_str(&serde_json::to_string(r)?);
+            text.push('\n');
+        }
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, results))
+            .with_context(|| format!("rewriting {}", results.display()))?;
     }
     done.sort_by(|a, b| a.subject.cmp(&b.subject));
     Ok(done)
@@ -518,12 +605,35 @@ pub fn markdown(results: &[SubjectResult]) -> String {
             pooled.balanced_accuracy()
         ));
     }
-    let promoted = results.iter().filter(|r| r.decision == "promote").count();
+    // Did the gate pick right for the wearer? (candidate vs base on the wearer's windows)
+    let (mut p_up, mut p_down, mut p_same, mut r_up, mut r_down, mut r_same) = (0, 0, 0, 0, 0, 0);
+    for r in results {
+        let (Some(a), Some(b)) = (r.arm("round"), r.arm("base")) else {
+            continue;
+        };
+        let d = a.balanced_accuracy - b.balanced_accuracy;
+        let (up, down, same) = if r.decision == "promote" {
+            (&mut p_up, &mut p_down, &mut p_same)
+        } else {
+            (&mut r_up, &mut r_down, &mut r_same)
+        };
+        if d > 1e-9 {
+            *up += 1
+        } else if d < -1e-9 {
+            *down += 1
+        } else {
+            *same += 1
+        }
+    }
     s.push_str(&format!(
-        "\nGate: {promoted} of {} rounds promoted.\n\n",
+        "\nGate: {} of {} rounds promoted. For the wearer (candidate vs base on their evaluated \
+         windows), the promoted candidates were better for {p_up}, worse for {p_down}, equal for \
+         {p_same}; the rejected ones would have been better for {r_up}, worse for {r_down}, equal \
+         for {r_same}.\n\n",
+        p_up + p_down + p_same,
         results.len()
     ));
-    s.push_str("| subject | rest / task windows | evaluated | base | reports_only | ssl_only | round | gate |\n|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| subject | rest / task windows | evaluated | base | refit | reports_only | ssl_only | round | gate |\n|---|---|---|---|---|---|---|---|---|\n");
     for r in results {
         let b = |n: &str| {
             r.arm(n)
@@ -536,12 +646,13 @@ pub fn markdown(results: &[SubjectResult]) -> String {
             "reject".to_string()
         };
         s.push_str(&format!(
-            "| {} | {} / {} | {} | {} | {} | {} | {} | {gate} |\n",
+            "| {} | {} / {} | {} | {} | {} | {} | {} | {} | {gate} |\n",
             r.subject,
             r.windows_rest,
             r.windows_task,
             r.eval_windows,
             b("base"),
+            b("refit"),
             b("reports_only"),
             b("ssl_only"),
             b("round"),
