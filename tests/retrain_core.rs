@@ -231,17 +231,22 @@ fn personalisation_study_one_subject_and_resume() {
     let results = dir.path().join("r.jsonl");
     let cache = dir.path().join("enc");
     let only = vec!["Subject03".to_string()];
-    let mut log = Vec::new();
-    let r = personalise::run(
-        &ds,
-        &Default::default(),
-        &cfg,
-        &only,
-        &results,
-        Some(&cache),
-        |m| log.push(m.to_string()),
-    )
-    .unwrap();
+    // One call of the study; returns its results and what it logged.
+    let study = || {
+        let mut log = Vec::new();
+        let r = personalise::run(
+            &ds,
+            &Default::default(),
+            &cfg,
+            &only,
+            &results,
+            Some(&cache),
+            |m| log.push(m.to_string()),
+        );
+        (r, log)
+    };
+    let (r, _) = study();
+    let r = r.unwrap();
     assert_eq!(r.len(), 1);
     let s = &r[0];
     assert_eq!(s.subject, "Subject03");
@@ -280,17 +285,8 @@ fn personalisation_study_one_subject_and_resume() {
         "fold encoder cached"
     );
     // Resume: the subject is in the file, nothing is trained again.
-    let mut log2 = Vec::new();
-    let again = personalise::run(
-        &ds,
-        &Default::default(),
-        &cfg,
-        &only,
-        &results,
-        Some(&cache),
-        |m| log2.push(m.to_string()),
-    )
-    .unwrap();
+    let (again, log2) = study();
+    let again = again.unwrap();
     assert!(log2.is_empty(), "{log2:?}");
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].arms[0].confusion, s.arms[0].confusion);
@@ -301,15 +297,6 @@ fn personalisation_study_one_subject_and_resume() {
     assert!(personalise::markdown(&again).contains("| Subject03 | "));
     // A damaged results file is an error naming it, not silently overwritten.
     std::fs::write(&results, "{not json\n").unwrap();
-    let e = personalise::run(
-        &ds,
-        &Default::default(),
-        &cfg,
-        &only,
-        &results,
-        Some(&cache),
-        |_| {},
-    )
-    .unwrap_err();
+    let e = study().0.unwrap_err();
     assert!(format!("{e:#}").contains("r.jsonl line 1"), "{e:#}");
 }

@@ -939,17 +939,27 @@ fn infer(a: InferArgs) -> Result<()> {
     Ok(())
 }
 
+/// Training settings of the EEGMAT studies: the defaults (batch 32, Adam 1e-3) with the
+/// study's epochs, seed and step cap.
+fn study_training(
+    epochs: usize,
+    seed: u64,
+    max_steps: Option<usize>,
+    progress: bool,
+) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        seed,
+        max_steps_per_epoch: max_steps,
+        progress,
+        ..TrainConfig::default()
+    }
+}
+
 fn run_experiment(a: ExperimentArgs) -> Result<()> {
     let (data, extra) = a.data.load()?;
     let extra = extra.samples();
-    let tc = |epochs: usize, seed: u64| TrainConfig {
-        epochs,
-        batch: 32,
-        lr: 1e-3,
-        seed,
-        max_steps_per_epoch: a.max_steps,
-        progress: true,
-    };
+    let tc = |epochs, seed| study_training(epochs, seed, a.max_steps, true);
     let cfg = ExperimentConfig {
         folds: a.folds,
         fractions: a.fractions.clone(),
@@ -972,14 +982,7 @@ fn run_personalise(a: PersonaliseArgs) -> Result<()> {
     use crate::learn::personalise::{self, PersonaliseConfig};
     use crate::learn::retrain::RoundConfig;
     let (data, extra) = a.data.load()?;
-    let tc = |epochs: usize, seed: u64| TrainConfig {
-        epochs,
-        batch: 32,
-        lr: 1e-3,
-        seed,
-        max_steps_per_epoch: a.max_steps,
-        progress: false,
-    };
+    let tc = |epochs, seed| study_training(epochs, seed, a.max_steps, false);
     let cfg = PersonaliseConfig {
         head: a.data.head.clone(),
         folds: a.folds,
