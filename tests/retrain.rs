@@ -67,6 +67,38 @@ fn spawn_gateway(
     (rx, stop_tx, gw)
 }
 
+/// The common start of the retraining tests: shared data and a Mosquitto broker (`None` —
+/// the caller skips — when either is missing), a config for gateway `id` on that broker, and
+/// the Polar recording played once into the store (59 windows) by a first run.
+struct Recorded {
+    broker: common::Mosquitto,
+    dir: tempfile::TempDir,
+    cfg: Config,
+    run1: affectgate::gateway::RunReport,
+}
+
+async fn recorded(id: &str) -> Option<Recorded> {
+    let data = shared_data()?;
+    let broker = common::Mosquitto::start()?;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &data.join("polar-h10/polar_h10_ecg.csv"));
+    cfg.gateway.id = id.into();
+    cfg.mqtt.port = broker.port;
+    if let SourceConfig::Replay { looped, .. } = &mut cfg.sensors[0].source {
+        *looped = false;
+    }
+    let run1 = GatewayBuilder::new(cfg.clone(), &repo())
+        .run(std::future::pending())
+        .await
+        .unwrap();
+    Some(Recorded {
+        broker,
+        dir,
+        cfg,
+        run1,
+    })
+}
+
 fn config(dir: &Path, replay: &Path) -> Config {
     let mut cfg = Config::load(&repo().join("plugin.toml")).unwrap();
     cfg.gateway.id = "gwswap".into();
@@ -239,33 +271,24 @@ async fn a_broken_promoted_model_falls_back_to_the_shipped_one() {
 /// state messages keep flowing while the round trains; a promoted model then scores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cmd_retrain_runs_a_round_in_the_running_gateway() {
-    let Some(data) = shared_data() else {
-        return;
-    };
     let pack = repo().join("models/affectgate-arousal-v1.replay.bin");
     assert!(
         pack.exists(),
         "the shipped model's replay pack is missing: {}",
         pack.display()
     );
-    let Some(broker) = common::Mosquitto::start() else {
-        return;
-    };
-    let replay = data.join("polar-h10/polar_h10_ecg.csv");
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path(), &replay);
-    cfg.gateway.id = "gwrt".into();
-    cfg.mqtt.port = broker.port;
     // Run 1: the recording once (59 windows), then self-reports on all of them, written the
     // way the label input writes them (the MQTT path is tested in home_automation.rs; a fast
     // replay's windows lie in the future, beyond what a self-report may name).
-    if let SourceConfig::Replay { looped, .. } = &mut cfg.sensors[0].source {
-        *looped = false;
-    }
-    let r1 = GatewayBuilder::new(cfg.clone(), &repo())
-        .run(std::future::pending())
-        .await
-        .unwrap();
+    let Some(Recorded {
+        broker,
+        dir: _dir,
+        mut cfg,
+        run1: r1,
+    }) = recorded("gwrt").await
+    else {
+        return;
+    };
     assert_eq!(r1.sensors["polar"].windows, 59);
     let good_run1 = r1.sensors["polar"].scored;
     {
@@ -432,25 +455,16 @@ async fn cmd_retrain_runs_a_round_in_the_running_gateway() {
 /// the round from its checkpoint instead of starting over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_killed_mid_way_resumes_from_its_checkpoint() {
-    let Some(data) = shared_data() else {
-        return;
-    };
-    let Some(broker) = common::Mosquitto::start() else {
-        return;
-    };
-    let replay = data.join("polar-h10/polar_h10_ecg.csv");
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path(), &replay);
-    cfg.gateway.id = "gwkill".into();
-    cfg.mqtt.port = broker.port;
-    if let SourceConfig::Replay { looped, .. } = &mut cfg.sensors[0].source {
-        *looped = false;
-    }
     // Windows to train on (run 1 ends with the file).
-    GatewayBuilder::new(cfg.clone(), &repo())
-        .run(std::future::pending())
-        .await
-        .unwrap();
+    let Some(Recorded {
+        broker,
+        dir,
+        mut cfg,
+        ..
+    }) = recorded("gwkill").await
+    else {
+        return;
+    };
     // Runs 2 and 3: a real-time synthetic strap keeps the gateway alive; a round starts at
     // once (min_new_windows = 1) with 4 short pretext epochs.
     cfg.sensors = vec![SensorConfig {
@@ -577,28 +591,19 @@ impl Drop for Tmpfs {
 /// stays, nothing is registered, and the gateway still shuts down cleanly afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_or_out_of_memory_ends_the_round_not_the_gateway() {
-    let Some(data) = shared_data() else {
+    let Some(Recorded {
+        broker,
+        dir: _dir,
+        mut cfg,
+        ..
+    }) = recorded("gwfull").await
+    else {
         return;
     };
-    let Some(broker) = common::Mosquitto::start() else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let replay = data.join("polar-h10/polar_h10_ecg.csv");
-    let mut cfg = config(dir.path(), &replay);
-    cfg.gateway.id = "gwfull".into();
-    cfg.mqtt.port = broker.port;
     // The models directory on a 64 KiB file system: the round's input (≈ 0.3 MB) cannot fit.
-    let Some(fs) = Tmpfs::mount(&dir.path().join("models-local"), "64k") else {
+    let Some(fs) = Tmpfs::mount(&cfg.retrain.models_dir, "64k") else {
         return;
     };
-    if let SourceConfig::Replay { looped, .. } = &mut cfg.sensors[0].source {
-        *looped = false;
-    }
-    GatewayBuilder::new(cfg.clone(), &repo())
-        .run(std::future::pending())
-        .await
-        .unwrap();
     on_demand_tiny_rounds(&mut cfg);
     cfg.retrain.max_memory_mb = 48;
     let registry = Registry::open(&cfg.retrain.models_dir);
@@ -688,4 +693,51 @@ async fn a_full_disk_or_out_of_memory_ends_the_round_not_the_gateway() {
         .all(|o| o.state.model.is_empty() || o.state.model.starts_with("affectgate-arousal-v1@")));
     assert!(registry.list().unwrap().is_empty());
     assert_eq!(registry.serving().unwrap(), (None, None));
+}
+
+/// A staged round belongs to the model that served when it was staged: if another model is
+/// promoted in between, running it is refused (naming both) and its files are dropped, so the
+/// next round stages afresh instead of training the wrong parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_round_of_a_replaced_model_is_discarded() {
+    use affectgate::retrain::round::{self, RoundError};
+    let Some(Recorded { dir: _dir, cfg, .. }) = recorded("gwstale").await else {
+        return;
+    };
+    let store = affectgate::store::Store::open(
+        &cfg.store.path,
+        affectgate::store::Retention {
+            max_bytes: u64::MAX,
+            max_age_ns: i64::MAX,
+        },
+    )
+    .unwrap();
+    let registry = Registry::open(&cfg.retrain.models_dir);
+    let shipped = &cfg.model.path;
+    let staged = round::stage(&store, &registry, shipped, 200).unwrap();
+    assert_eq!(
+        (staged.id.as_str(), staged.parent.as_str()),
+        ("r0001", "shipped")
+    );
+    assert!(staged.windows + staged.labelled >= 50, "{staged:?}");
+    // Staging again keeps the staged round (same parent): it resumes with the same input.
+    let again = round::stage(&store, &registry, shipped, 200).unwrap();
+    assert_eq!(again.id, "r0001");
+    let w = NetworkWeights::seeded(&[("arousal", &[512, 512])], 5);
+    registry
+        .add(entry("r0002"), &export_onnx(&w, &[], "test").unwrap(), "")
+        .unwrap();
+    registry.promote("r0002").unwrap();
+    let err = round::run_staged(
+        &registry,
+        shipped,
+        &Default::default(),
+        &Default::default(),
+        &mut |_, _| {},
+        &|| None,
+    )
+    .unwrap_err();
+    assert!(matches!(err, RoundError::Stale(_)), "{err}");
+    assert!(err.to_string().contains("from shipped to r0002"), "{err}");
+    assert!(!registry.dir().join("work").exists());
 }

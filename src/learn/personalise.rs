@@ -39,7 +39,7 @@ use super::metrics::Confusion;
 use super::model::EMOTION_HIDDEN;
 use super::onnx::{export_onnx, import_onnx, NetworkWeights};
 use super::retrain::{
-    refit_heads, run_round, Decision, GateMetrics, ReplayPack, RoundConfig, RoundData,
+    atomic_write, refit_heads, run_round, Decision, GateMetrics, ReplayPack, RoundConfig, RoundData,
 };
 use super::train::{embed, predict, predict_heads, pretrain, train_heads, TrainConfig};
 
@@ -522,15 +522,12 @@ pub fn run(
     }
     if filled {
         // Rewrite the file with the added arms (atomically: a crash keeps the old one).
-        let tmp = results.with_extension("jsonl.tmp");
         let mut text = String::new();
         for r in &done {
             text.push_str(&serde_json::to_string(r)?);
             text.push('\n');
         }
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, results))
-            .with_context(|| format!("rewriting {}", results.display()))?;
+        atomic_write(results, text.as_bytes())?;
     }
     done.sort_by(|a, b| a.subject.cmp(&b.subject));
     Ok(done)

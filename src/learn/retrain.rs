@@ -81,7 +81,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RetrainError + '_ {
 
 /// Write `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename,
 /// then (best effort) fsync the folder. A crash leaves either the old file or the new one.
-fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), RetrainError> {
+/// (Also used for the gateway's round files and the study's results: one way to write.)
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), RetrainError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

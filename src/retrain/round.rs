@@ -27,8 +27,8 @@ use crate::learn::card::ModelCard;
 use crate::learn::dataset::zscore_person;
 use crate::learn::onnx::{export_onnx, import_onnx, NetworkWeights};
 use crate::learn::retrain::{
-    run_round, Checkpoint, Decision, GateMetrics, Progress, ReplayPack, RetrainError, RoundConfig,
-    RoundData,
+    atomic_write, run_round, Checkpoint, Decision, GateMetrics, Progress, ReplayPack, RetrainError,
+    RoundConfig, RoundData,
 };
 use crate::store::Store;
 
@@ -86,6 +86,9 @@ pub enum RoundError {
     },
     #[error("not enough data: {0}")]
     NotEnoughData(String),
+    /// The staged round no longer fits the serving model; it is discarded.
+    #[error("staged round discarded: {0}")]
+    Stale(String),
 }
 
 fn work_dir(registry: &Registry) -> PathBuf {
@@ -286,10 +289,7 @@ pub fn stage(
         windows,
         labelled,
     };
-    let tmp = work.join("round.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(&st).expect("serialises"))
-        .and_then(|_| std::fs::rename(&tmp, &state_path))
-        .map_err(file_err("round state", &state_path))?;
+    atomic_write(&state_path, &serde_json::to_vec(&st).expect("serialises"))?;
     Ok(st)
 }
 
@@ -337,15 +337,16 @@ pub fn run_staged(
     let (parent, current, pretext_init) = serving_weights(registry, shipped)?;
     if parent != st.parent {
         let _ = std::fs::remove_dir_all(&work);
-        return Err(RoundError::NotEnoughData(format!(
-            "the serving model changed from {} to {parent} since round {} was staged; it is discarded",
+        return Err(RoundError::Stale(format!(
+            "the serving model changed from {} to {parent} since round {} was staged",
             st.parent, st.id
         )));
     }
     let heads = current.head_names();
     let input = ReplayPack::load(&work.join("input.bin"))?;
     if input.head_names != heads {
-        return Err(RoundError::NotEnoughData(format!(
+        let _ = std::fs::remove_dir_all(&work);
+        return Err(RoundError::Stale(format!(
             "staged input has heads {:?}, the serving model {heads:?}",
             input.head_names
         )));
