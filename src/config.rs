@@ -5,8 +5,12 @@
 //! sensor's Nyquist frequency, a duplicate sensor id, a port of 0) by [`Config::validate`] with the
 //! full key path and what is allowed.
 //!
-//! Each component keeps its own config struct where it lives (`dsp::PreprocessConfig`,
-//! `source::synthetic::SyntheticConfig`, `infer::Backend`); this module only assembles them.
+//! Each component owns its config struct and its checks where it lives (vector's rule):
+//! `source::config`, `dsp::PreprocessConfig`, `infer::config`, `store::config`,
+//! `mqtt::config`, `retrain::config`. This module only assembles them, checks what spans
+//! sections (sensor ids, the filters at each sensor's rate), prefixes each component's key
+//! with its section, and resolves relative paths against the file's directory once, in
+//! [`Config::load`].
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -15,9 +19,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::dsp::quality::QualityConfig;
 use crate::dsp::PreprocessConfig;
-use crate::infer::Backend;
-use crate::source::ble::BleConfig;
-use crate::source::synthetic::SyntheticConfig;
+pub use crate::infer::config::ModelConfig;
+pub use crate::invalid::{is_topic_id, Invalid};
+pub use crate::mqtt::config::{MqttConfig, MqttTls};
+pub use crate::retrain::config::RetrainConfig;
+pub use crate::source::config::{SensorConfig, SourceConfig};
+pub use crate::store::config::StoreConfig;
+
+/// The default configuration (`plugin.toml`), compiled in so `affectgate demo` needs no files.
+pub const DEFAULT_CONFIG: &str = include_str!("../plugin.toml");
 
 /// Version of the configuration schema this build reads (`plugin.config_schema`).
 pub const CONFIG_SCHEMA: u32 = 1;
@@ -86,197 +96,45 @@ pub struct GatewayConfig {
     pub id: String,
 }
 
-/// One sensor: an id (used in topics and the store) and where its ECG comes from.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SensorConfig {
-    pub id: String,
-    pub source: SourceConfig,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SourceConfig {
-    /// Generated ECG (ECGSYN); the table's other keys are `SyntheticConfig`.
-    Synthetic {
-        #[serde(flatten)]
-        ecg: SyntheticConfig,
-    },
-    /// A recording the learning core reads (EDF, WFDB, CSV).
-    Replay {
-        path: PathBuf,
-        #[serde(default)]
-        signal: Option<String>,
-        /// Pace samples at their real rate (true) or as fast as possible.
-        #[serde(default = "yes")]
-        realtime: bool,
-        #[serde(default, rename = "loop")]
-        looped: bool,
-    },
-    /// A BLE sensor (Polar H10, Heart Rate service, generic GATT ECG); the table's other keys
-    /// are `BleConfig`.
-    Ble {
-        #[serde(flatten)]
-        ble: BleConfig,
-    },
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// ONNX model with its `.card.toml` beside it.
-    pub path: PathBuf,
-    #[serde(default)]
-    pub backend: Backend,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    pub path: PathBuf,
-    /// Retention: oldest windows are dropped beyond this many bytes…
-    pub max_bytes: u64,
-    /// …or this age.
-    pub max_age_days: f64,
-}
-
-/// Broker connection (`[mqtt]`). `Debug` never prints the password.
-#[derive(Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct MqttConfig {
-    /// Broker host; empty = `affectgate demo` starts an embedded broker.
-    pub host: String,
-    pub port: u16,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<String>,
-    pub keep_alive_s: u64,
-    pub discovery_prefix: String,
-    /// Publish Home Assistant discovery (default true).
-    #[serde(default = "yes")]
-    pub discovery: bool,
-    /// Undelivered state messages kept in the outbox; beyond it the oldest are dropped
-    /// (default 100 000 ≈ 3 days of 3 sensors).
-    #[serde(default = "default_outbox_max")]
-    pub outbox_max: u64,
-    /// TLS to the broker (`[mqtt.tls]`); absent = plain TCP.
-    #[serde(default)]
-    pub tls: Option<MqttTls>,
-}
-
-impl std::fmt::Debug for MqttConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MqttConfig")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("keep_alive_s", &self.keep_alive_s)
-            .field("discovery_prefix", &self.discovery_prefix)
-            .field("discovery", &self.discovery)
-            .field("outbox_max", &self.outbox_max)
-            .field("tls", &self.tls)
-            .finish()
-    }
-}
-
-/// TLS files (PEM). Relative paths are resolved against the config file's directory.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct MqttTls {
-    /// CA certificate(s) that signed the broker's certificate.
-    pub ca_file: PathBuf,
-    /// Client certificate and key, for brokers that require one (both or neither).
-    #[serde(default)]
-    pub client_cert: Option<PathBuf>,
-    #[serde(default)]
-    pub client_key: Option<PathBuf>,
-}
-
-fn default_outbox_max() -> u64 {
-    100_000
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RetrainConfig {
-    pub enabled: bool,
-    /// Hours between rounds (from the end of the last one).
-    pub interval_h: f64,
-    /// Good windows stored since the last round before a scheduled round starts.
-    pub min_new_windows: usize,
-    /// Only start rounds inside this daily UTC window, `"HH:MM-HH:MM"` (may wrap midnight).
-    #[serde(default)]
-    pub daily_window: Option<String>,
-    /// The gateway's model registry (retrained models, which one serves, the previous one);
-    /// relative to the config file. Default `models-local`.
-    #[serde(default = "default_models_dir")]
-    pub models_dir: PathBuf,
-    /// Training threads (default 1: on a 4-core Pi three stay for scoring and I/O).
-    #[serde(default = "one_usize")]
-    pub max_threads: usize,
-    /// Stop the round when the process's resident memory exceeds this (default 1536 MiB).
-    #[serde(default = "default_max_memory_mb")]
-    pub max_memory_mb: u64,
-    /// Nice value of the training threads (default 10; 0–19).
-    #[serde(default = "default_nice")]
-    pub nice: i32,
-    /// Wall-clock budget of a round, minutes (default 120).
-    #[serde(default = "default_budget_min")]
-    pub budget_min: f64,
-    /// Pretext epochs per round (default 2).
-    #[serde(default = "default_pretext_epochs")]
-    pub pretext_epochs: usize,
-    /// Cap on pretext steps per epoch (default: none).
-    #[serde(default)]
-    pub max_steps_per_epoch: Option<usize>,
-    /// Most recent good windows a round trains on (default 3000 ≈ 8 h of one strap).
-    #[serde(default = "default_max_windows")]
-    pub max_windows: usize,
-}
-
-fn default_models_dir() -> PathBuf {
-    PathBuf::from("models-local")
-}
-fn one_usize() -> usize {
-    1
-}
-fn default_max_memory_mb() -> u64 {
-    1536
-}
-fn default_nice() -> i32 {
-    10
-}
-fn default_budget_min() -> f64 {
-    120.0
-}
-fn default_pretext_epochs() -> usize {
-    2
-}
-fn default_max_windows() -> usize {
-    3000
-}
-
-/// Is `s` a valid MQTT/HA id (`[a-zA-Z0-9_-]+`)?
-pub fn is_topic_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
 impl Config {
-    /// Read, parse and validate a config file.
+    /// Read, parse and validate a config file, and resolve its relative paths against the
+    /// file's directory (the one place this happens: every component then gets usable paths).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, path)
+        let mut cfg = Self::parse(&text, path)?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        cfg.resolve_paths(&dir);
+        Ok(cfg)
+    }
+
+    /// Make every relative path of the config (model, store, registry, replay recordings,
+    /// TLS files) relative to `dir` instead of the working directory.
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        fix(&mut self.model.path);
+        fix(&mut self.store.path);
+        fix(&mut self.retrain.models_dir);
+        for s in &mut self.sensors {
+            if let SourceConfig::Replay { path, .. } = &mut s.source {
+                fix(path);
+            }
+        }
+        if let Some(t) = &mut self.mqtt.tls {
+            fix(&mut t.ca_file);
+            for p in [&mut t.client_cert, &mut t.client_key].into_iter().flatten() {
+                fix(p);
+            }
+        }
     }
 
     /// Parse and validate config text; `path` names it in errors.
@@ -311,11 +169,6 @@ impl Config {
                 "use letters, digits, '_' and '-' only (it is part of MQTT topics)".into(),
             ));
         }
-        let component = |key: String, message: String| ConfigError::Component {
-            path: path.to_path_buf(),
-            key,
-            message,
-        };
         let mut seen = HashSet::new();
         for (i, s) in self.sensors.iter().enumerate() {
             let key = format!("sensors[{i}]");
@@ -340,126 +193,43 @@ impl Config {
                     "another sensor already has this id".into(),
                 ));
             }
-            if let SourceConfig::Ble { ble } = &s.source {
-                ble.validate()
-                    .map_err(|e| component(format!("{key}.source"), e))?;
-                if let Some(fs) = ble.ecg_fs_hz() {
-                    self.dsp.validate(fs).map_err(|e| {
-                        component(
-                            format!("dsp (for sensor {:?} at {fs} Hz)", s.id),
-                            e.to_string(),
-                        )
-                    })?;
-                }
-            }
-            if let SourceConfig::Synthetic { ecg } = &s.source {
-                ecg.validate()
-                    .map_err(|e| component(format!("{key}.source"), e.to_string()))?;
-                // The filters run at the sensor's own rate: each cutoff must be below its Nyquist.
-                self.dsp.validate(ecg.fs_hz).map_err(|e| {
-                    component(
-                        format!("dsp (for sensor {:?} at {} Hz)", s.id, ecg.fs_hz),
-                        e.to_string(),
-                    )
+            s.validate()
+                .map_err(|e| in_section(path, &format!("{key}."), e))?;
+            // The filters run at the sensor's own rate: each cutoff must be below its Nyquist.
+            if let Some(fs) = s.fs_hz() {
+                self.dsp.validate(fs).map_err(|e| ConfigError::Component {
+                    path: path.to_path_buf(),
+                    key: format!("dsp (for sensor {:?} at {fs} Hz)", s.id),
+                    message: e.to_string(),
                 })?;
             }
         }
         self.quality
             .validate()
-            .map_err(|e| component("quality".into(), e.to_string()))?;
-        if self.mqtt.port == 0 {
-            return Err(bad(
-                "mqtt.port".into(),
-                "0".into(),
-                "must be 1..=65535".into(),
-            ));
-        }
-        if let Some(t) = &self.mqtt.tls {
-            if t.client_cert.is_some() != t.client_key.is_some() {
-                return Err(bad(
-                    "mqtt.tls.client_cert / mqtt.tls.client_key".into(),
-                    format!("{:?} / {:?}", t.client_cert, t.client_key),
-                    "give both the client certificate and its key, or neither".into(),
-                ));
-            }
-        }
-        if self.mqtt.username.is_some() != self.mqtt.password.is_some() {
-            return Err(bad(
-                "mqtt.username / mqtt.password".into(),
-                "only one of them set".into(),
-                "give both, or neither for anonymous access".into(),
-            ));
-        }
-        if self.mqtt.outbox_max == 0 {
-            return Err(bad(
-                "mqtt.outbox_max".into(),
-                "0".into(),
-                "must be ≥ 1 message".into(),
-            ));
-        }
-        if !is_topic_id(&self.mqtt.discovery_prefix) {
-            return Err(bad(
-                "mqtt.discovery_prefix".into(),
-                format!("{:?}", self.mqtt.discovery_prefix),
-                "use letters, digits, '_' and '-' only".into(),
-            ));
-        }
-        if self.store.max_age_days.is_nan() || self.store.max_age_days <= 0.0 {
-            return Err(bad(
-                "store.max_age_days".into(),
-                self.store.max_age_days.to_string(),
-                "must be > 0".into(),
-            ));
-        }
-        if let Some(w) = &self.retrain.daily_window {
-            crate::retrain::scheduler::parse_window(w)
-                .map_err(|e| bad("retrain.daily_window".into(), format!("{w:?}"), e))?;
-        }
-        for (key, ok, why) in [
-            (
-                "retrain.max_threads",
-                (1..=256).contains(&self.retrain.max_threads),
-                "must be 1..=256",
-            ),
-            (
-                "retrain.nice",
-                (0..=19).contains(&self.retrain.nice),
-                "must be 0..=19",
-            ),
-            (
-                "retrain.max_memory_mb",
-                self.retrain.max_memory_mb >= 64,
-                "must be ≥ 64 MiB",
-            ),
-            (
-                "retrain.budget_min",
-                self.retrain.budget_min.is_finite() && self.retrain.budget_min > 0.0,
-                "must be > 0 minutes",
-            ),
-            (
-                "retrain.pretext_epochs",
-                (1..=1000).contains(&self.retrain.pretext_epochs),
-                "must be 1..=1000",
-            ),
-            (
-                "retrain.max_windows",
-                self.retrain.max_windows >= 10,
-                "must be ≥ 10",
-            ),
-        ] {
-            if !ok {
-                return Err(bad(key.into(), "(as given)".into(), why.into()));
-            }
-        }
-        if self.retrain.enabled
-            && (self.retrain.interval_h.is_nan() || self.retrain.interval_h <= 0.0)
-        {
-            return Err(bad(
-                "retrain.interval_h".into(),
-                self.retrain.interval_h.to_string(),
-                "must be > 0 when retraining is enabled".into(),
-            ));
-        }
+            .map_err(|e| in_section(path, "", Invalid::component("quality", e)))?;
+        self.mqtt.validate().map_err(|e| in_section(path, "mqtt.", e))?;
+        self.store.validate().map_err(|e| in_section(path, "store.", e))?;
+        self.retrain
+            .validate()
+            .map_err(|e| in_section(path, "retrain.", e))?;
         Ok(())
+    }
+}
+
+/// A component's [`Invalid`] as a config error naming the full key (`mqtt.port`).
+fn in_section(path: &Path, prefix: &str, e: Invalid) -> ConfigError {
+    if e.value.is_empty() {
+        ConfigError::Component {
+            path: path.to_path_buf(),
+            key: format!("{prefix}{}", e.key),
+            message: e.reason,
+        }
+    } else {
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: format!("{prefix}{}", e.key),
+            value: e.value,
+            reason: e.reason,
+        }
     }
 }

@@ -51,7 +51,7 @@
 //! - **Training in burn, serving in ort.** burn (autodiff over the pure-Rust `flex` backend) is
 //!   the fastest correct Rust trainer measured on these machines; ONNX is the exchange format,
 //!   so serving never depends on the training framework, and a test proves both agree.
-//! - **Weights cross module borders as plain arrays** ([`learn::onnx::NetworkWeights`]), never
+//! - **Weights cross module borders as plain arrays** ([`model::NetworkWeights`]), never
 //!   as framework types.
 //! - **Backpressure, not buffering.** Every queue between gateway stages is bounded; a stalled
 //!   stage slows its producers. MQTT never pushes back on ingest: state messages wait in the
@@ -65,13 +65,31 @@
 //! - **Errors**: library modules return typed errors (`thiserror`) naming the file, key or
 //!   field at fault; the CLI wraps them with `anyhow` context and tells the user what to do.
 
-pub mod cli;
-pub mod config;
+// Always: the bottom layers (no heavy dependency).
 pub mod dsp;
-pub mod gateway;
-pub mod infer;
-pub mod learn;
-pub mod mqtt;
-pub mod retrain;
+pub mod fs;
+pub mod invalid;
+pub mod model;
+pub mod rng;
+pub mod sys;
+pub mod time;
+
+#[cfg(feature = "source")]
 pub mod source;
+
+#[cfg(feature = "infer")]
+pub mod infer;
+#[cfg(feature = "learn")]
+pub mod learn;
+#[cfg(feature = "gateway")]
 pub mod store;
+
+#[cfg(feature = "gateway")]
+pub mod mqtt;
+#[cfg(feature = "gateway")]
+pub mod retrain;
+
+#[cfg(feature = "gateway")]
+pub mod config;
+#[cfg(feature = "gateway")]
+pub mod gateway;

@@ -1,6 +1,9 @@
-//! The `affectgate` binary: parses the command line and runs one command (see `affectgate::cli`).
+//! The `affectgate` binary: parses the command line and runs one command ([`cli`]). The
+//! command line lives here only; the library knows nothing of it.
 
 use clap::Parser;
+
+mod cli;
 
 /// See Cargo.toml: large per-step training buffers are reused instead of re-faulted.
 #[global_allocator]
@@ -16,8 +19,8 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = affectgate::cli::Cli::parse();
-    match affectgate::cli::run(cli) {
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -1,6 +1,6 @@
 //! Gateway commands: `run`, `demo`, `store stats|export`, and the gateway benchmarks
-//! (`bench dsp|sensors|latency`). Each is a thin composition of [`crate::gateway`],
-//! [`crate::store`] and [`crate::mqtt`].
+//! (`bench dsp|sensors|latency`). Each is a thin composition of [`affectgate::gateway`],
+//! [`affectgate::store`] and [`affectgate::mqtt`].
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,18 +8,15 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
-use crate::config::Config;
-use crate::gateway::{model_version, GatewayBuilder, RunReport};
-use crate::infer::{Backend, Model};
-use crate::mqtt::broker::EmbeddedBroker;
-use crate::mqtt::{subscribe_states, StateMessage, TlsFiles};
-use crate::store::{Retention, Store};
+use affectgate::config::Config;
+use affectgate::gateway::{model_version, GatewayBuilder, RunReport};
+use affectgate::infer::{Backend, Model};
+use affectgate::mqtt::broker::EmbeddedBroker;
+use affectgate::mqtt::{subscribe_states, StateMessage, TlsFiles};
+use affectgate::store::{Retention, Store};
 
-/// The default configuration, compiled in so `affectgate demo` needs no files.
-pub const DEFAULT_CONFIG: &str = include_str!("../../plugin.toml");
-/// The shipped model, compiled in for the demo (2.6 MB).
-pub const DEFAULT_MODEL: &[u8] = include_bytes!("../../models/affectgate-arousal-v1.onnx");
-const DEFAULT_MODEL_PATH: &str = "models/affectgate-arousal-v1.onnx";
+use affectgate::config::DEFAULT_CONFIG;
+use affectgate::gateway::{DEFAULT_MODEL, DEFAULT_MODEL_PATH};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -100,11 +97,10 @@ pub enum StoreWhat {
 
 /// Run a config until SIGINT/SIGTERM (or until every finite source ends).
 pub fn run(a: RunArgs) -> Result<()> {
-    let base = config_dir(&a.config);
     let rt = runtime()?;
     let report = loop {
         let cfg = Config::load(&a.config)?;
-        let report = rt.block_on(GatewayBuilder::new(cfg, &base).run(shutdown_signal()))?;
+        let report = rt.block_on(GatewayBuilder::new(cfg).run(shutdown_signal()))?;
         if !report.reload_requested {
             break report;
         }
@@ -130,12 +126,12 @@ pub fn run(a: RunArgs) -> Result<()> {
 
 /// `affectgate scan`.
 pub fn scan(a: ScanArgs) -> Result<()> {
-    use crate::config::SourceConfig;
-    use crate::source::ble::scan;
+    use affectgate::config::SourceConfig;
+    use affectgate::source::ble::scan;
     if !(a.seconds.is_finite() && a.seconds > 0.0 && a.seconds <= 3600.0) {
         bail!("--seconds {}: give 0 < seconds ≤ 3600", a.seconds);
     }
-    let sensors: Vec<(String, crate::source::ble::BleConfig)> = match &a.config {
+    let sensors: Vec<(String, affectgate::source::ble::BleConfig)> = match &a.config {
         Some(path) => Config::load(path)?
             .sensors
             .into_iter()
@@ -173,12 +169,14 @@ pub fn scan(a: ScanArgs) -> Result<()> {
 /// The one-command demo (see README): embedded broker, three synthetic sensors, a subscriber
 /// printing scores.
 pub fn demo(a: DemoArgs) -> Result<()> {
-    let (mut cfg, base) = match &a.config {
-        Some(p) => (Config::load(p)?, config_dir(p)),
-        None => (
-            Config::parse(DEFAULT_CONFIG, Path::new("plugin.toml (built-in)"))?,
-            std::env::current_dir().context("current directory")?,
-        ),
+    let cwd = std::env::current_dir().context("current directory")?;
+    let mut cfg = match &a.config {
+        Some(p) => Config::load(p)?,
+        None => {
+            let mut c = Config::parse(DEFAULT_CONFIG, Path::new("plugin.toml (built-in)"))?;
+            c.resolve_paths(&cwd);
+            c
+        }
     };
     let temp_store = a.store.is_none();
     let store_dir = match &a.store {
@@ -197,10 +195,10 @@ pub fn demo(a: DemoArgs) -> Result<()> {
             "MQTT broker"
         };
         // The model: the configured file if it exists, else the compiled-in default.
-        let model_path = base.join(&cfg.model.path);
+        let model_path = cfg.model.path.clone();
         let backend = cfg.model.backend.clone();
         let (model, version) =
-            if model_path.exists() || cfg.model.path != Path::new(DEFAULT_MODEL_PATH) {
+            if model_path.exists() || cfg.model.path != cwd.join(DEFAULT_MODEL_PATH) {
                 let m = Model::load(&model_path, &backend)
                     .with_context(|| format!("loading model {}", model_path.display()))?;
                 let v = model_version(&model_path, m.sha256());
@@ -225,7 +223,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         println!(
             "  first scores ≈13 s after start (10 s window + 2 s filter warm-up). Ctrl-C stops."
         );
-        let printer = tokio::spawn(print_states(cfg.clone(), base.clone()));
+        let printer = tokio::spawn(print_states(cfg.clone()));
         let seconds = a.seconds;
         let stop = async move {
             match seconds {
@@ -238,7 +236,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
                 None => shutdown_signal().await,
             }
         };
-        let report = GatewayBuilder::new(cfg, &base)
+        let report = GatewayBuilder::new(cfg)
             .model(model, version)
             .run(stop)
             .await;
@@ -267,9 +265,9 @@ fn backend_name(b: &Backend) -> &'static str {
 
 /// Print one line per state message (same broker settings, credentials and TLS as the
 /// gateway).
-async fn print_states(cfg: Config, base: PathBuf) -> Result<()> {
+async fn print_states(cfg: Config) -> Result<()> {
     let tls = match &cfg.mqtt.tls {
-        Some(t) => Some(TlsFiles::load(t, &base)?),
+        Some(t) => Some(TlsFiles::load(t)?),
         None => None,
     };
     let (mut rx, _task) = subscribe_states(
@@ -343,13 +341,6 @@ fn print_report(r: &RunReport) {
             " (broker did not acknowledge everything)"
         }
     );
-}
-
-fn config_dir(p: &Path) -> PathBuf {
-    match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -434,11 +425,7 @@ fn open_store(at: &StoreLocation) -> Result<Store> {
             let cfg = Config::load(&at.config).with_context(|| {
                 "finding the store: pass --store DIR or --config FILE".to_string()
             })?;
-            if cfg.store.path.is_absolute() {
-                cfg.store.path.clone()
-            } else {
-                config_dir(&at.config).join(&cfg.store.path)
-            }
+            cfg.store.path
         }
     };
     if !path.exists() {
@@ -448,25 +435,12 @@ fn open_store(at: &StoreLocation) -> Result<Store> {
         );
     }
     // Inspection must never delete anything: retention is not applied from here.
-    let keep_all = Retention {
-        max_bytes: u64::MAX,
-        max_age_ns: i64::MAX,
-    };
-    Ok(Store::open(&path, keep_all)?)
+    Ok(Store::open(&path, Retention::KEEP_ALL)?)
 }
 
 /// RFC 3339 time or "<duration> ago" → ns since the Unix epoch.
 pub fn parse_time(s: &str) -> Result<i64> {
-    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        let d = t
-            .duration_since(std::time::UNIX_EPOCH)
-            .context("time before 1970")?;
-        return Ok(d.as_nanos() as i64);
-    }
-    if let Ok(d) = humantime::parse_duration(s) {
-        return Ok(crate::source::live::now_ns() - d.as_nanos() as i64);
-    }
-    bail!("{s:?} is neither an RFC 3339 time (2026-11-25T10:00:00Z) nor a duration ago (2h, 30min)")
+    affectgate::time::parse_time_or_ago(s, affectgate::time::now_ns()).map_err(anyhow::Error::msg)
 }
 
 // ───────────────────────────── benchmarks ─────────────────────────────
@@ -507,7 +481,7 @@ pub enum GatewayBench {
 
 pub fn bench(b: GatewayBench) -> Result<()> {
     match b {
-        GatewayBench::Dsp { file, repeats } => crate::gateway::bench::dsp(&file, repeats),
+        GatewayBench::Dsp { file, repeats } => super::bench::gateway::dsp(&file, repeats),
         GatewayBench::Sensors {
             counts,
             seconds,
@@ -517,7 +491,7 @@ pub fn bench(b: GatewayBench) -> Result<()> {
                 .enable_all()
                 .build()?;
             for n in counts {
-                let r = rt.block_on(crate::gateway::bench::sensors(n, seconds, mqtt.as_deref()))?;
+                let r = rt.block_on(super::bench::gateway::sensors(n, seconds, mqtt.as_deref()))?;
                 println!("{}", serde_json::to_string(&r)?);
             }
             Ok(())
@@ -528,7 +502,7 @@ pub fn bench(b: GatewayBench) -> Result<()> {
             mqtt,
         } => {
             let rt = runtime()?;
-            let r = rt.block_on(crate::gateway::bench::sensors(
+            let r = rt.block_on(super::bench::gateway::sensors(
                 sensors,
                 seconds,
                 mqtt.as_deref(),

@@ -1,28 +1,25 @@
 //! Command-line interface: parsing (clap) and the commands, each a thin composition of the
 //! library modules. Errors are `anyhow` with context that names the file and says what to do.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+mod bench;
 pub mod gateway;
 pub mod model;
 
-use crate::dsp::PreprocessConfig;
-use crate::infer::{Backend, Model};
-use crate::learn::card::{
-    self, Evaluation, HeadCard, InputSpec, ModelCard, Preprocessing, Training,
-};
-use crate::learn::dataset::{self, Dataset};
-use crate::learn::experiment::{self, ExperimentConfig};
-use crate::learn::metrics::{Confusion, HeadReport};
-use crate::learn::model::{EMOTION_HIDDEN, INPUT_LEN, PRETEXT_TASKS};
-use crate::learn::onnx::import_onnx;
-use crate::learn::onnx::{export_onnx, NetworkWeights};
-use crate::learn::plots;
-use crate::learn::train::{self, TrainConfig};
+use affectgate::dsp::PreprocessConfig;
+use affectgate::infer::{Backend, Model};
+use affectgate::learn::dataset::{self, Dataset};
+use affectgate::learn::experiment::{self, ExperimentConfig};
+use affectgate::learn::metrics::{Confusion, HeadReport};
+use affectgate::model::WINDOW_LEN;
+use affectgate::learn::plots;
+use affectgate::learn::pipeline::{self, FinetuneJob, PretrainJob};
+use affectgate::learn::train::{self, TrainConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -177,6 +174,19 @@ pub struct PretrainArgs {
     pub train: TrainArgs,
 }
 
+impl PretrainArgs {
+    fn job(self) -> PretrainJob {
+        PretrainJob {
+            train: self.train.config(10),
+            data: self.data,
+            out: self.out,
+            val_frac: self.val_frac,
+            init: self.init,
+            plots: self.plots,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct FinetuneArgs {
     /// Pretrained encoder (the ONNX written by `pretrain`).
@@ -201,6 +211,21 @@ pub struct FinetuneArgs {
     pub plots: Option<PathBuf>,
     #[command(flatten)]
     pub train: TrainArgs,
+}
+
+impl FinetuneArgs {
+    fn job(self) -> FinetuneJob {
+        FinetuneJob {
+            train: self.train.config(60),
+            encoder: self.encoder,
+            manifest: self.manifest,
+            out: self.out,
+            heads: self.heads,
+            eval_folds: self.eval_folds,
+            version: self.version,
+            plots: self.plots,
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -360,22 +385,22 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Store(a) => gateway::store(a),
         Command::Scan(a) => gateway::scan(a),
         Command::Model(a) => model::model(a),
-        Command::Pretrain(a) => pretrain(a),
-        Command::Finetune(a) => finetune(a),
+        Command::Pretrain(a) => pipeline::pretrain(&a.job()),
+        Command::Finetune(a) => pipeline::finetune(&a.job()),
         Command::Eval(a) => eval(a),
         Command::Infer(a) => infer(a),
         Command::Experiment(a) => run_experiment(a),
         Command::Personalise(a) => run_personalise(a),
         Command::RetrainWorker { spec } => {
-            let spec: crate::retrain::worker::WorkerSpec =
+            let spec: affectgate::retrain::worker::WorkerSpec =
                 serde_json::from_str(&spec).context("retrain-worker --spec: not a worker spec")?;
-            std::process::exit(crate::retrain::worker::worker_main(&spec));
+            std::process::exit(affectgate::retrain::worker::worker_main(&spec));
         }
         Command::Bench(a) => bench(a),
         Command::Config {
             what: ConfigWhat::Check { file },
         } => {
-            let cfg = crate::config::Config::load(&file)?;
+            let cfg = affectgate::config::Config::load(&file)?;
             println!(
                 "{}: ok (gateway {}, {} sensors, model {})",
                 file.display(),
@@ -388,416 +413,11 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn today() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    // civil-from-days (Howard Hinnant), to avoid a date crate for one string
-    let z = (secs / 86400) as i64 + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-fn write_onnx(path: &Path, w: &NetworkWeights, meta: &[(String, String)]) -> Result<Vec<u8>> {
-    let bytes = export_onnx(w, meta, env!("CARGO_PKG_VERSION"))
-        .with_context(|| format!("exporting {}", path.display()))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    // write-then-rename: a crash never leaves a half-written model under the final name
-    let tmp = path.with_extension("onnx.tmp");
-    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(bytes)
-}
-
-fn read_weights(path: &Path) -> Result<(NetworkWeights, Vec<(String, String)>)> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
-    import_onnx(&bytes).with_context(|| format!("{} is not an affectgate network", path.display()))
-}
-
-fn pretrain(a: PretrainArgs) -> Result<()> {
-    let pre = PreprocessConfig::default();
-    let data = dataset::unlabelled_from_paths(&a.data, &pre)?;
-    // Hold out whole recordings (every k-th), so validation windows come from recordings the
-    // network never trained on.
-    let groups = data.subjects();
-    let k = if a.val_frac > 0.0 {
-        (1.0 / a.val_frac).round().max(2.0) as usize
-    } else {
-        0
-    };
-    let val_groups: Vec<String> = if k > 0 && groups.len() >= 2 {
-        groups
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % k == k / 2)
-            .map(|(_, g)| g.clone())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let (val, train) = data.split_by_subject(&val_groups);
-    eprintln!(
-        "pretext data: {} windows from {} recordings for training, {} windows from {} held-out recordings",
-        train.windows.len(),
-        groups.len() - val_groups.len(),
-        val.windows.len(),
-        val_groups.len()
-    );
-    let init = match &a.init {
-        Some(p) => {
-            let (mut w, _) = read_weights(p)?;
-            if w.heads.len() != 7 {
-                // An emotion model: keep its encoder, start fresh pretext heads.
-                let device = burn::tensor::Device::flex();
-                let fresh =
-                    crate::learn::model::Net::new(7, &crate::learn::model::PRETEXT_HIDDEN, &device);
-                let names: Vec<String> = PRETEXT_TASKS.iter().map(|s| s.to_string()).collect();
-                w.heads = fresh.to_weights(&names).heads;
-            }
-            Some(w)
-        }
-        None => None,
-    };
-    let cfg = a.train.config(10);
-    let (w, hist) = train::pretrain(&train.samples(), &val.samples(), &cfg, init.as_ref());
-    let files_of = |d: &Dataset| -> Vec<String> {
-        let mut f: Vec<String> = d
-            .windows
-            .iter()
-            .map(|w| w.file.display().to_string())
-            .collect();
-        f.sort();
-        f.dedup();
-        f
-    };
-    let last_acc = hist
-        .last()
-        .map(|e| e.val_task_balanced_accuracy.clone())
-        .unwrap_or_default();
-    let meta = vec![
-        ("affectgate.kind".to_string(), "pretext".to_string()),
-        (
-            "affectgate.pretext_data".to_string(),
-            serde_json::to_string(&files_of(&train))?,
-        ),
-        (
-            "affectgate.pretext_holdout".to_string(),
-            serde_json::to_string(&files_of(&val))?,
-        ),
-        (
-            "affectgate.pretext_windows".to_string(),
-            train.windows.len().to_string(),
-        ),
-        (
-            "affectgate.pretext_epochs".to_string(),
-            cfg.epochs.to_string(),
-        ),
-        (
-            "affectgate.pretext_val_balanced_accuracy".to_string(),
-            serde_json::to_string(&last_acc)?,
-        ),
-        ("affectgate.seed".to_string(), cfg.seed.to_string()),
-    ];
-    write_onnx(&a.out, &w, &meta)?;
-    for e in &hist {
-        eprintln!(
-            "epoch {:>3}: train loss {:.4}  val loss {}  val balanced accuracy {}",
-            e.epoch,
-            e.train_loss,
-            e.val_loss.map(|v| format!("{v:.4}")).unwrap_or("-".into()),
-            PRETEXT_TASKS
-                .iter()
-                .zip(&e.val_task_balanced_accuracy)
-                .map(|(t, v)| format!("{t} {v:.2}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    if let Some(dir) = &a.plots {
-        std::fs::create_dir_all(dir)?;
-        let mut loss = vec![(
-            "train".to_string(),
-            hist.iter().map(|e| e.train_loss).collect(),
-        )];
-        if hist.iter().all(|e| e.val_loss.is_some()) && !hist.is_empty() {
-            loss.push((
-                "held-out".to_string(),
-                hist.iter()
-                    .map(|e| e.val_loss.unwrap_or(f32::NAN))
-                    .collect(),
-            ));
-        }
-        plots::lines(
-            &dir.join("pretext_loss.svg"),
-            "Pretext loss",
-            "weighted BCE",
-            &loss,
-        )?;
-        if hist.iter().all(|e| e.val_task_balanced_accuracy.len() == 7) && !hist.is_empty() {
-            let acc: Vec<(String, Vec<f32>)> = PRETEXT_TASKS
-                .iter()
-                .enumerate()
-                .map(|(t, name)| {
-                    (
-                        name.to_string(),
-                        hist.iter()
-                            .map(|e| e.val_task_balanced_accuracy[t])
-                            .collect(),
-                    )
-                })
-                .collect();
-            plots::lines(
-                &dir.join("pretext_accuracy.svg"),
-                "Pretext balanced accuracy (held-out recordings)",
-                "balanced accuracy",
-                &acc,
-            )?;
-        }
-        std::fs::write(
-            dir.join("pretext_history.json"),
-            serde_json::to_string_pretty(&hist)?,
-        )?;
-        eprintln!("plots written to {}", dir.display());
-    }
-    eprintln!("pretext network written to {}", a.out.display());
-    Ok(())
-}
-
-fn label_matrix(d: &Dataset, heads: &[usize]) -> Vec<Vec<Option<f32>>> {
-    d.windows
-        .iter()
-        .map(|w| heads.iter().map(|&h| w.labels[h]).collect())
-        .collect()
-}
-
-fn finetune(a: FinetuneArgs) -> Result<()> {
-    let pre = PreprocessConfig::default();
-    let (enc, enc_meta) = read_weights(&a.encoder)?;
-    let data = dataset::labelled_from_manifest(&a.manifest, &pre)?;
-    let head_names: Vec<String> = if a.heads.is_empty() {
-        data.label_names.clone()
-    } else {
-        a.heads.clone()
-    };
-    let head_idx: Vec<usize> = head_names
-        .iter()
-        .map(|h| {
-            data.label_names
-                .iter()
-                .position(|n| n == h)
-                .with_context(|| {
-                    format!(
-                        "--head {h}: not a label column of {} (it has {:?})",
-                        a.manifest.display(),
-                        data.label_names
-                    )
-                })
-        })
-        .collect::<Result<_>>()?;
-    let cfg = a.train.config(60);
-    eprintln!(
-        "embedding {} windows with the frozen encoder…",
-        data.windows.len()
-    );
-    let emb = train::embed(&enc, &data.samples());
-    let labels = label_matrix(&data, &head_idx);
-
-    // Evaluation for the card: subject-disjoint folds of the same head training.
-    let subjects = data.subjects();
-    let mut evaluation = Vec::new();
-    if a.eval_folds >= 2 && subjects.len() >= a.eval_folds {
-        let folds = experiment::subject_folds(&subjects, a.eval_folds);
-        let mut conf = vec![Confusion::default(); head_names.len()];
-        for (fi, test) in folds.iter().enumerate() {
-            let tr: Vec<usize> = (0..data.windows.len())
-                .filter(|&i| !test.contains(&data.windows[i].subject))
-                .collect();
-            let te: Vec<usize> = (0..data.windows.len())
-                .filter(|&i| test.contains(&data.windows[i].subject))
-                .collect();
-            let e: Vec<Vec<f32>> = tr.iter().map(|&i| emb[i].clone()).collect();
-            let l: Vec<Vec<Option<f32>>> = tr.iter().map(|&i| labels[i].clone()).collect();
-            let mut c = cfg.clone();
-            c.progress = false;
-            let (heads, _) = train::train_heads(&e, &l, &head_names, &EMOTION_HIDDEN, &c);
-            let te_emb: Vec<Vec<f32>> = te.iter().map(|&i| emb[i].clone()).collect();
-            let scores = train::predict_heads(&heads, &te_emb);
-            for (h, cf) in conf.iter_mut().enumerate() {
-                let (s, y): (Vec<f32>, Vec<bool>) = te
-                    .iter()
-                    .zip(&scores)
-                    .filter_map(|(&i, row)| labels[i][h].map(|v| (row[h], v >= 0.5)))
-                    .unzip();
-                cf.add(&Confusion::from_scores(&s, &y, 0.5));
-            }
-            eprintln!("card evaluation fold {}/{} done", fi + 1, folds.len());
-        }
-        for (h, c) in conf.iter().enumerate() {
-            if let Some(dir) = &a.plots {
-                std::fs::create_dir_all(dir)?;
-                plots::confusion(
-                    &dir.join(format!("confusion_{}_by_subject.svg", head_names[h])),
-                    &format!(
-                        "{}: leave-subjects-out ({} folds)",
-                        head_names[h],
-                        folds.len()
-                    ),
-                    c,
-                    "0",
-                    "1",
-                )?;
-            }
-            evaluation.push(Evaluation {
-                head: head_names[h].clone(),
-                protocol: format!(
-                    "leave-subjects-out, {} folds ({} subjects), pooled confusion; heads retrained per fold on the other subjects; the encoder is the shipped self-supervised one, which saw every recording's ECG without labels",
-                    folds.len(),
-                    subjects.len()
-                ),
-                balanced_accuracy: c.balanced_accuracy(),
-                accuracy: c.accuracy(),
-                f1: c.macro_f1(),
-                n_windows: c.n(),
-                n_subjects: subjects.len(),
-            });
-            eprintln!(
-                "{}: subject-independent balanced accuracy {:.3}, accuracy {:.3}, macro-F1 {:.3} (n={})",
-                head_names[h], c.balanced_accuracy(), c.accuracy(), c.macro_f1(), c.n()
-            );
-        }
-    }
-
-    let (heads, losses) = train::train_heads(&emb, &labels, &head_names, &EMOTION_HIDDEN, &cfg);
-    let w = NetworkWeights {
-        convs: enc.convs.clone(),
-        heads,
-    };
-    let get = |k: &str| {
-        enc_meta
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-    };
-    let meta = vec![
-        ("affectgate.kind".to_string(), "emotion".to_string()),
-        (
-            "affectgate.heads".to_string(),
-            serde_json::to_string(&head_names)?,
-        ),
-        ("affectgate.version".to_string(), a.version.clone()),
-    ];
-    let bytes = write_onnx(&a.out, &w, &meta)?;
-    let name = a
-        .out
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("model")
-        .to_string();
-    let card = ModelCard {
-        name: name.clone(),
-        version: a.version.clone(),
-        created: today(),
-        onnx: a.out.file_name().and_then(|s| s.to_str()).unwrap_or_default().to_string(),
-        sha256: card::sha256_hex(&bytes),
-        description: "Sarkar & Etemad (ICASSP 2020) self-supervised ECG encoder (signal-transformation recognition), frozen, with dense emotion heads. Output: one sigmoid score per head per 10 s window.".into(),
-        input: InputSpec {
-            name: crate::learn::onnx::INPUT_NAME.into(),
-            shape: vec![-1, 1, INPUT_LEN as i64],
-            dtype: "float32".into(),
-            sample_rate_hz: crate::dsp::WINDOW_FS,
-            window_s: INPUT_LEN as f64 / crate::dsp::WINDOW_FS,
-            normalisation: "z-score per person (training: per subject over all their windows; gateway: per sensor, running)".into(),
-        },
-        preprocessing: Preprocessing {
-            highpass_hz: pre.filter.highpass_hz,
-            lowpass_hz: pre.filter.lowpass_hz,
-            notch_hz: pre.filter.notch_hz,
-            resampler: "affectgate dsp::Resampler to 256 Hz".into(),
-            warmup_s: pre.warmup_s,
-        },
-        heads: head_names.iter().map(|h| head_card(h)).collect(),
-        training: Training {
-            pretext_data: get("affectgate.pretext_data").and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default(),
-            pretext_holdout: get("affectgate.pretext_holdout").and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default(),
-            pretext_windows: get("affectgate.pretext_windows").and_then(|s| s.parse().ok()).unwrap_or(0),
-            pretext_epochs: get("affectgate.pretext_epochs").and_then(|s| s.parse().ok()).unwrap_or(0),
-            pretext_val_balanced_accuracy: get("affectgate.pretext_val_balanced_accuracy")
-                .and_then(|s| serde_json::from_str::<Vec<f32>>(&s).ok())
-                .map(|v| PRETEXT_TASKS.iter().map(|t| t.to_string()).zip(v).collect())
-                .unwrap_or_default(),
-            finetune_data: a.manifest.display().to_string(),
-            finetune_subjects: subjects.clone(),
-            finetune_windows: data.windows.len(),
-            finetune_epochs: cfg.epochs,
-            encoder_frozen: true,
-            seed: cfg.seed,
-            framework: "burn 0.22.1 (flex CPU backend, autodiff)".into(),
-        },
-        evaluation,
-        limitations: vec![
-            "EEGMAT's label is rest vs mental arithmetic: a cognitive-stress proxy for arousal, not a self-reported emotion.".into(),
-            "24 young adults in one lab; not validated on other populations, on movement, or on chest-strap (Polar) ECG.".into(),
-            "No valence head: no real valence labels were available, so none is shipped.".into(),
-        ],
-    };
-    let card_path = ModelCard::path_for(&a.out);
-    card.save(&card_path)?;
-    if let Some(dir) = &a.plots {
-        std::fs::create_dir_all(dir)?;
-        plots::lines(
-            &dir.join("finetune_loss.svg"),
-            "Emotion heads: training loss",
-            "class-balanced BCE",
-            &[("train".into(), losses)],
-        )?;
-    }
-    eprintln!(
-        "emotion model written to {} (card {})",
-        a.out.display(),
-        card_path.display()
-    );
-    Ok(())
-}
-
-fn head_card(h: &str) -> HeadCard {
-    match h {
-        "arousal" => HeadCard {
-            name: h.into(),
-            meaning: "arousal (cognitive-stress proxy): probability that the 10 s window comes from the mental-arithmetic condition rather than rest".into(),
-            positive: "high arousal (mental arithmetic task)".into(),
-            negative: "low arousal (rest)".into(),
-        },
-        "valence" => HeadCard {
-            name: h.into(),
-            meaning: "valence: probability of positive valence".into(),
-            positive: "positive valence".into(),
-            negative: "negative valence".into(),
-        },
-        other => HeadCard {
-            name: other.into(),
-            meaning: format!("probability that label `{other}` ≥ 0.5"),
-            positive: format!("{other} = 1"),
-            negative: format!("{other} = 0"),
-        },
-    }
-}
-
 /// Score windows through the serving path (ort), in batches.
 fn score(model: &mut Model, windows: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(windows.len());
     for chunk in windows.chunks(32) {
-        let mut flat = Vec::with_capacity(chunk.len() * INPUT_LEN);
+        let mut flat = Vec::with_capacity(chunk.len() * WINDOW_LEN);
         for w in chunk {
             flat.extend_from_slice(w);
         }
@@ -896,8 +516,8 @@ fn infer(a: InferArgs) -> Result<()> {
     let backend = a.backend.backend()?;
     let mut model = Model::load(&a.model, &backend)?;
     let pre = PreprocessConfig::default();
-    let rec = crate::source::file::read_recording(&a.file, a.signal.as_deref())?;
-    let windows = crate::dsp::windows_from_recording(rec.fs_hz, &rec.samples_uv, 0, &pre)
+    let rec = affectgate::source::file::read_recording(&a.file, a.signal.as_deref())?;
+    let windows = affectgate::dsp::windows_from_recording(rec.fs_hz, &rec.samples_uv, 0, &pre)
         .with_context(|| format!("preprocessing {}", a.file.display()))?;
     if windows.is_empty() {
         bail!(
@@ -979,8 +599,8 @@ fn run_experiment(a: ExperimentArgs) -> Result<()> {
 }
 
 fn run_personalise(a: PersonaliseArgs) -> Result<()> {
-    use crate::learn::personalise::{self, PersonaliseConfig};
-    use crate::learn::retrain::RoundConfig;
+    use affectgate::learn::personalise::{self, PersonaliseConfig};
+    use affectgate::learn::round::RoundConfig;
     let (data, extra) = a.data.load()?;
     let tc = |epochs, seed| study_training(epochs, seed, a.max_steps, false);
     let cfg = PersonaliseConfig {
@@ -1028,24 +648,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
+use affectgate::sys::cpu_model;
 
 fn synthetic_windows(n: usize, seed: u64) -> Vec<Vec<f32>> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     (0..n)
         .map(|_| {
-            (0..INPUT_LEN)
+            (0..WINDOW_LEN)
                 .map(|_| rng.random_range(-1.0f32..1.0))
                 .collect()
         })
@@ -1065,7 +675,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             retrain_threads,
         } => {
             let v =
-                crate::retrain::bench::run(&model, windows, epochs, max_steps, retrain_threads)?;
+                bench::retrain::run(&model, windows, epochs, max_steps, retrain_threads)?;
             println!("{v}");
             return Ok(());
         }

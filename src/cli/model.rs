@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
-use crate::config::Config;
-use crate::learn::onnx::sha256_hex;
-use crate::retrain::registry::{Registry, SHIPPED};
+use affectgate::config::Config;
+use affectgate::model::sha256_hex;
+use affectgate::retrain::registry::{Registry, SHIPPED};
 
 #[derive(Args, Debug)]
 pub struct ModelArgs {
@@ -51,20 +51,10 @@ pub enum ModelCmd {
 }
 
 fn open(config: &Path) -> Result<(Config, Registry, PathBuf)> {
+    // `Config::load` has resolved relative paths against the config file's directory.
     let cfg = Config::load(config)?;
-    let base = match config.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let resolve = |p: &Path| {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            base.join(p)
-        }
-    };
-    let registry = Registry::open(&resolve(&cfg.retrain.models_dir));
-    let shipped = resolve(&cfg.model.path);
+    let registry = Registry::open(&cfg.retrain.models_dir);
+    let shipped = cfg.model.path.clone();
     Ok((cfg, registry, shipped))
 }
 
@@ -119,7 +109,7 @@ pub fn model(a: ModelArgs) -> Result<()> {
         ModelCmd::Show { id } => {
             if id == SHIPPED {
                 println!("shipped model: {}", shipped.display());
-                let card = crate::learn::card::ModelCard::path_for(&shipped);
+                let card = affectgate::model::card::ModelCard::path_for(&shipped);
                 print!(
                     "{}",
                     std::fs::read_to_string(&card)
@@ -154,14 +144,14 @@ fn pack(
     max_pretext: usize,
     seed: u64,
 ) -> Result<()> {
-    use crate::dsp::PreprocessConfig;
-    use crate::learn::dataset;
-    use crate::learn::retrain::ReplayPack;
+    use affectgate::dsp::PreprocessConfig;
+    use affectgate::learn::dataset;
+    use affectgate::model::replay::ReplayPack;
     let pre = PreprocessConfig::default();
     let labelled = dataset::labelled_from_manifest(manifest, &pre)?;
     let files = dataset::find_recordings(unlabelled)?;
     let pretext = dataset::unlabelled_from_paths(&files, &pre)?;
-    let pack = ReplayPack::build(&labelled, &pretext, max_pretext, seed);
+    let pack = affectgate::learn::round::build_pack(&labelled, &pretext, max_pretext, seed);
     let out = ReplayPack::path_for(model);
     pack.save(&out)?;
     let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);

@@ -6,22 +6,22 @@
 //! - [`dataset`]: recordings + manifest → preprocessed, per-subject z-scored windows;
 //! - [`manifest`]: the labelled-dataset manifest (CSV);
 //! - [`metrics`]: balanced accuracy, accuracy, macro-F1, confusion;
-//! - [`onnx`]: ONNX export and import of the network, plus a plain-Rust reference forward;
-//! - [`retrain`]: on-gateway retraining rounds (replay pack, checkpoints, promotion gate);
+//! - [`round`]: one on-gateway retraining round (pretext training with replay, checkpoints,
+//!   heads, promotion gate);
+//! - [`pipeline`]: the `pretrain` and `finetune` pipelines (data → ONNX model + card);
 //! - [`personalise`]: leave-one-subject-out evidence of what a retraining round does for a
 //!   new person;
-//! - [`card`]: model cards; [`plots`]: SVG plots; [`experiment`]: the paper's comparison,
+//! - [`plots`]: SVG plots; [`experiment`]: the paper's comparison,
 //!   subject-independent.
 
-pub mod card;
 pub mod dataset;
 pub mod experiment;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
-pub mod onnx;
 pub mod personalise;
+pub mod pipeline;
 pub mod plots;
-pub mod retrain;
+pub mod round;
 pub mod train;
 pub mod transforms;

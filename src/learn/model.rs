@@ -19,12 +19,11 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig1d};
 use burn::tensor::activation::leaky_relu;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::onnx::{Conv1dWeights, DenseWeights, HeadWeights, NetworkWeights};
+use crate::model::weights::{Conv1dWeights, DenseWeights, HeadWeights, NetworkWeights};
+use crate::model::WINDOW_LEN;
 
-/// Samples per window at 256 Hz (10 s).
-pub const INPUT_LEN: usize = crate::dsp::WINDOW_LEN;
 /// LeakyReLU negative slope used by the authors (`tf.nn.leaky_relu` default).
-pub const LEAKY_SLOPE: f64 = super::onnx::LEAKY_SLOPE as f64;
+pub const LEAKY_SLOPE: f64 = crate::model::weights::LEAKY_SLOPE as f64;
 /// Dropout in the dense heads, as in the paper.
 pub const DROPOUT: f64 = 0.6;
 /// Pretext heads, in the order of the authors' code.
@@ -46,7 +45,7 @@ pub const EMOTION_HIDDEN: [usize; 2] = [512, 512];
 /// Encoder output width.
 pub const EMBEDDING_DIM: usize = 128;
 
-pub use super::onnx::{same_padding, PAPER_CONVS};
+pub use crate::model::weights::{same_padding, PAPER_CONVS};
 
 /// Conv encoder: [Conv32,k32]×2 → MaxPool(8,2) → [Conv64,k16]×2 → MaxPool(8,2) →
 /// [Conv128,k8]×2 → global max over time.
@@ -321,11 +320,11 @@ pub fn weighted_bce(
 /// Batch a slice of windows into `[N, 1, 2560]`.
 pub fn batch_tensor(windows: &[&[f32]], device: &Device) -> Tensor<3> {
     let n = windows.len();
-    let mut flat = Vec::with_capacity(n * INPUT_LEN);
+    let mut flat = Vec::with_capacity(n * WINDOW_LEN);
     for w in windows {
         flat.extend_from_slice(w);
     }
-    Tensor::from_data(TensorData::new(flat, [n, 1, INPUT_LEN]), device)
+    Tensor::from_data(TensorData::new(flat, [n, 1, WINDOW_LEN]), device)
 }
 
 /// Matrix `[N, D]` from rows.

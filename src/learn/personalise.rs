@@ -37,10 +37,13 @@ use super::dataset::{Dataset, TrainWindow};
 use super::experiment::subject_folds;
 use super::metrics::Confusion;
 use super::model::EMOTION_HIDDEN;
-use super::onnx::{export_onnx, import_onnx, NetworkWeights};
-use super::retrain::{
-    atomic_write, refit_heads, run_round, Decision, GateMetrics, ReplayPack, RoundConfig, RoundData,
+use super::round::{
+    build_pack, refit_heads, run_round, Decision, GateMetrics, RoundConfig, RoundData,
 };
+use crate::fs::atomic_write;
+use crate::model::onnx::{export_onnx, import_onnx};
+use crate::model::replay::ReplayPack;
+use crate::model::NetworkWeights;
 use super::train::{embed, predict, predict_heads, pretrain, train_heads, TrainConfig};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -149,7 +152,7 @@ impl Wearer {
             convs: pretext_net.convs.clone(),
             heads,
         };
-        let pack = ReplayPack::build(
+        let pack = build_pack(
             &others,
             &subset(pack_unl, |w| w.subject != s),
             cfg.pack_pretext,

@@ -24,7 +24,7 @@ use super::model::{
     batch_tensor, matrix, rows_of, weighted_bce, Net, PRETEXT_HIDDEN, PRETEXT_LOSS_WEIGHTS,
     PRETEXT_TASKS,
 };
-use super::onnx::{HeadWeights, NetworkWeights};
+use crate::model::weights::{HeadWeights, NetworkWeights};
 use super::transforms::Transform;
 
 /// Settings shared by every loop.

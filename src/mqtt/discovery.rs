@@ -57,11 +57,13 @@
 //!   topics and ids. Because `_` may occur inside ids, `affectgate_<gateway>_<sensor>_<what>`
 //!   is unique per gateway only as long as no sensor id is another sensor id plus `_<what>`.
 //! - **This module names no `crate::` items**, so it builds and tests on its own; the topic
-//!   helpers below ([`gateway_status_topic`], [`strap_state_topic`], …) spell the same
+//!   [`Topics`] spells the same
 //!   layout as `mqtt::Topics`, and [`state_keys_used`] lists the `StateMessage` keys the
 //!   value templates read, for a crate-level test against a serialized `StateMessage`.
 
 use serde_json::{json, Map, Value};
+
+use super::topics::Topics;
 
 /// Default discovery prefix of Home Assistant.
 pub const DEFAULT_DISCOVERY_PREFIX: &str = "homeassistant";
@@ -78,36 +80,11 @@ pub const DEVICE_MODEL: &str = "ECG emotion gateway";
 /// Per-window entities expire after this many window periods without a message.
 pub const EXPIRE_AFTER_WINDOWS: f64 = 3.0;
 
-/// `<prefix>/status`: HA publishes `online` there when it (re)starts; then re-publish discovery.
-pub fn ha_status_topic(prefix: &str) -> String {
-    format!("{prefix}/{HA_STATUS_TOPIC_SUFFIX}")
-}
+pub use super::topics::ha_status as ha_status_topic;
 
 /// Is a message on [`ha_status_topic`] HA's birth message (re-publish discovery)?
 pub fn is_ha_online(payload: &[u8]) -> bool {
     payload.trim_ascii() == PAYLOAD_ONLINE.as_bytes()
-}
-
-/// `affectgate/<gateway>/status` (same as `Topics::status`).
-pub fn gateway_status_topic(gateway: &str) -> String {
-    format!("affectgate/{gateway}/status")
-}
-
-/// `affectgate/<gateway>/<sensor>/state` (same as `Topics::state`).
-pub fn strap_state_topic(gateway: &str, sensor: &str) -> String {
-    format!("affectgate/{gateway}/{sensor}/state")
-}
-
-/// `affectgate/<gateway>/<sensor>/availability`: `online` while the strap delivers ECG,
-/// `offline` when it is disconnected; retained.
-pub fn strap_availability_topic(gateway: &str, sensor: &str) -> String {
-    format!("affectgate/{gateway}/{sensor}/availability")
-}
-
-/// `affectgate/<gateway>/retrain`: JSON about the last on-gateway retraining; its `finished`
-/// key (RFC 3339) feeds the "Last retrain" entity. Retained.
-pub fn retrain_topic(gateway: &str) -> String {
-    format!("affectgate/{gateway}/retrain")
 }
 
 /// The HA device identifier of one strap: `affectgate_<gateway>_<sensor>`.
@@ -297,7 +274,7 @@ impl<'h> Entity<'h> {
 
     fn payload(&self, inp: &DiscoveryInput) -> Value {
         let oid = self.object_id(inp.gateway, inp.sensor);
-        let state = strap_state_topic(inp.gateway, inp.sensor);
+        let state = Topics::new(inp.gateway).state(inp.sensor);
         let mut m = Map::new();
         m.insert(
             "default_entity_id".into(),
@@ -317,7 +294,7 @@ impl<'h> Entity<'h> {
         m.insert("qos".into(), json!(1));
 
         let gateway_up = json!({
-            "topic": gateway_status_topic(inp.gateway),
+            "topic": Topics::new(inp.gateway).status(),
             "payload_available": PAYLOAD_ONLINE,
             "payload_not_available": PAYLOAD_OFFLINE,
         });
@@ -327,7 +304,7 @@ impl<'h> Entity<'h> {
             m.insert("availability".into(), json!([gateway_up]));
         } else {
             let strap_up = json!({
-                "topic": strap_availability_topic(inp.gateway, inp.sensor),
+                "topic": Topics::new(inp.gateway).availability(inp.sensor),
                 "payload_available": PAYLOAD_ONLINE,
                 "payload_not_available": PAYLOAD_OFFLINE,
             });
@@ -385,7 +362,7 @@ impl<'h> Entity<'h> {
                 set("name", json!("Strap connected"));
                 set(
                     "state_topic",
-                    json!(strap_availability_topic(inp.gateway, inp.sensor)),
+                    json!(Topics::new(inp.gateway).availability(inp.sensor)),
                 );
                 set("device_class", json!("connectivity"));
                 set("payload_on", json!(PAYLOAD_ONLINE));
@@ -404,7 +381,7 @@ impl<'h> Entity<'h> {
                 // state, so a retrain message without `finished` (still running, never ran)
                 // neither errors nor shows a bogus time.
                 set("name", json!("Last retrain"));
-                set("state_topic", json!(retrain_topic(inp.gateway)));
+                set("state_topic", json!(Topics::new(inp.gateway).retrain()));
                 set(
                     "value_template",
                     json!("{{ value_json.finished | default(None) }}"),

@@ -32,7 +32,6 @@
 //! `(v - lo) / (hi - lo)` for the scale `"lo-hi"`.
 
 use std::fmt;
-use std::time::UNIX_EPOCH;
 
 use serde_json::{Map, Value};
 
@@ -283,12 +282,9 @@ impl fmt::Display for InputError {
     }
 }
 
-/// The topic filters the gateway subscribes to.
+/// The topic filters the gateway subscribes to ([`super::Topics::subscriptions`]).
 pub fn subscriptions(gateway: &str) -> Vec<String> {
-    vec![
-        format!("affectgate/{gateway}/+/label"),
-        format!("affectgate/{gateway}/cmd/+"),
-    ]
+    super::Topics::new(gateway).subscriptions()
 }
 
 /// Parse and validate one inbound message.
@@ -696,53 +692,7 @@ fn timestamp(topic: &str, field: &str, v: &Value) -> Result<i64, InputError> {
     }
 }
 
-/// RFC 3339 → ns since the Unix epoch.
-///
-/// `humantime::parse_rfc3339_weak` does the calendar work ('T' or ' ' separator, any
-/// fraction, no zone = UTC). It knows no offsets other than `+00:00`, and after a fraction it
-/// checks only the *position* of a `+hh:mm`, not its digits, so `10:00:00.5+01:00` would be
-/// read as UTC — an hour off, silently. Home Assistant's `now().isoformat()` sends exactly
-/// such offsets. So the zone is split off and applied here, and humantime only ever sees a
-/// strictly shaped zone-less `YYYY-MM-DD?HH:MM:SS[.digits]`.
-fn parse_timestamp(s: &str) -> Result<i64, String> {
-    if !s.is_ascii() {
-        return Err("contains non-ASCII characters".into());
-    }
-    let b = s.as_bytes();
-    let n = b.len();
-    let (base, offset_s): (&str, i64) = if s.ends_with(['Z', 'z']) {
-        (&s[..n - 1], 0)
-    } else if n >= 25
-        && (b[n - 6] == b'+' || b[n - 6] == b'-')
-        && b[n - 3] == b':'
-        && [n - 5, n - 4, n - 2, n - 1]
-            .iter()
-            .all(|&i| b[i].is_ascii_digit())
-    {
-        let digits = |i: usize| i64::from(b[i] - b'0') * 10 + i64::from(b[i + 1] - b'0');
-        let (hh, mm) = (digits(n - 5), digits(n - 2));
-        if hh > 23 || mm > 59 {
-            return Err(format!("offset {:?} is out of range", &s[n - 6..]));
-        }
-        let sign = if b[n - 6] == b'-' { -1 } else { 1 };
-        (&s[..n - 6], sign * (hh * 3600 + mm * 60))
-    } else {
-        (s, 0)
-    };
-    let bb = base.as_bytes();
-    let shaped = bb.len() >= 19
-        && (bb.len() == 19
-            || (bb[19] == b'.' && bb.len() > 20 && bb[20..].iter().all(u8::is_ascii_digit)));
-    if !shaped {
-        return Err("not of the form YYYY-MM-DDTHH:MM:SS[.fraction][Z|+hh:mm]".into());
-    }
-    let t = humantime::parse_rfc3339_weak(base).map_err(|e| e.to_string())?;
-    let since_epoch = t
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| "before 1970".to_string())?;
-    let ns = since_epoch.as_nanos() as i128 - i128::from(offset_s) * i128::from(NS_PER_S);
-    i64::try_from(ns).map_err(|_| "outside the supported years 1970-2262".to_string())
-}
+use crate::time::parse_rfc3339 as parse_timestamp;
 
 #[cfg(test)]
 mod tests {

@@ -25,8 +25,12 @@
 //! [`subscribe_states`], the read side used by `affectgate demo` and the benchmarks.
 
 pub mod broker;
+pub mod config;
 pub mod discovery;
 pub mod inputs;
+pub mod topics;
+
+pub use topics::Topics;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,49 +44,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::config::MqttConfig;
+use config::{MqttConfig, MqttTls};
+use crate::time::Backoff;
 use crate::store::outbox::Outbox;
 
 /// Outbox messages in flight (written, not yet acknowledged) per connection.
 pub const MAX_INFLIGHT: usize = 100;
-
-/// Topic names of one gateway.
-#[derive(Debug, Clone)]
-pub struct Topics {
-    gateway: String,
-}
-
-impl Topics {
-    pub fn new(gateway: &str) -> Self {
-        Self {
-            gateway: gateway.to_string(),
-        }
-    }
-    /// `affectgate/<gateway>/status`: `online` / `offline`, retained (last will).
-    pub fn status(&self) -> String {
-        format!("affectgate/{}/status", self.gateway)
-    }
-    /// `affectgate/<gateway>/<sensor>/state`: [`StateMessage`] per window, QoS 1.
-    pub fn state(&self, sensor: &str) -> String {
-        format!("affectgate/{}/{}/state", self.gateway, sensor)
-    }
-    /// Wildcard for all sensors' state.
-    pub fn state_all(&self) -> String {
-        format!("affectgate/{}/+/state", self.gateway)
-    }
-    /// `affectgate/<gateway>/error`: problems a subscriber should see.
-    pub fn error(&self) -> String {
-        format!("affectgate/{}/error", self.gateway)
-    }
-    /// `affectgate/<gateway>/<sensor>/availability`: `online` / `offline`, retained.
-    pub fn availability(&self, sensor: &str) -> String {
-        discovery::strap_availability_topic(&self.gateway, sensor)
-    }
-    /// `affectgate/<gateway>/retrain`: retraining status, retained.
-    pub fn retrain(&self) -> String {
-        discovery::retrain_topic(&self.gateway)
-    }
-}
 
 /// Per-window state, published as JSON on [`Topics::state`].
 ///
@@ -109,11 +76,7 @@ pub struct StateMessage {
     pub model: String,
 }
 
-/// Format ns since the Unix epoch as RFC 3339 UTC with milliseconds.
-pub fn rfc3339_ms(t_ns: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_nanos(t_ns.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
+pub use crate::time::rfc3339_ms;
 
 /// Publish / acknowledgement counters of one link.
 #[derive(Debug, Default)]
@@ -258,17 +221,11 @@ pub struct TlsFileError {
 }
 
 impl TlsFiles {
-    /// Read the PEM files of `tls`, resolving relative paths against `base`.
-    pub fn load(
-        tls: &crate::config::MqttTls,
-        base: &std::path::Path,
-    ) -> Result<TlsFiles, TlsFileError> {
+    /// Read the PEM files of `tls` (paths as given: [`crate::config::Config::load`] has
+    /// resolved relative ones).
+    pub fn load(tls: &MqttTls) -> Result<TlsFiles, TlsFileError> {
         let read = |key: &'static str, p: &std::path::Path| {
-            let path = if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            };
+            let path = p.to_path_buf();
             std::fs::read(&path).map_err(|source| TlsFileError { key, path, source })
         };
         let ca = read("mqtt.tls.ca_file", &tls.ca_file)?;
@@ -551,7 +508,8 @@ impl Pump {
         self.retained
             .push((self.topics.status(), b"online".to_vec()));
         let broker = format!("{}:{}", self.opts.mqtt.host, self.opts.mqtt.port);
-        let mut backoff = Duration::from_millis(250);
+        // The one reconnect back-off (250 ms doubling to 30 s, ×[0.5, 1.5) jitter).
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
         let mut reported_down = false;
         let mut closing = Closing::No;
         loop {
@@ -624,7 +582,7 @@ impl Pump {
                     ev = ev_rx.recv() => match ev.unwrap_or(Err(rumqttc::ConnectionError::RequestsDone)) {
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
                             c.connected = true;
-                            backoff = Duration::from_millis(250);
+                            backoff.reset();
                             self.counters.connects.fetch_add(1, Ordering::Relaxed);
                             if reported_down {
                                 tracing::info!(broker, pending = self.outbox.len(), "MQTT reconnected");
@@ -724,8 +682,7 @@ impl Pump {
                 }
             }
             // Back-off with jitter, still answering control messages.
-            let jitter = Duration::from_millis(rand::random::<u64>() % 200);
-            let wait = tokio::time::sleep(backoff + jitter);
+            let wait = tokio::time::sleep(backoff.next_delay());
             tokio::pin!(wait);
             loop {
                 tokio::select! {
@@ -741,7 +698,6 @@ impl Pump {
                     },
                 }
             }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
 }

@@ -11,8 +11,11 @@
 //!   `cmd/retrain`), with how many threads, at which priority, within which budget, and what
 //!   `affectgate/<gw>/retrain` says about it.
 
-pub mod bench;
+pub mod config;
 pub mod registry;
 pub mod round;
 pub mod scheduler;
+pub mod status;
 pub mod worker;
+
+pub use status::{RetrainState, RetrainStatus};

@@ -24,6 +24,33 @@ use serde::{Deserialize, Serialize};
 /// Id of the shipped model (the config's `model.path`).
 pub const SHIPPED: &str = "shipped";
 
+/// Where a model stands. Serialised lower-case in `registry.json`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelStatus {
+    /// Passed the gate, not serving (promote it by hand, or it was replaced).
+    Candidate,
+    Serving,
+    /// Served before the current one: what `rollback` returns to.
+    Previous,
+    /// Failed the gate: can never be promoted.
+    Rejected,
+    /// Rolled back; stays on disk.
+    Retired,
+}
+
+impl std::fmt::Display for ModelStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            ModelStatus::Candidate => "candidate",
+            ModelStatus::Serving => "serving",
+            ModelStatus::Previous => "previous",
+            ModelStatus::Rejected => "rejected",
+            ModelStatus::Retired => "retired",
+        })
+    }
+}
+
 /// What the registry knows about one model.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Entry {
@@ -32,8 +59,7 @@ pub struct Entry {
     pub created: String,
     /// Model it was retrained from.
     pub parent: String,
-    /// `candidate` (gate passed, not serving), `serving`, `previous`, `rejected`, `retired`.
-    pub status: String,
+    pub status: ModelStatus,
     /// Why it was rejected (gate), or how it was promoted.
     #[serde(default)]
     pub reason: String,
@@ -111,13 +137,8 @@ impl Registry {
 
     fn write(&self, idx: &Index) -> Result<(), RegistryError> {
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        let path = self.index_path();
-        let tmp = self.dir.join("registry.json.tmp");
         let bytes = serde_json::to_vec_pretty(idx).expect("index serialises");
-        write_synced(&tmp, &bytes)?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        sync_dir(&self.dir);
-        Ok(())
+        write_synced(&self.index_path(), &bytes)
     }
 
     /// Every model, oldest first.
@@ -170,7 +191,7 @@ impl Registry {
         let _ = std::fs::remove_dir_all(&final_dir);
         std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
         sync_dir(&self.dir);
-        entry.sha256 = crate::learn::onnx::sha256_hex(onnx);
+        entry.sha256 = crate::model::sha256_hex(onnx);
         let mut idx = self.read()?;
         idx.models.retain(|m| m.id != entry.id);
         idx.models.push(entry.clone());
@@ -184,7 +205,7 @@ impl Registry {
         let mut idx = self.read()?;
         if id != SHIPPED {
             let e = find(&idx, id)?;
-            if e.status == "rejected" {
+            if e.status == ModelStatus::Rejected {
                 return Err(RegistryError::Rejected {
                     id: id.into(),
                     reason: e.reason.clone(),
@@ -210,7 +231,7 @@ impl Registry {
         restatus(&mut idx);
         if let Some(r) = retired {
             if let Some(e) = idx.models.iter_mut().find(|m| m.id == r) {
-                e.status = "retired".into();
+                e.status = ModelStatus::Retired;
                 e.reason = "rolled back".into();
             }
         }
@@ -236,20 +257,21 @@ fn find<'a>(idx: &'a Index, id: &str) -> Result<&'a Entry, RegistryError> {
 fn restatus(idx: &mut Index) {
     for m in &mut idx.models {
         if Some(&m.id) == idx.current.as_ref() {
-            m.status = "serving".into();
+            m.status = ModelStatus::Serving;
         } else if Some(&m.id) == idx.previous.as_ref() {
-            m.status = "previous".into();
-        } else if m.status == "serving" || m.status == "previous" {
-            m.status = "candidate".into();
+            m.status = ModelStatus::Previous;
+        } else if matches!(m.status, ModelStatus::Serving | ModelStatus::Previous) {
+            m.status = ModelStatus::Candidate;
         }
     }
 }
 
+/// [`crate::fs::atomic_write`], with the registry's error.
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).map_err(io(path))?;
-    f.write_all(bytes).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
+    crate::fs::atomic_write(path, bytes).map_err(|e| RegistryError::Io {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 fn sync_dir(dir: &Path) {
@@ -262,12 +284,12 @@ fn sync_dir(dir: &Path) {
 mod tests {
     use super::*;
 
-    fn entry(id: &str, status: &str) -> Entry {
+    fn entry(id: &str, status: ModelStatus) -> Entry {
         Entry {
             id: id.into(),
             created: "2026-11-25T00:00:00Z".into(),
             parent: SHIPPED.into(),
-            status: status.into(),
+            status,
             reason: String::new(),
             metrics: serde_json::json!({}),
             sha256: String::new(),
@@ -281,11 +303,11 @@ mod tests {
         assert_eq!(r.serving().unwrap(), (None, None));
         assert_eq!(r.next_id().unwrap(), "r0001");
         let e = r
-            .add(entry("r0001", "candidate"), b"onnx-1", "card")
+            .add(entry("r0001", ModelStatus::Candidate), b"onnx-1", "card")
             .unwrap();
         assert_eq!(e.sha256.len(), 64);
         assert_eq!(std::fs::read(r.model_path("r0001")).unwrap(), b"onnx-1");
-        r.add(entry("r0002", "rejected"), b"onnx-2", "card")
+        r.add(entry("r0002", ModelStatus::Rejected), b"onnx-2", "card")
             .unwrap();
         assert_eq!(r.next_id().unwrap(), "r0003");
 
@@ -294,7 +316,7 @@ mod tests {
             r.serving().unwrap(),
             (Some("r0001".into()), Some(SHIPPED.into()))
         );
-        assert_eq!(r.get("r0001").unwrap().status, "serving");
+        assert_eq!(r.get("r0001").unwrap().status, ModelStatus::Serving);
         let err = r.promote("r0002").unwrap_err().to_string();
         assert!(err.contains("rejected by the promotion gate"), "{err}");
         let err = r.promote("r0009").unwrap_err().to_string();
@@ -302,7 +324,7 @@ mod tests {
 
         assert_eq!(r.rollback().unwrap(), SHIPPED);
         assert_eq!(r.serving().unwrap(), (None, None));
-        assert_eq!(r.get("r0001").unwrap().status, "retired");
+        assert_eq!(r.get("r0001").unwrap().status, ModelStatus::Retired);
         assert!(matches!(r.rollback(), Err(RegistryError::NoPrevious)));
 
         // A leftover temporary directory from a crash is not a model, and a corrupt index

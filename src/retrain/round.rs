@@ -1,5 +1,5 @@
 //! One retraining round as the gateway runs it, around the learning core's
-//! [`run_round`](crate::learn::retrain::run_round):
+//! [`run_round`](crate::learn::round::run_round):
 //!
 //! 1. **data** — the store's good-quality windows (most recent first, up to `max_windows`),
 //!    z-scored per sensor (one sensor = one wearer), and the self-reported labels on them;
@@ -21,15 +21,17 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::registry::{Entry, Registry, SHIPPED};
+use super::registry::{Entry, ModelStatus, Registry, SHIPPED};
 use crate::infer::{Backend, Model};
-use crate::learn::card::ModelCard;
+use crate::model::card::ModelCard;
 use crate::learn::dataset::zscore_person;
-use crate::learn::onnx::{export_onnx, import_onnx, NetworkWeights};
-use crate::learn::retrain::{
-    atomic_write, run_round, Checkpoint, Decision, GateMetrics, Progress, ReplayPack, RetrainError,
-    RoundConfig, RoundData,
+use crate::fs::atomic_write;
+use crate::learn::round::{
+    run_round, Checkpoint, Decision, GateMetrics, Progress, RetrainError, RoundConfig, RoundData,
 };
+use crate::model::onnx::{export_onnx, import_onnx};
+use crate::model::replay::{PackWindow, ReplayPack};
+use crate::model::NetworkWeights;
 use crate::store::Store;
 
 /// Largest |ONNX − training forward| accepted by the serving gate.
@@ -86,6 +88,10 @@ pub enum RoundError {
     },
     #[error("not enough data: {0}")]
     NotEnoughData(String),
+    #[error(transparent)]
+    Fs(#[from] crate::fs::FsError),
+    #[error(transparent)]
+    Pack(#[from] crate::model::replay::PackError),
     /// The staged round no longer fits the serving model; it is discarded.
     #[error("staged round discarded: {0}")]
     Stale(String),
@@ -238,13 +244,13 @@ fn input_pack(data: &RoundData, heads: &[String]) -> ReplayPack {
         labelled: data
             .user_labelled
             .iter()
-            .map(|(w, l)| crate::learn::retrain::PackWindow {
+            .map(|(w, l)| PackWindow {
                 window: w.clone(),
                 labels: l.clone(),
                 subject: "wearer".into(),
             })
             .collect(),
-        created: crate::mqtt::rfc3339_ms(crate::source::live::now_ns()),
+        created: crate::time::rfc3339_ms(crate::time::now_ns()),
     }
 }
 
@@ -473,9 +479,13 @@ pub fn run_staged(
     let card = card_for(shipped, &id, &parent, &onnx, &report);
     let entry = Entry {
         id: id.clone(),
-        created: crate::mqtt::rfc3339_ms(crate::source::live::now_ns()),
+        created: crate::time::rfc3339_ms(crate::time::now_ns()),
         parent: parent.clone(),
-        status: if promoted { "candidate" } else { "rejected" }.into(),
+        status: if promoted {
+            ModelStatus::Candidate
+        } else {
+            ModelStatus::Rejected
+        },
         reason: reason.clone(),
         metrics: serde_json::to_value(&report).expect("report serialises"),
         sha256: String::new(),
@@ -504,9 +514,9 @@ fn card_for(shipped: &Path, id: &str, parent: &str, onnx: &[u8], r: &RoundReport
     };
     card.name = format!("{}-{id}", card.name);
     card.version = format!("{}+{id}", card.version);
-    card.created = crate::mqtt::rfc3339_ms(crate::source::live::now_ns());
+    card.created = crate::time::rfc3339_ms(crate::time::now_ns());
     card.onnx = "model.onnx".into();
-    card.sha256 = crate::learn::onnx::sha256_hex(onnx);
+    card.sha256 = crate::model::sha256_hex(onnx);
     card.description = format!(
         "On-gateway retraining round {id} from {parent}: pretext (signal-transformation) training continued on {} of this gateway's stored windows plus replayed shipped pretraining windows; heads re-fitted on the shipped labelled set plus {} self-reported windows (weighted). {}",
         r.windows + r.labelled,

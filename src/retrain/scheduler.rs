@@ -16,24 +16,25 @@
 //!   the round with a logged and published reason; the gateway and its serving model are
 //!   untouched.
 //! * **What it tells**: `affectgate/<gw>/retrain` (retained JSON, [`RetrainStatus`]): state,
-//!   stage, progress, timestamps, before/after metrics, decision and reason. Home Assistant's
+//!   stage, progress, timestamps, before/after metrics, decision and reason, sent to the
+//!   gateway, which publishes it. Home Assistant's
 //!   "Last retrain" entity reads `finished`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::registry::Registry;
 use super::round;
 use super::worker::{self, WorkerError, WorkerLimits, WorkerSpec};
-use crate::config::RetrainConfig;
+use super::config::{parse_window, RetrainConfig};
 use crate::infer::Backend;
-use crate::learn::retrain::RoundConfig;
-use crate::mqtt::{rfc3339_ms, MqttLink};
-use crate::source::live::now_ns;
+use crate::learn::round::RoundConfig;
+use super::status::{RetrainState, RetrainStatus};
+use crate::time::rfc3339_ms;
+use crate::time::now_ns;
 use crate::store::Store;
 
 /// Store meta key of the last status (so a restart re-publishes it and knows when the last
@@ -44,32 +45,6 @@ const MANUAL_MIN_WINDOWS: usize = 10;
 /// Re-check interval while waiting for enough new windows.
 const RECHECK: Duration = Duration::from_secs(600);
 
-/// The retained retraining status.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct RetrainStatus {
-    /// `idle`, `waiting`, `running`, `promoted`, `rejected`, `failed`, `stopped`.
-    pub state: String,
-    #[serde(default)]
-    pub stage: Option<String>,
-    #[serde(default)]
-    pub progress: Option<f32>,
-    #[serde(default)]
-    pub started: Option<String>,
-    /// End of the last round (RFC 3339); what Home Assistant shows as "Last retrain".
-    #[serde(default)]
-    pub finished: Option<String>,
-    #[serde(default)]
-    pub finished_ns: Option<i64>,
-    /// Candidate id of the round.
-    #[serde(default)]
-    pub model: Option<String>,
-    #[serde(default)]
-    pub reason: Option<String>,
-    /// The round's report (windows, metrics before/after, decision, parity, seconds).
-    #[serde(default)]
-    pub report: Option<serde_json::Value>,
-}
-
 /// Everything the scheduler needs from the gateway.
 pub struct Scheduler {
     pub cfg: RetrainConfig,
@@ -77,28 +52,11 @@ pub struct Scheduler {
     pub registry: Registry,
     pub shipped: std::path::PathBuf,
     pub backend: Backend,
-    pub link: Arc<MqttLink>,
+    /// Every status change, for the gateway to publish (retained) on `<gw>/retrain`.
+    pub status: mpsc::UnboundedSender<RetrainStatus>,
     /// The `affectgate` executable that runs rounds (`retrain-worker`): the running one,
     /// or in tests the built binary.
     pub worker_exe: std::path::PathBuf,
-}
-
-/// Parse `"HH:MM-HH:MM"` (UTC) into minutes of the day.
-pub fn parse_window(s: &str) -> Result<(u32, u32), String> {
-    let hm = |t: &str| -> Option<u32> {
-        let (h, m) = t.trim().split_once(':')?;
-        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
-        (h < 24 && m < 60).then_some(h * 60 + m)
-    };
-    let (a, b) = s
-        .split_once('-')
-        .ok_or_else(|| format!("{s:?}: expected \"HH:MM-HH:MM\" (UTC)"))?;
-    match (hm(a), hm(b)) {
-        (Some(a), Some(b)) if a != b => Ok((a, b)),
-        _ => Err(format!(
-            "{s:?}: expected \"HH:MM-HH:MM\" (UTC), start ≠ end"
-        )),
-    }
 }
 
 /// Earliest time ≥ `from_ns` inside the daily window (which may wrap midnight).
@@ -129,9 +87,8 @@ pub fn next_in_window(from_ns: i64, window: Option<(u32, u32)>) -> i64 {
 impl Scheduler {
     fn publish(&self, st: &RetrainStatus) {
         let bytes = serde_json::to_vec(st).expect("status serialises");
-        self.link
-            .retain(self.link.topics().retrain(), bytes.clone());
-        if st.state != "running" {
+        let _ = self.status.send(st.clone());
+        if st.state != RetrainState::Running {
             if let Err(e) = self.store.meta_put(META_STATUS, &bytes) {
                 tracing::warn!("saving the retraining status: {e}");
             }
@@ -145,7 +102,7 @@ impl Scheduler {
             .flatten()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_else(|| RetrainStatus {
-                state: "idle".into(),
+                state: RetrainState::Idle,
                 ..Default::default()
             })
     }
@@ -208,7 +165,7 @@ impl Scheduler {
             if fresh < need {
                 tracing::info!(fresh, need, "retraining waits for more good windows");
                 self.publish(&RetrainStatus {
-                    state: "waiting".into(),
+                    state: RetrainState::Waiting,
                     reason: Some(format!(
                         "{fresh} new good windows since the last round, {need} needed"
                     )),
@@ -234,7 +191,7 @@ impl Scheduler {
     async fn round(&self, stop: &CancellationToken, last: RetrainStatus) -> bool {
         let started = rfc3339_ms(now_ns());
         let mut st = RetrainStatus {
-            state: "running".into(),
+            state: RetrainState::Running,
             stage: Some("starting".into()),
             progress: Some(0.0),
             started: Some(started.clone()),
@@ -264,8 +221,7 @@ impl Scheduler {
                 let spec = WorkerSpec {
                     models_dir: self.registry.dir().to_path_buf(),
                     shipped: self.shipped.clone(),
-                    backend: String::new(),
-                    ort_dylib: None,
+                    backend: self.backend.clone(),
                     round: RoundConfig {
                         pretext_epochs: self.cfg.pretext_epochs,
                         max_steps_per_epoch: self.cfg.max_steps_per_epoch,
@@ -274,8 +230,7 @@ impl Scheduler {
                     },
                     threads: self.cfg.max_threads.max(1),
                     budget_s: self.cfg.budget_min * 60.0,
-                }
-                .with_backend(&self.backend);
+                };
                 let limits = WorkerLimits {
                     nice: self.cfg.nice,
                     max_memory_mb: self.cfg.max_memory_mb,
@@ -315,11 +270,10 @@ impl Scheduler {
         match result {
             Ok(report) => {
                 st.state = if report.promoted {
-                    "promoted"
+                    RetrainState::Promoted
                 } else {
-                    "rejected"
-                }
-                .into();
+                    RetrainState::Rejected
+                };
                 st.progress = Some(1.0);
                 st.finished = Some(rfc3339_ms(now));
                 st.finished_ns = Some(now);
@@ -332,7 +286,11 @@ impl Scheduler {
                 // Stopped for a shutdown: not a round (it resumes at the next start). Stopped
                 // by the budget or the memory limit, or failed: counts as a round for the
                 // schedule, so a round that cannot fit does not restart in a tight loop.
-                st.state = if shutdown { "stopped" } else { "failed" }.into();
+                st.state = if shutdown {
+                    RetrainState::Stopped
+                } else {
+                    RetrainState::Failed
+                };
                 if !shutdown {
                     st.finished = Some(rfc3339_ms(now));
                     st.finished_ns = Some(now);

@@ -26,42 +26,19 @@ use tokio_util::sync::CancellationToken;
 use super::registry::Registry;
 use super::round::{self, RoundReport};
 use crate::infer::Backend;
-use crate::learn::retrain::RoundConfig;
+use crate::learn::round::RoundConfig;
 
 /// Everything the worker process needs (passed as one JSON argument).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WorkerSpec {
     pub models_dir: PathBuf,
     pub shipped: PathBuf,
-    /// `tract` or `onnxruntime` (the serving backend, for the serving gate).
-    pub backend: String,
-    pub ort_dylib: Option<PathBuf>,
+    /// The serving backend (for the serving gate), exactly as the gateway serves with.
+    pub backend: Backend,
     pub round: RoundConfig,
     pub threads: usize,
     /// Wall-clock budget: the round stops itself at the next epoch boundary after it.
     pub budget_s: f64,
-}
-
-impl WorkerSpec {
-    pub fn backend(&self) -> Backend {
-        match self.backend.as_str() {
-            "onnxruntime" => Backend::OnnxRuntime {
-                dylib: self.ort_dylib.clone(),
-            },
-            _ => Backend::Tract,
-        }
-    }
-
-    pub fn with_backend(mut self, b: &Backend) -> Self {
-        match b {
-            Backend::Tract => self.backend = "tract".into(),
-            Backend::OnnxRuntime { dylib } => {
-                self.backend = "onnxruntime".into();
-                self.ort_dylib = dylib.clone();
-            }
-        }
-        self
-    }
 }
 
 /// One line of the worker's stdout.
@@ -100,7 +77,7 @@ pub fn worker_main(spec: &WorkerSpec) -> i32 {
     let res = round::run_staged(
         &registry,
         &spec.shipped,
-        &spec.backend(),
+        &spec.backend,
         &spec.round,
         &mut |stage, fraction| {
             emit(&WorkerMessage::Progress {
@@ -112,7 +89,7 @@ pub fn worker_main(spec: &WorkerSpec) -> i32 {
     );
     match res {
         Ok(mut report) => {
-            report.peak_rss_mib = super::bench::peak_rss_mib();
+            report.peak_rss_mib = crate::sys::peak_rss_mib();
             emit(&WorkerMessage::Done {
                 report: Box::new(report),
             });

@@ -11,8 +11,10 @@
 //!   is re-anchored to the gateway clock at start; gaps in a CSV's own timestamps and every
 //!   loop restart are flagged as gaps so no window spans them.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::time::now_ns;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -22,19 +24,12 @@ use super::ble::BleSource;
 use super::file::read_recording;
 use super::synthetic::{SyntheticConfig, SyntheticEcg};
 use super::{Block, Source, SourceError, SourceEvent, SourceFuture};
-use crate::config::{SensorConfig, SourceConfig};
+use super::config::{SensorConfig, SourceConfig};
 
-/// Wall clock now, ns since the Unix epoch.
-pub fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
 
-/// Build the source a sensor's config describes. Relative replay paths are resolved against
-/// `base_dir` (the directory of the config file).
-pub fn from_config(sensor: &SensorConfig, base_dir: &Path) -> Box<dyn Source> {
+/// Build the source a sensor's config describes (paths as given: `Config::load` has resolved
+/// relative ones against the config file's directory).
+pub fn from_config(sensor: &SensorConfig) -> Box<dyn Source> {
     match &sensor.source {
         SourceConfig::Synthetic { ecg } => Box::new(SyntheticSource::new(&sensor.id, ecg.clone())),
         SourceConfig::Replay {
@@ -44,11 +39,7 @@ pub fn from_config(sensor: &SensorConfig, base_dir: &Path) -> Box<dyn Source> {
             looped,
         } => Box::new(ReplaySource {
             sensor: sensor.id.clone(),
-            path: if path.is_absolute() {
-                path.clone()
-            } else {
-                base_dir.join(path)
-            },
+            path: path.clone(),
             signal: signal.clone(),
             realtime: *realtime,
             looped: *looped,

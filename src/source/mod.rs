@@ -17,6 +17,7 @@
 //! is boxed per block.
 
 pub mod ble;
+pub mod config;
 pub mod file;
 pub mod live;
 pub mod synthetic;

@@ -62,7 +62,10 @@
 //! also holds the byte counter (read-modify-write of the counter must not race), readers
 //! are lock-free.
 
+pub mod config;
 pub mod outbox;
+
+pub use config::StoreConfig;
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -72,6 +75,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::dsp::Window;
+use crate::model::quant;
 
 const FORMAT_V1: u8 = 1;
 const W_PREFIX: &[u8] = b"w/";
@@ -96,6 +100,14 @@ pub struct Retention {
     pub max_bytes: u64,
     /// Windows starting before `now - max_age_ns` are dropped by [`Store::enforce_retention`].
     pub max_age_ns: i64,
+}
+
+impl Retention {
+    /// Keep everything (inspection and benchmarks must never delete anything).
+    pub const KEEP_ALL: Retention = Retention {
+        max_bytes: u64::MAX,
+        max_age_ns: i64::MAX,
+    };
 }
 
 /// One stored window and everything known about it.
@@ -744,21 +756,6 @@ impl Iterator for Windows {
 // ---------------------------------------------------------------------------------------
 // Encoding
 
-/// The per-window quantisation step: `max|x| / 32767` rounded up to an f32 (so no sample
-/// exceeds ±32767 steps), or 1 for an all-zero window. Decoding error ≤ `scale / 2`.
-pub fn quantisation_scale(samples: &[f32]) -> f32 {
-    let max = samples.iter().fold(0f32, |m, x| m.max(x.abs()));
-    if max == 0.0 || !max.is_finite() {
-        return 1.0;
-    }
-    let mut scale = (f64::from(max) / 32767.0) as f32;
-    if f64::from(scale) * 32767.0 < f64::from(max) {
-        scale = scale.next_up();
-    }
-    scale
-}
-
-/// CRC-32 (IEEE, crc32fast) of the key fields and the value body.
 fn checksum(sensor: &str, start_ns: i64, body: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     for part in [sensor.as_bytes(), &[0], &start_ns.to_le_bytes(), body] {
@@ -819,15 +816,8 @@ pub fn encode_record(rec: &StoredWindow) -> Result<Vec<u8>, StoreError> {
             out.extend_from_slice(&v.to_le_bytes());
         }
     }
-    let scale = quantisation_scale(&w.samples);
     out.extend_from_slice(&n.to_le_bytes());
-    out.extend_from_slice(&scale.to_le_bytes());
-    for &x in &w.samples {
-        let q = (f64::from(x) / f64::from(scale))
-            .round()
-            .clamp(-32767.0, 32767.0) as i16;
-        out.extend_from_slice(&q.to_le_bytes());
-    }
+    quant::encode(&mut out, &w.samples);
     let crc = checksum(&rec.sensor, w.start_ns, &out);
     out.extend_from_slice(&crc.to_le_bytes());
     Ok(out)
@@ -937,10 +927,7 @@ fn decode_inner(sensor: &str, start_ns: i64, bytes: &[u8]) -> Result<StoredWindo
             r.0.len()
         ));
     }
-    let samples =
-        r.0.chunks_exact(2)
-            .map(|c| (f64::from(i16::from_le_bytes([c[0], c[1]])) * f64::from(scale)) as f32)
-            .collect();
+    let samples = quant::decode(scale, r.0);
     Ok(StoredWindow {
         sensor: sensor.to_string(),
         window: Window {
@@ -962,25 +949,7 @@ fn decode_inner(sensor: &str, start_ns: i64, bytes: &[u8]) -> Result<StoredWindo
 // ---------------------------------------------------------------------------------------
 // Display
 
-fn fmt_utc(ns: i64) -> String {
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm), UTC.
-    let secs = ns.div_euclid(1_000_000_000);
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    )
-}
+use crate::time::utc_seconds as fmt_utc;
 
 fn fmt_bytes(b: u64) -> String {
     match b {

@@ -15,7 +15,7 @@
 //!     20–30 s to answer); a **watchdog** ends the session when no frame arrived for
 //!     `watchdog_s` (after abrupt link loss BlueZ can re-subscribe silently without data); a
 //!     disconnect event ends it at once;
-//!   - between sessions: exponential back-off with jitter ([`Backoff`]), reset after a session
+//!   - between sessions: exponential back-off with jitter ([`crate::time::Backoff`]), reset after a session
 //!     that delivered data;
 //!   - every block after a (re)connect, a watchdog expiry, a dropped frame (timestamp jump) or
 //!     a block the gateway could not take in time carries `gap_before`, so no window ever
@@ -43,7 +43,6 @@ pub mod protocol;
 pub mod scan;
 mod session;
 
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -283,45 +282,6 @@ impl BleConfig {
     }
 }
 
-/// Reconnect delays: `initial × 2^failures` capped at `max`, times a uniform jitter factor in
-/// [0.5, 1.5) so a fleet of gateways (or several straps) does not reconnect in lock step.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    failures: u32,
-}
-
-impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            failures: 0,
-        }
-    }
-
-    /// Delay before the next attempt, given a jitter draw `u` in [0, 1).
-    pub fn next_with(&mut self, u: f64) -> Duration {
-        let base = self
-            .initial
-            .saturating_mul(1u32 << self.failures.min(20))
-            .min(self.max);
-        self.failures = self.failures.saturating_add(1);
-        base.mul_f64(0.5 + u.clamp(0.0, 1.0))
-    }
-
-    /// Delay before the next attempt (random jitter).
-    pub fn next_delay(&mut self) -> Duration {
-        self.next_with(rand::random::<f64>())
-    }
-
-    /// A session delivered data: start over from `initial`.
-    pub fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
-
 /// A BLE sensor as a gateway [`Source`].
 pub struct BleSource {
     sensor: String,
@@ -421,26 +381,5 @@ mod tests {
         assert!(err(&g.replace("2a37", "zz")).contains("gatt.characteristic_uuid"));
         assert!(err(&g.replace("250", "5")).contains("gatt.fs_hz = 5"));
         assert!(err(&g.replace("gatt_ecg", "polar_pmd")).contains("only used with"));
-    }
-
-    #[test]
-    fn backoff_doubles_caps_jitters_and_resets() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
-        let mid: Vec<u64> = (0..6)
-            .map(|_| b.next_with(0.5).as_millis() as u64)
-            .collect();
-        assert_eq!(mid, vec![1000, 2000, 4000, 8000, 10_000, 10_000]);
-        assert_eq!(b.next_with(0.0), Duration::from_secs(5));
-        assert_eq!(b.next_with(1.0), Duration::from_secs(15));
-        b.reset();
-        assert_eq!(b.next_with(0.5), Duration::from_secs(1));
-        for _ in 0..100 {
-            b.next_delay(); // no overflow after many failures
-        }
-        let d = b.next_delay();
-        assert!(
-            d >= Duration::from_secs(5) && d < Duration::from_secs(15),
-            "{d:?}"
-        );
     }
 }

@@ -399,57 +399,7 @@ fn unit_to_uv(unit: &str) -> Option<f64> {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400; // [0, 399]
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy; // [0, 146096]
-    era * 146_097 + doe - 719_468
-}
-
-fn is_leap(year: i64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
-/// Unix time in ns of a civil date/time (UTC), or `None` if any field is out of
-/// range. Leap seconds (`second == 60`) are accepted and folded into the next
-/// second, as POSIX time does.
-fn civil_to_unix_ns(
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u32,
-    minute: u32,
-    second: u32,
-    nanos: u32,
-) -> Option<i64> {
-    const DAYS: [u32; 12] = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-    if !(1..=12).contains(&month) || !(1583..=9999).contains(&year) {
-        return None;
-    }
-    let mut max_day = DAYS[(month - 1) as usize];
-    if month == 2 && is_leap(year) {
-        max_day = 29;
-    }
-    if day == 0
-        || day > max_day
-        || hour > 23
-        || minute > 59
-        || second > 60
-        || nanos >= 1_000_000_000
-    {
-        return None;
-    }
-    let secs = days_from_civil(year, month, day) * 86_400
-        + i64::from(hour) * 3600
-        + i64::from(minute) * 60
-        + i64::from(second);
-    secs.checked_mul(1_000_000_000)?
-        .checked_add(i64::from(nanos))
-}
+use crate::time::civil_to_unix_ns;
 
 /// Decode a fixed-width header text field: UTF-8 if valid, else Latin-1 (EDF
 /// writers use the 0xB5 byte for "µ"), with surrounding spaces and NULs removed.
@@ -465,6 +415,7 @@ fn header_text(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::days_from_civil;
 
     #[test]
     fn civil_dates() {

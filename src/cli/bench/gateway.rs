@@ -11,17 +11,18 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::sensor::{ProcessedWindow, SensorPipeline};
-use super::{GatewayBuilder, Observed};
-use crate::config::{Config, SensorConfig, SourceConfig};
-use crate::dsp::quality::QualityConfig;
-use crate::dsp::PreprocessConfig;
-use crate::infer::{Backend, Model};
-use crate::mqtt::broker::EmbeddedBroker;
-use crate::source::file::read_recording;
-use crate::source::live::SyntheticSource;
-use crate::source::synthetic::SyntheticConfig;
-use crate::source::Block;
+use affectgate::gateway::sensor::{ProcessedWindow, SensorPipeline};
+use affectgate::gateway::{GatewayBuilder, Observed};
+use affectgate::config::{Config, SensorConfig, SourceConfig};
+use affectgate::sys::{cpu_seconds, peak_rss_mib, rss_mib};
+use affectgate::dsp::quality::QualityConfig;
+use affectgate::dsp::PreprocessConfig;
+use affectgate::infer::{Backend, Model};
+use affectgate::mqtt::broker::EmbeddedBroker;
+use affectgate::source::file::read_recording;
+use affectgate::source::live::SyntheticSource;
+use affectgate::source::synthetic::SyntheticConfig;
+use affectgate::source::Block;
 
 /// `bench dsp`: one thread pushes a recording through the live per-sensor pipeline in 1 s
 /// blocks (filters, resampler, windower, R-peaks, HRV, quality gate, z-score).
@@ -60,7 +61,7 @@ pub fn dsp(file: &Path, repeats: usize) -> Result<()> {
     let t1 = Instant::now();
     let mut raw_windows = Vec::new();
     for _ in 0..repeats.max(1) {
-        let mut p = crate::dsp::Preprocessor::new(fs, PreprocessConfig::default())?;
+        let mut p = affectgate::dsp::Preprocessor::new(fs, PreprocessConfig::default())?;
         let mut t = 0i64;
         for chunk in rec.samples_uv.chunks(block) {
             p.push(t, chunk, &mut raw_windows);
@@ -71,10 +72,10 @@ pub fn dsp(file: &Path, repeats: usize) -> Result<()> {
     let el_pre = t1.elapsed().as_secs_f64();
 
     // Memory per sensor: 256 synthetic generators + pipelines, 15 s of signal each.
-    let (rss0, _) = rss_mib();
+    let rss0 = rss_mib().unwrap_or(f64::NAN);
     let mut sensors = Vec::new();
     for i in 0..256u64 {
-        let mut g = crate::source::synthetic::SyntheticEcg::new(SyntheticConfig {
+        let mut g = affectgate::source::synthetic::SyntheticEcg::new(SyntheticConfig {
             seed: i + 1,
             ..Default::default()
         })?;
@@ -91,7 +92,7 @@ pub fn dsp(file: &Path, repeats: usize) -> Result<()> {
         out.clear();
         sensors.push((g, p));
     }
-    let (rss1, _) = rss_mib();
+    let rss1 = rss_mib().unwrap_or(f64::NAN);
     let per_sensor_kib = (rss1 - rss0) * 1024.0 / 256.0;
     drop(sensors);
     let r = serde_json::json!({
@@ -152,37 +153,11 @@ fn percentile(v: &mut [f64], q: f64) -> f64 {
     v[i]
 }
 
-/// (VmRSS, VmHWM) in MiB from /proc/self/status.
-pub fn rss_mib() -> (f64, f64) {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let get = |k: &str| {
-        s.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-            .unwrap_or(f64::NAN)
-    };
-    (get("VmRSS:"), get("VmHWM:"))
-}
-
-/// Process CPU seconds (user + system) from /proc/self/stat.
-pub fn cpu_seconds() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start after ')'.
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = 100.0; // USER_HZ on Linux
-    let ut = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let st = f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ut + st) / tick
-}
-
 /// Run a full gateway with `n` real-time synthetic 130.16 Hz sensors for `seconds`, with a
 /// subscriber on the same broker, and measure lag, latency, CPU and memory.
 pub async fn sensors(n: usize, seconds: f64, mqtt: Option<&str>) -> Result<LoadReport> {
     let mut cfg = Config::parse(
-        crate::cli::gateway::DEFAULT_CONFIG,
+        affectgate::config::DEFAULT_CONFIG,
         Path::new("plugin.toml (built-in)"),
     )?;
     let broker = match mqtt {
@@ -215,11 +190,11 @@ pub async fn sensors(n: usize, seconds: f64, mqtt: Option<&str>) -> Result<LoadR
         .collect();
     let store = tempfile_dir()?;
     cfg.store.path = store.clone();
-    let model = Model::load_bytes(crate::cli::gateway::DEFAULT_MODEL, &Backend::Tract)?;
+    let model = Model::load_bytes(affectgate::gateway::DEFAULT_MODEL, &Backend::Tract)?;
     let version = "bench".to_string();
 
     // Subscriber: receive time per (sensor, window).
-    let (mut sub_rx, sub) = crate::mqtt::subscribe_states(
+    let (mut sub_rx, sub) = affectgate::mqtt::subscribe_states(
         &cfg.mqtt,
         None,
         &cfg.gateway.id,
@@ -228,11 +203,11 @@ pub async fn sensors(n: usize, seconds: f64, mqtt: Option<&str>) -> Result<LoadR
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let (obs_tx, mut obs_rx) = mpsc::unbounded_channel::<Observed>();
-    let cpu0 = cpu_seconds();
+    let cpu0 = cpu_seconds().unwrap_or(0.0);
     let wall0 = Instant::now();
     // Real straps are not in phase: stagger the sensors over one window period, so windows
     // complete spread out as they would in a home, not all in the same millisecond.
-    let mut builder = GatewayBuilder::new(cfg.clone(), Path::new("."));
+    let mut builder = GatewayBuilder::new(cfg.clone());
     for (i, s) in cfg.sensors.iter().enumerate() {
         if let SourceConfig::Synthetic { ecg } = &s.source {
             let delay = Duration::from_secs_f64(10.0 * i as f64 / n as f64);
@@ -247,8 +222,9 @@ pub async fn sensors(n: usize, seconds: f64, mqtt: Option<&str>) -> Result<LoadR
         .run(tokio::time::sleep(Duration::from_secs_f64(seconds)))
         .await?;
     let wall = wall0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
-    let (rss, hwm) = rss_mib();
+    let cpu = cpu_seconds().unwrap_or(0.0) - cpu0;
+    let rss = rss_mib().unwrap_or(f64::NAN);
+    let hwm = peak_rss_mib().unwrap_or(f64::NAN);
     tokio::time::sleep(Duration::from_millis(500)).await;
     sub.abort();
     let _ = std::fs::remove_dir_all(&store);
@@ -268,7 +244,7 @@ pub async fn sensors(n: usize, seconds: f64, mqtt: Option<&str>) -> Result<LoadR
         windows += 1;
         let end_ns = o.state.window_start_ms * 1_000_000 + 10_000_000_000;
         let published_wall =
-            crate::source::live::now_ns() - o.published.elapsed().as_nanos() as i64;
+            affectgate::time::now_ns() - o.published.elapsed().as_nanos() as i64;
         lag.push((published_wall - end_ns) as f64 / 1e6);
         gw.push(o.published.duration_since(o.completed).as_secs_f64() * 1e3);
         if let Some(t) = received.get(&(o.state.sensor.clone(), o.state.window)) {
@@ -316,7 +292,7 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     let d = std::env::temp_dir().join(format!(
         "affectgate-bench-{}-{}",
         std::process::id(),
-        crate::source::live::now_ns()
+        affectgate::time::now_ns()
     ));
     std::fs::create_dir_all(&d)?;
     Ok(d)

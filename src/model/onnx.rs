@@ -26,414 +26,27 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use prost::Message;
-use serde::{Deserialize, Serialize};
-use sha2::Digest;
 use tract_onnx::pb;
 
-/// Name of the graph input: float32 `[N, 1, 2560]`, `N` dynamic (dimension parameter `batch`).
-pub const INPUT_NAME: &str = "ecg";
-/// Name of the extra graph output holding the encoder embedding `[N, 128]`.
-pub const EMBEDDING_NAME: &str = "embedding";
+use super::weights::*;
+use super::{EMBEDDING_NAME, INPUT_NAME};
+
 /// Name of the dynamic batch dimension in the exported graph.
 pub const BATCH_DIM: &str = "batch";
-/// Samples per window (10 s at 256 Hz): the one window type of the project.
-pub use crate::dsp::WINDOW_LEN;
-/// LeakyReLU negative slope (TensorFlow's `leaky_relu` default, as in the authors' code).
-pub const LEAKY_SLOPE: f32 = 0.2;
-/// Max-pool kernel and stride.
-pub const POOL_KERNEL: usize = 8;
-pub const POOL_STRIDE: usize = 2;
 /// ONNX IR version written.
 pub const IR_VERSION: i64 = 7;
 /// Default-domain opset written.
 pub const OPSET: i64 = 13;
 /// `producer_name` written into every model.
 pub const PRODUCER_NAME: &str = "affectgate";
-/// (in, out, kernel) of the paper's six convolutions.
-pub const PAPER_CONVS: [(usize, usize, usize); 6] = [
-    (1, 32, 32),
-    (32, 32, 32),
-    (32, 64, 16),
-    (64, 64, 16),
-    (64, 128, 8),
-    (128, 128, 8),
-];
-
-/// One 1-D convolution, stride 1, TensorFlow `'same'` padding.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Conv1dWeights {
-    pub out_ch: usize,
-    pub in_ch: usize,
-    pub kernel: usize,
-    /// `[out][in][k]`, row-major.
-    pub weight: Vec<f32>,
-    /// `[out]`.
-    pub bias: Vec<f32>,
-}
-
-/// One dense layer: `y = W x + b`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DenseWeights {
-    pub in_dim: usize,
-    pub out_dim: usize,
-    /// `[out][in]`, row-major.
-    pub weight: Vec<f32>,
-    /// `[out]`.
-    pub bias: Vec<f32>,
-}
-
-/// One output head: hidden layers each followed by LeakyReLU(0.2); the last layer has
-/// `out_dim == 1` and is followed by a sigmoid.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HeadWeights {
-    pub name: String,
-    pub layers: Vec<DenseWeights>,
-}
-
-/// The whole network: the convolutional encoder and any number of heads.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NetworkWeights {
-    /// Six for the paper's encoder (any even number ≥ 2 is accepted: a max pool follows every
-    /// second convolution except the last pair).
-    pub convs: Vec<Conv1dWeights>,
-    pub heads: Vec<HeadWeights>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
     #[error("invalid network weights: {0}")]
-    InvalidWeights(String),
+    InvalidWeights(#[from] WeightsError),
     #[error("invalid metadata: {0}")]
     InvalidMetadata(String),
     #[error("not a readable ONNX model: {0}")]
     Decode(String),
-}
-
-/// TensorFlow `'same'` padding for stride 1: `(left, right)` with `left = (k−1)/2`.
-pub fn same_padding(kernel: usize) -> (usize, usize) {
-    let total = kernel.saturating_sub(1);
-    let left = total / 2;
-    (left, total - left)
-}
-
-/// Length after a max pool without padding.
-pub fn pool_len(len: usize) -> usize {
-    if len < POOL_KERNEL {
-        0
-    } else {
-        (len - POOL_KERNEL) / POOL_STRIDE + 1
-    }
-}
-
-/// Whether a max pool follows convolution `i` (0-based) of `n`.
-pub fn pool_after(i: usize, n: usize) -> bool {
-    i % 2 == 1 && i + 1 < n
-}
-
-/// Lowercase hex SHA-256 of `bytes` (model cards, release manifests).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
-impl NetworkWeights {
-    /// Width of the embedding (output channels of the last convolution).
-    pub fn embedding_dim(&self) -> usize {
-        self.convs.last().map(|c| c.out_ch).unwrap_or(0)
-    }
-
-    pub fn head_names(&self) -> Vec<String> {
-        self.heads.iter().map(|h| h.name.clone()).collect()
-    }
-
-    /// Check every shape; the first problem found is reported.
-    pub fn validate(&self) -> Result<(), OnnxError> {
-        let bad = |m: String| Err(OnnxError::InvalidWeights(m));
-        if self.convs.len() < 2 || !self.convs.len().is_multiple_of(2) {
-            return bad(format!(
-                "expected an even number (≥ 2) of convolutions, got {}",
-                self.convs.len()
-            ));
-        }
-        let mut ch = 1usize;
-        let mut len = WINDOW_LEN;
-        for (i, c) in self.convs.iter().enumerate() {
-            let n = i + 1;
-            if c.in_ch != ch {
-                return bad(format!(
-                    "conv{n}: in_ch {} but the previous layer gives {ch}",
-                    c.in_ch
-                ));
-            }
-            if c.out_ch == 0 || c.kernel == 0 {
-                return bad(format!("conv{n}: zero out_ch or kernel"));
-            }
-            if c.weight.len() != c.out_ch * c.in_ch * c.kernel {
-                return bad(format!(
-                    "conv{n}: weight has {} values, expected out×in×k = {}×{}×{} = {}",
-                    c.weight.len(),
-                    c.out_ch,
-                    c.in_ch,
-                    c.kernel,
-                    c.out_ch * c.in_ch * c.kernel
-                ));
-            }
-            if c.bias.len() != c.out_ch {
-                return bad(format!(
-                    "conv{n}: bias has {} values, expected {}",
-                    c.bias.len(),
-                    c.out_ch
-                ));
-            }
-            if let Some(j) = c.weight.iter().chain(&c.bias).position(|v| !v.is_finite()) {
-                return bad(format!("conv{n}: non-finite value at index {j}"));
-            }
-            ch = c.out_ch;
-            if pool_after(i, self.convs.len()) {
-                len = pool_len(len);
-                if len == 0 {
-                    return bad(format!("conv{n}: sequence too short to pool"));
-                }
-            }
-        }
-        if self.heads.is_empty() {
-            return bad("no heads".into());
-        }
-        let reserved = [INPUT_NAME, EMBEDDING_NAME];
-        for (hi, h) in self.heads.iter().enumerate() {
-            if h.name.is_empty() || h.name.contains('\0') || h.name.starts_with("ag.") {
-                return bad(format!(
-                    "head {hi}: name {:?} is empty, contains NUL or starts with the reserved `ag.`",
-                    h.name
-                ));
-            }
-            if reserved.contains(&h.name.as_str()) {
-                return bad(format!("head {hi}: name {:?} is reserved", h.name));
-            }
-            if self.heads[..hi].iter().any(|o| o.name == h.name) {
-                return bad(format!("head name {:?} appears twice", h.name));
-            }
-            if h.layers.is_empty() {
-                return bad(format!("head {:?}: no layers", h.name));
-            }
-            let mut dim = ch;
-            for (li, l) in h.layers.iter().enumerate() {
-                if l.in_dim != dim {
-                    return bad(format!(
-                        "head {:?} layer {li}: in_dim {} but the previous layer gives {dim}",
-                        h.name, l.in_dim
-                    ));
-                }
-                if l.out_dim == 0 {
-                    return bad(format!("head {:?} layer {li}: out_dim 0", h.name));
-                }
-                if l.weight.len() != l.in_dim * l.out_dim || l.bias.len() != l.out_dim {
-                    return bad(format!(
-                        "head {:?} layer {li}: weight {} / bias {} values, expected {} / {}",
-                        h.name,
-                        l.weight.len(),
-                        l.bias.len(),
-                        l.in_dim * l.out_dim,
-                        l.out_dim
-                    ));
-                }
-                if let Some(j) = l.weight.iter().chain(&l.bias).position(|v| !v.is_finite()) {
-                    return bad(format!(
-                        "head {:?} layer {li}: non-finite value at index {j}",
-                        h.name
-                    ));
-                }
-                dim = l.out_dim;
-            }
-            if dim != 1 {
-                return bad(format!(
-                    "head {:?}: last layer has out_dim {dim}, expected 1",
-                    h.name
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Deterministic He-uniform initialisation of the paper's encoder plus the given heads
-    /// (`(name, hidden widths)`), biases small and non-zero. For tests, fixtures and
-    /// benchmarks: no `rand` dependency, the same numbers on every platform.
-    pub fn seeded(heads: &[(&str, &[usize])], seed: u64) -> NetworkWeights {
-        let mut rng = SplitMix64(seed ^ 0x6166_6665_6374_6761);
-        let mut uniform = |n: usize, fan_in: usize| -> Vec<f32> {
-            let a = (6.0 / fan_in as f64).sqrt();
-            (0..n)
-                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * a) as f32)
-                .collect()
-        };
-        let convs = PAPER_CONVS
-            .iter()
-            .map(|&(i, o, k)| Conv1dWeights {
-                out_ch: o,
-                in_ch: i,
-                kernel: k,
-                weight: uniform(o * i * k, i * k),
-                bias: uniform(o, 100 * i * k),
-            })
-            .collect::<Vec<_>>();
-        let emb = PAPER_CONVS[5].1;
-        let heads = heads
-            .iter()
-            .map(|(name, hidden)| {
-                let mut dims = vec![emb];
-                dims.extend_from_slice(hidden);
-                dims.push(1);
-                HeadWeights {
-                    name: name.to_string(),
-                    layers: dims
-                        .windows(2)
-                        .map(|d| DenseWeights {
-                            in_dim: d[0],
-                            out_dim: d[1],
-                            weight: uniform(d[0] * d[1], d[0]),
-                            bias: uniform(d[1], 100 * d[0]),
-                        })
-                        .collect(),
-                }
-            })
-            .collect();
-        NetworkWeights { convs, heads }
-    }
-}
-
-struct SplitMix64(u64);
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-// ───────────────────────────── reference forward ─────────────────────────────
-
-fn leaky(v: f64) -> f64 {
-    if v >= 0.0 {
-        v
-    } else {
-        LEAKY_SLOPE as f64 * v
-    }
-}
-
-/// `x`: `[in_ch][len]` → `[out_ch][len]` ('same' padding, stride 1), LeakyReLU applied.
-fn ref_conv(c: &Conv1dWeights, x: &[f64], len: usize) -> Vec<f64> {
-    let (left, _) = same_padding(c.kernel);
-    let k = c.kernel;
-    // Zero-padded copy of every input channel: padded[i][left + t] = x[i][t].
-    let plen = len + k - 1;
-    let mut padded = vec![0.0f64; c.in_ch * plen];
-    for i in 0..c.in_ch {
-        padded[i * plen + left..i * plen + left + len].copy_from_slice(&x[i * len..(i + 1) * len]);
-    }
-    let mut out = vec![0.0f64; c.out_ch * len];
-    for o in 0..c.out_ch {
-        let acc = &mut out[o * len..(o + 1) * len];
-        acc.fill(c.bias[o] as f64);
-        for i in 0..c.in_ch {
-            let w = &c.weight[(o * c.in_ch + i) * k..(o * c.in_ch + i + 1) * k];
-            let p = &padded[i * plen..(i + 1) * plen];
-            for (t, a) in acc.iter_mut().enumerate() {
-                let win = &p[t..t + k];
-                let mut s = 0.0f64;
-                for j in 0..k {
-                    s += w[j] as f64 * win[j];
-                }
-                *a += s;
-            }
-        }
-        for a in acc.iter_mut() {
-            *a = leaky(*a);
-        }
-    }
-    out
-}
-
-fn ref_pool(x: &[f64], ch: usize, len: usize) -> (Vec<f64>, usize) {
-    let olen = pool_len(len);
-    let mut out = vec![0.0f64; ch * olen];
-    for c in 0..ch {
-        for t in 0..olen {
-            let s = &x[c * len + t * POOL_STRIDE..c * len + t * POOL_STRIDE + POOL_KERNEL];
-            out[c * olen + t] = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        }
-    }
-    (out, olen)
-}
-
-/// Embedding → head outputs, in f64, for one window.
-fn ref_heads(w: &NetworkWeights, emb: &[f64]) -> Vec<(String, f32)> {
-    w.heads
-        .iter()
-        .map(|h| {
-            let mut v = emb.to_vec();
-            for (li, l) in h.layers.iter().enumerate() {
-                let mut y: Vec<f64> = (0..l.out_dim)
-                    .map(|o| {
-                        let row = &l.weight[o * l.in_dim..(o + 1) * l.in_dim];
-                        l.bias[o] as f64
-                            + row.iter().zip(&v).map(|(a, b)| *a as f64 * b).sum::<f64>()
-                    })
-                    .collect();
-                if li + 1 < h.layers.len() {
-                    y.iter_mut().for_each(|a| *a = leaky(*a));
-                }
-                v = y;
-            }
-            (h.name.clone(), (1.0 / (1.0 + (-v[0]).exp())) as f32)
-        })
-        .collect()
-}
-
-/// Plain-Rust forward pass of one window of [`WINDOW_LEN`] samples (naive loops, f64
-/// accumulation): the ground truth for the ONNX graph and for the training framework.
-/// Returns the embedding and `(head name, sigmoid output)` per head.
-///
-/// Panics if the weights do not [`validate`](NetworkWeights::validate) or `x` is not one window.
-pub fn reference_forward(w: &NetworkWeights, x: &[f32]) -> (Vec<f32>, Vec<(String, f32)>) {
-    if let Err(e) = w.validate() {
-        panic!("reference_forward: {e}");
-    }
-    assert_eq!(
-        x.len(),
-        WINDOW_LEN,
-        "reference_forward takes one window of {WINDOW_LEN} samples"
-    );
-    let mut len = WINDOW_LEN;
-    let mut h: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-    for (i, c) in w.convs.iter().enumerate() {
-        h = ref_conv(c, &h, len);
-        if pool_after(i, w.convs.len()) {
-            let (p, l) = ref_pool(&h, c.out_ch, len);
-            h = p;
-            len = l;
-        }
-    }
-    let ch = w.embedding_dim();
-    let emb: Vec<f64> = (0..ch)
-        .map(|c| {
-            h[c * len..(c + 1) * len]
-                .iter()
-                .copied()
-                .fold(f64::NEG_INFINITY, f64::max)
-        })
-        .collect();
-    let heads = ref_heads(w, &emb);
-    (emb.iter().map(|&v| v as f32).collect(), heads)
-}
-
-/// Heads only, from a given embedding (e.g. to check frozen-encoder fine-tuning).
-pub fn reference_heads(w: &NetworkWeights, embedding: &[f32]) -> Vec<(String, f32)> {
-    let emb: Vec<f64> = embedding.iter().map(|&v| v as f64).collect();
-    ref_heads(w, &emb)
 }
 
 // ───────────────────────────────── export ─────────────────────────────────
@@ -701,7 +314,18 @@ pub fn export_onnx(
 
 // ───────────────────────────────── reading back ─────────────────────────────────
 
-/// What [`inspect`] reads back from ONNX bytes.
+/// One graph input or output as declared in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    pub name: String,
+    /// ONNX element type (`1` = float32); `None` if it is not a tensor.
+    pub elem_type: Option<i32>,
+    /// Dimensions (`None` = symbolic or unknown); `None` if no shape is declared.
+    pub dims: Option<Vec<Option<i64>>>,
+}
+
+/// What [`inspect`] reads back from ONNX bytes: the one reader of ONNX files' outline, for
+/// `model show`, the serving checks in `infer` and release tooling.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
     pub ir_version: i64,
@@ -709,9 +333,11 @@ pub struct ModelInfo {
     pub opset: Option<i64>,
     pub producer_name: String,
     pub producer_version: String,
-    /// Graph inputs (initializers excluded) with their dims; `None` = symbolic/unknown.
-    pub inputs: Vec<(String, Vec<Option<i64>>)>,
-    pub outputs: Vec<String>,
+    /// Graph inputs (initializers excluded).
+    pub inputs: Vec<TensorInfo>,
+    pub outputs: Vec<TensorInfo>,
+    /// Number of graph nodes.
+    pub nodes: usize,
     pub metadata: Vec<(String, String)>,
 }
 
@@ -726,9 +352,32 @@ impl ModelInfo {
     pub fn head_names(&self) -> Vec<String> {
         self.outputs
             .iter()
-            .filter(|o| *o != EMBEDDING_NAME)
-            .cloned()
+            .filter(|o| o.name != EMBEDDING_NAME)
+            .map(|o| o.name.clone())
             .collect()
+    }
+}
+
+fn tensor_info(vi: &pb::ValueInfoProto) -> TensorInfo {
+    let (elem_type, dims) = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(pb::type_proto::Value::TensorType(t)) => (
+            Some(t.elem_type),
+            t.shape.as_ref().map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| match d.value {
+                        Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) => Some(v),
+                        _ => None,
+                    })
+                    .collect()
+            }),
+        ),
+        None => (None, None),
+    };
+    TensorInfo {
+        name: vi.name.clone(),
+        elem_type,
+        dims,
     }
 }
 
@@ -736,24 +385,6 @@ impl ModelInfo {
 pub fn inspect(bytes: &[u8]) -> Result<ModelInfo, OnnxError> {
     let m = decode(bytes)?;
     let g = graph(&m)?;
-    let dims = |vi: &pb::ValueInfoProto| -> Vec<Option<i64>> {
-        match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-            Some(pb::type_proto::Value::TensorType(t)) => t
-                .shape
-                .as_ref()
-                .map(|s| {
-                    s.dim
-                        .iter()
-                        .map(|d| match d.value {
-                            Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) => Some(v),
-                            _ => None,
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            None => Vec::new(),
-        }
-    };
     Ok(ModelInfo {
         ir_version: m.ir_version,
         opset: m
@@ -767,9 +398,10 @@ pub fn inspect(bytes: &[u8]) -> Result<ModelInfo, OnnxError> {
             .input
             .iter()
             .filter(|i| !g.initializer.iter().any(|t| t.name == i.name))
-            .map(|i| (i.name.clone(), dims(i)))
+            .map(tensor_info)
             .collect(),
-        outputs: g.output.iter().map(|o| o.name.clone()).collect(),
+        outputs: g.output.iter().map(tensor_info).collect(),
+        nodes: g.node.len(),
         metadata: m
             .metadata_props
             .iter()
@@ -937,9 +569,15 @@ mod tests {
         assert_eq!(info.producer_version, "0.1.0");
         assert_eq!(
             info.inputs,
-            vec![(INPUT_NAME.to_string(), vec![None, Some(1), Some(2560)])]
+            vec![TensorInfo {
+                name: INPUT_NAME.to_string(),
+                elem_type: Some(1),
+                dims: Some(vec![None, Some(1), Some(2560)]),
+            }]
         );
-        assert_eq!(info.outputs, vec!["arousal", "valence", "embedding"]);
+        let outs: Vec<&str> = info.outputs.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(outs, vec!["arousal", "valence", "embedding"]);
+        assert_eq!(info.outputs[2].dims, Some(vec![None, Some(128)]));
         assert_eq!(info.head_names(), vec!["arousal", "valence"]);
         assert_eq!(info.metadata, meta);
         assert_eq!(info.meta("task"), Some("emotion"));

@@ -7,25 +7,12 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::registry::Registry;
-use super::round::{self, RoundContext};
-use crate::infer::Backend;
-use crate::learn::retrain::RoundConfig;
-use crate::source::synthetic::{SyntheticConfig, SyntheticEcg};
-use crate::store::{Retention, Store, StoredWindow};
-
-/// Peak resident memory of this process so far (VmHWM), MiB.
-pub fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = s
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
+use affectgate::retrain::registry::Registry;
+use affectgate::retrain::round::{self, RoundContext};
+use affectgate::infer::Backend;
+use affectgate::learn::round::RoundConfig;
+use affectgate::source::synthetic::{SyntheticConfig, SyntheticEcg};
+use affectgate::store::{Retention, Store, StoredWindow};
 
 /// Run the benchmark; returns one JSON object.
 pub fn run(
@@ -52,29 +39,26 @@ fn bench_in(
 ) -> anyhow::Result<serde_json::Value> {
     let store = Store::open(
         &dir.join("store"),
-        Retention {
-            max_bytes: u64::MAX,
-            max_age_ns: i64::MAX,
-        },
+        Retention::KEEP_ALL,
     )?;
     let t_fill = Instant::now();
     let per = windows.div_ceil(4);
     for s in 0..4u64 {
         let mut g = SyntheticEcg::new(SyntheticConfig {
-            fs_hz: crate::dsp::WINDOW_FS,
+            fs_hz: affectgate::dsp::WINDOW_FS,
             hr_bpm: 60.0 + 12.0 * s as f64,
             noise_uv: 15.0,
             seed: s + 1,
             ..Default::default()
         })?;
         for k in 0..per.min(windows - (s as usize) * per) {
-            let mut x = vec![0.0f32; crate::dsp::WINDOW_LEN];
+            let mut x = vec![0.0f32; affectgate::dsp::WINDOW_LEN];
             g.fill(&mut x);
             store.put(&StoredWindow {
                 sensor: format!("wearer{s}"),
-                window: crate::dsp::Window {
+                window: affectgate::dsp::Window {
                     start_ns: 1_700_000_000_000_000_000 + k as i64 * 10_000_000_000,
-                    fs_hz: crate::dsp::WINDOW_FS,
+                    fs_hz: affectgate::dsp::WINDOW_FS,
                     samples: x,
                     index: k as u64,
                 },
@@ -90,7 +74,7 @@ fn bench_in(
     }
     store.flush()?;
     let fill_s = t_fill.elapsed().as_secs_f64();
-    let rss_before = peak_rss_mib();
+    let rss_before = affectgate::sys::peak_rss_mib();
     let registry = Registry::open(&dir.join("models"));
     let ctx = RoundContext {
         store: &store,
@@ -127,7 +111,7 @@ fn bench_in(
         "seconds_per_1000_windows": seconds * 1000.0 / windows as f64,
         "stages": stages,
         "peak_rss_mib_before_round": rss_before,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": affectgate::sys::peak_rss_mib(),
         "store_fill_s": fill_s,
         "decision": report.decision,
         "reason": report.reason,

@@ -8,8 +8,31 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+
+use super::sha256_hex;
+use crate::fs::{atomic_write, FsError};
+
+/// A model card that cannot be read, parsed, written or does not match its model.
+#[derive(Debug, thiserror::Error)]
+pub enum CardError {
+    #[error("cannot read model card {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid model card {}: {source}", .path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("model card {}: {reason}", .path.display())]
+    Mismatch { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Write(#[from] FsError),
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -107,36 +130,55 @@ impl ModelCard {
         model.with_extension("card.toml")
     }
 
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read model card {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("invalid model card {}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, CardError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CardError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| CardError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Load the card beside `model` and check that it describes these exact bytes.
-    pub fn load_for_model(model: &Path) -> Result<Self> {
+    pub fn load_for_model(model: &Path) -> Result<Self, CardError> {
         let card_path = Self::path_for(model);
         let card = Self::load(&card_path)?;
-        let bytes = std::fs::read(model)
-            .with_context(|| format!("cannot read model {}", model.display()))?;
-        let sha = sha256_hex(&bytes);
-        if sha != card.sha256 {
-            bail!(
-                "model card {} does not match {}: sha256 {} in the card, {} on disk \
-                 (the model was replaced or damaged; re-export it or restore the shipped file)",
-                card_path.display(),
-                model.display(),
-                card.sha256,
-                sha
-            );
-        }
+        let bytes = std::fs::read(model).map_err(|source| CardError::Read {
+            path: model.to_path_buf(),
+            source,
+        })?;
+        card.check(&card_path, model, &bytes)?;
         Ok(card)
     }
 
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let text = toml::to_string_pretty(self).context("serialising model card")?;
-        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    /// Check that this card (read from `card_path`) describes `model_bytes` of `model`.
+    pub fn check(&self, card_path: &Path, model: &Path, model_bytes: &[u8]) -> Result<(), CardError> {
+        let sha = sha256_hex(model_bytes);
+        if sha != self.sha256 {
+            return Err(CardError::Mismatch {
+                path: card_path.to_path_buf(),
+                reason: format!(
+                    "does not match {}: sha256 {} in the card, {} on disk (the model was \
+                     replaced or damaged; re-export it or restore the shipped file)",
+                    model.display(),
+                    self.sha256,
+                    sha
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The card as TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a model card always serialises")
+    }
+
+    /// Write the card atomically (a crash leaves the old card or the new one).
+    pub fn save(&self, path: &Path) -> Result<(), CardError> {
+        Ok(atomic_write(path, self.to_toml().as_bytes())?)
     }
 }
 
-pub use super::onnx::sha256_hex;

@@ -1,0 +1,81 @@
+//! Files, in one place: the one way this crate replaces a file.
+//!
+//! Model cards, the model registry, round state, replay packs and study results are all
+//! written with [`atomic_write`], so a crash or a full disk leaves either the old file or the
+//! new one — never half of either.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// A file operation that failed, naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", .path.display())]
+pub struct FsError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Write `bytes` to `path` atomically: a temporary file in the same folder, write, fsync,
+/// rename over `path`, then (best effort) fsync the folder so the rename itself is durable.
+/// On any error the temporary file is removed and `path` is untouched.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let err = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| FsError { path: p, source }
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".affectgate-")
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .map_err(err(&dir))?;
+    tmp.write_all(bytes).map_err(err(tmp.path()))?;
+    tmp.as_file().sync_all().map_err(err(tmp.path()))?;
+    tmp.persist(path).map_err(|e| FsError {
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_whole_file_and_leaves_no_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("card.toml");
+        atomic_write(&p, b"first version, longer").unwrap();
+        atomic_write(&p, b"second").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"second");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("card.toml")]);
+    }
+
+    #[test]
+    fn error_names_the_file_and_keeps_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-dir").join("x.json");
+        let e = atomic_write(&missing, b"x").unwrap_err();
+        assert!(e.to_string().contains("no-such-dir"), "{e}");
+        // Renaming onto a directory fails: the directory (the "old file") stays as it was.
+        let target = dir.path().join("taken");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("inside"), b"kept").unwrap();
+        let e = atomic_write(&target, b"new").unwrap_err();
+        assert!(e.to_string().contains("taken"), "{e}");
+        assert_eq!(std::fs::read(target.join("inside")).unwrap(), b"kept");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+}

@@ -1,0 +1,154 @@
+//! Control: Home Assistant discovery, and the inputs the gateway accepts over MQTT (labels,
+//! commands) applied to the store, the scheduler and the run.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+
+/// Retained Home Assistant discovery for every configured sensor, and removal (empty
+/// retained configs) for sensors announced by an earlier run but no longer configured. The
+/// announced set is kept in the store so removal survives restarts.
+pub(super) fn announce_discovery(
+    cfg: &Config,
+    store: &Store,
+    link: &MqttLink,
+    sensors: &[String],
+    heads: &[String],
+) {
+    let prefix = &cfg.mqtt.discovery_prefix;
+    let gw = &cfg.gateway.id;
+    let before: Vec<String> = store
+        .meta_get("ha_announced")
+        .ok()
+        .flatten()
+        .and_then(|v| serde_json::from_slice(&v).ok())
+        .unwrap_or_default();
+    for old in before.iter().filter(|s| !sensors.contains(s)) {
+        tracing::info!(sensor = %old, "sensor no longer configured: removing its Home Assistant entities");
+        for (t, p) in discovery::removal_messages(prefix, gw, old, heads) {
+            link.retain(t, p.into_bytes());
+        }
+        link.retain(link.topics().availability(old), Vec::new());
+    }
+    let window_period_s = cfg.dsp.hop as f64 / crate::dsp::WINDOW_FS;
+    for s in sensors {
+        let inp = DiscoveryInput {
+            prefix,
+            gateway: gw,
+            sensor: s,
+            heads,
+            window_period_s,
+            sw_version: env!("CARGO_PKG_VERSION"),
+        };
+        for (t, p) in discovery::discovery_messages(&inp) {
+            link.retain(t, p.into_bytes());
+        }
+    }
+    if let Err(e) = store.meta_put(
+        "ha_announced",
+        &serde_json::to_vec(sensors).expect("ids serialise"),
+    ) {
+        tracing::error!("remembering announced sensors failed: {e}");
+    }
+}
+
+/// Labels and commands from MQTT, validated by [`inputs::parse_input`]. A bad payload is
+/// answered on `affectgate/<gateway>/error` and logged with its topic and field; nothing
+/// from the network can stop the gateway or touch stored samples.
+// One argument per collaborator, each used by exactly one kind of input; a struct would
+// only rename them.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn input_task(
+    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+    gateway: String,
+    sensors: Vec<String>,
+    store: Arc<Store>,
+    link: Arc<MqttLink>,
+    reload: Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+    retrain: Option<mpsc::Sender<()>>,
+) {
+    while let Some((topic, payload)) = rx.recv().await {
+        match inputs::parse_input(&gateway, &topic, &payload, now_ns(), &sensors) {
+            Ok(None) => {}
+            Ok(Some(Input::Label { sensor, label })) => {
+                let store = store.clone();
+                let res =
+                    tokio::task::spawn_blocking(move || label_windows(&store, &sensor, &label))
+                        .await;
+                match res {
+                    Ok(Ok(n)) => tracing::info!(topic, windows = n, "self-report stored as labels"),
+                    Ok(Err(e)) => tracing::error!(topic, "storing labels failed: {e}"),
+                    Err(e) => tracing::error!(topic, "storing labels failed: {e}"),
+                }
+            }
+            Ok(Some(Input::Command(Command::FlushOutbox))) => {
+                tracing::info!("command: flush outbox");
+                let _ = store.flush();
+                link.wake();
+            }
+            Ok(Some(Input::Command(Command::Reload))) => {
+                tracing::info!("command: reload configuration");
+                reload.store(true, std::sync::atomic::Ordering::SeqCst);
+                stop.cancel();
+            }
+            Ok(Some(Input::Command(Command::Retrain))) => {
+                let error = match &retrain {
+                    None => Some("on-gateway retraining is disabled (retrain.enabled = false in the config); nothing was started"),
+                    Some(tx) => match tx.try_send(()) {
+                        Ok(()) => None,
+                        Err(_) => Some("a retraining round is already requested or running; see affectgate/<gateway>/retrain"),
+                    },
+                };
+                match error {
+                    None => tracing::info!(topic, "retraining round requested"),
+                    Some(error) => {
+                        let msg =
+                            serde_json::json!({"topic": topic, "field": null, "error": error});
+                        link.send(link.topics().error(), msg.to_string().into_bytes());
+                        tracing::warn!(topic, "{error}");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    topic = e.topic(),
+                    field = e.field(),
+                    "rejected MQTT input: {}",
+                    e.message()
+                );
+                link.send(link.topics().error(), e.to_json().into_bytes());
+            }
+        }
+    }
+}
+
+/// Put a self-report's labels on every stored window of `sensor` overlapping its time span
+/// (labels of other names on those windows are kept). Returns the number of windows labelled.
+pub fn label_windows(
+    store: &Store,
+    sensor: &str,
+    label: &inputs::LabelReport,
+) -> Result<usize, crate::store::StoreError> {
+    let win_ns = (crate::dsp::WINDOW_LEN as f64 / crate::dsp::WINDOW_FS * 1e9) as i64;
+    let mut n = 0;
+    let hits: Vec<_> = store
+        .range(sensor, label.from_ns.saturating_sub(win_ns), label.to_ns)
+        .filter_map(|r| r.ok())
+        .filter(|w| w.window.end_ns() > label.from_ns)
+        .collect();
+    for w in hits {
+        let mut labels = w.labels.clone();
+        for (k, v) in &label.values {
+            labels.retain(|(n, _)| n != k);
+            labels.push((k.clone(), *v));
+        }
+        if store.set_labels(sensor, w.window.start_ns, &labels)? {
+            n += 1;
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,108 @@
+//! Ingest: one task per sensor runs its source and DSP pipeline and hands finished windows
+//! to the scorer; heart-rate-only sensors publish their summaries directly.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::sensor::{BeatSummary, HrSummary, ProcessedWindow, SensorPipeline};
+use super::*;
+
+/// Where heart-rate-only summaries go (they bypass the scorer: there is nothing to score).
+#[derive(Clone)]
+pub(super) struct HrPublisher {
+    pub(super) outbox: crate::store::outbox::Outbox,
+    pub(super) heads: Vec<String>,
+    pub(super) period_ns: i64,
+}
+
+impl HrPublisher {
+    fn publish(&self, link: &MqttLink, sensor: &str, s: &HrSummary) {
+        let msg = StateMessage {
+            time: rfc3339_ms(s.end_ns),
+            window_start_ms: s.start_ns.div_euclid(1_000_000),
+            window: s.index,
+            sensor: sensor.to_string(),
+            scores: self.heads.iter().map(|h| (h.clone(), None)).collect(),
+            hr_bpm: s.hr_bpm,
+            rmssd_ms: s.hrv.map(|h| h.rmssd_ms as f32),
+            sdnn_ms: s.hrv.map(|h| h.sdnn_ms as f32),
+            quality: s.quality.to_string(),
+            model: "none".into(),
+        };
+        let payload = serde_json::to_vec(&msg).expect("state message serialises");
+        match self.outbox.push(&link.topics().state(sensor), &payload) {
+            Ok(_) => link.wake(),
+            Err(e) => tracing::error!(sensor, "queueing the heart-rate message failed: {e}"),
+        }
+    }
+}
+
+pub(super) async fn sensor_task(
+    mut pipe: SensorPipeline,
+    mut rx: mpsc::Receiver<SourceEvent>,
+    tx: mpsc::Sender<ProcessedWindow>,
+    link: Arc<MqttLink>,
+    hr: HrPublisher,
+) -> SensorReport {
+    let avail = link.topics().availability(pipe.sensor());
+    let rep = sensor_loop(&mut pipe, &mut rx, &tx, &link, &avail, &hr).await;
+    link.retain(avail, b"offline".to_vec());
+    rep
+}
+
+pub(super) async fn sensor_loop(
+    pipe: &mut SensorPipeline,
+    rx: &mut mpsc::Receiver<SourceEvent>,
+    tx: &mpsc::Sender<ProcessedWindow>,
+    link: &MqttLink,
+    avail: &str,
+    hr: &HrPublisher,
+) -> SensorReport {
+    let mut rep = SensorReport::default();
+    let mut out = Vec::new();
+    let mut beats = BeatSummary::new(hr.period_ns);
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            SourceEvent::Beats(b) => {
+                if let Some(s) = beats.push(&b) {
+                    rep.hr_summaries += 1;
+                    hr.publish(link, pipe.sensor(), &s);
+                }
+            }
+            SourceEvent::Block(b) => {
+                if let Err(e) = pipe.push(&b, &mut out) {
+                    // A configuration that does not fit this sensor's rate (e.g. a notch
+                    // above Nyquist of a replayed file): every block would fail the same way.
+                    let msg = format!(
+                        "sensor {}: dsp cannot process {} Hz input: {e}",
+                        pipe.sensor(),
+                        b.fs_hz
+                    );
+                    tracing::error!("{msg}");
+                    rep.error = Some(msg);
+                    return rep;
+                }
+            }
+            SourceEvent::Connected => {
+                tracing::info!(sensor = %pipe.sensor(), "sensor connected");
+                link.retain(avail.to_string(), b"online".to_vec());
+            }
+            SourceEvent::Disconnected { reason } => {
+                tracing::warn!(sensor = %pipe.sensor(), reason, "sensor disconnected");
+                link.retain(avail.to_string(), b"offline".to_vec());
+                pipe.gap();
+                beats.gap();
+            }
+            SourceEvent::End => pipe.finish(&mut out),
+        }
+        for w in out.drain(..) {
+            rep.windows += 1;
+            if tx.send(w).await.is_err() {
+                return rep;
+            }
+        }
+    }
+    rep
+}
+

@@ -1,0 +1,36 @@
+//! The model format: what a model *is*, independent of how it is trained or served.
+//!
+//! - [`weights`]: the network as plain arrays ([`NetworkWeights`]), the paper's geometry and
+//!   the reference forward pass;
+//! - [`onnx`]: ONNX export and import of those weights (prost types, no protoc, no ONNX
+//!   tooling) and [`onnx::inspect`] for any ONNX file;
+//! - [`card`]: the model card shipped beside every model;
+//! - [`replay`]: the replay pack shipped beside a model so gateways can retrain without the
+//!   original dataset;
+//! - [`quant`]: the i16 sample quantisation shared by the window store and replay packs.
+//!
+//! This layer sits above `dsp` and below `learn`, `infer` and `store`, and needs none of burn,
+//! ort, sled or tokio: the `fleet` crate builds, signs and checks model releases with it alone
+//! (`default-features = false`).
+
+pub mod card;
+#[cfg(feature = "onnx")]
+pub mod onnx;
+pub mod quant;
+pub mod replay;
+pub mod weights;
+
+pub use weights::{NetworkWeights, WeightsError};
+
+/// Samples per window (10 s at 256 Hz): the one window type of the project.
+pub use crate::dsp::WINDOW_LEN;
+
+/// Name of the graph input: float32 `[N, 1, 2560]`, `N` dynamic (dimension parameter `batch`).
+pub const INPUT_NAME: &str = "ecg";
+/// Name of the extra graph output holding the encoder embedding `[N, 128]`.
+pub const EMBEDDING_NAME: &str = "embedding";
+/// Lowercase hex SHA-256 of `bytes` (model cards, release manifests).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+}
+

@@ -1,0 +1,90 @@
+//! Every MQTT topic of the gateway, spelled once. Publishers, subscribers, Home Assistant
+//! discovery and the input parser all ask [`Topics`], so a topic cannot drift between the
+//! message and the entity that reads it.
+//!
+//! ```text
+//! affectgate/<gw>/status                 online/offline, retained (last will)
+//! affectgate/<gw>/<sensor>/state         StateMessage per window, QoS 1
+//! affectgate/<gw>/<sensor>/availability  online/offline, retained
+//! affectgate/<gw>/<sensor>/label         self-reports (subscribed)
+//! affectgate/<gw>/cmd/<name>             commands (subscribed)
+//! affectgate/<gw>/retrain                retraining status, retained
+//! affectgate/<gw>/error                  problems a subscriber should see
+//! <discovery prefix>/status              Home Assistant's birth message (subscribed)
+//! ```
+
+/// `<prefix>/status`: Home Assistant publishes `online` there when it (re)starts.
+pub fn ha_status(prefix: &str) -> String {
+    format!("{prefix}/status")
+}
+
+/// The topics of one gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topics {
+    gateway: String,
+}
+
+impl Topics {
+    pub fn new(gateway: &str) -> Self {
+        Self {
+            gateway: gateway.to_string(),
+        }
+    }
+    /// `affectgate/<gateway>/status`: `online` / `offline`, retained (last will).
+    pub fn status(&self) -> String {
+        format!("affectgate/{}/status", self.gateway)
+    }
+    /// `affectgate/<gateway>/<sensor>/state`: `StateMessage` per window, QoS 1.
+    pub fn state(&self, sensor: &str) -> String {
+        format!("affectgate/{}/{}/state", self.gateway, sensor)
+    }
+    /// Wildcard for all sensors' state.
+    pub fn state_all(&self) -> String {
+        format!("affectgate/{}/+/state", self.gateway)
+    }
+    /// `affectgate/<gateway>/error`: problems a subscriber should see.
+    pub fn error(&self) -> String {
+        format!("affectgate/{}/error", self.gateway)
+    }
+    /// `affectgate/<gateway>/<sensor>/availability`: `online` while the strap delivers ECG,
+    /// `offline` when it is disconnected; retained.
+    pub fn availability(&self, sensor: &str) -> String {
+        format!("affectgate/{}/{}/availability", self.gateway, sensor)
+    }
+    /// `affectgate/<gateway>/retrain`: retraining status (its `finished` key feeds the "Last
+    /// retrain" entity), retained.
+    pub fn retrain(&self) -> String {
+        format!("affectgate/{}/retrain", self.gateway)
+    }
+    /// `affectgate/<gateway>/<sensor>/label`: self-reports for one sensor's wearer.
+    pub fn label(&self, sensor: &str) -> String {
+        format!("affectgate/{}/{}/label", self.gateway, sensor)
+    }
+    /// `affectgate/<gateway>/cmd/<name>`.
+    pub fn command(&self, name: &str) -> String {
+        format!("affectgate/{}/cmd/{}", self.gateway, name)
+    }
+    /// The filters the gateway subscribes to: every sensor's label and every command.
+    pub fn subscriptions(&self) -> Vec<String> {
+        vec![self.label("+"), self.command("+")]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_are_spelled_once() {
+        let t = Topics::new("gw1");
+        assert_eq!(t.status(), "affectgate/gw1/status");
+        assert_eq!(t.state("chest"), "affectgate/gw1/chest/state");
+        assert_eq!(t.availability("chest"), "affectgate/gw1/chest/availability");
+        assert_eq!(t.retrain(), "affectgate/gw1/retrain");
+        assert_eq!(
+            t.subscriptions(),
+            vec!["affectgate/gw1/+/label", "affectgate/gw1/cmd/+"]
+        );
+        assert_eq!(ha_status("homeassistant"), "homeassistant/status");
+    }
+}

@@ -1,0 +1,70 @@
+//! What `affectgate/<gw>/retrain` says (retained JSON): the scheduler's state, the running
+//! round's stage and progress, and the last round's outcome. The scheduler produces it; the
+//! gateway publishes it (so retraining knows nothing of MQTT).
+
+use serde::{Deserialize, Serialize};
+
+/// Where retraining is. Serialised lower-case (`"running"`), as Home Assistant templates
+/// and the README document it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetrainState {
+    /// No round has run yet.
+    #[default]
+    Idle,
+    /// Waiting for the interval, the daily window or enough new windows.
+    Waiting,
+    Running,
+    /// The last round's candidate now serves.
+    Promoted,
+    /// The last round's candidate failed the gate; the serving model is unchanged.
+    Rejected,
+    /// The last round ended with an error (named in `reason`).
+    Failed,
+    /// The last round was stopped by a shutdown (it resumes from its checkpoint).
+    Stopped,
+}
+
+/// The retained retraining status.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RetrainStatus {
+    pub state: RetrainState,
+    #[serde(default)]
+    pub stage: Option<String>,
+    #[serde(default)]
+    pub progress: Option<f32>,
+    #[serde(default)]
+    pub started: Option<String>,
+    /// End of the last round (RFC 3339); what Home Assistant shows as "Last retrain".
+    #[serde(default)]
+    pub finished: Option<String>,
+    #[serde(default)]
+    pub finished_ns: Option<i64>,
+    /// Candidate id of the round.
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The round's report (windows, metrics before/after, decision, parity, seconds).
+    #[serde(default)]
+    pub report: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_serialise_as_documented() {
+        let st = RetrainStatus {
+            state: RetrainState::Promoted,
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["state"], "promoted");
+        let back: RetrainStatus =
+            serde_json::from_str(r#"{"state":"stopped"}"#).unwrap();
+        assert_eq!(back.state, RetrainState::Stopped);
+        assert!(serde_json::from_str::<RetrainStatus>(r#"{"state":"bogus"}"#).is_err());
+    }
+}
