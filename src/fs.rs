@@ -76,6 +76,7 @@ mod tests {
         let e = atomic_write(&target, b"new").unwrap_err();
         assert!(e.to_string().contains("taken"), "{e}");
         assert_eq!(std::fs::read(target.join("inside")).unwrap(), b"kept");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        // …and the temporary file is gone: only `taken` is left.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -133,7 +133,7 @@ fn api_is_tract() -> bool {
         .unwrap_or(false)
 }
 
-fn resolve_dylib(explicit: Option<&Path>) -> Result<PathBuf, InferError> {
+pub(super) fn resolve_dylib(explicit: Option<&Path>) -> Result<PathBuf, InferError> {
     if let Some(p) = explicit {
         return if p.is_file() {
             Ok(p.to_path_buf())
@@ -235,7 +235,7 @@ fn lib_matches(name: &str) -> bool {
 }
 
 /// The ONNX Runtime library in `dir`: the highest-versioned `libonnxruntime.so*`.
-fn lib_in_dir(dir: &Path) -> Option<PathBuf> {
+pub(super) fn lib_in_dir(dir: &Path) -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok())

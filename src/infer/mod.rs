@@ -511,6 +511,7 @@ impl Model {
 
 #[cfg(test)]
 mod tests {
+    use super::backend::{lib_in_dir, resolve_dylib};
     use super::*;
 
     #[test]

@@ -601,7 +601,7 @@ mod tests {
         assert_eq!(pads.ints, vec![15, 16]);
         // Deterministic bytes.
         assert_eq!(bytes, export_onnx(&w, &meta, "0.1.0").unwrap());
-        assert_eq!(sha256_hex(&bytes).len(), 64);
+        assert_eq!(crate::model::sha256_hex(&bytes).len(), 64);
     }
 
     #[test]
@@ -610,12 +610,12 @@ mod tests {
         let mut w = good.clone();
         w.convs[2].weight.pop();
         assert!(
-            matches!(export_onnx(&w, &[], "x"), Err(OnnxError::InvalidWeights(m)) if m.contains("conv3"))
+            matches!(export_onnx(&w, &[], "x"), Err(OnnxError::InvalidWeights(m)) if m.0.contains("conv3"))
         );
         let mut w = good.clone();
         w.heads[1].name = "arousal".into();
         assert!(
-            matches!(export_onnx(&w, &[], "x"), Err(OnnxError::InvalidWeights(m)) if m.contains("twice"))
+            matches!(export_onnx(&w, &[], "x"), Err(OnnxError::InvalidWeights(m)) if m.0.contains("twice"))
         );
         let mut w = good.clone();
         w.heads[0].name = EMBEDDING_NAME.into();
@@ -623,7 +623,7 @@ mod tests {
         let mut w = good.clone();
         w.heads[0].layers.pop();
         assert!(
-            matches!(export_onnx(&w, &[], "x"), Err(OnnxError::InvalidWeights(m)) if m.contains("out_dim"))
+            matches!(export_onnx(&w, &[], "x"), Err(OnnxError::InvalidWeights(m)) if m.0.contains("out_dim"))
         );
         let mut w = good.clone();
         w.convs[0].bias[3] = f32::NAN;
@@ -643,49 +643,5 @@ mod tests {
             inspect(b"\xff\xff\xff garbage"),
             Err(OnnxError::Decode(_))
         ));
-    }
-
-    #[test]
-    fn reference_forward_hand_checked_pieces() {
-        // Single 'same' conv against a hand computation.
-        let c = Conv1dWeights {
-            out_ch: 1,
-            in_ch: 1,
-            kernel: 4,
-            weight: vec![1.0, 2.0, 3.0, 4.0],
-            bias: vec![0.5],
-        };
-        // k=4 → pad 1 left, 2 right: y[t] = Σ_j w[j]·x[t−1+j] + b.
-        let x = [1.0f64, -2.0, 3.0, 0.5, -1.0];
-        let y = ref_conv(&c, &x, 5);
-        let xp = |i: isize| {
-            if (0..5).contains(&i) {
-                x[i as usize]
-            } else {
-                0.0
-            }
-        };
-        for t in 0..5isize {
-            let s: f64 = (0..4)
-                .map(|j| c.weight[j] as f64 * xp(t - 1 + j as isize))
-                .sum::<f64>()
-                + 0.5;
-            assert!((y[t as usize] - leaky(s)).abs() < 1e-12, "t={t}");
-        }
-        let (p, l) = ref_pool(&[1.0, 5.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 9.0, 0.0], 1, 10);
-        assert_eq!(l, 2);
-        assert_eq!(p, vec![5.0, 9.0]);
-        // Whole network: outputs are probabilities, embedding has 128 entries, deterministic.
-        let w = NetworkWeights::seeded(&tiny_heads(), 3);
-        let x: Vec<f32> = (0..WINDOW_LEN).map(|i| (i as f32 * 0.05).sin()).collect();
-        let (e, h) = reference_forward(&w, &x);
-        assert_eq!(e.len(), 128);
-        assert_eq!(h.len(), 2);
-        assert!(h.iter().all(|(_, p)| *p > 0.0 && *p < 1.0));
-        assert_eq!(reference_heads(&w, &e).len(), 2);
-        for ((n1, a), (n2, b)) in reference_heads(&w, &e).iter().zip(&h) {
-            assert_eq!(n1, n2);
-            assert!((a - b).abs() < 1e-6);
-        }
     }
 }

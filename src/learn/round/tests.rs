@@ -1,7 +1,9 @@
 //! Tests of a retraining round: pack format, checkpoints, gate, a whole round on real ECG.
 
 use super::*;
-use crate::learn::dataset::{zscore_person, TrainWindow};
+use std::collections::BTreeSet;
+
+use crate::learn::dataset::{zscore_person, Dataset, TrainWindow};
 use crate::source::synthetic::{SyntheticConfig, SyntheticEcg};
 
 /// `n` z-scored 10 s windows of synthetic ECG at `hr` bpm.
@@ -117,7 +119,7 @@ fn pack_round_trip() {
     assert_eq!(q.created, p.created);
     assert_eq!(q.labelled.len(), p.labelled.len());
     let close = |a: &[f32], b: &[f32]| {
-        let scale = crate::store::quantisation_scale(a);
+        let scale = crate::model::quant::scale(a);
         a.iter()
             .zip(b)
             .all(|(x, y)| (x - y).abs() <= scale / 2.0 + 1e-6 * x.abs())
@@ -143,7 +145,7 @@ fn corrupt_packs_are_named_errors() {
     let err_of = |bytes: &[u8]| {
         std::fs::write(&path, bytes).unwrap();
         let e = ReplayPack::load(&path).unwrap_err();
-        assert!(matches!(e, RetrainError::Corrupt { .. }), "{e:?}");
+        assert!(matches!(e, PackError::Corrupt { .. }), "{e:?}");
         let msg = e.to_string();
         assert!(msg.contains("m.replay.bin"), "{msg}");
         msg
@@ -168,13 +170,13 @@ fn corrupt_packs_are_named_errors() {
     let at = wrong.windows(key.len()).position(|w| w == key).unwrap() + key.len() - 4;
     wrong[at..at + 4].copy_from_slice(b"2561");
     let n = wrong.len();
-    let crc = crc32(&wrong[..n - 4]);
+    let crc = crc32fast::hash(&wrong[..n - 4]);
     wrong[n - 4..].copy_from_slice(&crc.to_le_bytes());
     assert!(err_of(&wrong).contains("window length 2561 ≠ 2560"));
     // A missing file is an Io error naming it.
     let e = ReplayPack::load(&dir.path().join("absent.replay.bin")).unwrap_err();
     assert!(
-        matches!(e, RetrainError::Io { .. }) && e.to_string().contains("absent.replay.bin")
+        matches!(e, PackError::Fs(_)) && e.to_string().contains("absent.replay.bin")
     );
 }
 
@@ -210,7 +212,7 @@ fn pack_build_samples_across_subjects() {
         ]
         .concat(),
     };
-    let p = ReplayPack::build(&labelled, &unlabelled, 5, 1);
+    let p = build_pack(&labelled, &unlabelled, 5, 1);
     assert_eq!(p.labelled.len(), 2);
     assert_eq!(p.head_names, vec!["arousal".to_string()]);
     assert_eq!(p.pretext.len(), 5);
