@@ -6,43 +6,44 @@
 //!
 //! ## Layout
 //!
-//! The modules follow the data flow:
+//! Folders are the architecture. Layers from the bottom; an arrow only ever points down
+//! (no module imports one above it):
 //!
 //! ```text
-//! source/  where ECG comes from, behind one seam (`source::Source`: an async task pushing
-//!   │      blocks of timestamped µV samples with gap flags into a bounded queue).
-//!   │      `source::file` reads EDF/EDF+, WFDB and CSV recordings (one reader for training,
-//!   │      evaluation and replay); `source::live` runs synthetic (ECGSYN) and replay sensors;
-//!   │      `source::ble` reads Polar H10 ECG (PMD), the Heart Rate service and generic GATT
-//!   │      ECG boards through btleplug, reconnecting forever with back-off and a watchdog.
-//! dsp/     biquad high-pass/low-pass/notch → resample to 256 Hz → 10 s `Window`s →
-//!   │      z-score, R-peaks and HR/HRV, quality gate. Streaming with state carried across
-//!   │      blocks, so training and the live gateway run the *same* code.
-//! gateway/ the long-running process: per-sensor DSP tasks → one scorer thread batching
-//!   │      windows across sensors → sink (store, then publish) → graceful shutdown.
-//!   ├──► store/  sled: every window (compact i16 encoding, quality, HR/HRV, scores, labels),
-//!   │            range scans by sensor and time, retention by bytes and age, CSV export,
-//!   │            and the MQTT outbox (state messages deleted only on PUBACK).
-//!   ├──► mqtt/   the connection task (outbox delivery, retained availability, last will,
-//!   │            TLS), Home Assistant discovery, validation of label/command inputs, the
-//!   │            embedded rumqttd broker of `affectgate demo`.
-//!   ├──► infer/  ONNX inference through `ort` with two back-ends chosen at run time:
-//!   │            pure-Rust tract (default, no native library) or ONNX Runtime (dlopen).
-//!   ├──► learn/  the paper's method: six signal transformations, the signal-transformation
-//!   │            recognition network and the emotion network in burn, training loops,
-//!   │            metrics, experiments, ONNX export and model cards; a retraining round
-//!   │            (replay pack, checkpoints, promotion gate) and the personalisation study.
-//!   └──► retrain/ on-gateway retraining: the scheduler stages a round from the store and
-//!                runs it in a worker process (memory-limited, niced), the model registry
-//!                records every candidate, and the scorer hot-swaps a promoted one.
+//! time, fs, rng, sys, invalid   one helper of each kind: clock and RFC 3339, atomic file
+//!   │                           writes, seeded randomness, /proc readers, the shape of a
+//!   │                           rejected config value.
+//! dsp/      biquad high-pass/low-pass/notch → resample to 256 Hz → 10 s `Window`s → z-score,
+//!   │       R-peaks and HR/HRV, quality gate. Streaming, so training and the live gateway
+//!   │       run the *same* code.
+//! model/    the model format: weights as plain arrays and the reference forward, ONNX
+//!   │       export/import/inspect, model card, replay pack, i16 quantisation. No burn, ort,
+//!   │       sled or tokio: the fleet crate builds on this layer alone.
+//! source/   where ECG comes from, behind one seam (`source::Source`); `source::file` reads
+//!   │       EDF/EDF+, WFDB and CSV; `source::live` runs synthetic (ECGSYN) and replay
+//!   │       sensors; `source::ble` reads Polar H10 ECG (PMD), the Heart Rate service and
+//!   │       generic GATT ECG boards through btleplug. Owns `[[sensors]]` (`source::config`).
+//! learn/    the paper's method in burn: transformations, networks, training loops, metrics,
+//! infer/    the `pretrain`/`finetune` pipelines, experiments, one retraining round
+//! store/    (`learn::round`). infer: ONNX inference through `ort` (tract or ONNX Runtime).
+//!   │       store: sled windows, retention, export, the MQTT outbox.
+//! mqtt/     the broker link (outbox delivery, availability, last will, TLS), every topic
+//! retrain/  (`mqtt::topics`), Home Assistant discovery, inputs; retrain: the scheduler, the
+//!   │       worker process, the model registry. Retraining reports its status on a channel;
+//!   │       the gateway publishes it.
+//! config    the one configuration: assembles each component's own config struct and checks,
+//!   │       resolves relative paths once.
+//! gateway/  the long-running process: ingest (per-sensor tasks) → scorer thread → sink
+//!           (store, then publish) → control (discovery, labels, commands) → shutdown.
 //! ```
 //!
-//! [`config`] assembles the one configuration (`plugin.toml`: manifest + defaults) from the
-//! components' own config structs and validates it as a whole.
+//! The command line (`src/main.rs`, `mod cli`) is the only user of all of it and is not part of
+//! the library: `run`, `demo`, `store`, `scan`, `model`, `pretrain`, `finetune`, `eval`,
+//! `infer`, `experiment`, `personalise`, `bench` (and the internal `retrain-worker`).
 //!
-//! The binary (`src/main.rs`, commands in [`cli`]) is a thin layer over these modules:
-//! `run`, `demo`, `store`, `scan`, `model`, `pretrain`, `finetune`, `eval`, `infer`,
-//! `experiment`, `personalise`, `bench` (and the internal `retrain-worker`).
+//! Cargo features follow the layers: none = `dsp` + `model` (+ helpers); `onnx` adds ONNX
+//! read/write; `infer`, `source`, `learn`, `gateway` add those modules; `cli` (default) builds
+//! the binary.
 //!
 //! ## Decisions worth knowing
 //! - **One window type** ([`dsp::Window`], 2560 samples at 256 Hz) and one preprocessing path
@@ -62,8 +63,10 @@
 //! - **A round is a process.** Rust aborts on allocation failure and the kernel's OOM killer
 //!   picks processes: training, the one bursty allocator, runs in `affectgate retrain-worker`
 //!   under a hard memory limit so it can fail alone (see [`retrain::worker`]).
-//! - **Errors**: library modules return typed errors (`thiserror`) naming the file, key or
-//!   field at fault; the CLI wraps them with `anyhow` context and tells the user what to do.
+//! - **Errors**: the gateway path (model, source, dsp, store, mqtt, retrain, config) returns
+//!   typed errors (`thiserror`) naming the file, key or field at fault; the offline training
+//!   pipelines and studies in `learn` return `anyhow` errors with the same context; the CLI adds
+//!   what to do.
 
 // Always: the bottom layers (no heavy dependency).
 pub mod dsp;

@@ -62,7 +62,7 @@ pub use backend::{active_backend, active_dylib, find_onnxruntime_dylib};
 use backend::environment;
 use check::{check_model, tract_preflight};
 
-pub use crate::dsp::WINDOW_LEN;
+use crate::model::WINDOW_LEN;
 /// Name of the optional embedding output (not a head).
 pub use crate::model::EMBEDDING_NAME;
 /// Name of the model input.

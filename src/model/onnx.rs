@@ -29,7 +29,7 @@ use prost::Message;
 use tract_onnx::pb;
 
 use super::weights::*;
-use super::{EMBEDDING_NAME, INPUT_NAME};
+use super::{EMBEDDING_NAME, INPUT_NAME, WINDOW_LEN};
 
 /// Name of the dynamic batch dimension in the exported graph.
 pub const BATCH_DIM: &str = "batch";

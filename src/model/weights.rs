@@ -10,7 +10,7 @@
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
-pub use super::WINDOW_LEN;
+use super::WINDOW_LEN;
 use super::{EMBEDDING_NAME, INPUT_NAME};
 
 /// LeakyReLU negative slope (TensorFlow's `leaky_relu` default, as in the authors' code).

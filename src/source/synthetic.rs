@@ -391,15 +391,6 @@ pub struct SyntheticEcg {
     beats_total: u64,
 }
 
-/// SplitMix64: independent seeds for the random streams.
-fn stream_seed(seed: u64, stream: u64) -> u64 {
-    let mut z = seed
-        .wrapping_add(stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 impl SyntheticEcg {
     /// Validate `cfg` and set up the generator at t = 0 (start of a beat; first R peak at
@@ -408,17 +399,17 @@ impl SyntheticEcg {
         cfg.validate()?;
         let k = (512.0 / cfg.fs_hz).ceil().max(1.0) as u32;
         let h = 1.0 / (k as f64 * cfg.fs_hz);
-        let mut rr_rng = SmallRng::seed_from_u64(stream_seed(cfg.seed, 1));
+        let mut rr_rng = SmallRng::seed_from_u64(crate::rng::stream(cfg.seed, 1));
         let rr = RrProcess::new(cfg.lf_hf_ratio, &mut rr_rng);
         let hr_bpm = cfg.hr_bpm;
         let sdnn_s = cfg.hrv_sdnn_ms / 1000.0;
         let rr0 = (60.0 / hr_bpm + sdnn_s * rr.at(0.0)).clamp(RR_MIN_S, RR_MAX_S);
         let core = Core::new(hr_bpm, rr0);
         let scale = cfg.amplitude_uv / calibrate_r_height();
-        let noise_rng = SmallRng::seed_from_u64(stream_seed(cfg.seed, 2));
-        let mut base_rng = SmallRng::seed_from_u64(stream_seed(cfg.seed, 3));
+        let noise_rng = SmallRng::seed_from_u64(crate::rng::stream(cfg.seed, 2));
+        let mut base_rng = SmallRng::seed_from_u64(crate::rng::stream(cfg.seed, 3));
         let baseline_phase = base_rng.random::<f64>() * 2.0 * PI;
-        let mut motion_rng = SmallRng::seed_from_u64(stream_seed(cfg.seed, 4));
+        let mut motion_rng = SmallRng::seed_from_u64(crate::rng::stream(cfg.seed, 4));
         let motion_next_s = if cfg.motion_per_min > 0.0 && cfg.motion_uv > 0.0 {
             Exp::new(cfg.motion_per_min / 60.0)
                 .expect("rate > 0")

@@ -2,17 +2,17 @@
 
 use super::*;
 
-/// Tiny deterministic xorshift64 (no rand crate).
-struct Xs(u64);
+/// Seeded random input for the fuzz-style tests (the crate's one generator).
+struct Xs(rand::rngs::StdRng);
+fn xs(seed: u64) -> Xs {
+    Xs(crate::rng::seeded(seed))
+}
 impl Xs {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+        rand::Rng::random(&mut self.0)
     }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        rand::Rng::random_range(&mut self.0, 0..n)
     }
     /// 0..=max_len random bytes.
     fn bytes(&mut self, max_len: u64) -> Vec<u8> {
@@ -267,7 +267,7 @@ fn every_truncation_of_every_golden_vector_is_handled() {
 
 #[test]
 fn random_bytes_never_panic() {
-    let mut x = Xs(0x9E37_79B9_7F4A_7C15);
+    let mut x = xs(0x9E37_79B9_7F4A_7C15);
     for i in 0..8000 {
         let mut b = x.bytes(48);
         match (i % 4, b.len()) {
@@ -282,7 +282,7 @@ fn random_bytes_never_panic() {
 
 #[test]
 fn ecg_frame_round_trip() {
-    let mut x = Xs(7);
+    let mut x = xs(7);
     for _ in 0..3000 {
         let n = x.below(80);
         let samples: Vec<i32> = (0..n)
@@ -298,7 +298,7 @@ fn ecg_frame_round_trip() {
 
 #[test]
 fn heart_rate_round_trip() {
-    let mut x = Xs(11);
+    let mut x = xs(11);
     for _ in 0..3000 {
         let sixteen = x.below(2) == 0;
         let bpm = x.below(if sixteen { 65536 } else { 256 }) as u16;
@@ -319,7 +319,7 @@ fn heart_rate_round_trip() {
 
 #[test]
 fn control_point_and_settings_round_trip() {
-    let mut x = Xs(13);
+    let mut x = xs(13);
     for _ in 0..3000 {
         let status = CpStatus::from_code([0, 0, 6, x.below(20) as u8][x.below(4) as usize]);
         let ok = status == CpStatus::Success;
@@ -364,7 +364,7 @@ fn sim(fs: f64, n: u64, k: u64, x: &mut Xs) -> (u64, i64) {
 
 #[test]
 fn clock_estimates_rate_and_keeps_frames_contiguous() {
-    let (mut x, mut c) = (Xs(17), PolarClock::new(ECG_NOMINAL_FS_HZ));
+    let (mut x, mut c) = (xs(17), PolarClock::new(ECG_NOMINAL_FS_HZ));
     let mut prev: Option<FrameTiming> = None;
     for k in 0..(65.0 * 130.16 / 73.0) as u64 {
         let (ts, rx) = sim(130.16, 73, k, &mut x);
@@ -382,7 +382,7 @@ fn clock_estimates_rate_and_keeps_frames_contiguous() {
 
 #[test]
 fn clock_flags_dropped_frames_backwards_time_and_reconnects() {
-    let (mut x, mut c) = (Xs(19), PolarClock::new(ECG_NOMINAL_FS_HZ));
+    let (mut x, mut c) = (xs(19), PolarClock::new(ECG_NOMINAL_FS_HZ));
     let mut t = vec![];
     for k in (0..200u64).filter(|&k| k != 120) {
         let (ts, rx) = sim(130.16, 73, k, &mut x);
@@ -416,7 +416,7 @@ fn clock_flags_dropped_frames_backwards_time_and_reconnects() {
 #[test]
 fn clock_tolerates_off_nominal_rates_and_long_frames() {
     for (fs, n) in [(128.0, 160), (131.0, 160), (130.1, 73), (128.5, 1)] {
-        let (mut x, mut c) = (Xs(23), PolarClock::new(ECG_NOMINAL_FS_HZ));
+        let (mut x, mut c) = (xs(23), PolarClock::new(ECG_NOMINAL_FS_HZ));
         let frames = (90.0 * fs / n as f64) as u64;
         let gaps = (0..frames).filter(|&k| {
             let (ts, rx) = sim(fs, n, k, &mut x);
@@ -426,7 +426,7 @@ fn clock_tolerates_off_nominal_rates_and_long_frames() {
         let est = c.fs_hz();
         assert!((est - fs).abs() < 0.01, "fs {fs}: estimated {est}");
     }
-    let (mut x, mut c) = (Xs(29), PolarClock::new(ECG_NOMINAL_FS_HZ));
+    let (mut x, mut c) = (xs(29), PolarClock::new(ECG_NOMINAL_FS_HZ));
     for _ in 0..3000 {
         let _ = c.frame(x.next(), x.below(300) as usize, x.next() as i64); // garbage: no panic
     }
@@ -476,7 +476,7 @@ fn golden_generic_samples() {
 
 #[test]
 fn generic_samples_round_trip() {
-    let mut x = Xs(23);
+    let mut x = xs(23);
     let formats = [
         SampleFormat::I16le,
         SampleFormat::I16be,
