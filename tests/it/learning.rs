@@ -8,20 +8,12 @@ use std::process::Command;
 use affectgate::dsp::PreprocessConfig;
 use affectgate::infer::{find_onnxruntime_dylib, Backend, Model};
 use affectgate::learn::dataset::{labelled_from_manifest, Dataset};
-use affectgate::learn::model::{Net, EMOTION_HIDDEN, INPUT_LEN, PRETEXT_HIDDEN};
-use affectgate::learn::onnx::export_onnx;
-use affectgate::learn::onnx::import_onnx;
+use affectgate::learn::model::{Net, EMOTION_HIDDEN, PRETEXT_HIDDEN};
+use affectgate::model::onnx::{export_onnx, import_onnx};
+use affectgate::model::WINDOW_LEN;
 use affectgate::learn::train::{embed, predict, pretext_eval, pretrain, TrainConfig};
 
-fn data_dir() -> Option<PathBuf> {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-    if d.join("eegmat/labels.csv").exists() {
-        Some(d)
-    } else {
-        eprintln!("SKIP: ../shared/data not found");
-        None
-    }
-}
+use crate::util::shared_data as data_dir;
 
 /// A manifest of the first `n` EEGMAT subjects (rest + task), written to a temp folder.
 fn small_manifest(dir: &Path, n: usize) -> PathBuf {
@@ -68,7 +60,7 @@ fn burn_forward_and_exported_onnx_agree_on_real_windows() {
     let ds = labelled_from_manifest(&small_manifest(tmp.path(), 1), &PreprocessConfig::default())
         .unwrap();
     let ws = windows(&ds, 6);
-    assert_eq!(ws[0].len(), INPUT_LEN);
+    assert_eq!(ws[0].len(), WINDOW_LEN);
 
     // A seeded fresh emotion network and, if present, the shipped default model.
     let device = burn::tensor::Device::flex();
@@ -182,7 +174,7 @@ fn cli_pretrain_finetune_eval_infer() {
         String::from_utf8_lossy(&out.stderr)
     );
     // the card binds to the model bytes and tells what the model saw
-    let card = affectgate::learn::card::ModelCard::load_for_model(&model).unwrap();
+    let card = affectgate::model::card::ModelCard::load_for_model(&model).unwrap();
     assert_eq!(card.heads.len(), 1);
     assert_eq!(card.heads[0].name, "arousal");
     assert_eq!(card.training.finetune_subjects.len(), 4);

@@ -1,26 +1,24 @@
 //! On-gateway retraining: the model registry and the serving model's hot swap.
 
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use affectgate::config::{Config, SensorConfig, SourceConfig};
 use affectgate::gateway::{GatewayBuilder, Observed};
-use affectgate::learn::onnx::{export_onnx, NetworkWeights};
-use affectgate::retrain::registry::{Entry, Registry};
-use common::shared_data;
+use affectgate::model::onnx::export_onnx;
+use affectgate::model::NetworkWeights;
+use affectgate::retrain::registry::{Entry, ModelStatus, Registry};
+use crate::util::shared_data;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::util::repo;
 
 fn entry(id: &str) -> Entry {
     Entry {
         id: id.into(),
         created: "2026-11-25T00:00:00Z".into(),
         parent: "shipped".into(),
-        status: "candidate".into(),
+        status: ModelStatus::Candidate,
         reason: String::new(),
         metrics: serde_json::json!({}),
         sha256: String::new(),
@@ -57,7 +55,7 @@ fn spawn_gateway(
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Observed>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let gw = tokio::spawn(
-        GatewayBuilder::new(cfg, &repo())
+        GatewayBuilder::new(cfg)
             .observer(tx)
             .retrain_worker(Path::new(env!("CARGO_BIN_EXE_affectgate")))
             .run(async move {
@@ -71,7 +69,7 @@ fn spawn_gateway(
 /// the caller skips — when either is missing), a config for gateway `id` on that broker, and
 /// the Polar recording played once into the store (59 windows) by a first run.
 struct Recorded {
-    broker: common::Mosquitto,
+    broker: crate::util::Mosquitto,
     dir: tempfile::TempDir,
     cfg: Config,
     run1: affectgate::gateway::RunReport,
@@ -79,7 +77,7 @@ struct Recorded {
 
 async fn recorded(id: &str) -> Option<Recorded> {
     let data = shared_data()?;
-    let broker = common::Mosquitto::start()?;
+    let broker = crate::util::Mosquitto::start()?;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), &data.join("polar-h10/polar_h10_ecg.csv"));
     cfg.gateway.id = id.into();
@@ -87,7 +85,7 @@ async fn recorded(id: &str) -> Option<Recorded> {
     if let SourceConfig::Replay { looped, .. } = &mut cfg.sensors[0].source {
         *looped = false;
     }
-    let run1 = GatewayBuilder::new(cfg.clone(), &repo())
+    let run1 = GatewayBuilder::new(cfg.clone())
         .run(std::future::pending())
         .await
         .unwrap();
@@ -127,7 +125,6 @@ fn config(dir: &Path, replay: &Path) -> Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promotion_and_rollback_swap_the_serving_model_without_dropping_a_window() {
     let Some(data) = shared_data() else {
-        eprintln!("SKIP: ../shared/data missing");
         return;
     };
     let replay = data.join("polar-h10/polar_h10_ecg.csv");
@@ -144,7 +141,7 @@ async fn promotion_and_rollback_swap_the_serving_model_without_dropping_a_window
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Observed>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let gw = tokio::spawn(
-        GatewayBuilder::new(cfg, &repo())
+        GatewayBuilder::new(cfg)
             .observer(tx)
             .run(async move {
                 let _ = stop_rx.await;
@@ -250,7 +247,7 @@ async fn a_broken_promoted_model_falls_back_to_the_shipped_one() {
         .unwrap();
     registry.promote("r0001").unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Observed>();
-    let report = GatewayBuilder::new(cfg, &repo())
+    let report = GatewayBuilder::new(cfg)
         .observer(tx)
         .run(std::future::pending())
         .await
@@ -315,7 +312,7 @@ async fn cmd_retrain_runs_a_round_in_the_running_gateway() {
     // Run 2: looping, with retraining enabled (a tiny round) and asked for over MQTT.
     on_demand_tiny_rounds(&mut cfg);
     let registry = Registry::open(&cfg.retrain.models_dir);
-    let rec = common::Recorder::start(broker.port, &["affectgate/gwrt/#"]).await;
+    let rec = crate::util::Recorder::start(broker.port, &["affectgate/gwrt/#"]).await;
     let (mut rx, stop_tx, gw) = spawn_gateway(cfg);
     let mut seen = Vec::new();
     while seen.len() < 20 {
@@ -336,7 +333,7 @@ async fn cmd_retrain_runs_a_round_in_the_running_gateway() {
         }
     };
     publish("affectgate/gwrt/cmd/retrain", "").await;
-    let status = |m: &[common::Msg]| -> Vec<serde_json::Value> {
+    let status = |m: &[crate::util::Msg]| -> Vec<serde_json::Value> {
         m.iter()
             .filter(|m| m.topic == "affectgate/gwrt/retrain")
             .filter_map(|m| serde_json::from_slice(&m.payload).ok())
@@ -435,13 +432,13 @@ async fn cmd_retrain_runs_a_round_in_the_running_gateway() {
     );
     let entry = registry.get("r0001").unwrap();
     if last["state"] == "promoted" {
-        assert_eq!(entry.status, "serving");
+        assert_eq!(entry.status, ModelStatus::Serving);
         assert!(
             after.last().unwrap().state.model.starts_with("r0001@"),
             "never swapped in"
         );
     } else {
-        assert_eq!(entry.status, "rejected");
+        assert_eq!(entry.status, ModelStatus::Rejected);
         assert!(!entry.reason.is_empty());
         assert!(after
             .iter()
@@ -514,9 +511,9 @@ async fn a_round_killed_mid_way_resumes_from_its_checkpoint() {
     );
     assert!(work.join("round.json").exists());
 
-    let rec = common::Recorder::start(broker.port, &["affectgate/gwkill/retrain"]).await;
+    let rec = crate::util::Recorder::start(broker.port, &["affectgate/gwkill/retrain"]).await;
     let mut gw = spawn();
-    let verdict = |m: &[common::Msg]| {
+    let verdict = |m: &[crate::util::Msg]| {
         m.iter()
             .filter_map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).ok())
             .find(|v| {
@@ -608,10 +605,10 @@ async fn a_full_disk_or_out_of_memory_ends_the_round_not_the_gateway() {
     cfg.retrain.max_memory_mb = 48;
     let registry = Registry::open(&cfg.retrain.models_dir);
     let work = registry.dir().join("work");
-    let rec = common::Recorder::start(broker.port, &["affectgate/gwfull/retrain"]).await;
+    let rec = crate::util::Recorder::start(broker.port, &["affectgate/gwfull/retrain"]).await;
     let (mut rx, stop_tx, gw) = spawn_gateway(cfg);
     let mut seen = Vec::new();
-    let failed = |m: &[common::Msg]| -> Vec<serde_json::Value> {
+    let failed = |m: &[crate::util::Msg]| -> Vec<serde_json::Value> {
         m.iter()
             .filter_map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).ok())
             .filter(|v| v["state"] == "failed")

@@ -1,9 +1,7 @@
 //! Tests for the recorded-ECG file readers (EDF/EDF+, WFDB, CSV) and the dataset
 //! manifest parser.
 //!
-//! Real-data tests read `../shared/data` relative to the crate root (override with
-//! the `AFFECTGATE_DATA_DIR` environment variable) and skip with a message when it
-//! is absent. Synthetic tests write small files into temporary directories.
+//! Real-data tests read the shared data through `util::shared_data`. Synthetic tests write small files into temporary directories.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,16 +16,7 @@ use affectgate::source::file::{
 // Helpers
 // ---------------------------------------------------------------------------
 
-fn data_dir() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("AFFECTGATE_DATA_DIR").map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("README.md").is_file())
-}
+use crate::util::shared_data as data_dir;
 
 /// The shared data folder, or skip the test with a message.
 macro_rules! data_or_skip {
@@ -35,9 +24,6 @@ macro_rules! data_or_skip {
         match data_dir() {
             Some(d) => d,
             None => {
-                eprintln!(
-                    "SKIP: ../shared/data not found (set AFFECTGATE_DATA_DIR to run real-data tests)"
-                );
                 return;
             }
         }

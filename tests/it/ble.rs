@@ -10,7 +10,6 @@
 //! Skipped when the simulator's venv is missing, unless `AFFECTGATE_REQUIRE_BLE_SIM=1` (set by
 //! `.ci/run`, which installs it).
 
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -24,12 +23,10 @@ use affectgate::mqtt::StateMessage;
 use affectgate::source::ble::BleConfig;
 use affectgate::source::file::read_recording;
 use affectgate::store::{Retention, Store};
-use common::{shared_data, Mosquitto, Recorder};
+use crate::util::{shared_data, Mosquitto, Recorder};
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::util::repo;
 
 fn venv() -> Option<PathBuf> {
     let v = std::env::var_os("AFFECTGATE_BLE_VENV")

@@ -1,8 +1,8 @@
 //! Tests of the DSP stage (`dsp::*`): filters, resampling, windowing, normalisation,
 //! R-peak detection (MIT-BIH record 100, Polar H10 recording) and the composed pre-processor.
 //!
-//! Tests that need real data look for `../shared/data` next to the crate (fallback
-//! `/work/shared/data`) and skip with a message when it is absent.
+//! Tests that need real data read it through `util::shared_data` (skip or, with
+//! `AFFECTGATE_REQUIRE_DATA=1`, fail when it is absent).
 
 use affectgate::dsp::{
     self, detect_rpeaks, hrv, mean_std, windows_from_recording, zscore_in_place, zscore_self,
@@ -10,7 +10,6 @@ use affectgate::dsp::{
     SubjectStats, Window, Windower, WINDOW_FS, WINDOW_LEN,
 };
 use std::f64::consts::PI;
-use std::path::PathBuf;
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -101,12 +100,7 @@ fn synth_ecg(fs: f64, secs: f64, hr_bpm: f64, polarity: f32, seed: u64) -> (Vec<
     (x, beats)
 }
 
-fn data_dir() -> Option<PathBuf> {
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-    [local, PathBuf::from("/work/shared/data")]
-        .into_iter()
-        .find(|p| p.is_dir())
-}
+use crate::util::shared_data as data_dir;
 
 /// Greedy one-to-one matching of detections to reference beats within `tol` samples.
 /// Returns (true positives, false negatives, false positives).
@@ -1003,7 +997,6 @@ fn read_atr_beats(path: &std::path::Path) -> Vec<usize> {
 #[test]
 fn mitbih_100_sensitivity_and_ppv() {
     let Some(dir) = data_dir() else {
-        eprintln!("SKIP mitbih_100_sensitivity_and_ppv: ../shared/data not found");
         return;
     };
     let (dat, atr) = (dir.join("mitbih/100.dat"), dir.join("mitbih/100.atr"));
@@ -1123,7 +1116,6 @@ fn median(v: &mut [f64]) -> f64 {
 #[test]
 fn polar_h10_hr_vs_device() {
     let Some(dir) = data_dir() else {
-        eprintln!("SKIP polar_h10_hr_vs_device: ../shared/data not found");
         return;
     };
     let path = dir.join("polar-h10/polar_h10_ecg.csv");

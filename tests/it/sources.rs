@@ -2,7 +2,6 @@
 //! the samples they should, with correct timestamps and gap flags, under backpressure; the
 //! pipeline never lets a window span a gap or a corrupt block.
 
-mod common;
 
 use std::time::Duration;
 
@@ -28,7 +27,7 @@ fn replay(path: std::path::PathBuf, looped: bool) -> Box<dyn Source> {
 
 #[tokio::test]
 async fn replay_delivers_every_sample_once_then_end() {
-    let Some(d) = common::shared_data() else {
+    let Some(d) = crate::util::shared_data() else {
         return;
     };
     let file = d.join("polar-h10/polar_h10_ecg.csv");
@@ -77,7 +76,7 @@ async fn replay_delivers_every_sample_once_then_end() {
 
 #[tokio::test]
 async fn looping_replay_flags_the_restart_as_a_gap_and_continues_the_clock() {
-    let Some(d) = common::shared_data() else {
+    let Some(d) = crate::util::shared_data() else {
         return;
     };
     let file = d.join("mitbih/100.hea");
@@ -116,7 +115,7 @@ async fn looping_replay_flags_the_restart_as_a_gap_and_continues_the_clock() {
 
 #[tokio::test]
 async fn replay_waits_for_a_slow_consumer_instead_of_queueing() {
-    let Some(d) = common::shared_data() else {
+    let Some(d) = crate::util::shared_data() else {
         return;
     };
     let file = d.join("mitbih/100.hea");

@@ -1,6 +1,10 @@
-//! Shared fixtures of the integration tests: a real Mosquitto broker per test on a free port,
-//! and an MQTT subscriber that records everything it receives.
-#![allow(dead_code)]
+//! The one shared module of the integration tests: where things are (the repository, the
+//! real ECG in `../shared/data`), a real Mosquitto broker per test on a free port, and an MQTT
+//! subscriber that records everything it receives.
+//!
+//! Missing prerequisites skip a test with a `SKIP:` line, unless the matching switch is set
+//! (as `.ci/run` does), which turns the skip into a failure:
+//! `AFFECTGATE_REQUIRE_DATA=1` (shared data), `AFFECTGATE_REQUIRE_MOSQUITTO=1` (broker).
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -10,10 +14,33 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-/// `../shared/data` relative to the crate, if present.
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shared real-data folder: `$AFFECTGATE_DATA` if set, else `../shared/data` beside the
+/// repository. `None` (after a `SKIP:` line) when it is absent — a panic instead when
+/// `AFFECTGATE_REQUIRE_DATA=1`, so CI cannot pass by skipping.
 pub fn shared_data() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-    p.exists().then_some(p)
+    let p = std::env::var_os("AFFECTGATE_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/data"));
+    if p.join("eegmat").is_dir() {
+        return Some(p);
+    }
+    if std::env::var("AFFECTGATE_REQUIRE_DATA").as_deref() == Ok("1") {
+        panic!(
+            "shared data not found at {} but AFFECTGATE_REQUIRE_DATA=1: put ../shared/data \
+             beside the repository or set AFFECTGATE_DATA",
+            p.display()
+        );
+    }
+    eprintln!(
+        "SKIP: shared data not found at {} (set AFFECTGATE_DATA)",
+        p.display()
+    );
+    None
 }
 
 /// Path of the mosquitto binary, or `None` (the test then skips — unless

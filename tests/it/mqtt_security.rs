@@ -1,19 +1,16 @@
 //! Broker security against a real Mosquitto: username/password, TLS with a private CA and a
 //! client certificate; wrong credentials never connect, and no secret reaches the logs.
 
-mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use affectgate::config::{Config, MqttTls, SensorConfig, SourceConfig};
 use affectgate::gateway::GatewayBuilder;
-use common::{shared_data, Mosquitto};
+use crate::util::{shared_data, Mosquitto};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::util::repo;
 
 fn config(port: u16, dir: &Path, gw: &str) -> Option<Config> {
     let file = shared_data()?.join("polar-h10/polar_h10_ecg.csv");
@@ -53,7 +50,7 @@ fn open_perms(p: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_protected_broker_accepts_only_the_right_credentials() {
-    let Some(bin) = common::mosquitto_bin() else {
+    let Some(bin) = crate::util::mosquitto_bin() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -86,7 +83,7 @@ async fn password_protected_broker_accepts_only_the_right_credentials() {
     // The read side (`mqtt::subscribe_states`, used by the demo) uses the same credentials.
     let (mut states, sub) = affectgate::mqtt::subscribe_states(&cfg.mqtt, None, "auth", "sub-auth");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = GatewayBuilder::new(cfg.clone(), &repo())
+    let r = GatewayBuilder::new(cfg.clone())
         .run(std::future::pending())
         .await
         .unwrap();
@@ -224,7 +221,7 @@ fn make_pki(dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_client_certificate_delivers_and_a_wrong_ca_does_not() {
-    let Some(bin) = common::mosquitto_bin() else {
+    let Some(bin) = crate::util::mosquitto_bin() else {
         return;
     };
     if Command::new("openssl").arg("version").output().is_err() {
@@ -264,7 +261,7 @@ async fn tls_with_client_certificate_delivers_and_a_wrong_ca_does_not() {
         client_cert: Some(pki.join("client.pem")),
         client_key: Some(pki.join("client.key")),
     });
-    let r = GatewayBuilder::new(cfg.clone(), &repo())
+    let r = GatewayBuilder::new(cfg.clone())
         .run(std::future::pending())
         .await
         .unwrap();
@@ -280,7 +277,7 @@ async fn tls_with_client_certificate_delivers_and_a_wrong_ca_does_not() {
         client_cert: Some(other.join("client.pem")),
         client_key: Some(other.join("client.key")),
     });
-    let r = GatewayBuilder::new(cfg.clone(), &repo())
+    let r = GatewayBuilder::new(cfg.clone())
         .run(std::future::pending())
         .await
         .unwrap();
@@ -294,7 +291,7 @@ async fn tls_with_client_certificate_delivers_and_a_wrong_ca_does_not() {
         client_key: None,
     });
     cfg.store.path = dir.path().join("store-tls3");
-    let err = GatewayBuilder::new(cfg, &repo())
+    let err = GatewayBuilder::new(cfg)
         .run(std::future::pending())
         .await
         .unwrap_err()

@@ -3,7 +3,7 @@
 //!
 //! `ort` uses one backend per process (see `affectgate::infer`), so this test binary runs tract
 //! in its own process and every ONNX Runtime check in a child process: the test re-invokes this
-//! binary with `AFFECTGATE_TEST_CHILD=<test name>` and `--exact <test name>`. ONNX Runtime tests
+//! binary with `AFFECTGATE_TEST_CHILD=<test name>` and `--exact onnx_infer::<test name>`. ONNX Runtime tests
 //! are skipped (with a message) only when no `libonnxruntime` can be found
 //! (`pip install onnxruntime`, or set `ORT_DYLIB_PATH`).
 //!
@@ -14,9 +14,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use affectgate::infer::{find_onnxruntime_dylib, Backend, InferError, Model, Scores};
-use affectgate::learn::onnx::{
-    self, export_onnx, reference_forward, NetworkWeights, INPUT_NAME, WINDOW_LEN,
-};
+use affectgate::model::onnx::{self, export_onnx};
+use affectgate::model::weights::reference_forward;
+use affectgate::model::{NetworkWeights, INPUT_NAME, WINDOW_LEN};
 use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -140,9 +140,11 @@ fn is_child(name: &str) -> bool {
 /// Run test `name` of this binary in a child process with `env`; panics (with its output) if it fails.
 fn run_child(name: &str, env: &[(&str, &str)]) -> String {
     let exe = std::env::current_exe().unwrap();
+    // Inside the one test binary a test's full name carries its module path.
+    let full = format!("{}::{name}", module_path!().split_once("::").map_or("", |(_, m)| m));
     let mut cmd = Command::new(exe);
     cmd.args([
-        name,
+        full.as_str(),
         "--exact",
         "--nocapture",
         "--test-threads=1",
@@ -217,7 +219,7 @@ fn check_backend(backend: &Backend) -> Scores {
     assert_eq!(m.metadata(), meta().as_slice());
     assert_eq!(m.meta("affectgate.task"), Some("emotion"));
     assert_eq!(m.producer(), "affectgate 0.1.0");
-    assert_eq!(m.sha256(), onnx::sha256_hex(&bytes));
+    assert_eq!(m.sha256(), affectgate::model::sha256_hex(&bytes));
 
     // Three windows as one batch against the reference.
     let batch = windows(3, 1);

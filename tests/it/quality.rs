@@ -2,7 +2,6 @@
 //! amplifiers and noise are flagged; on real recordings the gate agrees with what is known
 //! about them (MIT-BIH 100 is clean; three EEGMAT recordings carry no ECG).
 
-mod common;
 
 use affectgate::dsp::quality::{assess, count_clipped, ClipTracker, Quality, QualityConfig};
 use affectgate::dsp::{detect_rpeaks, windows_from_recording, PreprocessConfig, WINDOW_FS};
@@ -131,7 +130,7 @@ fn white_noise_is_flagged_noisy() {
 
 #[test]
 fn real_recordings_gate_as_expected() {
-    let Some(d) = common::shared_data() else {
+    let Some(d) = crate::util::shared_data() else {
         return;
     };
     let mit = read_recording(&d.join("mitbih/100.hea"), Some("MLII")).unwrap();

@@ -3,29 +3,20 @@
 //! from the shipped weights to a gated candidate with the same heads, checkpointing to disk;
 //! the shipped pretext network matches the shipped encoder; the personalisation study runs
 //! end to end on a small subset and resumes from its results file.
-//! Skips when `../shared/data` (or `$AFFECTGATE_SHARED_DATA`) is absent.
+//! Real data through `util::shared_data`.
 
 use std::path::{Path, PathBuf};
 
 use affectgate::dsp::PreprocessConfig;
 use affectgate::learn::dataset::{labelled_from_manifest, unlabelled_from_paths};
-use affectgate::learn::model::INPUT_LEN;
-use affectgate::learn::onnx::import_onnx;
-use affectgate::learn::retrain::{
-    decide, gate_subjects, run_round, Checkpoint, Progress, ReplayPack, RoundConfig, RoundData,
+use affectgate::learn::round::{
+    build_pack, decide, gate_subjects, run_round, Checkpoint, Progress, RoundConfig, RoundData,
 };
+use affectgate::model::onnx::import_onnx;
+use affectgate::model::replay::ReplayPack;
+use affectgate::model::WINDOW_LEN;
 
-fn data_dir() -> Option<PathBuf> {
-    let d = std::env::var_os("AFFECTGATE_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    if d.join("eegmat/labels.csv").exists() {
-        Some(d)
-    } else {
-        eprintln!("SKIP: ../shared/data not found (set AFFECTGATE_SHARED_DATA to its path)");
-        None
-    }
-}
+use crate::util::shared_data as data_dir;
 
 /// Manifest of EEGMAT subjects `subjects` (rest + task) in `dir`.
 fn manifest(data: &Path, dir: &Path, name: &str, subjects: &[usize]) -> PathBuf {
@@ -49,7 +40,7 @@ fn pack_of(data: &Path, dir: &Path, subjects: &[usize], max_pretext: usize) -> R
     let mut files_dedup = files.clone();
     files_dedup.dedup();
     let unlabelled = unlabelled_from_paths(&files_dedup, &pre).unwrap();
-    ReplayPack::build(&labelled, &unlabelled, max_pretext, 7)
+    build_pack(&labelled, &unlabelled, max_pretext, 7)
 }
 
 #[test]
@@ -69,7 +60,7 @@ fn replay_pack_from_eegmat_round_trips() {
     let n_windows = pack.pretext.len() + pack.labelled.len();
     let size = std::fs::metadata(&path).unwrap().len() as usize;
     assert!(
-        size < n_windows * (2 * INPUT_LEN + 16) + 4096,
+        size < n_windows * (2 * WINDOW_LEN + 16) + 4096,
         "{size} bytes"
     );
     let back = ReplayPack::load(&path).unwrap();
@@ -179,7 +170,7 @@ fn one_tiny_round_from_the_shipped_model() {
 fn the_shipped_pretext_network_matches_the_shipped_encoder() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     let read = |f: &str| {
-        affectgate::learn::onnx::import_onnx(&std::fs::read(dir.join(f)).unwrap())
+        import_onnx(&std::fs::read(dir.join(f)).unwrap())
             .unwrap()
             .0
     };

@@ -2,7 +2,6 @@
 //! field), HA birth → re-publication, sensor removal, the outbox across broker restarts and
 //! gateway restarts, and malformed label/command payloads.
 
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -14,13 +13,11 @@ use affectgate::gateway::GatewayBuilder;
 use affectgate::mqtt::StateMessage;
 use affectgate::source::synthetic::SyntheticConfig;
 use affectgate::store::{Retention, Store};
-use common::{shared_data, Mosquitto, Recorder};
+use crate::util::{shared_data, Mosquitto, Recorder};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::util::repo;
 
 fn base_config(port: u16, store: &Path, gateway: &str) -> Config {
     let mut cfg = Config::load(&repo().join("plugin.toml")).unwrap();
@@ -55,7 +52,7 @@ fn keep_all() -> Retention {
     }
 }
 
-fn json(m: &common::Msg) -> Value {
+fn json(m: &crate::util::Msg) -> Value {
     serde_json::from_slice(&m.payload).unwrap_or_else(|e| panic!("{}: {e}", m.topic))
 }
 
@@ -70,7 +67,7 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
     let mut cfg = base_config(broker.port, &store, "home");
     cfg.sensors = vec![replay("chest", &file, false), replay("spare", &file, false)];
     let rx = Recorder::start(broker.port, &["homeassistant/#", "affectgate/home/#"]).await;
-    GatewayBuilder::new(cfg.clone(), &repo())
+    GatewayBuilder::new(cfg.clone())
         .run(std::future::pending())
         .await
         .unwrap();
@@ -161,7 +158,7 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
     let mut cfg2 = cfg.clone();
     cfg2.sensors = vec![replay("chest", &file, false)];
     let before = rx.messages().len();
-    GatewayBuilder::new(cfg2, &repo())
+    GatewayBuilder::new(cfg2)
         .run(std::future::pending())
         .await
         .unwrap();
@@ -201,7 +198,7 @@ async fn home_assistant_birth_republishes_discovery_and_last_state() {
     let stop = Arc::new(tokio::sync::Notify::new());
     let s2 = stop.clone();
     let gw = tokio::spawn(async move {
-        GatewayBuilder::new(cfg, &repo())
+        GatewayBuilder::new(cfg)
             .run(async move { s2.notified().await })
             .await
     });
@@ -212,8 +209,8 @@ async fn home_assistant_birth_republishes_discovery_and_last_state() {
             .any(|m| m.topic == "affectgate/birth/synth/state"))
             .await
     );
-    let n_cfg = |m: &[common::Msg]| m.iter().filter(|m| m.topic.ends_with("/config")).count();
-    let n_state = |m: &[common::Msg]| m.iter().filter(|m| m.topic.ends_with("/state")).count();
+    let n_cfg = |m: &[crate::util::Msg]| m.iter().filter(|m| m.topic.ends_with("/config")).count();
+    let n_state = |m: &[crate::util::Msg]| m.iter().filter(|m| m.topic.ends_with("/state")).count();
     let (c0, s0) = (n_cfg(&rx.messages()), n_state(&rx.messages()));
     assert_eq!(c0, 7);
     rx.client
@@ -309,7 +306,7 @@ fn stored(store_dir: &Path, sensor: &str) -> BTreeSet<(String, i64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restarted_20_times_loses_no_state_message() {
     let Some(d) = shared_data() else { return };
-    let Some(bin) = common::mosquitto_bin() else {
+    let Some(bin) = crate::util::mosquitto_bin() else {
         return;
     };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -329,7 +326,7 @@ async fn broker_restarted_20_times_loses_no_state_message() {
     let stop = Arc::new(tokio::sync::Notify::new());
     let s2 = stop.clone();
     let gw = tokio::spawn(async move {
-        GatewayBuilder::new(cfg, &repo())
+        GatewayBuilder::new(cfg)
             .run(async move { s2.notified().await })
             .await
     });
@@ -368,7 +365,7 @@ async fn broker_restarted_20_times_loses_no_state_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undelivered_messages_are_delivered_after_a_gateway_restart() {
     let Some(file) = polar() else { return };
-    let Some(bin) = common::mosquitto_bin() else {
+    let Some(bin) = crate::util::mosquitto_bin() else {
         return;
     };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -381,7 +378,7 @@ async fn undelivered_messages_are_delivered_after_a_gateway_restart() {
     let mut cfg = base_config(port, &store_dir, "later");
     cfg.sensors = vec![replay("polar", &file, false)];
     // Run 1: no broker.
-    let r1 = GatewayBuilder::new(cfg.clone(), &repo())
+    let r1 = GatewayBuilder::new(cfg.clone())
         .run(std::future::pending())
         .await
         .unwrap();
@@ -391,7 +388,7 @@ async fn undelivered_messages_are_delivered_after_a_gateway_restart() {
     // Run 2 with a broker and a subscriber.
     let _broker = Mosquitto::start_on(&bin, port);
     let rx = Recorder::start(port, &["affectgate/later/polar/state"]).await;
-    let r2 = GatewayBuilder::new(cfg, &repo())
+    let r2 = GatewayBuilder::new(cfg)
         .run(std::future::pending())
         .await
         .unwrap();
@@ -437,7 +434,7 @@ async fn malformed_inputs_get_error_messages_and_labels_reach_the_store() {
     let stop = Arc::new(tokio::sync::Notify::new());
     let s2 = stop.clone();
     let gw = tokio::spawn(async move {
-        GatewayBuilder::new(cfg, &repo())
+        GatewayBuilder::new(cfg)
             .run(async move { s2.notified().await })
             .await
     });

@@ -2,7 +2,6 @@
 //! replay a real recording → exact number of state messages, valid JSON, plausible heart
 //! rate; restart mid-run → nothing announced is lost from the store; graceful shutdown.
 
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,11 +13,9 @@ use affectgate::gateway::GatewayBuilder;
 use affectgate::mqtt::StateMessage;
 use affectgate::source::file::read_recording;
 use affectgate::store::{Retention, Store};
-use common::{shared_data, Mosquitto, Recorder};
+use crate::util::{shared_data, Mosquitto, Recorder};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::util::repo;
 
 /// The shipped plugin.toml with a replay sensor, a broker port and a store path.
 fn config_for(port: u16, store: &Path, replay: &Path, looped: bool, gateway: &str) -> Config {
@@ -55,7 +52,6 @@ fn no_retention() -> Retention {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_polar_recording_publishes_one_valid_state_per_window() {
     let Some(file) = polar_file() else {
-        eprintln!("SKIP: ../shared/data missing");
         return;
     };
     let Some(broker) = Mosquitto::start() else {
@@ -73,7 +69,7 @@ async fn replaying_polar_recording_publishes_one_valid_state_per_window() {
     assert!(expected > 50, "{expected}");
 
     let rx = Recorder::start(broker.port, &["affectgate/gw1/#"]).await;
-    let report = GatewayBuilder::new(cfg, &repo())
+    let report = GatewayBuilder::new(cfg)
         .run(std::future::pending())
         .await
         .expect("gateway run");
@@ -177,7 +173,6 @@ fn write_config(cfg: &Config, path: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_mid_run_keeps_every_announced_window() {
     let Some(data) = shared_data() else {
-        eprintln!("SKIP: ../shared/data missing");
         return;
     };
     let file = data.join("eegmat/Subject00_rest.edf");

@@ -5,10 +5,11 @@ use std::path::Path;
 
 use affectgate::dsp::{Window, WINDOW_FS, WINDOW_LEN};
 use affectgate::store::{
-    decode_record, encode_record, quantisation_scale, window_key, Retention, Store, StoreError,
+    decode_record, encode_record, window_key, Retention, Store, StoreError,
     StoredWindow,
 };
-use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 const S: i64 = 1_000_000_000;
 /// One sample period at 256 Hz, exactly 3 906 250 ns.
@@ -49,7 +50,7 @@ fn rec(sensor: &str, start_ns: i64, n: usize) -> StoredWindow {
 
 /// Every field equal, samples within the documented quantisation bound.
 fn assert_close(got: &StoredWindow, want: &StoredWindow) {
-    let scale = quantisation_scale(&want.window.samples);
+    let scale = affectgate::model::quant::scale(&want.window.samples);
     assert_eq!(got.window.samples.len(), want.window.samples.len());
     for (i, (g, w)) in got
         .window
@@ -107,7 +108,7 @@ fn record_round_trips_with_bounded_quantisation_error() {
         .expect("stored");
     assert_close(&got, &r);
     // The bound is small in µV: max|x| = 4999.5 µV gives a step of ~0.153 µV.
-    let scale = quantisation_scale(&r.window.samples);
+    let scale = affectgate::model::quant::scale(&r.window.samples);
     assert!(scale <= 4999.5 / 32767.0 * (1.0 + 1e-6), "scale {scale}");
     assert_eq!(
         store.get("polar-h10_1", r.window.start_ns + 1).unwrap(),
@@ -640,113 +641,139 @@ fn checksum_is_crc32_of_key_and_body() {
     ));
 }
 
-fn arb_record() -> impl Strategy<Value = StoredWindow> {
-    let pairs = || prop::collection::vec(("\\PC{0,24}", -100f32..100.0), 0..4);
-    (
-        (
-            "[a-zA-Z0-9_-]{1,16}",
-            any::<i64>(),
-            any::<u64>(),
-            prop_oneof![Just(WINDOW_FS), 0.5f64..5000.0],
-        ),
-        (
-            prop::collection::vec(-1.0f32..=1.0, 0..3000),
-            prop_oneof![Just(0.0f32), Just(5000.0), 1e-3f32..1e6],
-        ),
-        (
-            any::<u8>(),
-            prop::option::of(20f32..250.0),
-            prop::option::of(0f32..500.0),
-            prop::option::of(0f32..500.0),
-        ),
-        (pairs(), prop::option::of("\\PC{0,40}"), pairs()),
-    )
-        .prop_map(
-            |(
-                (sensor, start_ns, index, fs_hz),
-                (unit, amp),
-                (quality, hr_bpm, rmssd_ms, sdnn_ms),
-                (scores, model, labels),
-            )| {
-                let samples = unit.iter().map(|u| u * amp).collect();
-                StoredWindow {
-                    sensor,
-                    window: Window {
-                        start_ns,
-                        fs_hz,
-                        samples,
-                        index,
-                    },
-                    quality,
-                    hr_bpm,
-                    rmssd_ms,
-                    sdnn_ms,
-                    scores,
-                    model,
-                    labels,
-                }
-            },
-        )
+/// Seeded random input for the property tests (128 cases each, reproducible).
+fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+/// Up to `max` random printable characters (any Unicode scalar except controls).
+fn text(r: &mut StdRng, max: usize) -> String {
+    let n = r.random_range(0..=max);
+    (0..n)
+        .map(|_| loop {
+            let c: char = r.random();
+            if !c.is_control() {
+                break c;
+            }
+        })
+        .collect()
+}
 
-    #[test]
-    fn encode_decode_round_trips_within_half_a_step(r in arb_record()) {
-        let bytes = encode_record(&r).unwrap();
-        let got = decode_record(&r.sensor, r.window.start_ns, &bytes).unwrap();
-        assert_close(&got, &r);
-        let max = r.window.samples.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let scale = quantisation_scale(&r.window.samples);
+/// A random record: any sensor name, times, rates (incl. the window rate), amplitudes from
+/// silence to 10⁶ µV, optional HR/HRV, named scores and labels.
+fn arb_record(r: &mut StdRng) -> StoredWindow {
+    const ID: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-";
+    let sensor: String = (0..r.random_range(1..=16))
+        .map(|_| ID[r.random_range(0..ID.len())] as char)
+        .collect();
+    let fs_hz = if r.random_bool(0.5) {
+        WINDOW_FS
+    } else {
+        r.random_range(0.5..5000.0)
+    };
+    let amp = match r.random_range(0..3) {
+        0 => 0.0f32,
+        1 => 5000.0,
+        _ => r.random_range(1e-3f32..1e6),
+    };
+    let samples = (0..r.random_range(0..3000))
+        .map(|_| r.random_range(-1.0f32..=1.0) * amp)
+        .collect();
+    let pairs = |r: &mut StdRng| -> Vec<(String, f32)> {
+        (0..r.random_range(0..4))
+            .map(|_| (text(r, 24), r.random_range(-100f32..100.0)))
+            .collect()
+    };
+    let scores = pairs(r);
+    let labels = pairs(r);
+    let opt = |r: &mut StdRng, lo: f32, hi: f32| r.random_bool(0.5).then(|| r.random_range(lo..hi));
+    StoredWindow {
+        sensor,
+        window: Window {
+            start_ns: r.random(),
+            fs_hz,
+            samples,
+            index: r.random(),
+        },
+        quality: r.random(),
+        hr_bpm: opt(r, 20.0, 250.0),
+        rmssd_ms: opt(r, 0.0, 500.0),
+        sdnn_ms: opt(r, 0.0, 500.0),
+        scores,
+        model: r.random_bool(0.5).then(|| text(r, 40)),
+        labels,
+    }
+}
+
+const CASES: u64 = 128;
+
+#[test]
+fn encode_decode_round_trips_within_half_a_step() {
+    let mut r = rng(1);
+    for _ in 0..CASES {
+        let rec = arb_record(&mut r);
+        let bytes = encode_record(&rec).unwrap();
+        let got = decode_record(&rec.sensor, rec.window.start_ns, &bytes).unwrap();
+        assert_close(&got, &rec);
+        let max = rec.window.samples.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let scale = affectgate::model::quant::scale(&rec.window.samples);
         if max > 0.0 {
-            prop_assert!(f64::from(scale) <= f64::from(max) / 32767.0 * (1.0 + 1e-6));
+            assert!(f64::from(scale) <= f64::from(max) / 32767.0 * (1.0 + 1e-6));
         }
     }
+}
 
-    #[test]
-    fn truncations_and_bit_flips_are_corrupt(
-        r in arb_record(),
-        cut in any::<prop::sample::Index>(),
-        bit in any::<prop::sample::Index>(),
-    ) {
-        let bytes = encode_record(&r).unwrap();
-        let (sensor, start) = (r.sensor.as_str(), r.window.start_ns);
-        let n = cut.index(bytes.len());
+#[test]
+fn truncations_and_bit_flips_are_corrupt() {
+    let mut r = rng(2);
+    for _ in 0..CASES {
+        let rec = arb_record(&mut r);
+        let bytes = encode_record(&rec).unwrap();
+        let (sensor, start) = (rec.sensor.as_str(), rec.window.start_ns);
+        let n = r.random_range(0..bytes.len());
         let truncated = decode_record(sensor, start, &bytes[..n]);
-        prop_assert!(matches!(truncated, Err(StoreError::Corrupt { .. })), "cut at {}", n);
+        assert!(matches!(truncated, Err(StoreError::Corrupt { .. })), "cut at {n}");
         let mut flipped = bytes.clone();
-        let b = bit.index(bytes.len() * 8);
+        let b = r.random_range(0..bytes.len() * 8);
         flipped[b / 8] ^= 1 << (b % 8);
         let flip_caught = matches!(decode_record(sensor, start, &flipped), Err(StoreError::Corrupt { .. }));
-        prop_assert!(flip_caught, "bit {} flipped", b);
+        assert!(flip_caught, "bit {b} flipped");
         // Truncations with a valid checksum reach the parser, which must still refuse them.
         if n < bytes.len() - 4 {
             let refixed = with_crc(sensor, start, &bytes[..n]);
-            prop_assert!(decode_record(sensor, start, &refixed).is_err(), "body cut at {}", n);
+            assert!(decode_record(sensor, start, &refixed).is_err(), "body cut at {n}");
         }
     }
+}
 
-    #[test]
-    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
-        let _ = decode_record("s", 0, &bytes);
+#[test]
+fn random_bytes_are_errors_not_panics() {
+    let mut r = rng(3);
+    for _ in 0..CASES {
+        let bytes: Vec<u8> = (0..r.random_range(0..400)).map(|_| r.random()).collect();
+        assert!(decode_record("s", 0, &bytes).is_err() || bytes.len() > 4);
         // With format byte 1 and a valid checksum the parser sees arbitrary structure.
         let body = [&[1u8][..], &bytes].concat();
         let _ = decode_record("s", 0, &with_crc("s", 0, &body));
     }
+}
 
-    #[test]
-    fn mutated_valid_encodings_never_panic(
-        r in arb_record(),
-        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
-    ) {
-        let bytes = encode_record(&r).unwrap();
+#[test]
+fn mutated_valid_encodings_are_errors_not_panics() {
+    let mut r = rng(4);
+    for _ in 0..CASES {
+        let rec = arb_record(&mut r);
+        let bytes = encode_record(&rec).unwrap();
         let mut body = bytes[..bytes.len() - 4].to_vec();
-        for (at, v) in edits {
-            let i = at.index(body.len().min(64)); // the header and name/length fields
-            body[i] = v;
+        for _ in 0..r.random_range(1..4) {
+            let i = r.random_range(0..body.len().min(64)); // the header and name/length fields
+            body[i] = r.random();
         }
-        let _ = decode_record(&r.sensor, r.window.start_ns, &with_crc(&r.sensor, r.window.start_ns, &body));
+        let _ = decode_record(
+            &rec.sensor,
+            rec.window.start_ns,
+            &with_crc(&rec.sensor, rec.window.start_ns, &body),
+        );
     }
 }
 
