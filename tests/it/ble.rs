@@ -57,6 +57,28 @@ const STRAP: &str = "00:AA:BB:CC:DD:EE";
 /// A second strap's adapter (`hci2`), for the several-straps test.
 const STRAP_B: &str = "00:12:34:56:78:9A";
 
+/// What every simulated-strap test starts from: the simulator's venv, the real Polar
+/// recording (and its path as the simulator's `--csv` argument) and a broker. `None` (the test
+/// skips, or fails under the REQUIRE switches) when any is missing.
+struct Rig {
+    venv: PathBuf,
+    csv: PathBuf,
+    csv_s: String,
+    broker: Mosquitto,
+}
+
+fn rig() -> Option<Rig> {
+    let (venv, csv) = (venv()?, polar_csv()?);
+    let broker = Mosquitto::start()?;
+    let csv_s = csv.to_string_lossy().into_owned();
+    Some(Rig {
+        venv,
+        csv,
+        csv_s,
+        broker,
+    })
+}
+
 /// Private bus + BlueZoo + fake strap; everything killed on drop.
 struct Sim {
     bus: String,
@@ -188,13 +210,8 @@ fn ble_config(port: u16, dir: &Path, gw: &str, sensor: &str, ble: &str) -> PathB
 }
 
 fn ble_config_multi(port: u16, dir: &Path, gw: &str, sensors: &[(&str, &str)]) -> PathBuf {
-    let mut cfg = Config::load(&repo().join("plugin.toml")).unwrap();
-    cfg.gateway.id = gw.into();
-    cfg.mqtt.host = "127.0.0.1".into();
-    cfg.mqtt.port = port;
+    let mut cfg = crate::util::gateway_config(gw, port, &dir.join("store"));
     cfg.mqtt.discovery = false;
-    cfg.store.path = dir.join("store");
-    cfg.model.path = repo().join("models/affectgate-arousal-v1.onnx");
     cfg.sensors = sensors
         .iter()
         .map(|(id, ble)| SensorConfig {
@@ -351,13 +368,9 @@ fn scan_lists_the_simulated_h10_with_its_profiles() {
 /// so the start timeout and retry are exercised too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h10_over_simulated_bluez_end_to_end_with_a_link_drop() {
-    let (Some(venv), Some(csv)) = (venv(), polar_csv()) else {
+    let Some(Rig { venv, csv, csv_s, broker }) = rig() else {
         return;
     };
-    let Some(broker) = Mosquitto::start() else {
-        return;
-    };
-    let csv_s = csv.to_string_lossy().into_owned();
     let sim = Sim::start(
         &venv,
         &[
@@ -707,13 +720,9 @@ async fn strap_without_pmd_falls_back_to_heart_rate_summaries() {
 /// The stored windows carry the recording's signal at the right amplitude.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generic_gatt_ecg_board_is_decoded_with_the_configured_format() {
-    let (Some(venv), Some(csv)) = (venv(), polar_csv()) else {
+    let Some(Rig { venv, csv, csv_s, broker }) = rig() else {
         return;
     };
-    let Some(broker) = Mosquitto::start() else {
-        return;
-    };
-    let csv_s = csv.to_string_lossy().into_owned();
     let sim = Sim::start(
         &venv,
         &[
@@ -802,13 +811,9 @@ async fn generic_gatt_ecg_board_is_decoded_with_the_configured_format() {
 /// exactly the recording's, none spanning the silence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchdog_reconnects_a_silent_link() {
-    let (Some(venv), Some(csv)) = (venv(), polar_csv()) else {
+    let Some(Rig { venv, csv, csv_s, broker }) = rig() else {
         return;
     };
-    let Some(broker) = Mosquitto::start() else {
-        return;
-    };
-    let csv_s = csv.to_string_lossy().into_owned();
     let sim = Sim::start(
         &venv,
         &[
@@ -936,13 +941,9 @@ async fn missing_bluez_or_adapter_is_a_clear_error_not_a_panic() {
 /// heart-rate-only strap (by name pattern). Each publishes on its own topics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_straps_at_once() {
-    let (Some(venv), Some(csv)) = (venv(), polar_csv()) else {
+    let Some(Rig { venv, csv, csv_s, broker }) = rig() else {
         return;
     };
-    let Some(broker) = Mosquitto::start() else {
-        return;
-    };
-    let csv_s = csv.to_string_lossy().into_owned();
     let mut sim = Sim::start(&venv, &["--csv", &csv_s, "--speed", "20", "--max-s", "200"]);
     sim.fake_on(
         "hci2",

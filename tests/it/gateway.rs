@@ -7,33 +7,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use affectgate::config::{Config, SensorConfig, SourceConfig};
+use affectgate::config::Config;
 use affectgate::dsp::windows_from_recording;
 use affectgate::gateway::GatewayBuilder;
 use affectgate::mqtt::StateMessage;
 use affectgate::source::file::read_recording;
 use affectgate::store::{Retention, Store};
-use crate::util::{shared_data, Mosquitto, Recorder};
+use crate::util::{gateway_config, replay_sensor, shared_data, Mosquitto, Recorder};
 
 use crate::util::repo;
 
 /// The shipped plugin.toml with a replay sensor, a broker port and a store path.
 fn config_for(port: u16, store: &Path, replay: &Path, looped: bool, gateway: &str) -> Config {
-    let mut cfg = Config::load(&repo().join("plugin.toml")).unwrap();
-    cfg.gateway.id = gateway.into();
-    cfg.mqtt.host = "127.0.0.1".into();
-    cfg.mqtt.port = port;
-    cfg.store.path = store.to_path_buf();
-    cfg.model.path = repo().join("models/affectgate-arousal-v1.onnx");
-    cfg.sensors = vec![SensorConfig {
-        id: "polar".into(),
-        source: SourceConfig::Replay {
-            path: replay.to_path_buf(),
-            signal: None,
-            realtime: false,
-            looped,
-        },
-    }];
+    let mut cfg = gateway_config(gateway, port, store);
+    cfg.sensors = vec![replay_sensor("polar", replay, looped)];
     cfg
 }
 

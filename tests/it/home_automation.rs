@@ -17,29 +17,12 @@ use crate::util::{shared_data, Mosquitto, Recorder};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
-use crate::util::repo;
 
 fn base_config(port: u16, store: &Path, gateway: &str) -> Config {
-    let mut cfg = Config::load(&repo().join("plugin.toml")).unwrap();
-    cfg.gateway.id = gateway.into();
-    cfg.mqtt.host = "127.0.0.1".into();
-    cfg.mqtt.port = port;
-    cfg.store.path = store.to_path_buf();
-    cfg.model.path = repo().join("models/affectgate-arousal-v1.onnx");
-    cfg
+    crate::util::gateway_config(gateway, port, store)
 }
 
-fn replay(id: &str, file: &Path, looped: bool) -> SensorConfig {
-    SensorConfig {
-        id: id.into(),
-        source: SourceConfig::Replay {
-            path: file.to_path_buf(),
-            signal: None,
-            realtime: false,
-            looped,
-        },
-    }
-}
+use crate::util::replay_sensor as replay;
 
 fn polar() -> Option<PathBuf> {
     Some(shared_data()?.join("polar-h10/polar_h10_ecg.csv"))

@@ -6,30 +6,16 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use affectgate::config::{Config, MqttTls, SensorConfig, SourceConfig};
+use affectgate::config::{Config, MqttTls};
 use affectgate::gateway::GatewayBuilder;
 use crate::util::{shared_data, Mosquitto};
 
-use crate::util::repo;
 
 fn config(port: u16, dir: &Path, gw: &str) -> Option<Config> {
     let file = shared_data()?.join("polar-h10/polar_h10_ecg.csv");
-    let mut cfg = Config::load(&repo().join("plugin.toml")).unwrap();
-    cfg.gateway.id = gw.into();
-    cfg.mqtt.host = "127.0.0.1".into();
-    cfg.mqtt.port = port;
+    let mut cfg = crate::util::gateway_config(gw, port, &dir.join(format!("store-{gw}")));
     cfg.mqtt.discovery = false;
-    cfg.store.path = dir.join(format!("store-{gw}"));
-    cfg.model.path = repo().join("models/affectgate-arousal-v1.onnx");
-    cfg.sensors = vec![SensorConfig {
-        id: "polar".into(),
-        source: SourceConfig::Replay {
-            path: file,
-            signal: None,
-            realtime: false,
-            looped: false,
-        },
-    }];
+    cfg.sensors = vec![crate::util::replay_sensor("polar", &file, false)];
     Some(cfg)
 }
 

@@ -98,24 +98,11 @@ async fn recorded(id: &str) -> Option<Recorded> {
 }
 
 fn config(dir: &Path, replay: &Path) -> Config {
-    let mut cfg = Config::load(&repo().join("plugin.toml")).unwrap();
-    cfg.gateway.id = "gwswap".into();
-    // No broker: the state messages wait in the outbox; the observer sees every one.
-    cfg.mqtt.host = "127.0.0.1".into();
-    cfg.mqtt.port = 9;
+    // No broker (port 9): the state messages wait in the outbox; the observer sees every one.
+    let mut cfg = crate::util::gateway_config("gwswap", 9, &dir.join("store"));
     cfg.mqtt.discovery = false;
-    cfg.store.path = dir.join("store");
-    cfg.model.path = repo().join("models/affectgate-arousal-v1.onnx");
     cfg.retrain.models_dir = dir.join("models-local");
-    cfg.sensors = vec![SensorConfig {
-        id: "polar".into(),
-        source: SourceConfig::Replay {
-            path: replay.to_path_buf(),
-            signal: None,
-            realtime: false,
-            looped: true,
-        },
-    }];
+    cfg.sensors = vec![crate::util::replay_sensor("polar", replay, true)];
     cfg
 }
 

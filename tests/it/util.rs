@@ -12,11 +12,37 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use affectgate::config::{Config, SensorConfig, SourceConfig};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shipped `plugin.toml` as a test gateway: id `gw`, the broker on 127.0.0.1:`port`, the
+/// store at `store`, the sensors of the file (replace them with [`replay_sensor`]s or BLE
+/// sensors). Relative paths (the shipped model) are resolved against the repository.
+pub fn gateway_config(gw: &str, port: u16, store: &Path) -> Config {
+    let mut cfg = Config::load(&repo().join("plugin.toml")).unwrap();
+    cfg.gateway.id = gw.into();
+    cfg.mqtt.host = "127.0.0.1".into();
+    cfg.mqtt.port = port;
+    cfg.store.path = store.to_path_buf();
+    cfg
+}
+
+/// A sensor replaying `file` as fast as the pipeline takes it.
+pub fn replay_sensor(id: &str, file: &Path, looped: bool) -> SensorConfig {
+    SensorConfig {
+        id: id.into(),
+        source: SourceConfig::Replay {
+            path: file.to_path_buf(),
+            signal: None,
+            realtime: false,
+            looped,
+        },
+    }
 }
 
 /// The shared real-data folder: `$AFFECTGATE_DATA` if set, else `../shared/data` beside the
