@@ -24,17 +24,25 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    // tempfile decorates its errors with the temporary's path; keep the OS error alone.
     let err = |p: &Path| {
         let p = p.to_path_buf();
-        move |source| FsError { path: p, source }
+        move |e: std::io::Error| FsError {
+            path: p,
+            source: e
+                .raw_os_error()
+                .map(std::io::Error::from_raw_os_error)
+                .unwrap_or(e),
+        }
     };
     let mut tmp = tempfile::Builder::new()
         .prefix(".affectgate-")
         .suffix(".tmp")
         .tempfile_in(&dir)
-        .map_err(err(&dir))?;
-    tmp.write_all(bytes).map_err(err(tmp.path()))?;
-    tmp.as_file().sync_all().map_err(err(tmp.path()))?;
+        .map_err(err(path))?;
+    // Errors name the file being replaced (what the user knows), not the temporary.
+    tmp.as_file_mut().write_all(bytes).map_err(err(path))?;
+    tmp.as_file().sync_all().map_err(err(path))?;
     tmp.persist(path).map_err(|e| FsError {
         path: path.to_path_buf(),
         source: e.error,
@@ -75,6 +83,7 @@ mod tests {
         std::fs::write(target.join("inside"), b"kept").unwrap();
         let e = atomic_write(&target, b"new").unwrap_err();
         assert!(e.to_string().contains("taken"), "{e}");
+        assert!(!e.to_string().contains(".affectgate-"), "names the temporary: {e}");
         assert_eq!(std::fs::read(target.join("inside")).unwrap(), b"kept");
         // …and the temporary file is gone: only `taken` is left.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
