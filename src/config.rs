@@ -131,7 +131,10 @@ impl Config {
         }
         if let Some(t) = &mut self.mqtt.tls {
             fix(&mut t.ca_file);
-            for p in [&mut t.client_cert, &mut t.client_key].into_iter().flatten() {
+            for p in [&mut t.client_cert, &mut t.client_key]
+                .into_iter()
+                .flatten()
+            {
                 fix(p);
             }
         }
@@ -207,8 +210,12 @@ impl Config {
         self.quality
             .validate()
             .map_err(|e| in_section(path, "", Invalid::component("quality", e)))?;
-        self.mqtt.validate().map_err(|e| in_section(path, "mqtt.", e))?;
-        self.store.validate().map_err(|e| in_section(path, "store.", e))?;
+        self.mqtt
+            .validate()
+            .map_err(|e| in_section(path, "mqtt.", e))?;
+        self.store
+            .validate()
+            .map_err(|e| in_section(path, "store.", e))?;
         self.retrain
             .validate()
             .map_err(|e| in_section(path, "retrain.", e))?;

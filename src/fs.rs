@@ -83,7 +83,10 @@ mod tests {
         std::fs::write(target.join("inside"), b"kept").unwrap();
         let e = atomic_write(&target, b"new").unwrap_err();
         assert!(e.to_string().contains("taken"), "{e}");
-        assert!(!e.to_string().contains(".affectgate-"), "names the temporary: {e}");
+        assert!(
+            !e.to_string().contains(".affectgate-"),
+            "names the temporary: {e}"
+        );
         assert_eq!(std::fs::read(target.join("inside")).unwrap(), b"kept");
         // …and the temporary file is gone: only `taken` is left.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

@@ -16,10 +16,10 @@ use affectgate::infer::{Backend, Model};
 use affectgate::learn::dataset::{self, Dataset};
 use affectgate::learn::experiment::{self, ExperimentConfig};
 use affectgate::learn::metrics::{Confusion, HeadReport};
-use affectgate::model::WINDOW_LEN;
-use affectgate::learn::plots;
 use affectgate::learn::pipeline::{self, FinetuneJob, PretrainJob};
+use affectgate::learn::plots;
 use affectgate::learn::train::{self, TrainConfig};
+use affectgate::model::WINDOW_LEN;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -674,8 +674,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             max_steps,
             retrain_threads,
         } => {
-            let v =
-                bench::retrain::run(&model, windows, epochs, max_steps, retrain_threads)?;
+            let v = bench::retrain::run(&model, windows, epochs, max_steps, retrain_threads)?;
             println!("{v}");
             return Ok(());
         }

@@ -29,11 +29,11 @@ pub mod sensor;
 mod sink;
 
 pub use control::label_windows;
-pub use sink::state_message;
 use control::{announce_discovery, input_task};
 use ingest::{sensor_task, HrPublisher};
 use scorer::{load_registered, scorer_loop, watch_registry};
 use sink::sink_task;
+pub use sink::state_message;
 
 /// The shipped model, compiled in for the demo (2.6 MB).
 pub const DEFAULT_MODEL: &[u8] = include_bytes!("../../models/affectgate-arousal-v1.onnx");
@@ -60,9 +60,9 @@ use crate::retrain::registry::{Registry, SHIPPED};
 use crate::retrain::scheduler::Scheduler;
 use crate::retrain::RetrainStatus;
 use crate::source::live::from_config;
-use crate::time::now_ns;
 use crate::source::{Source, SourceError, SourceEvent, SOURCE_QUEUE};
 use crate::store::{Store, StoreError, StoredWindow};
+use crate::time::now_ns;
 
 /// Largest inference batch (windows from all sensors that are ready at the same time).
 pub const MAX_BATCH: usize = 32;
@@ -192,10 +192,7 @@ impl GatewayBuilder {
             return Err(GatewayError::NoBroker);
         }
         let sources: Vec<Box<dyn Source>> = if self.sources.is_empty() {
-            cfg.sensors
-                .iter()
-                .map(from_config)
-                .collect()
+            cfg.sensors.iter().map(from_config).collect()
         } else {
             std::mem::take(&mut self.sources)
         };

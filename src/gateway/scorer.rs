@@ -170,4 +170,3 @@ pub(super) fn scorer_loop(
         }
     }
 }
-

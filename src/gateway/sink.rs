@@ -121,4 +121,3 @@ pub(super) async fn sink_task(
     }
     rep
 }
-

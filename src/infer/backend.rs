@@ -317,4 +317,3 @@ pub fn find_onnxruntime_dylib() -> Option<PathBuf> {
     }
     dirs.iter().find_map(|d| lib_in_dir(d))
 }
-

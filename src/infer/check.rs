@@ -7,7 +7,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use super::{InferError, EMBEDDING_NAME, INPUT_NAME, WINDOW_LEN};
 use crate::model::onnx::{inspect, OnnxError};
 
-
 /// What the pre-check learns from the model bytes.
 pub(super) struct Checked {
     pub heads: Vec<String>,

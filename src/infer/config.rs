@@ -15,4 +15,3 @@ pub struct ModelConfig {
     #[serde(default)]
     pub backend: Backend,
 }
-

@@ -58,15 +58,15 @@ mod backend;
 mod check;
 pub mod config;
 
-pub use backend::{active_backend, active_dylib, find_onnxruntime_dylib};
 use backend::environment;
+pub use backend::{active_backend, active_dylib, find_onnxruntime_dylib};
 use check::{check_model, tract_preflight};
 
-use crate::model::WINDOW_LEN;
 /// Name of the optional embedding output (not a head).
 pub use crate::model::EMBEDDING_NAME;
 /// Name of the model input.
 pub use crate::model::INPUT_NAME;
+use crate::model::WINDOW_LEN;
 /// Environment variable naming the ONNX Runtime library (as `ort` itself uses it).
 pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
 
@@ -226,7 +226,6 @@ pub enum InferError {
         reason: String,
     },
 }
-
 
 // ─────────────────────────────── model ───────────────────────────────
 

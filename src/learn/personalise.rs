@@ -40,11 +40,11 @@ use super::model::EMOTION_HIDDEN;
 use super::round::{
     build_pack, refit_heads, run_round, Decision, GateMetrics, RoundConfig, RoundData,
 };
+use super::train::{embed, predict, predict_heads, pretrain, train_heads, TrainConfig};
 use crate::fs::atomic_write;
 use crate::model::onnx::{export_onnx, import_onnx};
 use crate::model::replay::ReplayPack;
 use crate::model::NetworkWeights;
-use super::train::{embed, predict, predict_heads, pretrain, train_heads, TrainConfig};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PersonaliseConfig {

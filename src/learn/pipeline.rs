@@ -440,4 +440,3 @@ pub fn head_card(h: &str) -> HeadCard {
         },
     }
 }
-

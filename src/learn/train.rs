@@ -24,8 +24,8 @@ use super::model::{
     batch_tensor, matrix, rows_of, weighted_bce, Net, PRETEXT_HIDDEN, PRETEXT_LOSS_WEIGHTS,
     PRETEXT_TASKS,
 };
-use crate::model::weights::{HeadWeights, NetworkWeights};
 use super::transforms::Transform;
+use crate::model::weights::{HeadWeights, NetworkWeights};
 
 /// Settings shared by every loop.
 #[derive(Clone, Debug, Serialize, Deserialize)]

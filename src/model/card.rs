@@ -154,7 +154,12 @@ impl ModelCard {
     }
 
     /// Check that this card (read from `card_path`) describes `model_bytes` of `model`.
-    pub fn check(&self, card_path: &Path, model: &Path, model_bytes: &[u8]) -> Result<(), CardError> {
+    pub fn check(
+        &self,
+        card_path: &Path,
+        model: &Path,
+        model_bytes: &[u8],
+    ) -> Result<(), CardError> {
         let sha = sha256_hex(model_bytes);
         if sha != self.sha256 {
             return Err(CardError::Mismatch {
@@ -181,4 +186,3 @@ impl ModelCard {
         Ok(atomic_write(path, self.to_toml().as_bytes())?)
     }
 }
-

@@ -33,4 +33,3 @@ pub const EMBEDDING_NAME: &str = "embedding";
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
 }
-

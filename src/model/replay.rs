@@ -102,9 +102,8 @@ impl ReplayPack {
             .chain(self.labelled.iter().map(|w| &w.subject));
         for s in all {
             if !index.contains_key(s.as_str()) {
-                let i = u16::try_from(subjects.len()).map_err(|_| {
-                    PackError::Invalid("more than 65536 subjects".into())
-                })?;
+                let i = u16::try_from(subjects.len())
+                    .map_err(|_| PackError::Invalid("more than 65536 subjects".into()))?;
                 index.insert(s.as_str(), i);
                 subjects.push(s.clone());
             }
@@ -317,4 +316,3 @@ impl ReplayPack {
         })
     }
 }
-

@@ -44,9 +44,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
-use config::{MqttConfig, MqttTls};
-use crate::time::Backoff;
 use crate::store::outbox::Outbox;
+use crate::time::Backoff;
+use config::{MqttConfig, MqttTls};
 
 /// Outbox messages in flight (written, not yet acknowledged) per connection.
 pub const MAX_INFLIGHT: usize = 100;

@@ -91,9 +91,17 @@ impl RetrainConfig {
             parse_window(w).map_err(|e| Invalid::new("daily_window", format!("{w:?}"), e))?;
         }
         for (key, ok, why) in [
-            ("max_threads", (1..=256).contains(&self.max_threads), "must be 1..=256"),
+            (
+                "max_threads",
+                (1..=256).contains(&self.max_threads),
+                "must be 1..=256",
+            ),
             ("nice", (0..=19).contains(&self.nice), "must be 0..=19"),
-            ("max_memory_mb", self.max_memory_mb >= 64, "must be ≥ 64 MiB"),
+            (
+                "max_memory_mb",
+                self.max_memory_mb >= 64,
+                "must be ≥ 64 MiB",
+            ),
             (
                 "budget_min",
                 self.budget_min.is_finite() && self.budget_min > 0.0,

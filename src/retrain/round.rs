@@ -22,13 +22,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::registry::{Entry, ModelStatus, Registry, SHIPPED};
-use crate::infer::{Backend, Model};
-use crate::model::card::ModelCard;
-use crate::learn::dataset::zscore_person;
 use crate::fs::atomic_write;
+use crate::infer::{Backend, Model};
+use crate::learn::dataset::zscore_person;
 use crate::learn::round::{
     run_round, Checkpoint, Decision, GateMetrics, Progress, RetrainError, RoundConfig, RoundData,
 };
+use crate::model::card::ModelCard;
 use crate::model::onnx::{export_onnx, import_onnx};
 use crate::model::replay::{PackWindow, ReplayPack};
 use crate::model::NetworkWeights;
@@ -49,13 +49,31 @@ pub struct RoundContext<'a> {
     pub max_windows: usize,
 }
 
+/// The round's verdict after both gates (metrics, then serving). Serialised lower-case
+/// (`"promote"`, `"reject"`) in the retained status and the registry's metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Promote,
+    Reject,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Promote => "promote",
+            Verdict::Reject => "reject",
+        })
+    }
+}
+
 /// What a finished round reports (also the retained MQTT status's payload core).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RoundReport {
     pub id: String,
     pub parent: String,
     pub promoted: bool,
-    pub decision: String,
+    pub decision: Verdict,
     pub reason: String,
     pub windows: usize,
     pub labelled: usize,
@@ -422,13 +440,13 @@ pub fn run_staged(
     })?;
     let probe: Vec<Vec<f32>> = data.unlabelled.iter().rev().take(8).cloned().collect();
     let (mut decision, mut reason) = match &outcome.decision {
-        Decision::Promote => ("promote".to_string(), String::new()),
-        Decision::Reject { reason } => ("reject".to_string(), reason.clone()),
+        Decision::Promote => (Verdict::Promote, String::new()),
+        Decision::Reject { reason } => (Verdict::Reject, reason.clone()),
     };
     let mut parity_max_abs = f32::NAN;
     match Model::load_bytes(&onnx, backend) {
         Err(e) => {
-            decision = "reject".into();
+            decision = Verdict::Reject;
             reason = format!("does not load in the serving backend: {e}");
         }
         Ok(mut m) if !probe.is_empty() => {
@@ -445,26 +463,26 @@ pub fn run_staged(
                         .map(|(a, b)| (a - b).abs())
                         .fold(0.0, f32::max);
                     if parity_max_abs.is_nan() || parity_max_abs > PARITY_TOL {
-                        decision = "reject".into();
+                        decision = Verdict::Reject;
                         reason = format!("serving backend disagrees with the training forward pass: max |Δ| {parity_max_abs:.2e} > {PARITY_TOL:.0e}");
                     }
                 }
                 Err(e) => {
-                    decision = "reject".into();
+                    decision = Verdict::Reject;
                     reason = format!("inference in the serving backend failed: {e}");
                 }
             }
         }
         Ok(_) => {}
     }
-    let promoted = decision == "promote";
+    let promoted = decision == Verdict::Promote;
 
     // Register (files first, then the index), then promote.
     let report = RoundReport {
         id: id.clone(),
         parent: parent.clone(),
         promoted,
-        decision: decision.clone(),
+        decision,
         reason: reason.clone(),
         windows,
         labelled,

@@ -26,16 +26,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::config::{parse_window, RetrainConfig};
 use super::registry::Registry;
 use super::round;
+use super::status::{RetrainState, RetrainStatus};
 use super::worker::{self, WorkerError, WorkerLimits, WorkerSpec};
-use super::config::{parse_window, RetrainConfig};
 use crate::infer::Backend;
 use crate::learn::round::RoundConfig;
-use super::status::{RetrainState, RetrainStatus};
-use crate::time::rfc3339_ms;
-use crate::time::now_ns;
 use crate::store::Store;
+use crate::time::now_ns;
+use crate::time::rfc3339_ms;
 
 /// Store meta key of the last status (so a restart re-publishes it and knows when the last
 /// round finished).

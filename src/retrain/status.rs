@@ -62,8 +62,7 @@ mod tests {
         };
         let v = serde_json::to_value(&st).unwrap();
         assert_eq!(v["state"], "promoted");
-        let back: RetrainStatus =
-            serde_json::from_str(r#"{"state":"stopped"}"#).unwrap();
+        let back: RetrainStatus = serde_json::from_str(r#"{"state":"stopped"}"#).unwrap();
         assert_eq!(back.state, RetrainState::Stopped);
         assert!(serde_json::from_str::<RetrainStatus>(r#"{"state":"bogus"}"#).is_err());
     }

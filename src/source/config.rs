@@ -61,7 +61,9 @@ impl SensorConfig {
     /// The source's own checks (keys relative to the sensor's table).
     pub fn validate(&self) -> Result<(), Invalid> {
         match &self.source {
-            SourceConfig::Ble { ble } => ble.validate().map_err(|e| Invalid::component("source", e)),
+            SourceConfig::Ble { ble } => {
+                ble.validate().map_err(|e| Invalid::component("source", e))
+            }
             SourceConfig::Synthetic { ecg } => ecg
                 .validate()
                 .map_err(|e| Invalid::component("source", e.to_string())),

@@ -21,11 +21,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ble::BleSource;
+use super::config::{SensorConfig, SourceConfig};
 use super::file::read_recording;
 use super::synthetic::{SyntheticConfig, SyntheticEcg};
 use super::{Block, Source, SourceError, SourceEvent, SourceFuture};
-use super::config::{SensorConfig, SourceConfig};
-
 
 /// Build the source a sensor's config describes (paths as given: `Config::load` has resolved
 /// relative ones against the config file's directory).

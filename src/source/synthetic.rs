@@ -391,7 +391,6 @@ pub struct SyntheticEcg {
     beats_total: u64,
 }
 
-
 impl SyntheticEcg {
     /// Validate `cfg` and set up the generator at t = 0 (start of a beat; first R peak at
     /// ≈ RR/2).

@@ -20,7 +20,11 @@ pub struct StoreConfig {
 impl StoreConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
         if self.max_age_days.is_nan() || self.max_age_days <= 0.0 {
-            return Err(Invalid::new("max_age_days", self.max_age_days, "must be > 0"));
+            return Err(Invalid::new(
+                "max_age_days",
+                self.max_age_days,
+                "must be > 0",
+            ));
         }
         Ok(())
     }

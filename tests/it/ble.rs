@@ -10,20 +10,19 @@
 //! Skipped when the simulator's venv is missing, unless `AFFECTGATE_REQUIRE_BLE_SIM=1` (set by
 //! `.ci/run`, which installs it).
 
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::util::{shared_data, Mosquitto, Recorder};
 use affectgate::config::{Config, SensorConfig, SourceConfig};
 use affectgate::dsp::windows_from_recording;
 use affectgate::mqtt::StateMessage;
 use affectgate::source::ble::BleConfig;
 use affectgate::source::file::read_recording;
 use affectgate::store::{Retention, Store};
-use crate::util::{shared_data, Mosquitto, Recorder};
 use serde_json::Value;
 
 use crate::util::repo;
@@ -368,7 +367,13 @@ fn scan_lists_the_simulated_h10_with_its_profiles() {
 /// so the start timeout and retry are exercised too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h10_over_simulated_bluez_end_to_end_with_a_link_drop() {
-    let Some(Rig { venv, csv, csv_s, broker }) = rig() else {
+    let Some(Rig {
+        venv,
+        csv,
+        csv_s,
+        broker,
+    }) = rig()
+    else {
         return;
     };
     let sim = Sim::start(
@@ -720,7 +725,13 @@ async fn strap_without_pmd_falls_back_to_heart_rate_summaries() {
 /// The stored windows carry the recording's signal at the right amplitude.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generic_gatt_ecg_board_is_decoded_with_the_configured_format() {
-    let Some(Rig { venv, csv, csv_s, broker }) = rig() else {
+    let Some(Rig {
+        venv,
+        csv,
+        csv_s,
+        broker,
+    }) = rig()
+    else {
         return;
     };
     let sim = Sim::start(
@@ -811,7 +822,13 @@ async fn generic_gatt_ecg_board_is_decoded_with_the_configured_format() {
 /// exactly the recording's, none spanning the silence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchdog_reconnects_a_silent_link() {
-    let Some(Rig { venv, csv, csv_s, broker }) = rig() else {
+    let Some(Rig {
+        venv,
+        csv,
+        csv_s,
+        broker,
+    }) = rig()
+    else {
         return;
     };
     let sim = Sim::start(
@@ -941,7 +958,13 @@ async fn missing_bluez_or_adapter_is_a_clear_error_not_a_panic() {
 /// heart-rate-only strap (by name pattern). Each publishes on its own topics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_straps_at_once() {
-    let Some(Rig { venv, csv, csv_s, broker }) = rig() else {
+    let Some(Rig {
+        venv,
+        csv,
+        csv_s,
+        broker,
+    }) = rig()
+    else {
         return;
     };
     let mut sim = Sim::start(&venv, &["--csv", &csv_s, "--speed", "20", "--max-s", "200"]);

@@ -2,18 +2,17 @@
 //! replay a real recording → exact number of state messages, valid JSON, plausible heart
 //! rate; restart mid-run → nothing announced is lost from the store; graceful shutdown.
 
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::util::{gateway_config, replay_sensor, shared_data, Mosquitto, Recorder};
 use affectgate::config::Config;
 use affectgate::dsp::windows_from_recording;
 use affectgate::gateway::GatewayBuilder;
 use affectgate::mqtt::StateMessage;
 use affectgate::source::file::read_recording;
 use affectgate::store::{Retention, Store};
-use crate::util::{gateway_config, replay_sensor, shared_data, Mosquitto, Recorder};
 
 use crate::util::repo;
 

@@ -2,21 +2,19 @@
 //! field), HA birth → re-publication, sensor removal, the outbox across broker restarts and
 //! gateway restarts, and malformed label/command payloads.
 
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::util::{shared_data, Mosquitto, Recorder};
 use affectgate::config::{Config, SensorConfig, SourceConfig};
 use affectgate::gateway::GatewayBuilder;
 use affectgate::mqtt::StateMessage;
 use affectgate::source::synthetic::SyntheticConfig;
 use affectgate::store::{Retention, Store};
-use crate::util::{shared_data, Mosquitto, Recorder};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
-
 
 fn base_config(port: u16, store: &Path, gateway: &str) -> Config {
     crate::util::gateway_config(gateway, port, store)

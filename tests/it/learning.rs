@@ -9,9 +9,9 @@ use affectgate::dsp::PreprocessConfig;
 use affectgate::infer::{find_onnxruntime_dylib, Backend, Model};
 use affectgate::learn::dataset::{labelled_from_manifest, Dataset};
 use affectgate::learn::model::{Net, EMOTION_HIDDEN, PRETEXT_HIDDEN};
+use affectgate::learn::train::{embed, predict, pretext_eval, pretrain, TrainConfig};
 use affectgate::model::onnx::{export_onnx, import_onnx};
 use affectgate::model::WINDOW_LEN;
-use affectgate::learn::train::{embed, predict, pretext_eval, pretrain, TrainConfig};
 
 use crate::util::shared_data as data_dir;
 

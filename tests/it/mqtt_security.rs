@@ -1,15 +1,13 @@
 //! Broker security against a real Mosquitto: username/password, TLS with a private CA and a
 //! client certificate; wrong credentials never connect, and no secret reaches the logs.
 
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::util::{shared_data, Mosquitto};
 use affectgate::config::{Config, MqttTls};
 use affectgate::gateway::GatewayBuilder;
-use crate::util::{shared_data, Mosquitto};
-
 
 fn config(port: u16, dir: &Path, gw: &str) -> Option<Config> {
     let file = shared_data()?.join("polar-h10/polar_h10_ecg.csv");

@@ -141,7 +141,10 @@ fn is_child(name: &str) -> bool {
 fn run_child(name: &str, env: &[(&str, &str)]) -> String {
     let exe = std::env::current_exe().unwrap();
     // Inside the one test binary a test's full name carries its module path.
-    let full = format!("{}::{name}", module_path!().split_once("::").map_or("", |(_, m)| m));
+    let full = format!(
+        "{}::{name}",
+        module_path!().split_once("::").map_or("", |(_, m)| m)
+    );
     let mut cmd = Command::new(exe);
     cmd.args([
         full.as_str(),

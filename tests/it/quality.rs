@@ -2,7 +2,6 @@
 //! amplifiers and noise are flagged; on real recordings the gate agrees with what is known
 //! about them (MIT-BIH 100 is clean; three EEGMAT recordings carry no ECG).
 
-
 use affectgate::dsp::quality::{assess, count_clipped, ClipTracker, Quality, QualityConfig};
 use affectgate::dsp::{detect_rpeaks, windows_from_recording, PreprocessConfig, WINDOW_FS};
 use affectgate::source::file::read_recording;

@@ -1,15 +1,14 @@
 //! On-gateway retraining: the model registry and the serving model's hot swap.
 
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::util::shared_data;
 use affectgate::config::{Config, SensorConfig, SourceConfig};
 use affectgate::gateway::{GatewayBuilder, Observed};
 use affectgate::model::onnx::export_onnx;
 use affectgate::model::NetworkWeights;
 use affectgate::retrain::registry::{Entry, ModelStatus, Registry};
-use crate::util::shared_data;
 
 use crate::util::repo;
 
@@ -127,13 +126,9 @@ async fn promotion_and_rollback_swap_the_serving_model_without_dropping_a_window
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Observed>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let gw = tokio::spawn(
-        GatewayBuilder::new(cfg)
-            .observer(tx)
-            .run(async move {
-                let _ = stop_rx.await;
-            }),
-    );
+    let gw = tokio::spawn(GatewayBuilder::new(cfg).observer(tx).run(async move {
+        let _ = stop_rx.await;
+    }));
     let mut seen: Vec<Observed> = Vec::new();
     let mut phase = 0;
     let t0 = Instant::now();

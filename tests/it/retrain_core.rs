@@ -169,11 +169,7 @@ fn one_tiny_round_from_the_shipped_model() {
 #[test]
 fn the_shipped_pretext_network_matches_the_shipped_encoder() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-    let read = |f: &str| {
-        import_onnx(&std::fs::read(dir.join(f)).unwrap())
-            .unwrap()
-            .0
-    };
+    let read = |f: &str| import_onnx(&std::fs::read(dir.join(f)).unwrap()).unwrap().0;
     let model = read("affectgate-arousal-v1.onnx");
     let pretext = read("affectgate-arousal-v1.pretext.onnx");
     assert_eq!(pretext.convs, model.convs);

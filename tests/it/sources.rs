@@ -2,7 +2,6 @@
 //! the samples they should, with correct timestamps and gap flags, under backpressure; the
 //! pipeline never lets a window span a gap or a corrupt block.
 
-
 use std::time::Duration;
 
 use affectgate::dsp::quality::QualityConfig;

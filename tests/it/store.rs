@@ -5,8 +5,7 @@ use std::path::Path;
 
 use affectgate::dsp::{Window, WINDOW_FS, WINDOW_LEN};
 use affectgate::store::{
-    decode_record, encode_record, window_key, Retention, Store, StoreError,
-    StoredWindow,
+    decode_record, encode_record, window_key, Retention, Store, StoreError, StoredWindow,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -732,16 +731,25 @@ fn truncations_and_bit_flips_are_corrupt() {
         let (sensor, start) = (rec.sensor.as_str(), rec.window.start_ns);
         let n = r.random_range(0..bytes.len());
         let truncated = decode_record(sensor, start, &bytes[..n]);
-        assert!(matches!(truncated, Err(StoreError::Corrupt { .. })), "cut at {n}");
+        assert!(
+            matches!(truncated, Err(StoreError::Corrupt { .. })),
+            "cut at {n}"
+        );
         let mut flipped = bytes.clone();
         let b = r.random_range(0..bytes.len() * 8);
         flipped[b / 8] ^= 1 << (b % 8);
-        let flip_caught = matches!(decode_record(sensor, start, &flipped), Err(StoreError::Corrupt { .. }));
+        let flip_caught = matches!(
+            decode_record(sensor, start, &flipped),
+            Err(StoreError::Corrupt { .. })
+        );
         assert!(flip_caught, "bit {b} flipped");
         // Truncations with a valid checksum reach the parser, which must still refuse them.
         if n < bytes.len() - 4 {
             let refixed = with_crc(sensor, start, &bytes[..n]);
-            assert!(decode_record(sensor, start, &refixed).is_err(), "body cut at {n}");
+            assert!(
+                decode_record(sensor, start, &refixed).is_err(),
+                "body cut at {n}"
+            );
         }
     }
 }

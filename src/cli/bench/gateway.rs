@@ -11,18 +11,18 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use affectgate::gateway::sensor::{ProcessedWindow, SensorPipeline};
-use affectgate::gateway::{GatewayBuilder, Observed};
 use affectgate::config::{Config, SensorConfig, SourceConfig};
-use affectgate::sys::{cpu_seconds, peak_rss_mib, rss_mib};
 use affectgate::dsp::quality::QualityConfig;
 use affectgate::dsp::PreprocessConfig;
+use affectgate::gateway::sensor::{ProcessedWindow, SensorPipeline};
+use affectgate::gateway::{GatewayBuilder, Observed};
 use affectgate::infer::{Backend, Model};
 use affectgate::mqtt::broker::EmbeddedBroker;
 use affectgate::source::file::read_recording;
 use affectgate::source::live::SyntheticSource;
 use affectgate::source::synthetic::SyntheticConfig;
 use affectgate::source::Block;
+use affectgate::sys::{cpu_seconds, peak_rss_mib, rss_mib};
 
 /// `bench dsp`: one thread pushes a recording through the live per-sensor pipeline in 1 s
 /// blocks (filters, resampler, windower, R-peaks, HRV, quality gate, z-score).
@@ -243,8 +243,7 @@ pub async fn sensors(n: usize, seconds: f64, mqtt: Option<&str>) -> Result<LoadR
     while let Ok(o) = obs_rx.try_recv() {
         windows += 1;
         let end_ns = o.state.window_start_ms * 1_000_000 + 10_000_000_000;
-        let published_wall =
-            affectgate::time::now_ns() - o.published.elapsed().as_nanos() as i64;
+        let published_wall = affectgate::time::now_ns() - o.published.elapsed().as_nanos() as i64;
         lag.push((published_wall - end_ns) as f64 / 1e6);
         gw.push(o.published.duration_since(o.completed).as_secs_f64() * 1e3);
         if let Some(t) = received.get(&(o.state.sensor.clone(), o.state.window)) {

@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use affectgate::retrain::registry::Registry;
-use affectgate::retrain::round::{self, RoundContext};
 use affectgate::infer::Backend;
 use affectgate::learn::round::RoundConfig;
+use affectgate::retrain::registry::Registry;
+use affectgate::retrain::round::{self, RoundContext};
 use affectgate::source::synthetic::{SyntheticConfig, SyntheticEcg};
 use affectgate::store::{Retention, Store, StoredWindow};
 
@@ -37,10 +37,7 @@ fn bench_in(
     max_steps: Option<usize>,
     threads: usize,
 ) -> anyhow::Result<serde_json::Value> {
-    let store = Store::open(
-        &dir.join("store"),
-        Retention::KEEP_ALL,
-    )?;
+    let store = Store::open(&dir.join("store"), Retention::KEEP_ALL)?;
     let t_fill = Instant::now();
     let per = windows.div_ceil(4);
     for s in 0..4u64 {

@@ -4,7 +4,6 @@
 use super::*;
 use crate::fs::atomic_write;
 
-
 /// The pretext network after `epoch` completed epochs of a round.
 ///
 /// Saved as an ONNX file of the seven-head pretext network (so a checkpoint is also a valid
@@ -113,4 +112,3 @@ impl Checkpoint {
         Ok(Checkpoint { epoch, pretext })
     }
 }
-

@@ -83,4 +83,3 @@ pub fn decide(before: &GateMetrics, after: &GateMetrics) -> Decision {
     }
     Decision::Promote
 }
-

@@ -17,7 +17,12 @@ use crate::model::replay::{PackWindow, ReplayPack};
 /// An unlabelled window whose file is also a file of `labelled` gets that labelled
 /// subject (`unlabelled_from_paths` names subjects by file path), so the gate can keep a
 /// held-out person's pretext windows out of training.
-pub fn build_pack(labelled: &Dataset, unlabelled: &Dataset, max_pretext: usize, seed: u64) -> ReplayPack {
+pub fn build_pack(
+    labelled: &Dataset,
+    unlabelled: &Dataset,
+    max_pretext: usize,
+    seed: u64,
+) -> ReplayPack {
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let by_file: HashMap<PathBuf, String> = labelled
         .windows
@@ -74,4 +79,3 @@ pub fn build_pack(labelled: &Dataset, unlabelled: &Dataset, max_pretext: usize, 
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     }
 }
-

@@ -175,26 +175,23 @@ fn corrupt_packs_are_named_errors() {
     assert!(err_of(&wrong).contains("window length 2561 ≠ 2560"));
     // A missing file is an Io error naming it.
     let e = ReplayPack::load(&dir.path().join("absent.replay.bin")).unwrap_err();
-    assert!(
-        matches!(e, PackError::Fs(_)) && e.to_string().contains("absent.replay.bin")
-    );
+    assert!(matches!(e, PackError::Fs(_)) && e.to_string().contains("absent.replay.bin"));
 }
 
 #[test]
 fn pack_build_samples_across_subjects() {
-    let mk =
-        |subject: &str, file: &str, n: usize, labels: Vec<Option<f32>>| -> Vec<TrainWindow> {
-            ecg(n, 70.0, file.len() as u64)
-                .into_iter()
-                .map(|samples| TrainWindow {
-                    subject: subject.into(),
-                    file: PathBuf::from(file),
-                    offset_s: 0.0,
-                    samples,
-                    labels: labels.clone(),
-                })
-                .collect()
-        };
+    let mk = |subject: &str, file: &str, n: usize, labels: Vec<Option<f32>>| -> Vec<TrainWindow> {
+        ecg(n, 70.0, file.len() as u64)
+            .into_iter()
+            .map(|samples| TrainWindow {
+                subject: subject.into(),
+                file: PathBuf::from(file),
+                offset_s: 0.0,
+                samples,
+                labels: labels.clone(),
+            })
+            .collect()
+    };
     let labelled = Dataset {
         label_names: vec!["arousal".into()],
         windows: [
@@ -312,9 +309,7 @@ fn gate_decisions() {
         panic!()
     };
     assert!(
-        reason.contains("arousal")
-            && reason.contains("0.7000000")
-            && reason.contains("0.6999999"),
+        reason.contains("arousal") && reason.contains("0.7000000") && reason.contains("0.6999999"),
         "{reason}"
     );
     let Decision::Reject { reason } = decide(

@@ -43,7 +43,6 @@ pub mod protocol;
 pub mod scan;
 mod session;
 
-
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

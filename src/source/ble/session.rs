@@ -22,10 +22,10 @@ use super::protocol::{
     self, CpResponse, PolarClock, ECG_NOMINAL_FS_HZ, ECG_RESOLUTION_BITS, ECG_SAMPLE_RATE,
     MEASUREMENT_ECG, OP_GET_SETTINGS, OP_START,
 };
-use crate::time::Backoff;
 use super::{parse_uuid, BleConfig, BleError, BleProfile, GattEcgConfig};
-use crate::time::now_ns;
 use crate::source::{Beats, Block, SourceError, SourceEvent};
+use crate::time::now_ns;
+use crate::time::Backoff;
 
 /// Control-point answers other than "start" (get settings, stop) come within this.
 const CP_TIMEOUT: Duration = Duration::from_secs(5);

@@ -2,8 +2,6 @@
 
 use std::collections::VecDeque;
 
-
-
 /// A gap is flagged when the timestamp step differs from what the sample count explains by more
 /// than this many sample periods…
 const GAP_TOLERANCE_PERIODS: f64 = 1.5;
@@ -175,4 +173,3 @@ impl PolarClock {
         }
     }
 }
-

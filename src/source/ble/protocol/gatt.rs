@@ -4,7 +4,6 @@ use std::fmt;
 
 use super::*;
 
-
 /// Sample encoding of a generic GATT ECG characteristic: signed integers, 16 or 24 bits, either
 /// byte order, packed back to back with no header (config `format = "i16le"` …).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -90,4 +89,3 @@ pub fn encode_samples(raw: &[i32], format: SampleFormat) -> Vec<u8> {
     }
     out
 }
-

@@ -158,8 +158,7 @@ fn golden_ecg_frames() {
     assert_eq!(saturated[10..], hex("FF FF 7F 00 00 80"));
     let empty = parse_pmd_frame(&[0; 10]).unwrap();
     assert!(empty.samples_uv.is_empty());
-    let frame =
-        |tail: &str| parse_pmd_frame(&hex(&format!("00 08 07 06 05 04 03 02 01 {tail}")));
+    let frame = |tail: &str| parse_pmd_frame(&hex(&format!("00 08 07 06 05 04 03 02 01 {tail}")));
     let e = err(frame("00 01 02 03 04 05 06 07")); // frame type 0, 7 sample bytes
     let msg = "PMD frame: 7 sample bytes is not a multiple of 3";
     assert_eq!(e, format!("{msg} (frame type 0 carries 3-byte samples)"));
