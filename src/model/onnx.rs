@@ -442,7 +442,7 @@ fn floats(t: &pb::TensorProto) -> Result<Vec<f32>, OnnxError> {
         .collect())
 }
 
-/// Weights and metadata of an ONNX file written by [`super::onnx::export_onnx`].
+/// Weights and metadata of an ONNX file written by [`export_onnx`].
 pub fn import_onnx(bytes: &[u8]) -> Result<(NetworkWeights, Vec<(String, String)>), OnnxError> {
     let m = decode(bytes)?;
     let g = graph(&m)?;

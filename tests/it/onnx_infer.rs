@@ -1,4 +1,4 @@
-//! ONNX export (`learn::onnx`) against the plain-Rust reference forward, through both inference
+//! ONNX export (`model::onnx`) against the plain-Rust reference forward, through both inference
 //! backends (`infer`).
 //!
 //! `ort` uses one backend per process (see `affectgate::infer`), so this test binary runs tract
