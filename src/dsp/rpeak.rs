@@ -20,27 +20,147 @@
 
 use biquad::{Biquad, Coefficients, DirectForm2Transposed, Type};
 
-/// Heart rate and time-domain HRV of one segment.
+/// Heart rate and time-domain HRV of one segment, on normal-to-normal (NN) intervals.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HrvStats {
-    /// 60000 / mean of the accepted RR intervals.
+    /// 60000 / mean NN interval.
     pub hr_bpm: f64,
-    /// Root mean square of successive differences of accepted, adjacent RR intervals.
+    /// Root mean square of successive differences of adjacent NN intervals.
     pub rmssd_ms: f64,
-    /// Sample standard deviation of the accepted RR intervals.
+    /// Sample standard deviation of the NN intervals.
     pub sdnn_ms: f64,
     /// Number of detected beats (peaks) in the segment.
     pub n_beats: usize,
+    /// Share of RR intervals that were not normal-to-normal (corrected or dropped, see
+    /// [`nn_intervals`]): 0 for a clean sinus rhythm, ≈ 2/3 in trigeminy.
+    pub corrected_share: f64,
 }
 
 /// RR intervals outside this range (ms) are rejected as artefacts / missed beats.
 pub const RR_MIN_MS: f64 = 300.0;
 /// See [`RR_MIN_MS`].
 pub const RR_MAX_MS: f64 = 2000.0;
+/// An RR interval further than this (relative) from the local median is not normal-to-normal.
+pub const NN_TOLERANCE: f64 = 0.2;
+/// The local median is taken over this many intervals on each side.
+const NN_HALF_WINDOW: usize = 5;
 
-/// HR / RMSSD / SDNN from peak positions (samples at rate `fs`). RR intervals outside
-/// 300–2000 ms are rejected; RMSSD uses only pairs of adjacent accepted intervals.
-/// `None` with fewer than 2 accepted intervals or no adjacent accepted pair.
+/// NN intervals made from RR intervals, with what had to be corrected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NnIntervals {
+    /// NN intervals (ms) in time order; `None` marks a break where an artefact was dropped
+    /// (successive differences never span it).
+    pub nn: Vec<Option<f64>>,
+    /// RR intervals in.
+    pub n_rr: usize,
+    /// RR intervals replaced by a correction (ectopic beat, missed or extra detection).
+    pub n_corrected: usize,
+    /// RR intervals dropped (implausible, or abnormal with no correction that fits).
+    pub n_dropped: usize,
+    /// Per input interval: true if it was corrected or dropped (not normal-to-normal).
+    pub flagged: Vec<bool>,
+}
+
+fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    })
+}
+
+/// Normal-to-normal intervals from RR intervals (ms): a documented simplification of the
+/// Lipponen & Tarvainen (2019) correction that Kubios and NeuroKit2 use.
+///
+/// Each interval is compared with the median `m` of the plausible intervals within
+/// ±[`NN_HALF_WINDOW`] of it (the whole series' median when fewer than 3):
+/// - within ±[`NN_TOLERANCE`] of `m`: normal, kept;
+/// - short, and with the next interval summing to ≈ 2·m: an **ectopic beat** (premature beat
+///   plus compensatory pause) — the beat is moved to the middle, giving two intervals of half
+///   the sum (the interpolation Kubios applies);
+/// - short, and with the next interval summing to ≈ m: an **extra detection** — merged;
+/// - long and ≈ k·m (k ≥ 2): **missed detection(s)** — split into k equal intervals;
+/// - anything else, or outside 300–2000 ms: **dropped**, and successive differences do not
+///   span the gap.
+pub fn nn_intervals(rr_ms: &[f64]) -> NnIntervals {
+    let plausible = |rr: f64| (RR_MIN_MS..=RR_MAX_MS).contains(&rr);
+    let mut all: Vec<f64> = rr_ms.iter().copied().filter(|&r| plausible(r)).collect();
+    let global = median(&mut all);
+    let local = |i: usize| -> Option<f64> {
+        let lo = i.saturating_sub(NN_HALF_WINDOW);
+        let hi = (i + NN_HALF_WINDOW + 1).min(rr_ms.len());
+        let mut w: Vec<f64> = rr_ms[lo..hi].iter().copied().filter(|&r| plausible(r)).collect();
+        if w.len() >= 3 {
+            median(&mut w)
+        } else {
+            global
+        }
+    };
+    let near = |x: f64, target: f64| (x / target - 1.0).abs() <= NN_TOLERANCE;
+    let mut out = NnIntervals {
+        nn: Vec::with_capacity(rr_ms.len()),
+        n_rr: rr_ms.len(),
+        n_corrected: 0,
+        n_dropped: 0,
+        flagged: vec![true; rr_ms.len()],
+    };
+    let mut i = 0;
+    while i < rr_ms.len() {
+        let rr = rr_ms[i];
+        let (Some(m), true) = (local(i), plausible(rr)) else {
+            out.nn.push(None);
+            out.n_dropped += 1;
+            i += 1;
+            continue;
+        };
+        if near(rr, m) {
+            out.nn.push(Some(rr));
+            out.flagged[i] = false;
+            i += 1;
+            continue;
+        }
+        let next = rr_ms.get(i + 1).copied().filter(|&r| plausible(r));
+        if rr < m {
+            if let Some(nx) = next {
+                if near(rr + nx, 2.0 * m) {
+                    let half = 0.5 * (rr + nx);
+                    out.nn.extend([Some(half), Some(half)]);
+                    out.n_corrected += 2;
+                    i += 2;
+                    continue;
+                }
+                if near(rr + nx, m) {
+                    out.nn.push(Some(rr + nx));
+                    out.n_corrected += 2;
+                    i += 2;
+                    continue;
+                }
+            }
+        } else {
+            let k = (rr / m).round();
+            if k >= 2.0 && near(rr / k, m) {
+                for _ in 0..k as usize {
+                    out.nn.push(Some(rr / k));
+                }
+                out.n_corrected += 1;
+                i += 1;
+                continue;
+            }
+        }
+        out.nn.push(None);
+        out.n_dropped += 1;
+        i += 1;
+    }
+    out
+}
+
+/// HR / RMSSD / SDNN from peak positions (samples at rate `fs`), on NN intervals
+/// ([`nn_intervals`]). `None` with fewer than 2 NN intervals or no adjacent NN pair.
 pub fn hrv(peaks: &[usize], fs: f64) -> Option<HrvStats> {
     if !(fs.is_finite() && fs > 0.0) || peaks.len() < 3 {
         return None;
@@ -56,39 +176,28 @@ pub fn hrv(peaks: &[usize], fs: f64) -> Option<HrvStats> {
 /// sensors that report RR intervals themselves (the Heart Rate service, 0x2A37). `n_beats` is
 /// `rr.len() + 1`.
 pub fn hrv_from_rr(rr_ms: &[f64]) -> Option<HrvStats> {
-    let ok = |rr: f64| (RR_MIN_MS..=RR_MAX_MS).contains(&rr);
-    let mut n_ok = 0usize;
-    let mut sum = 0.0;
-    let mut sum_sq_diff = 0.0;
-    let mut n_diff = 0usize;
-    let mut prev: Option<f64> = None;
-    for &rr in rr_ms {
-        if ok(rr) {
-            n_ok += 1;
-            sum += rr;
-            if let Some(p) = prev {
-                sum_sq_diff += (rr - p) * (rr - p);
-                n_diff += 1;
-            }
-            prev = Some(rr);
-        } else {
-            prev = None;
-        }
-    }
-    if n_ok < 2 || n_diff == 0 {
+    let nn = nn_intervals(rr_ms);
+    let values: Vec<f64> = nn.nn.iter().flatten().copied().collect();
+    let diffs: Vec<f64> = nn
+        .nn
+        .windows(2)
+        .filter_map(|w| Some(w[1]? - w[0]?))
+        .collect();
+    if values.len() < 2 || diffs.is_empty() {
         return None;
     }
-    let mean = sum / n_ok as f64;
-    let ss: f64 = rr_ms
-        .iter()
-        .filter(|&&rr| ok(rr))
-        .map(|rr| (rr - mean) * (rr - mean))
-        .sum();
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let ss: f64 = values.iter().map(|v| (v - mean) * (v - mean)).sum();
     Some(HrvStats {
         hr_bpm: 60_000.0 / mean,
-        rmssd_ms: (sum_sq_diff / n_diff as f64).sqrt(),
-        sdnn_ms: (ss / (n_ok - 1) as f64).sqrt(),
+        rmssd_ms: (diffs.iter().map(|d| d * d).sum::<f64>() / diffs.len() as f64).sqrt(),
+        sdnn_ms: (ss / (values.len() - 1) as f64).sqrt(),
         n_beats: rr_ms.len() + 1,
+        corrected_share: if nn.n_rr == 0 {
+            0.0
+        } else {
+            (nn.n_corrected + nn.n_dropped) as f64 / nn.n_rr as f64
+        },
     })
 }
 
@@ -346,4 +455,62 @@ pub fn detect_rpeaks(samples: &[f32], fs: f64) -> Vec<usize> {
         }
     }
     peaks
+}
+
+#[cfg(test)]
+mod nn_tests {
+    use super::*;
+
+    #[test]
+    fn clean_rhythm_is_untouched() {
+        let rr = [800.0, 820.0, 790.0, 810.0, 805.0, 795.0];
+        let nn = nn_intervals(&rr);
+        assert_eq!(nn.nn, rr.iter().map(|&r| Some(r)).collect::<Vec<_>>());
+        assert_eq!((nn.n_corrected, nn.n_dropped), (0, 0));
+        assert_eq!(hrv_from_rr(&rr).unwrap().corrected_share, 0.0);
+    }
+
+    /// Trigeminy (every third beat premature, then a compensatory pause) as in the Polar
+    /// recording's wearer: uncorrected, the short/long alternation inflates RMSSD several-fold.
+    #[test]
+    fn trigeminy_is_corrected_to_the_sinus_rhythm() {
+        let mut rr = Vec::new();
+        for k in 0..10 {
+            let base = 1000.0 + 10.0 * (k % 2) as f64;
+            rr.extend([base, 600.0, 1400.0]);
+        }
+        let h = hrv_from_rr(&rr).unwrap();
+        assert!(h.rmssd_ms < 20.0, "corrected RMSSD {}", h.rmssd_ms);
+        assert!((h.hr_bpm - 60.0).abs() < 1.0, "{}", h.hr_bpm);
+        assert!((h.corrected_share - 2.0 / 3.0).abs() < 0.05, "{}", h.corrected_share);
+        // What the old rule (plausible range only) reported on the same intervals.
+        let raw: f64 = (rr.windows(2).map(|w| (w[1] - w[0]).powi(2)).sum::<f64>()
+            / (rr.len() - 1) as f64)
+            .sqrt();
+        assert!(raw > 500.0, "{raw}");
+    }
+
+    #[test]
+    fn missed_and_extra_detections_and_artefacts() {
+        // A missed beat (1600 = 2 × 800) is split; an extra detection (300 + 500) is merged;
+        // 250 ms is implausible and dropped, breaking the successive differences.
+        let rr = [800.0, 810.0, 1600.0, 790.0, 300.0, 500.0, 800.0, 250.0, 805.0, 800.0];
+        let nn = nn_intervals(&rr);
+        assert_eq!(
+            nn.nn,
+            vec![
+                Some(800.0),
+                Some(810.0),
+                Some(800.0),
+                Some(800.0),
+                Some(790.0),
+                Some(800.0),
+                Some(800.0),
+                None,
+                Some(805.0),
+                Some(800.0)
+            ]
+        );
+        assert_eq!((nn.n_rr, nn.n_corrected, nn.n_dropped), (10, 3, 1));
+    }
 }

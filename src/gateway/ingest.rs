@@ -27,6 +27,7 @@ impl HrPublisher {
             hr_bpm: s.hr_bpm,
             rmssd_ms: s.hrv.map(|h| h.rmssd_ms as f32),
             sdnn_ms: s.hrv.map(|h| h.sdnn_ms as f32),
+            rr_corrected: s.hrv.map(|h| h.corrected_share as f32),
             quality: s.quality.to_string(),
             model: "none".into(),
         };

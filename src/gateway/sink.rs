@@ -32,6 +32,7 @@ pub fn state_message(sw: &ScoredWindow, heads: &[String]) -> StateMessage {
         hr_bpm: w.hrv.map(|h| h.hr_bpm as f32),
         rmssd_ms: w.hrv.map(|h| h.rmssd_ms as f32),
         sdnn_ms: w.hrv.map(|h| h.sdnn_ms as f32),
+        rr_corrected: w.hrv.map(|h| h.corrected_share as f32),
         quality: w.quality.label(),
         model: sw.model.to_string(),
     }

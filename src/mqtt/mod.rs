@@ -70,6 +70,10 @@ pub struct StateMessage {
     pub hr_bpm: Option<f32>,
     pub rmssd_ms: Option<f32>,
     pub sdnn_ms: Option<f32>,
+    /// Share (0–1) of the window's RR intervals corrected or dropped as ectopic beats or
+    /// detection artefacts before RMSSD/SDNN were computed on normal-to-normal intervals.
+    #[serde(default)]
+    pub rr_corrected: Option<f32>,
     /// `"good"` or the failed checks joined with `+` (`"flat"`, `"clipping"`, `"implausible_rr"`).
     pub quality: String,
     /// Model version that scored this window (`<file stem>@<sha256 prefix>`).
