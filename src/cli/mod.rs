@@ -15,7 +15,8 @@ use affectgate::dsp::PreprocessConfig;
 use affectgate::infer::{Backend, Model};
 use affectgate::learn::dataset::{self, Dataset};
 use affectgate::learn::experiment::{self, ExperimentConfig};
-use affectgate::learn::metrics::{Confusion, HeadReport};
+use affectgate::learn::baseline;
+use affectgate::learn::metrics::HeadReport;
 use affectgate::learn::pipeline::{self, FinetuneJob, PretrainJob};
 use affectgate::learn::plots;
 use affectgate::learn::train::{self, TrainConfig};
@@ -433,8 +434,21 @@ struct EvalJson {
     manifest: String,
     backend: String,
     subjects: usize,
+    /// Windows cut from the manifest's recordings.
     windows: usize,
-    heads: std::collections::BTreeMap<String, HeadReport>,
+    /// Windows that pass the quality gate: the only ones evaluated (the gateway scores no
+    /// others).
+    windows_good: usize,
+    heads: std::collections::BTreeMap<String, EvalHead>,
+}
+
+/// The model's numbers for one head, and beside them the baselines' on the same windows.
+#[derive(Serialize)]
+struct EvalHead {
+    #[serde(flatten)]
+    model: HeadReport,
+    /// Leave-one-subject-out heart-rate baselines (see `learn::baseline`).
+    baselines: std::collections::BTreeMap<String, HeadReport>,
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
@@ -443,33 +457,65 @@ fn eval(a: EvalArgs) -> Result<()> {
     let data = dataset::labelled_from_manifest(&a.manifest, &PreprocessConfig::default())?;
     let scores = score(&mut model, &data.samples())?;
     let heads = model.head_names().to_vec();
+    let subjects: Vec<String> = data.windows.iter().map(|w| w.subject.clone()).collect();
+    let phys: Vec<baseline::WindowPhysio> = data
+        .windows
+        .iter()
+        .map(|w| baseline::window_physio(&w.samples))
+        .collect();
+    let good = phys.iter().filter(|p| p.good).count();
     let mut report = std::collections::BTreeMap::new();
     for (hi, h) in heads.iter().enumerate() {
         let Some(li) = data.label_names.iter().position(|n| n == h) else {
             continue;
         };
-        let (s, y): (Vec<f32>, Vec<bool>) = data
+        // Labels of the windows the gateway would score (bad windows count as unlabelled).
+        let labels: Vec<Option<bool>> = data
             .windows
             .iter()
-            .zip(&scores)
-            .filter_map(|(w, row)| w.labels[li].map(|v| (row[hi], v >= 0.5)))
-            .unzip();
-        let c = Confusion::from_scores(&s, &y, 0.5);
+            .zip(&phys)
+            .map(|(w, p)| if p.good { w.labels[li].map(|v| v >= 0.5) } else { None })
+            .collect();
+        let pairs = |probs: &[Option<f64>]| -> (Vec<f64>, Vec<bool>) {
+            probs
+                .iter()
+                .zip(&labels)
+                .filter_map(|(p, y)| Some(((*p)?, (*y)?)))
+                .unzip()
+        };
+        let model_probs: Vec<Option<f64>> = scores.iter().map(|r| Some(f64::from(r[hi]))).collect();
+        let (s, y) = pairs(&model_probs);
+        let Some(model_report) = HeadReport::from_scores(&s, &y) else {
+            continue;
+        };
         if let Some(dir) = &a.plots {
             std::fs::create_dir_all(dir)?;
             plots::confusion(
                 &dir.join(format!("confusion_{h}.svg")),
                 &format!("{h}: confusion"),
-                &c,
+                &model_report.confusion,
                 "0",
                 "1",
             )?;
         }
-        report.insert(h.clone(), HeadReport::from(c));
+        let mut baselines = std::collections::BTreeMap::new();
+        for (name, probs) in baseline::baseline_probabilities(&subjects, &phys, &labels) {
+            let (s, y) = pairs(&probs);
+            if let Some(r) = HeadReport::from_scores(&s, &y) {
+                baselines.insert(name.to_string(), r);
+            }
+        }
+        report.insert(
+            h.clone(),
+            EvalHead {
+                model: model_report,
+                baselines,
+            },
+        );
     }
     if report.is_empty() {
         bail!(
-            "none of the model's heads {:?} is a label column of {} ({:?})",
+            "none of the model's heads {:?} is a label column of {} ({:?}) with windows that pass the quality gate",
             heads,
             a.manifest.display(),
             data.label_names
@@ -481,26 +527,38 @@ fn eval(a: EvalArgs) -> Result<()> {
         backend: a.backend.backend.clone(),
         subjects: data.subjects().len(),
         windows: data.windows.len(),
+        windows_good: good,
         heads: report,
     };
     if a.json {
         println!("{}", serde_json::to_string(&out)?);
     } else {
         println!(
-            "model {} on {} ({} windows, {} subjects, backend {})",
-            out.model, out.manifest, out.windows, out.subjects, out.backend
+            "model {} on {} ({} windows, {} pass the quality gate, {} subjects, backend {})",
+            out.model, out.manifest, out.windows, out.windows_good, out.subjects, out.backend
         );
         println!(
-            "{:<10} {:>17} {:>9} {:>9} {:>6}",
-            "head", "balanced_accuracy", "accuracy", "macro_f1", "n"
+            "{:<10} {:<26} {:>17} {:>6} {:>9} {:>9} {:>6}",
+            "head", "scorer", "balanced_accuracy", "auc", "accuracy", "macro_f1", "n"
         );
-        for (h, r) in &out.heads {
-            println!(
-                "{:<10} {:>17.3} {:>9.3} {:>9.3} {:>6}",
-                h, r.balanced_accuracy, r.accuracy, r.f1, r.n
-            );
+        let fmt_auc = |r: &HeadReport| r.auc.map_or("-".into(), |v| format!("{v:.3}"));
+        for (h, e) in &out.heads {
+            let rows = std::iter::once(("model".to_string(), &e.model))
+                .chain(e.baselines.iter().map(|(n, r)| (format!("baseline {n}"), r)));
+            for (name, r) in rows {
+                println!(
+                    "{:<10} {:<26} {:>17.3} {:>6} {:>9.3} {:>9.3} {:>6}",
+                    h,
+                    name,
+                    r.balanced_accuracy,
+                    fmt_auc(r),
+                    r.accuracy,
+                    r.f1,
+                    r.n
+                );
+            }
         }
-        eprintln!("note: if this model's heads were trained on these subjects, these are training-set numbers; see the model card for the subject-independent evaluation");
+        eprintln!("note: baselines are leave-one-subject-out; the model's numbers are training-set numbers if its heads were trained on these subjects (see the model card for its subject-independent evaluation)");
     }
     Ok(())
 }

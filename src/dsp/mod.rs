@@ -7,7 +7,8 @@
 //!                    ─► Windower (2560 samples, hop 2560, first warmup_s discarded)
 //!                    ─► Window { start_ns, fs_hz: 256, samples (filtered µV), index }
 //! then, per consumer:  normalize::{SubjectStats (training), RunningStats (gateway)}
-//!                      rpeak::{detect_rpeaks, hrv}
+//!                      rpeak::{detect_rpeaks, hrv, nn_intervals}
+//!                      baseline::WearerBaseline (the wearer's usual HR / HRV)
 //! ```
 //!
 //! The **same code** runs offline (training: [`windows_from_recording`]) and live (gateway:
@@ -23,6 +24,7 @@
 //! Module paths use only `super::`/`self::` so the files compile both inside `affectgate` and
 //! in a stand-alone scratch crate.
 
+pub mod baseline;
 pub mod filter;
 pub mod normalize;
 pub mod quality;
@@ -35,6 +37,7 @@ pub use self::normalize::{
     mean_std, zscore_in_place, zscore_self, NormUsed, RunningStats, SubjectStats, MIN_STD,
 };
 pub use self::resample::{Resampler, ResamplerKind};
+pub use self::baseline::{WearerBaseline, MIN_BASELINE_WINDOWS};
 pub use self::rpeak::{detect_rpeaks, hrv, nn_intervals, HrvStats, NnIntervals};
 pub use self::window::{Window, Windower, WINDOW_FS, WINDOW_LEN};
 

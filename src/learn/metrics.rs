@@ -86,6 +86,9 @@ pub struct HeadReport {
     pub accuracy: f64,
     pub f1: f64,
     pub n: usize,
+    /// Area under the ROC curve of the scores (threshold-free ranking quality).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auc: Option<f64>,
     pub confusion: Confusion,
 }
 
@@ -96,9 +99,52 @@ impl From<Confusion> for HeadReport {
             accuracy: c.accuracy(),
             f1: c.macro_f1(),
             n: c.n(),
+            auc: None,
             confusion: c,
         }
     }
+}
+
+impl HeadReport {
+    /// Confusion at 0.5 and AUC of `(score, label)` pairs; `None` without any pair.
+    pub fn from_scores(scores: &[f64], labels: &[bool]) -> Option<HeadReport> {
+        if scores.is_empty() {
+            return None;
+        }
+        let s32: Vec<f32> = scores.iter().map(|&v| v as f32).collect();
+        let mut r = HeadReport::from(Confusion::from_scores(&s32, labels, 0.5));
+        r.auc = auc(scores, labels);
+        Some(r)
+    }
+}
+
+/// Area under the ROC curve (Mann–Whitney U / (n₊·n₋), ties count half); `None` unless both
+/// classes are present.
+pub fn auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // Average ranks over ties.
+    let mut rank = vec![0.0; scores.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
+            j += 1;
+        }
+        let r = (i + j) as f64 / 2.0 + 1.0;
+        for k in i..=j {
+            rank[idx[k]] = r;
+        }
+        i = j + 1;
+    }
+    let n_pos = labels.iter().filter(|&&y| y).count();
+    let n_neg = labels.len() - n_pos;
+    if n_pos == 0 || n_neg == 0 {
+        return None;
+    }
+    let r_pos: f64 = (0..labels.len()).filter(|&i| labels[i]).map(|i| rank[i]).sum();
+    let u = r_pos - (n_pos * (n_pos + 1)) as f64 / 2.0;
+    Some(u / (n_pos * n_neg) as f64)
 }
 
 #[cfg(test)]
@@ -125,6 +171,16 @@ mod tests {
         let f1_pos = 12.0 / 15.0;
         let f1_neg = 2.0 / 5.0;
         assert!((c.macro_f1() - (f1_pos + f1_neg) / 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn auc_known_values() {
+        assert_eq!(auc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]), Some(1.0));
+        assert_eq!(auc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]), Some(0.0));
+        assert_eq!(auc(&[0.5; 4], &[false, true, false, true]), Some(0.5));
+        // One inversion out of 2×2 pairs.
+        assert_eq!(auc(&[0.1, 0.6, 0.5, 0.9], &[false, false, true, true]), Some(0.75));
+        assert_eq!(auc(&[0.1, 0.2], &[true, true]), None);
     }
 
     #[test]

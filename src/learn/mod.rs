@@ -3,6 +3,7 @@
 //! - [`transforms`]: the six signal transformations (pretext task), seeded;
 //! - [`model`]: the signal-transformation recognition network and the emotion network (burn);
 //! - [`train`]: pretext training, frozen-encoder head training, fully supervised baseline;
+//! - [`baseline`]: heart-rate baselines (absolute and wearer-relative) evaluated like the model;
 //! - [`dataset`]: recordings + manifest → preprocessed, per-subject z-scored windows;
 //! - [`manifest`]: the labelled-dataset manifest (CSV);
 //! - [`metrics`]: balanced accuracy, accuracy, macro-F1, confusion;
@@ -14,6 +15,7 @@
 //! - [`plots`]: SVG plots; [`experiment`]: the paper's comparison,
 //!   subject-independent.
 
+pub mod baseline;
 pub mod dataset;
 pub mod experiment;
 pub mod manifest;
