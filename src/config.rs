@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::dsp::quality::QualityConfig;
+use crate::dsp::BaselineConfig;
 use crate::dsp::PreprocessConfig;
 pub use crate::infer::config::ModelConfig;
 pub use crate::invalid::{is_topic_id, Invalid};
@@ -69,6 +70,9 @@ pub struct Config {
     /// Signal-quality gate (`[quality]`, optional).
     #[serde(default)]
     pub quality: QualityConfig,
+    /// The wearer baseline (`[baseline]`, optional).
+    #[serde(default)]
+    pub baseline: BaselineConfig,
     pub model: ModelConfig,
     pub store: StoreConfig,
     pub mqtt: MqttConfig,
@@ -210,6 +214,9 @@ impl Config {
         self.quality
             .validate()
             .map_err(|e| in_section(path, "", Invalid::component("quality", e)))?;
+        self.baseline
+            .validate()
+            .map_err(|e| in_section(path, "", Invalid::component("baseline", e)))?;
         self.mqtt
             .validate()
             .map_err(|e| in_section(path, "mqtt.", e))?;

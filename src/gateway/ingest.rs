@@ -28,6 +28,11 @@ impl HrPublisher {
             rmssd_ms: s.hrv.map(|h| h.rmssd_ms as f32),
             sdnn_ms: s.hrv.map(|h| h.sdnn_ms as f32),
             rr_corrected: s.hrv.map(|h| h.corrected_share as f32),
+            // Heart-rate-only straps have no ECG windows to build a baseline from.
+            calibrating: false,
+            hr_relative: None,
+            rmssd_relative: None,
+            sdnn_relative: None,
             quality: s.quality.to_string(),
             model: "none".into(),
         };

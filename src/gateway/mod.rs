@@ -383,6 +383,7 @@ impl GatewayBuilder {
             link.clone(),
             heads,
             self.observer.take(),
+            cfg.baseline.clone(),
         ));
 
         // Wait for a shutdown request or for every sensor to end on its own.

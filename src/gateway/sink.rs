@@ -8,6 +8,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::dsp::{BaselineConfig, BaselineTracker, WearerBaseline};
 
 pub(super) struct SinkReport {
     pub(super) published: u64,
@@ -16,13 +17,23 @@ pub(super) struct SinkReport {
 }
 
 /// Build the MQTT state message of a scored window.
-pub fn state_message(sw: &ScoredWindow, heads: &[String]) -> StateMessage {
+/// The state message of a window; `baseline` is its sensor's wearer baseline, if it has one
+/// yet (`None`: calibrating).
+pub fn state_message(
+    sw: &ScoredWindow,
+    heads: &[String],
+    baseline: Option<&WearerBaseline>,
+) -> StateMessage {
     let w = &sw.w;
     let mut scores: BTreeMap<String, Option<f32>> =
         heads.iter().map(|h| (h.clone(), None)).collect();
     for (h, v) in &sw.scores {
         scores.insert(h.clone(), Some(*v));
     }
+    let relative = match (baseline, w.hrv, w.quality.is_good()) {
+        (Some(b), Some(h), true) => Some(b.relative([h.hr_bpm, h.rmssd_ms, h.sdnn_ms])),
+        _ => None,
+    };
     StateMessage {
         time: rfc3339_ms(w.window.end_ns()),
         window_start_ms: w.window.start_ns.div_euclid(1_000_000),
@@ -33,9 +44,18 @@ pub fn state_message(sw: &ScoredWindow, heads: &[String]) -> StateMessage {
         rmssd_ms: w.hrv.map(|h| h.rmssd_ms as f32),
         sdnn_ms: w.hrv.map(|h| h.sdnn_ms as f32),
         rr_corrected: w.hrv.map(|h| h.corrected_share as f32),
+        calibrating: baseline.is_none(),
+        hr_relative: relative.map(|r| r[0] as f32),
+        rmssd_relative: relative.map(|r| r[1] as f32),
+        sdnn_relative: relative.map(|r| r[2] as f32),
         quality: w.quality.label(),
         model: sw.model.to_string(),
     }
+}
+
+/// Store meta key of a sensor's wearer baseline.
+fn baseline_key(sensor: &str) -> String {
+    format!("baseline/{sensor}")
 }
 
 pub(super) async fn sink_task(
@@ -45,7 +65,11 @@ pub(super) async fn sink_task(
     link: Arc<MqttLink>,
     heads: Vec<String>,
     observer: Option<mpsc::UnboundedSender<Observed>>,
+    baseline_cfg: BaselineConfig,
 ) -> SinkReport {
+    // One wearer baseline per sensor, restored from the store's meta (so a restart does not
+    // start calibrating again) and saved back whenever it is recomputed.
+    let mut baselines: BTreeMap<String, BaselineTracker> = BTreeMap::new();
     let mut rep = SinkReport {
         published: 0,
         per_sensor: BTreeMap::new(),
@@ -83,7 +107,25 @@ pub(super) async fn sink_task(
             if let Err(e) = store.put(&rec) {
                 tracing::error!(sensor = %rec.sensor, "storing window {} failed: {e}", rec.window.index);
             }
-            let msg = state_message(sw, &heads);
+            let tracker = baselines
+                .entry(sw.w.sensor.to_string())
+                .or_insert_with(|| {
+                    let saved = store
+                        .meta_get(&baseline_key(&sw.w.sensor))
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
+                    BaselineTracker::from_bytes(baseline_cfg.clone(), &saved)
+                });
+            if let (Some(h), true) = (sw.w.hrv, sw.w.quality.is_good()) {
+                tracker.push(sw.w.window.start_ns, [h.hr_bpm, h.rmssd_ms, h.sdnn_ms]);
+                if tracker.just_updated() {
+                    if let Err(e) = store.meta_put(&baseline_key(&sw.w.sensor), &tracker.to_bytes()) {
+                        tracing::warn!(sensor = %sw.w.sensor, "saving the wearer baseline failed: {e}");
+                    }
+                }
+            }
+            let msg = state_message(sw, &heads, tracker.baseline());
             let payload = serde_json::to_vec(&msg).expect("state message serialises");
             match outbox.push(&link.topics().state(&msg.sensor), &payload) {
                 Ok(_) => rep.published += 1,

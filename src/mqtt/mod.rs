@@ -74,6 +74,18 @@ pub struct StateMessage {
     /// detection artefacts before RMSSD/SDNN were computed on normal-to-normal intervals.
     #[serde(default)]
     pub rr_corrected: Option<f32>,
+    /// True until the sensor has a wearer baseline (`[baseline] min_windows` good windows
+    /// within `horizon_days`); the relative values below are `null` meanwhile.
+    #[serde(default)]
+    pub calibrating: bool,
+    /// Heart rate, RMSSD and SDNN relative to the wearer's baseline: (value − the wearer's
+    /// median) / the wearer's spread (1.4826 × MAD). `+2` = clearly above their usual.
+    #[serde(default)]
+    pub hr_relative: Option<f32>,
+    #[serde(default)]
+    pub rmssd_relative: Option<f32>,
+    #[serde(default)]
+    pub sdnn_relative: Option<f32>,
     /// `"good"` or the failed checks joined with `+` (`"flat"`, `"clipping"`, `"implausible_rr"`).
     pub quality: String,
     /// Model version that scored this window (`<file stem>@<sha256 prefix>`).

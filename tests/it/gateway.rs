@@ -109,6 +109,26 @@ async fn replaying_polar_recording_publishes_one_valid_state_per_window() {
         good_hr.len(),
         states.len()
     );
+    // The wearer baseline: calibrating until 30 good windows were seen, then every good
+    // window carries its values relative to this wearer; the RR correction share is there.
+    let first_relative = states
+        .iter()
+        .position(|s| !s.calibrating)
+        .expect("a baseline after 30 good windows");
+    let good_before = states[..first_relative]
+        .iter()
+        .filter(|s| s.quality == "good")
+        .count();
+    assert_eq!(good_before, 29, "the 30th good window is the first with a baseline");
+    for s in &states[first_relative..] {
+        assert!(!s.calibrating);
+        if s.quality == "good" {
+            let r = s.hr_relative.expect("relative HR once calibrated");
+            assert!(r.abs() < 10.0, "{r}");
+            assert!(s.rr_corrected.is_some());
+        }
+    }
+    assert!(states[..first_relative].iter().all(|s| s.hr_relative.is_none()));
     good_hr.sort_by(f32::total_cmp);
     let med = good_hr[good_hr.len() / 2];
     assert!(
@@ -467,4 +487,49 @@ async fn onnxruntime_backend_serves_the_same_scores_as_tract() {
             _ => panic!("scored by one backend only: {a:?} vs {b:?}"),
         }
     }
+}
+
+/// The wearer baseline is kept in the store: after a restart on the same store the sensor is
+/// not calibrating again; the first window of the second run already carries relative values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wearer_baseline_survives_a_restart() {
+    let Some(file) = polar_file() else {
+        return;
+    };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let rx = Recorder::start(broker.port, &["affectgate/gwbase/#"]).await;
+    for _ in 0..2 {
+        let cfg = config_for(broker.port, &store_dir, &file, false, "gwbase");
+        let report = GatewayBuilder::new(cfg)
+            .run(std::future::pending())
+            .await
+            .expect("gateway run");
+        assert!(report.mqtt.all_acked, "{:?}", report.mqtt);
+    }
+    assert!(
+        rx.wait_for(Duration::from_secs(10), |m| {
+            m.iter()
+                .filter(|m| m.topic == "affectgate/gwbase/polar/state")
+                .count()
+                >= 2 * 59
+        })
+        .await
+    );
+    let states: Vec<StateMessage> = rx
+        .on("affectgate/gwbase/polar/state")
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    let (first, second) = states.split_at(states.len() / 2);
+    assert!(first[0].calibrating, "a new sensor starts calibrating");
+    assert!(
+        second.iter().all(|s| !s.calibrating),
+        "after a restart the stored baseline is used"
+    );
+    let g = second.iter().find(|s| s.quality == "good").unwrap();
+    assert!(g.hr_relative.is_some());
 }
