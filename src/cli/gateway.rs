@@ -300,8 +300,14 @@ pub fn format_state(m: &StateMessage) -> String {
         Some(v) => format!("{v:>w$.0}"),
         None => format!("{:>w$}", "-"),
     };
+    // How far this window's heart rate is from the wearer's usual (robust z), once known.
+    let usual = match (m.calibrating, m.hr_relative) {
+        (true, _) => "calibrating".to_string(),
+        (false, Some(r)) => format!("vs usual {r:+.1}"),
+        (false, None) => "vs usual   - ".to_string(),
+    };
     format!(
-        "{time}  {:<10} {}   HR {} bpm  RMSSD {} ms  quality {}",
+        "{time}  {:<10} {}   HR {} bpm ({usual})  RMSSD {} ms  quality {}",
         m.sensor,
         scores.join("  "),
         num(m.hr_bpm, 4),

@@ -429,3 +429,23 @@ fn sdnn_scatter_over_seeds() {
     let within = ratios.iter().filter(|r| (**r - 1.0).abs() <= 0.3).count();
     println!("300 s SDNN / target over 40 seeds: mean {m:.3} sd {s:.3} min {lo:.3} max {hi:.3}, within ±30 %: {within}/40");
 }
+
+/// Sinus rhythm with ordinary HRV is normal-to-normal: the NN correction must leave the demo's
+/// synthetic wearers (SDNN 18–70 ms) essentially untouched, through the whole DSP path.
+#[test]
+fn nn_correction_leaves_synthetic_sinus_rhythm_alone() {
+    for (hr, sdnn, seed) in [(62.0, 70.0, 1), (75.0, 45.0, 2), (98.0, 18.0, 3)] {
+        let cfg = SyntheticConfig {
+            hr_bpm: hr,
+            hrv_sdnn_ms: sdnn,
+            seed,
+            ..SyntheticConfig::default()
+        };
+        let (_, beats) = generate(&cfg, 600.0);
+        let rr = rr_ms(&beats);
+        let nn = dsp::nn_intervals(&rr);
+        let share = (nn.n_corrected + nn.n_dropped) as f64 / nn.n_rr as f64;
+        eprintln!("synthetic {hr} bpm / SDNN {sdnn} ms: {:.1} % of RR corrected", share * 100.0);
+        assert!(share < 0.02, "{hr} bpm: {share}");
+    }
+}
