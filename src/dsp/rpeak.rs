@@ -23,7 +23,7 @@ use biquad::{Biquad, Coefficients, DirectForm2Transposed, Type};
 /// Heart rate and time-domain HRV of one segment, on normal-to-normal (NN) intervals.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HrvStats {
-    /// 60000 / mean NN interval.
+    /// 60000 / mean of the plausible (300–2000 ms) RR intervals: every beat counts.
     pub hr_bpm: f64,
     /// Root mean square of successive differences of adjacent NN intervals.
     pub rmssd_ms: f64,
@@ -201,8 +201,16 @@ pub fn hrv_from_rr(rr_ms: &[f64]) -> Option<HrvStats> {
     }
     let mean = values.iter().sum::<f64>() / values.len() as f64;
     let ss: f64 = values.iter().map(|v| (v - mean) * (v - mean)).sum();
+    // Heart rate counts every beat, ectopic ones included (they are real beats): the mean of
+    // all plausible RR intervals. Only the variability indices need NN intervals.
+    let plausible: Vec<f64> = rr_ms
+        .iter()
+        .copied()
+        .filter(|r| (RR_MIN_MS..=RR_MAX_MS).contains(r))
+        .collect();
+    let mean_rr = plausible.iter().sum::<f64>() / plausible.len().max(1) as f64;
     Some(HrvStats {
-        hr_bpm: 60_000.0 / mean,
+        hr_bpm: 60_000.0 / mean_rr,
         rmssd_ms: (diffs.iter().map(|d| d * d).sum::<f64>() / diffs.len() as f64).sqrt(),
         sdnn_ms: (ss / (values.len() - 1) as f64).sqrt(),
         n_beats: rr_ms.len() + 1,
