@@ -100,6 +100,14 @@ pub struct SyntheticConfig {
     pub motion_uv: f64,
     /// Seed of all random streams (RR process, noise, baseline phase, motion).
     pub seed: u64,
+    /// Scripted stress episodes (default 0 = none): one starts every `episode_every_s`
+    /// seconds, the first at `episode_start_s`, and lasts `episode_s`; during it the heart
+    /// rate is `hr_bpm + episode_hr_bpm` and the SDNN `hrv_sdnn_ms × episode_hrv_factor`.
+    pub episode_every_s: f64,
+    pub episode_start_s: f64,
+    pub episode_s: f64,
+    pub episode_hr_bpm: f64,
+    pub episode_hrv_factor: f64,
 }
 
 impl Default for SyntheticConfig {
@@ -116,6 +124,11 @@ impl Default for SyntheticConfig {
             motion_per_min: 0.0,
             motion_uv: 0.0,
             seed: 0,
+            episode_every_s: 0.0,
+            episode_start_s: 0.0,
+            episode_s: 0.0,
+            episode_hr_bpm: 0.0,
+            episode_hrv_factor: 1.0,
         }
     }
 }
@@ -156,7 +169,30 @@ impl SyntheticConfig {
         check("baseline_hz", self.baseline_hz, 0.01, 2.0)?;
         check("motion_per_min", self.motion_per_min, 0.0, 120.0)?;
         check("motion_uv", self.motion_uv, 0.0, 100_000.0)?;
+        check("episode_every_s", self.episode_every_s, 0.0, 1e7)?;
+        check("episode_start_s", self.episode_start_s, 0.0, 1e7)?;
+        check("episode_s", self.episode_s, 0.0, 1e7)?;
+        check("episode_hr_bpm", self.episode_hr_bpm, -100.0, 150.0)?;
+        check("episode_hrv_factor", self.episode_hrv_factor, 0.0, 10.0)?;
+        if self.episode_every_s > 0.0 && self.episode_s >= self.episode_every_s {
+            return Err(SyntheticError::InvalidConfig {
+                key: "episode_s".into(),
+                value: self.episode_s.to_string(),
+                reason: format!(
+                    "must be shorter than episode_every_s = {}",
+                    self.episode_every_s
+                ),
+            });
+        }
         Ok(())
+    }
+
+    /// Whether second `t_s` of the signal lies inside a scripted episode.
+    pub fn in_episode(&self, t_s: f64) -> bool {
+        if self.episode_every_s <= 0.0 || t_s < self.episode_start_s {
+            return false;
+        }
+        (t_s - self.episode_start_s).rem_euclid(self.episode_every_s) < self.episode_s
     }
 }
 
@@ -500,7 +536,22 @@ impl SyntheticEcg {
     /// Write the next `out.len()` samples (µV). Any block size; the output is bit-identical to
     /// one long call.
     pub fn fill(&mut self, out: &mut [f32]) {
+        let scripted = self.cfg.episode_every_s > 0.0;
         for o in out.iter_mut() {
+            if scripted && self.n_out % (self.cfg.fs_hz.round() as u64).max(1) == 0 {
+                // Once a second: follow the episode script (applied at the next beat).
+                let t = self.n_out as f64 / self.cfg.fs_hz;
+                let (hr, sdnn) = if self.cfg.in_episode(t) {
+                    (
+                        self.cfg.hr_bpm + self.cfg.episode_hr_bpm,
+                        self.cfg.hrv_sdnn_ms * self.cfg.episode_hrv_factor,
+                    )
+                } else {
+                    (self.cfg.hr_bpm, self.cfg.hrv_sdnn_ms)
+                };
+                self.set_heart_rate(hr);
+                self.set_hrv(sdnn);
+            }
             *o = self.next_sample() as f32;
         }
     }

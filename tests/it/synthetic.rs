@@ -449,3 +449,42 @@ fn nn_correction_leaves_synthetic_sinus_rhythm_alone() {
         assert!(share < 0.02, "{hr} bpm: {share}");
     }
 }
+
+/// Scripted episodes: inside them the generator's heart rate is raised and its HRV lowered as
+/// configured, outside them it is the wearer's usual; the script is deterministic.
+#[test]
+fn scripted_episodes_raise_heart_rate_then_recover() {
+    let cfg = SyntheticConfig {
+        hr_bpm: 70.0,
+        hrv_sdnn_ms: 40.0,
+        episode_every_s: 300.0,
+        episode_start_s: 120.0,
+        episode_s: 120.0,
+        episode_hr_bpm: 30.0,
+        episode_hrv_factor: 0.4,
+        seed: 9,
+        ..SyntheticConfig::default()
+    };
+    cfg.validate().unwrap();
+    assert!(!cfg.in_episode(119.0) && cfg.in_episode(121.0) && !cfg.in_episode(241.0));
+    assert!(cfg.in_episode(421.0), "the second episode, 300 s later");
+    let (_, beats) = generate(&cfg, 600.0);
+    // Mean HR of the beats in [a, b) seconds, skipping 20 s of transition at the start.
+    let hr_in = |a: f64, b: f64| {
+        let rr: Vec<f64> = beats
+            .windows(2)
+            .filter(|w| w[0] >= a + 20.0 && w[1] < b)
+            .map(|w| w[1] - w[0])
+            .collect();
+        60.0 / (rr.iter().sum::<f64>() / rr.len() as f64)
+    };
+    let (before, during, after) = (hr_in(0.0, 120.0), hr_in(120.0, 240.0), hr_in(240.0, 420.0));
+    eprintln!("episodes: HR {before:.1} before, {during:.1} during, {after:.1} after");
+    assert!((before - 70.0).abs() < 3.0, "{before}");
+    assert!((during - 100.0).abs() < 4.0, "{during}");
+    assert!((after - 70.0).abs() < 3.0, "{after}");
+    let mut bad = cfg.clone();
+    bad.episode_s = 400.0;
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("episode_s"), "{e}");
+}
