@@ -28,7 +28,7 @@ fn shipped_plugin_toml_is_valid() {
             other => panic!("unexpected {other:?}"),
         })
         .collect();
-    assert_eq!(hr, vec![62.0, 75.0, 98.0]);
+    assert_eq!(hr, vec![62.0, 75.0, 80.0]);
     assert_eq!(cfg.dsp.filter.notch_hz, Some(50.0));
     assert!(cfg
         .plugin
@@ -84,7 +84,7 @@ fn ids_must_be_topic_safe_and_unique() {
 
 #[test]
 fn impossible_values_name_the_key() {
-    let e = err(&shipped().replace("hr_bpm = 98", "hr_bpm = 400"));
+    let e = err(&shipped().replace("hr_bpm = 80", "hr_bpm = 400"));
     assert!(
         e.contains("sensors[2].source") && e.contains("hr_bpm"),
         "{e}"
