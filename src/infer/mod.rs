@@ -39,7 +39,7 @@
 //! [`InferError::Session`]. ONNX Runtime reports such graphs as errors by itself.
 //!
 //! # Speed
-//! `tests/onnx_infer.rs` (`bench_backends`) measures both backends on the full-size emotion
+//! `tests/it/onnx_infer.rs` (`bench_backends`) measures both backends on the full-size emotion
 //! network. ONNX Runtime uses its default intra-op thread pool (one thread per core) with
 //! spinning off; tract runs single-threaded (`tract-linalg`'s `multithread-mm` feature is not
 //! enabled).
