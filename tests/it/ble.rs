@@ -501,10 +501,7 @@ async fn h10_over_simulated_bluez_end_to_end_with_a_link_drop() {
     // stitched across the drop would correlate poorly with every offline window.
     let store = Store::open(
         &cfg.store.path,
-        Retention {
-            max_bytes: u64::MAX,
-            max_age_ns: i64::MAX,
-        },
+        Retention::KEEP_ALL,
     )
     .unwrap();
     let mut stored: Vec<_> = store
@@ -712,10 +709,7 @@ async fn strap_without_pmd_falls_back_to_heart_rate_summaries() {
     let cfg = Config::load(&config).unwrap();
     let store = Store::open(
         &cfg.store.path,
-        Retention {
-            max_bytes: u64::MAX,
-            max_age_ns: i64::MAX,
-        },
+        Retention::KEEP_ALL,
     )
     .unwrap();
     assert_eq!(store.range("oldstrap", i64::MIN, i64::MAX).count(), 0);
@@ -786,10 +780,7 @@ async fn generic_gatt_ecg_board_is_decoded_with_the_configured_format() {
     .unwrap();
     let store = Store::open(
         &cfg.store.path,
-        Retention {
-            max_bytes: u64::MAX,
-            max_age_ns: i64::MAX,
-        },
+        Retention::KEEP_ALL,
     )
     .unwrap();
     let mut stored: Vec<_> = store

@@ -28,13 +28,6 @@ fn polar_file() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
-fn no_retention() -> Retention {
-    Retention {
-        max_bytes: u64::MAX,
-        max_age_ns: i64::MAX,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_polar_recording_publishes_one_valid_state_per_window() {
     let Some(file) = polar_file() else {
@@ -148,7 +141,7 @@ async fn replaying_polar_recording_publishes_one_valid_state_per_window() {
     );
 
     // Everything is in the store, with the same scores that were published.
-    let store = Store::open(&store_dir, no_retention()).unwrap();
+    let store = Store::open(&store_dir, Retention::KEEP_ALL).unwrap();
     let stored: Vec<_> = store
         .range("polar", i64::MIN, i64::MAX)
         .map(|r| r.unwrap())
@@ -225,7 +218,7 @@ async fn restart_mid_run_keeps_every_announced_window() {
     );
 
     let count1 = {
-        let store = Store::open(&store_dir, no_retention()).expect("store reopens after SIGKILL");
+        let store = Store::open(&store_dir, Retention::KEEP_ALL).expect("store reopens after SIGKILL");
         let recs: Vec<_> = store.range("polar", i64::MIN, i64::MAX).collect();
         assert!(
             recs.iter().all(|r| r.is_ok()),
@@ -281,7 +274,7 @@ async fn restart_mid_run_keeps_every_announced_window() {
                 .window_start_ms
         })
         .collect();
-    let store = Store::open(&store_dir, no_retention()).unwrap();
+    let store = Store::open(&store_dir, Retention::KEEP_ALL).unwrap();
     let stored: std::collections::BTreeSet<i64> = store
         .range("polar", i64::MIN, i64::MAX)
         .map(|r| {

@@ -26,13 +26,6 @@ fn polar() -> Option<PathBuf> {
     Some(shared_data()?.join("polar-h10/polar_h10_ecg.csv"))
 }
 
-fn keep_all() -> Retention {
-    Retention {
-        max_bytes: u64::MAX,
-        max_age_ns: i64::MAX,
-    }
-}
-
 fn json(m: &crate::util::Msg) -> Value {
     serde_json::from_slice(&m.payload).unwrap_or_else(|e| panic!("{}: {e}", m.topic))
 }
@@ -273,7 +266,7 @@ impl Drop for Persistent {
 }
 
 fn stored(store_dir: &Path, sensor: &str) -> BTreeSet<(String, i64)> {
-    let s = Store::open(store_dir, keep_all()).unwrap();
+    let s = Store::open(store_dir, Retention::KEEP_ALL).unwrap();
     s.range(sensor, i64::MIN, i64::MAX)
         .map(|r| {
             let w = r.unwrap();
@@ -486,7 +479,7 @@ async fn malformed_inputs_get_error_messages_and_labels_reach_the_store() {
     );
     stop.notify_one();
     gw.await.unwrap().unwrap();
-    let s = Store::open(&store_dir, keep_all()).unwrap();
+    let s = Store::open(&store_dir, Retention::KEEP_ALL).unwrap();
     let all: Vec<_> = s
         .range("synth", i64::MIN, i64::MAX)
         .map(|r| r.unwrap())

@@ -111,10 +111,7 @@ async fn password_protected_broker_accepts_only_the_right_credentials() {
     assert!(all.contains("0 delivered"), "{all}");
     let store = affectgate::store::Store::open(
         &cfg.store.path,
-        affectgate::store::Retention {
-            max_bytes: u64::MAX,
-            max_age_ns: i64::MAX,
-        },
+        affectgate::store::Retention::KEEP_ALL,
     )
     .unwrap();
     assert_eq!(store.outbox(1000).unwrap().len() as u64, r.published);

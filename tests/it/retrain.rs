@@ -273,10 +273,7 @@ async fn cmd_retrain_runs_a_round_in_the_running_gateway() {
     {
         let store = affectgate::store::Store::open(
             &cfg.store.path,
-            affectgate::store::Retention {
-                max_bytes: u64::MAX,
-                max_age_ns: i64::MAX,
-            },
+            affectgate::store::Retention::KEEP_ALL,
         )
         .unwrap();
         let starts: Vec<i64> = store
@@ -685,10 +682,7 @@ async fn a_staged_round_of_a_replaced_model_is_discarded() {
     };
     let store = affectgate::store::Store::open(
         &cfg.store.path,
-        affectgate::store::Retention {
-            max_bytes: u64::MAX,
-            max_age_ns: i64::MAX,
-        },
+        affectgate::store::Retention::KEEP_ALL,
     )
     .unwrap();
     let registry = Registry::open(&cfg.retrain.models_dir);

@@ -15,10 +15,7 @@ const S: i64 = 1_000_000_000;
 const DT: i64 = 3_906_250;
 
 fn unlimited() -> Retention {
-    Retention {
-        max_bytes: u64::MAX,
-        max_age_ns: i64::MAX,
-    }
+    Retention::KEEP_ALL
 }
 
 /// A plain window record: `n` samples of a deterministic ECG-like signal.
@@ -788,10 +785,7 @@ fn mutated_valid_encodings_are_errors_not_panics() {
 #[test]
 fn outbox_is_a_bounded_persistent_fifo() {
     let dir = tempfile::tempdir().unwrap();
-    let keep = Retention {
-        max_bytes: u64::MAX,
-        max_age_ns: i64::MAX,
-    };
+    let keep = Retention::KEEP_ALL;
     {
         let s = Store::open(dir.path(), keep).unwrap();
         let o = s.outbox(3).unwrap();
