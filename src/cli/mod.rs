@@ -449,6 +449,9 @@ struct EvalHead {
     model: HeadReport,
     /// Leave-one-subject-out heart-rate baselines (see `learn::baseline`).
     baselines: std::collections::BTreeMap<String, HeadReport>,
+    /// Balanced accuracy per subject (subjects with both classes), per scorer (`model` and
+    /// each baseline).
+    per_subject: std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>,
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
@@ -499,10 +502,19 @@ fn eval(a: EvalArgs) -> Result<()> {
             )?;
         }
         let mut baselines = std::collections::BTreeMap::new();
+        let mut per_subject = std::collections::BTreeMap::new();
+        per_subject.insert(
+            "model".to_string(),
+            baseline::per_subject_balanced_accuracy(&model_probs, &labels, &subjects),
+        );
         for (name, probs) in baseline::baseline_probabilities(&subjects, &phys, &labels) {
             let (s, y) = pairs(&probs);
             if let Some(r) = HeadReport::from_scores(&s, &y) {
                 baselines.insert(name.to_string(), r);
+                per_subject.insert(
+                    name.to_string(),
+                    baseline::per_subject_balanced_accuracy(&probs, &labels, &subjects),
+                );
             }
         }
         report.insert(
@@ -510,6 +522,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             EvalHead {
                 model: model_report,
                 baselines,
+                per_subject,
             },
         );
     }
@@ -538,23 +551,38 @@ fn eval(a: EvalArgs) -> Result<()> {
             out.model, out.manifest, out.windows, out.windows_good, out.subjects, out.backend
         );
         println!(
-            "{:<10} {:<26} {:>17} {:>6} {:>9} {:>9} {:>6}",
-            "head", "scorer", "balanced_accuracy", "auc", "accuracy", "macro_f1", "n"
+            "{:<10} {:<26} {:>17} {:>6} {:>9} {:>9} {:>6}  {}",
+            "head",
+            "scorer",
+            "balanced_accuracy",
+            "auc",
+            "accuracy",
+            "macro_f1",
+            "n",
+            "per subject: mean ± sd (subjects)"
         );
         let fmt_auc = |r: &HeadReport| r.auc.map_or("-".into(), |v| format!("{v:.3}"));
         for (h, e) in &out.heads {
-            let rows = std::iter::once(("model".to_string(), &e.model))
-                .chain(e.baselines.iter().map(|(n, r)| (format!("baseline {n}"), r)));
-            for (name, r) in rows {
+            let rows = std::iter::once(("model", "model".to_string(), &e.model)).chain(
+                e.baselines
+                    .iter()
+                    .map(|(n, r)| (n.as_str(), format!("baseline {n}"), r)),
+            );
+            for (key, name, r) in rows {
+                let subj = e.per_subject.get(key).map_or("-".to_string(), |v| {
+                    let (m, sd) = baseline::mean_sd(v);
+                    format!("{m:.3} ± {sd:.3} ({})", v.len())
+                });
                 println!(
-                    "{:<10} {:<26} {:>17.3} {:>6} {:>9.3} {:>9.3} {:>6}",
+                    "{:<10} {:<26} {:>17.3} {:>6} {:>9.3} {:>9.3} {:>6}  {}",
                     h,
                     name,
                     r.balanced_accuracy,
                     fmt_auc(r),
                     r.accuracy,
                     r.f1,
-                    r.n
+                    r.n,
+                    subj
                 );
             }
         }

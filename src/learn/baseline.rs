@@ -241,6 +241,34 @@ pub fn baseline_probabilities(
     ]
 }
 
+/// Balanced accuracy (threshold 0.5) per subject that has both classes among its scored,
+/// labelled windows: how a scorer does for each person, not only pooled.
+pub fn per_subject_balanced_accuracy(
+    probs: &[Option<f64>],
+    labels: &[Option<bool>],
+    subjects: &[String],
+) -> std::collections::BTreeMap<String, f64> {
+    let mut by: std::collections::BTreeMap<&str, crate::learn::metrics::Confusion> =
+        Default::default();
+    for ((p, y), s) in probs.iter().zip(labels).zip(subjects) {
+        if let (Some(p), Some(y)) = (p, y) {
+            by.entry(s).or_default().record(*p >= 0.5, *y);
+        }
+    }
+    by.into_iter()
+        .filter(|(_, c)| c.tp + c.fn_ > 0 && c.tn + c.fp > 0)
+        .map(|(s, c)| (s.to_string(), c.balanced_accuracy()))
+        .collect()
+}
+
+/// Mean and sample standard deviation of per-subject values.
+pub fn mean_sd(v: &std::collections::BTreeMap<String, f64>) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let m = v.values().sum::<f64>() / n;
+    let var = v.values().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (m, var.sqrt())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

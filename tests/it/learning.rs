@@ -228,6 +228,14 @@ fn cli_pretrain_finetune_eval_infer() {
         let x = b[k]["balanced_accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&x), "{k} = {x}");
     }
+    // Per subject: the three subjects who keep both classes after the gate (Subject02 keeps
+    // only its task windows), for the model and every baseline.
+    for scorer in ["model", "hr", "hr_relative", "hr_hrv_relative"] {
+        let m = h["per_subject"][scorer].as_object().unwrap();
+        let names: Vec<&str> = m.keys().map(String::as_str).collect();
+        assert_eq!(names, ["Subject00", "Subject01", "Subject03"], "{scorer}");
+        assert!(m.values().all(|v| (0.0..=1.0).contains(&v.as_f64().unwrap())));
+    }
 
     // infer, with both backends in separate processes (one ort backend per process)
     let rec = data.join("eegmat/Subject01_task.edf");
