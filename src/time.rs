@@ -188,15 +188,26 @@ pub struct Backoff {
     initial: Duration,
     max: Duration,
     failures: u32,
+    /// The delay is scaled by a factor in [1 − jitter, 1 + jitter).
+    jitter: f64,
 }
 
 impl Backoff {
+    /// Jitter ±50 %: many straps (or gateways) must not reconnect in lock step.
     pub fn new(initial: Duration, max: Duration) -> Self {
         Self {
             initial,
             max,
             failures: 0,
+            jitter: 0.5,
         }
+    }
+
+    /// Another jitter fraction (0–1): a client that must catch a broker's short up-time
+    /// (the MQTT link) keeps its retries closer to the doubling schedule.
+    pub fn with_jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter.clamp(0.0, 1.0);
+        self
     }
 
     /// Delay before the next attempt, given a jitter draw `u` in [0, 1).
@@ -206,7 +217,7 @@ impl Backoff {
             .saturating_mul(1u32 << self.failures.min(20))
             .min(self.max);
         self.failures = self.failures.saturating_add(1);
-        base.mul_f64(0.5 + u.clamp(0.0, 1.0))
+        base.mul_f64(1.0 - self.jitter + 2.0 * self.jitter * u.clamp(0.0, 1.0))
     }
 
     /// Delay before the next attempt (random jitter).
@@ -293,5 +304,9 @@ mod tests {
             d >= Duration::from_secs(5) && d < Duration::from_secs(15),
             "{d:?}"
         );
+        let mut m =
+            Backoff::new(Duration::from_millis(250), Duration::from_secs(30)).with_jitter(0.2);
+        assert_eq!(m.next_with(0.0), Duration::from_millis(200));
+        assert_eq!(m.next_with(1.0), Duration::from_millis(600));
     }
 }

@@ -13,9 +13,9 @@ pub mod model;
 
 use affectgate::dsp::PreprocessConfig;
 use affectgate::infer::{Backend, Model};
+use affectgate::learn::baseline;
 use affectgate::learn::dataset::{self, Dataset};
 use affectgate::learn::experiment::{self, ExperimentConfig};
-use affectgate::learn::baseline;
 use affectgate::learn::metrics::HeadReport;
 use affectgate::learn::pipeline::{self, FinetuneJob, PretrainJob};
 use affectgate::learn::plots;
@@ -477,7 +477,13 @@ fn eval(a: EvalArgs) -> Result<()> {
             .windows
             .iter()
             .zip(&phys)
-            .map(|(w, p)| if p.good { w.labels[li].map(|v| v >= 0.5) } else { None })
+            .map(|(w, p)| {
+                if p.good {
+                    w.labels[li].map(|v| v >= 0.5)
+                } else {
+                    None
+                }
+            })
             .collect();
         let pairs = |probs: &[Option<f64>]| -> (Vec<f64>, Vec<bool>) {
             probs

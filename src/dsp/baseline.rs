@@ -264,7 +264,10 @@ mod tests {
         // What the store keeps survives a restart.
         let back = BaselineTracker::from_bytes(cfg_copy(), &t.to_bytes());
         assert_eq!(back.len(), t.len());
-        assert_eq!(back.baseline().unwrap().median, t.baseline().unwrap().median);
+        assert_eq!(
+            back.baseline().unwrap().median,
+            t.baseline().unwrap().median
+        );
         assert_eq!(BaselineTracker::from_bytes(cfg_copy(), b"torn").len(), 0);
     }
 

@@ -32,12 +32,12 @@ pub mod resample;
 pub mod rpeak;
 pub mod window;
 
+pub use self::baseline::{BaselineConfig, BaselineTracker, WearerBaseline, MIN_BASELINE_WINDOWS};
 pub use self::filter::{FilterChain, FilterConfig};
 pub use self::normalize::{
     mean_std, zscore_in_place, zscore_self, NormUsed, RunningStats, SubjectStats, MIN_STD,
 };
 pub use self::resample::{Resampler, ResamplerKind};
-pub use self::baseline::{BaselineConfig, BaselineTracker, WearerBaseline, MIN_BASELINE_WINDOWS};
 pub use self::rpeak::{detect_rpeaks, hrv, nn_intervals, HrvStats, NnIntervals};
 pub use self::window::{Window, Windower, WINDOW_FS, WINDOW_LEN};
 

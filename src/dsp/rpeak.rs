@@ -107,7 +107,11 @@ pub fn nn_intervals(rr_ms: &[f64]) -> NnIntervals {
     let local = |i: usize| -> Option<f64> {
         let lo = i.saturating_sub(NN_HALF_WINDOW);
         let hi = (i + NN_HALF_WINDOW + 1).min(rr_ms.len());
-        let mut w: Vec<f64> = rr_ms[lo..hi].iter().copied().filter(|&r| plausible(r)).collect();
+        let mut w: Vec<f64> = rr_ms[lo..hi]
+            .iter()
+            .copied()
+            .filter(|&r| plausible(r))
+            .collect();
         if w.len() >= 3 {
             trimmed_mean(&mut w)
         } else {
@@ -503,7 +507,11 @@ mod nn_tests {
         let h = hrv_from_rr(&rr).unwrap();
         assert!(h.rmssd_ms < 20.0, "corrected RMSSD {}", h.rmssd_ms);
         assert!((h.hr_bpm - 60.0).abs() < 1.0, "{}", h.hr_bpm);
-        assert!((h.corrected_share - 2.0 / 3.0).abs() < 0.05, "{}", h.corrected_share);
+        assert!(
+            (h.corrected_share - 2.0 / 3.0).abs() < 0.05,
+            "{}",
+            h.corrected_share
+        );
         // What the old rule (plausible range only) reported on the same intervals.
         let raw: f64 = (rr.windows(2).map(|w| (w[1] - w[0]).powi(2)).sum::<f64>()
             / (rr.len() - 1) as f64)
@@ -515,7 +523,9 @@ mod nn_tests {
     /// flip between the two values with the window's parity and flag every other interval.
     #[test]
     fn alternating_rhythm_is_kept() {
-        let rr: Vec<f64> = (0..30).map(|k| if k % 2 == 0 { 800.0 } else { 1000.0 }).collect();
+        let rr: Vec<f64> = (0..30)
+            .map(|k| if k % 2 == 0 { 800.0 } else { 1000.0 })
+            .collect();
         let nn = nn_intervals(&rr);
         assert_eq!((nn.n_corrected, nn.n_dropped), (0, 0));
     }
@@ -524,7 +534,9 @@ mod nn_tests {
     fn missed_and_extra_detections_and_artefacts() {
         // A missed beat (1600 = 2 × 800) is split; an extra detection (300 + 500) is merged;
         // 250 ms is implausible and dropped, breaking the successive differences.
-        let rr = [800.0, 810.0, 1600.0, 790.0, 300.0, 500.0, 800.0, 250.0, 805.0, 800.0];
+        let rr = [
+            800.0, 810.0, 1600.0, 790.0, 300.0, 500.0, 800.0, 250.0, 805.0, 800.0,
+        ];
         let nn = nn_intervals(&rr);
         assert_eq!(
             nn.nn,

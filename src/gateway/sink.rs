@@ -107,20 +107,19 @@ pub(super) async fn sink_task(
             if let Err(e) = store.put(&rec) {
                 tracing::error!(sensor = %rec.sensor, "storing window {} failed: {e}", rec.window.index);
             }
-            let tracker = baselines
-                .entry(sw.w.sensor.to_string())
-                .or_insert_with(|| {
-                    let saved = store
-                        .meta_get(&baseline_key(&sw.w.sensor))
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default();
-                    BaselineTracker::from_bytes(baseline_cfg.clone(), &saved)
-                });
+            let tracker = baselines.entry(sw.w.sensor.to_string()).or_insert_with(|| {
+                let saved = store
+                    .meta_get(&baseline_key(&sw.w.sensor))
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                BaselineTracker::from_bytes(baseline_cfg.clone(), &saved)
+            });
             if let (Some(h), true) = (sw.w.hrv, sw.w.quality.is_good()) {
                 tracker.push(sw.w.window.start_ns, [h.hr_bpm, h.rmssd_ms, h.sdnn_ms]);
                 if tracker.just_updated() {
-                    if let Err(e) = store.meta_put(&baseline_key(&sw.w.sensor), &tracker.to_bytes()) {
+                    if let Err(e) = store.meta_put(&baseline_key(&sw.w.sensor), &tracker.to_bytes())
+                    {
                         tracing::warn!(sensor = %sw.w.sensor, "saving the wearer baseline failed: {e}");
                     }
                 }

@@ -88,7 +88,9 @@ impl Logistic {
     pub fn fit(x: &[Vec<f64>], y: &[bool]) -> Logistic {
         let d = x.first().map_or(0, Vec::len);
         let n = x.len().max(1) as f64;
-        let mean: Vec<f64> = (0..d).map(|j| x.iter().map(|r| r[j]).sum::<f64>() / n).collect();
+        let mean: Vec<f64> = (0..d)
+            .map(|j| x.iter().map(|r| r[j]).sum::<f64>() / n)
+            .collect();
         let sd: Vec<f64> = (0..d)
             .map(|j| {
                 (x.iter().map(|r| (r[j] - mean[j]).powi(2)).sum::<f64>() / n)
@@ -102,7 +104,13 @@ impl Logistic {
             .collect();
         let n_pos = y.iter().filter(|&&v| v).count().max(1) as f64;
         let n_neg = y.iter().filter(|&&v| !v).count().max(1) as f64;
-        let weight = |v: bool| if v { n / (2.0 * n_pos) } else { n / (2.0 * n_neg) };
+        let weight = |v: bool| {
+            if v {
+                n / (2.0 * n_pos)
+            } else {
+                n / (2.0 * n_neg)
+            }
+        };
         // Parameters θ = (w, b); Newton steps on the weighted log-loss.
         let k = d + 1;
         let mut theta = vec![0.0; k];
@@ -164,7 +172,11 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
             .unwrap_or(c);
         a.swap(c, p);
         b.swap(c, p);
-        let d = if a[c][c].abs() < 1e-12 { 1e-12 } else { a[c][c] };
+        let d = if a[c][c].abs() < 1e-12 {
+            1e-12
+        } else {
+            a[c][c]
+        };
         for r in c + 1..k {
             let f = a[r][c] / d;
             for cc in c..k {
@@ -176,7 +188,11 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
     let mut x = vec![0.0; k];
     for c in (0..k).rev() {
         let s: f64 = (c + 1..k).map(|j| a[c][j] * x[j]).sum();
-        let d = if a[c][c].abs() < 1e-12 { 1e-12 } else { a[c][c] };
+        let d = if a[c][c].abs() < 1e-12 {
+            1e-12
+        } else {
+            a[c][c]
+        };
         x[c] = (b[c] - s) / d;
     }
     x
@@ -230,14 +246,23 @@ pub fn baseline_probabilities(
     let rel = wearer_relative(subjects, phys);
     let hr: Vec<Option<Vec<f64>>> = phys
         .iter()
-        .map(|p| if p.good { p.features.map(|f| vec![f[0]]) } else { None })
+        .map(|p| {
+            if p.good {
+                p.features.map(|f| vec![f[0]])
+            } else {
+                None
+            }
+        })
         .collect();
     let hr_rel: Vec<Option<Vec<f64>>> = rel.iter().map(|r| r.map(|f| vec![f[0]])).collect();
     let all_rel: Vec<Option<Vec<f64>>> = rel.iter().map(|r| r.map(|f| f.to_vec())).collect();
     vec![
         ("hr", loso_probabilities(&hr, labels, subjects)),
         ("hr_relative", loso_probabilities(&hr_rel, labels, subjects)),
-        ("hr_hrv_relative", loso_probabilities(&all_rel, labels, subjects)),
+        (
+            "hr_hrv_relative",
+            loso_probabilities(&all_rel, labels, subjects),
+        ),
     ]
 }
 
@@ -284,13 +309,22 @@ mod tests {
         // so both come out wrong — a fit that saw its own subject would be right.
         let subjects: Vec<String> = (0..40).map(|i| format!("s{}", i % 2)).collect();
         let xo: Vec<Option<Vec<f64>>> = (0..40)
-            .map(|i| Some(vec![if i % 2 == 0 { i as f64 - 19.5 } else { 19.5 - i as f64 }]))
+            .map(|i| {
+                Some(vec![if i % 2 == 0 {
+                    i as f64 - 19.5
+                } else {
+                    19.5 - i as f64
+                }])
+            })
             .collect();
         let yo: Vec<Option<bool>> = (0..40).map(|i| Some(i >= 20)).collect();
         let p = loso_probabilities(&xo, &yo, &subjects);
         let right = (0..40)
             .filter(|&i| (p[i].unwrap() >= 0.5) == (i >= 20))
             .count();
-        assert!(right < 8, "{right} of 40 right: the held-out subject leaked into its fit");
+        assert!(
+            right < 8,
+            "{right} of 40 right: the held-out subject leaked into its fit"
+        );
     }
 }

@@ -142,7 +142,10 @@ pub fn auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
     if n_pos == 0 || n_neg == 0 {
         return None;
     }
-    let r_pos: f64 = (0..labels.len()).filter(|&i| labels[i]).map(|i| rank[i]).sum();
+    let r_pos: f64 = (0..labels.len())
+        .filter(|&i| labels[i])
+        .map(|i| rank[i])
+        .sum();
     let u = r_pos - (n_pos * (n_pos + 1)) as f64 / 2.0;
     Some(u / (n_pos * n_neg) as f64)
 }
@@ -175,11 +178,20 @@ mod tests {
 
     #[test]
     fn auc_known_values() {
-        assert_eq!(auc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]), Some(1.0));
-        assert_eq!(auc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]), Some(0.0));
+        assert_eq!(
+            auc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]),
+            Some(1.0)
+        );
+        assert_eq!(
+            auc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]),
+            Some(0.0)
+        );
         assert_eq!(auc(&[0.5; 4], &[false, true, false, true]), Some(0.5));
         // One inversion out of 2×2 pairs.
-        assert_eq!(auc(&[0.1, 0.6, 0.5, 0.9], &[false, false, true, true]), Some(0.75));
+        assert_eq!(
+            auc(&[0.1, 0.6, 0.5, 0.9], &[false, false, true, true]),
+            Some(0.75)
+        );
         assert_eq!(auc(&[0.1, 0.2], &[true, true]), None);
     }
 

@@ -524,8 +524,10 @@ impl Pump {
         self.retained
             .push((self.topics.status(), b"online".to_vec()));
         let broker = format!("{}:{}", self.opts.mqtt.host, self.opts.mqtt.port);
-        // The one reconnect back-off (250 ms doubling to 30 s, ×[0.5, 1.5) jitter).
-        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        // The one reconnect back-off: 250 ms doubling to 30 s, jitter ±20 % (not the BLE ±50 %:
+        // after a broker restart the link should be back within a few hundred ms).
+        let mut backoff =
+            Backoff::new(Duration::from_millis(250), Duration::from_secs(30)).with_jitter(0.2);
         let mut reported_down = false;
         let mut closing = Closing::No;
         loop {

@@ -499,11 +499,7 @@ async fn h10_over_simulated_bluez_end_to_end_with_a_link_drop() {
 
     // The stored windows hold the same signal as the offline windows, one for one: a window
     // stitched across the drop would correlate poorly with every offline window.
-    let store = Store::open(
-        &cfg.store.path,
-        Retention::KEEP_ALL,
-    )
-    .unwrap();
+    let store = Store::open(&cfg.store.path, Retention::KEEP_ALL).unwrap();
     let mut stored: Vec<_> = store
         .range("chest", i64::MIN, i64::MAX)
         .map(|w| w.expect("stored window reads"))
@@ -707,11 +703,7 @@ async fn strap_without_pmd_falls_back_to_heart_rate_summaries() {
     }
     // No ECG, so nothing was windowed or stored.
     let cfg = Config::load(&config).unwrap();
-    let store = Store::open(
-        &cfg.store.path,
-        Retention::KEEP_ALL,
-    )
-    .unwrap();
+    let store = Store::open(&cfg.store.path, Retention::KEEP_ALL).unwrap();
     assert_eq!(store.range("oldstrap", i64::MIN, i64::MAX).count(), 0);
 }
 
@@ -778,11 +770,7 @@ async fn generic_gatt_ecg_board_is_decoded_with_the_configured_format() {
         &cfg.dsp,
     )
     .unwrap();
-    let store = Store::open(
-        &cfg.store.path,
-        Retention::KEEP_ALL,
-    )
-    .unwrap();
+    let store = Store::open(&cfg.store.path, Retention::KEEP_ALL).unwrap();
     let mut stored: Vec<_> = store
         .range("diy", i64::MIN, i64::MAX)
         .map(|w| w.unwrap())

@@ -5,9 +5,9 @@
 //! `AFFECTGATE_REQUIRE_DATA=1`, fail when it is absent).
 
 use affectgate::dsp::{
-    self, detect_rpeaks, hrv, mean_std, nn_intervals, windows_from_recording, zscore_in_place, zscore_self,
-    DspError, FilterChain, FilterConfig, PreprocessConfig, Preprocessor, Resampler, RunningStats,
-    SubjectStats, Window, Windower, WINDOW_FS, WINDOW_LEN,
+    self, detect_rpeaks, hrv, mean_std, nn_intervals, windows_from_recording, zscore_in_place,
+    zscore_self, DspError, FilterChain, FilterConfig, PreprocessConfig, Preprocessor, Resampler,
+    RunningStats, SubjectStats, Window, Windower, WINDOW_FS, WINDOW_LEN,
 };
 use std::f64::consts::PI;
 
@@ -1301,13 +1301,18 @@ fn nn_correction_on_mitbih_100_annotations() {
         .map(|w| (w[1].0 - w[0].0) as f64 * 1000.0 / fs)
         .collect();
     // Interval i ends at beat i+1; it is ectopic-related if either end is not normal.
-    let abnormal: Vec<bool> = beats.windows(2).map(|w| w[0].1 != 1 || w[1].1 != 1).collect();
+    let abnormal: Vec<bool> = beats
+        .windows(2)
+        .map(|w| w[0].1 != 1 || w[1].1 != 1)
+        .collect();
     let nn = nn_intervals(&rr);
     let flagged = &nn.flagged;
     let n_abn = abnormal.iter().filter(|&&a| a).count();
     let hit = (0..rr.len()).filter(|&i| abnormal[i] && flagged[i]).count();
     let n_norm = rr.len() - n_abn;
-    let false_flags = (0..rr.len()).filter(|&i| !abnormal[i] && flagged[i]).count();
+    let false_flags = (0..rr.len())
+        .filter(|&i| !abnormal[i] && flagged[i])
+        .count();
     eprintln!(
         "MIT-BIH 100 annotations: {} intervals, {n_abn} touch a non-normal beat, {hit} of them flagged ({:.1} %); {false_flags} of {n_norm} normal intervals flagged ({:.2} %)",
         rr.len(),
@@ -1336,7 +1341,10 @@ fn nn_correction_on_mitbih_100_annotations() {
             continue;
         };
         let peaks = detect_rpeaks(chunk, fs);
-        let det_rr: Vec<f64> = peaks.windows(2).map(|w| (w[1] - w[0]) as f64 * 1000.0 / fs).collect();
+        let det_rr: Vec<f64> = peaks
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as f64 * 1000.0 / fs)
+            .collect();
         let old = rmssd_where(&det_rr, |i| (300.0..=2000.0).contains(&det_rr[i])).unwrap();
         let new = hrv(&peaks, fs).unwrap().rmssd_ms;
         err_old += (old - reference).abs();
@@ -1392,7 +1400,10 @@ fn nn_correction_on_the_polar_recording() {
         new.len(),
         ms * 100.0
     );
-    assert!(mo > 150.0, "the recording's ectopy should show uncorrected: {mo}");
+    assert!(
+        mo > 150.0,
+        "the recording's ectopy should show uncorrected: {mo}"
+    );
     assert!(mn < 100.0, "corrected median RMSSD {mn}");
     assert!(ms > 0.2, "trigeminy: a large share is corrected ({ms})");
 }

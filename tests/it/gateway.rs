@@ -112,7 +112,10 @@ async fn replaying_polar_recording_publishes_one_valid_state_per_window() {
         .iter()
         .filter(|s| s.quality == "good")
         .count();
-    assert_eq!(good_before, 29, "the 30th good window is the first with a baseline");
+    assert_eq!(
+        good_before, 29,
+        "the 30th good window is the first with a baseline"
+    );
     for s in &states[first_relative..] {
         assert!(!s.calibrating);
         if s.quality == "good" {
@@ -121,7 +124,9 @@ async fn replaying_polar_recording_publishes_one_valid_state_per_window() {
             assert!(s.rr_corrected.is_some());
         }
     }
-    assert!(states[..first_relative].iter().all(|s| s.hr_relative.is_none()));
+    assert!(states[..first_relative]
+        .iter()
+        .all(|s| s.hr_relative.is_none()));
     good_hr.sort_by(f32::total_cmp);
     let med = good_hr[good_hr.len() / 2];
     assert!(
@@ -218,7 +223,8 @@ async fn restart_mid_run_keeps_every_announced_window() {
     );
 
     let count1 = {
-        let store = Store::open(&store_dir, Retention::KEEP_ALL).expect("store reopens after SIGKILL");
+        let store =
+            Store::open(&store_dir, Retention::KEEP_ALL).expect("store reopens after SIGKILL");
         let recs: Vec<_> = store.range("polar", i64::MIN, i64::MAX).collect();
         assert!(
             recs.iter().all(|r| r.is_ok()),

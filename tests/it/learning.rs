@@ -234,7 +234,9 @@ fn cli_pretrain_finetune_eval_infer() {
         let m = h["per_subject"][scorer].as_object().unwrap();
         let names: Vec<&str> = m.keys().map(String::as_str).collect();
         assert_eq!(names, ["Subject00", "Subject01", "Subject03"], "{scorer}");
-        assert!(m.values().all(|v| (0.0..=1.0).contains(&v.as_f64().unwrap())));
+        assert!(m
+            .values()
+            .all(|v| (0.0..=1.0).contains(&v.as_f64().unwrap())));
     }
 
     // infer, with both backends in separate processes (one ort backend per process)

@@ -109,11 +109,9 @@ async fn password_protected_broker_accepts_only_the_right_credentials() {
         "password leaked into the output"
     );
     assert!(all.contains("0 delivered"), "{all}");
-    let store = affectgate::store::Store::open(
-        &cfg.store.path,
-        affectgate::store::Retention::KEEP_ALL,
-    )
-    .unwrap();
+    let store =
+        affectgate::store::Store::open(&cfg.store.path, affectgate::store::Retention::KEEP_ALL)
+            .unwrap();
     assert_eq!(store.outbox(1000).unwrap().len() as u64, r.published);
 }
 

@@ -271,11 +271,9 @@ async fn cmd_retrain_runs_a_round_in_the_running_gateway() {
     assert_eq!(r1.sensors["polar"].windows, 59);
     let good_run1 = r1.sensors["polar"].scored;
     {
-        let store = affectgate::store::Store::open(
-            &cfg.store.path,
-            affectgate::store::Retention::KEEP_ALL,
-        )
-        .unwrap();
+        let store =
+            affectgate::store::Store::open(&cfg.store.path, affectgate::store::Retention::KEEP_ALL)
+                .unwrap();
         let starts: Vec<i64> = store
             .range("polar", i64::MIN, i64::MAX)
             .map(|w| w.unwrap().window.start_ns)
@@ -680,11 +678,9 @@ async fn a_staged_round_of_a_replaced_model_is_discarded() {
     let Some(Recorded { dir: _dir, cfg, .. }) = recorded("gwstale").await else {
         return;
     };
-    let store = affectgate::store::Store::open(
-        &cfg.store.path,
-        affectgate::store::Retention::KEEP_ALL,
-    )
-    .unwrap();
+    let store =
+        affectgate::store::Store::open(&cfg.store.path, affectgate::store::Retention::KEEP_ALL)
+            .unwrap();
     let registry = Registry::open(&cfg.retrain.models_dir);
     let shipped = &cfg.model.path;
     let staged = round::stage(&store, &registry, shipped, 200).unwrap();

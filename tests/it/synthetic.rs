@@ -445,7 +445,10 @@ fn nn_correction_leaves_synthetic_sinus_rhythm_alone() {
         let rr = rr_ms(&beats);
         let nn = dsp::nn_intervals(&rr);
         let share = (nn.n_corrected + nn.n_dropped) as f64 / nn.n_rr as f64;
-        eprintln!("synthetic {hr} bpm / SDNN {sdnn} ms: {:.1} % of RR corrected", share * 100.0);
+        eprintln!(
+            "synthetic {hr} bpm / SDNN {sdnn} ms: {:.1} % of RR corrected",
+            share * 100.0
+        );
         assert!(share < 0.02, "{hr} bpm: {share}");
     }
 }
