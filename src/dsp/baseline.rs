@@ -8,6 +8,8 @@
 //! over a recent horizon; training and evaluation compute it per subject from that subject's
 //! windows without looking at labels, so offline numbers mean what the gateway will do.
 
+use super::rpeak::median;
+
 /// Window features the baseline tracks, in this order.
 pub const BASELINE_FEATURES: [&str; 3] = ["hr_bpm", "rmssd_ms", "sdnn_ms"];
 
@@ -29,15 +31,6 @@ pub struct WearerBaseline {
     pub n: usize,
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
-}
 
 impl WearerBaseline {
     /// The baseline of these windows' features (non-finite rows are skipped); `None` with
@@ -60,10 +53,10 @@ impl WearerBaseline {
         let mut scale = [0.0; 3];
         for j in 0..3 {
             let mut col: Vec<f64> = ok.iter().map(|r| r[j]).collect();
-            let m = median(&mut col);
+            let m = median(&mut col).expect("at least 3 rows");
             let mut dev: Vec<f64> = col.iter().map(|v| (v - m).abs()).collect();
             median_[j] = m;
-            scale[j] = (1.4826 * median(&mut dev)).max(MIN_SCALE[j]);
+            scale[j] = (1.4826 * median(&mut dev).expect("at least 3 rows")).max(MIN_SCALE[j]);
         }
         Some(WearerBaseline {
             median: median_,

@@ -61,7 +61,8 @@ pub struct NnIntervals {
     pub flagged: Vec<bool>,
 }
 
-fn median(v: &mut [f64]) -> Option<f64> {
+/// Median (sorts `v`); `None` when empty. Shared with [`super::baseline`].
+pub(crate) fn median(v: &mut [f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
     }

@@ -263,7 +263,7 @@ impl GatewayBuilder {
                 mqtt: cfg.mqtt.clone(),
                 gateway: cfg.gateway.id.clone(),
                 client_id: format!("affectgate-{}", cfg.gateway.id),
-                subscribe: inputs::subscriptions(&cfg.gateway.id),
+                subscribe: crate::mqtt::Topics::new(&cfg.gateway.id).subscriptions(),
                 ha_status: cfg
                     .mqtt
                     .discovery

@@ -222,36 +222,11 @@ impl Wearer {
     }
 }
 
-/// Probability that a positive scores above a negative (Mann–Whitney U / (n₊ n₋)).
+/// AUC of `f32` scores ([`crate::learn::metrics::auc`]); NaN unless both classes are present
+/// (the study's results files write it as a number).
 pub fn auc(scores: &[f32], labels: &[bool]) -> f64 {
-    let pos: Vec<f32> = scores
-        .iter()
-        .zip(labels)
-        .filter(|(_, &y)| y)
-        .map(|(&s, _)| s)
-        .collect();
-    let neg: Vec<f32> = scores
-        .iter()
-        .zip(labels)
-        .filter(|(_, &y)| !y)
-        .map(|(&s, _)| s)
-        .collect();
-    if pos.is_empty() || neg.is_empty() {
-        return f64::NAN;
-    }
-    let mut u = 0.0;
-    for p in &pos {
-        for n in &neg {
-            u += if p > n {
-                1.0
-            } else if p == n {
-                0.5
-            } else {
-                0.0
-            };
-        }
-    }
-    u / (pos.len() * neg.len()) as f64
+    let s: Vec<f64> = scores.iter().map(|&v| f64::from(v)).collect();
+    crate::learn::metrics::auc(&s, labels).unwrap_or(f64::NAN)
 }
 
 fn arm(name: &str, scores: &[f32], labels: &[bool]) -> ArmResult {

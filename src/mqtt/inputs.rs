@@ -282,10 +282,6 @@ impl fmt::Display for InputError {
     }
 }
 
-/// The topic filters the gateway subscribes to ([`super::Topics::subscriptions`]).
-pub fn subscriptions(gateway: &str) -> Vec<String> {
-    super::Topics::new(gateway).subscriptions()
-}
 
 /// Parse and validate one inbound message.
 ///
@@ -757,14 +753,6 @@ mod tests {
     }
 
     // ---- topics ----
-
-    #[test]
-    fn subscriptions_cover_labels_and_commands() {
-        assert_eq!(
-            subscriptions("gw1"),
-            vec!["affectgate/gw1/+/label", "affectgate/gw1/cmd/+"]
-        );
-    }
 
     #[test]
     fn foreign_topics_are_ignored_whatever_the_payload() {
