@@ -31,7 +31,6 @@ pub struct WearerBaseline {
     pub n: usize,
 }
 
-
 impl WearerBaseline {
     /// The baseline of these windows' features (non-finite rows are skipped); `None` with
     /// fewer than [`MIN_BASELINE_WINDOWS`] usable rows.

@@ -282,7 +282,6 @@ impl fmt::Display for InputError {
     }
 }
 
-
 /// Parse and validate one inbound message.
 ///
 /// * `Ok(None)`: the topic is not one of ours (another gateway, our own `state`/`error`/

@@ -1007,9 +1007,9 @@ fn mitbih_100_sensitivity_and_ppv() {
     };
     let (dat, atr) = (dir.join("mitbih/100.dat"), dir.join("mitbih/100.atr"));
     if !dat.is_file() || !atr.is_file() {
-        eprintln!(
-            "SKIP mitbih_100_sensitivity_and_ppv: {} missing",
-            dat.display()
+        crate::util::missing(
+            &format!("mitbih_100_sensitivity_and_ppv: {} missing", dat.display()),
+            "AFFECTGATE_REQUIRE_DATA",
         );
         return;
     }
@@ -1126,7 +1126,10 @@ fn polar_h10_hr_vs_device() {
     };
     let path = dir.join("polar-h10/polar_h10_ecg.csv");
     if !path.is_file() {
-        eprintln!("SKIP polar_h10_hr_vs_device: {} missing", path.display());
+        crate::util::missing(
+            &format!("polar_h10_hr_vs_device: {} missing", path.display()),
+            "AFFECTGATE_REQUIRE_DATA",
+        );
         return;
     }
     let pol = read_polar(&path);

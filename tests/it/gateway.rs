@@ -428,7 +428,10 @@ fn unsafe_sigint(pid: u32) {
 async fn onnxruntime_backend_serves_the_same_scores_as_tract() {
     let Some(file) = polar_file() else { return };
     let Some(dylib) = affectgate::infer::find_onnxruntime_dylib() else {
-        eprintln!("SKIP: libonnxruntime not found (set ORT_DYLIB_PATH)");
+        crate::util::missing(
+            "libonnxruntime not found (set ORT_DYLIB_PATH)",
+            "AFFECTGATE_REQUIRE_ONNXRUNTIME",
+        );
         return;
     };
     let Some(broker) = Mosquitto::start() else {

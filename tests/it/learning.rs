@@ -273,7 +273,10 @@ fn cli_pretrain_finetune_eval_infer() {
         eprintln!("max |tract − onnxruntime| = {worst:.2e}");
         assert!(worst <= 1e-4);
     } else {
-        eprintln!("SKIP onnxruntime comparison: no libonnxruntime found");
+        crate::util::missing(
+            "onnxruntime comparison: no libonnxruntime found",
+            "AFFECTGATE_REQUIRE_ONNXRUNTIME",
+        );
     }
 }
 

@@ -177,7 +177,10 @@ fn run_child(name: &str, env: &[(&str, &str)]) -> String {
 fn ort_dylib_or_skip(test: &str) -> Option<PathBuf> {
     let found = find_onnxruntime_dylib();
     if found.is_none() {
-        eprintln!("SKIPPED {test}: no ONNX Runtime library found (pip install onnxruntime, or set ORT_DYLIB_PATH)");
+        crate::util::missing(
+            &format!("{test}: no ONNX Runtime library found (pip install onnxruntime, or set ORT_DYLIB_PATH)"),
+            "AFFECTGATE_REQUIRE_ONNXRUNTIME",
+        );
     }
     found
 }

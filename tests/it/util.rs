@@ -45,6 +45,15 @@ pub fn replay_sensor(id: &str, file: &Path, looped: bool) -> SensorConfig {
     }
 }
 
+/// A prerequisite of a test is missing: fail when `require_var=1` (as `.ci/run` sets), else
+/// print a `SKIP:` line (the caller then returns).
+pub fn missing(what: &str, require_var: &str) {
+    if std::env::var(require_var).as_deref() == Ok("1") {
+        panic!("{what}, but {require_var}=1: install it (see .ci/run)");
+    }
+    eprintln!("SKIP: {what} (set {require_var}=1 to make this a failure)");
+}
+
 /// The shared real-data folder: `$AFFECTGATE_DATA` if set, else `../shared/data` beside the
 /// repository. `None` (after a `SKIP:` line) when it is absent — a panic instead when
 /// `AFFECTGATE_REQUIRE_DATA=1`, so CI cannot pass by skipping.
