@@ -5,13 +5,16 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::{InferError, EMBEDDING_NAME, INPUT_NAME, WINDOW_LEN};
-use crate::model::onnx::{inspect, OnnxError};
+use crate::model::onnx::{inspect, OnnxError, FEATURES_META};
+use crate::model::FEATURES_NAME;
 
 /// What the pre-check learns from the model bytes.
 pub(super) struct Checked {
     pub heads: Vec<String>,
     pub embedding_dim: Option<Option<usize>>,
     pub fixed_batch: Option<usize>,
+    /// Names of a fused model's `features` input columns (empty: ECG only).
+    pub features: Vec<String>,
     pub metadata: Vec<(String, String)>,
     pub producer: String,
 }
@@ -54,11 +57,37 @@ pub(super) fn check_model(bytes: &[u8], file: &str) -> Result<Checked, InferErro
             "no input named `{INPUT_NAME}` (inputs: {input_names:?})"
         )));
     };
-    if inputs.len() != 1 {
+    let features_input = inputs.iter().find(|i| i.name == FEATURES_NAME);
+    if inputs.len() != 1 + usize::from(features_input.is_some()) {
         return Err(bad(format!(
-            "expected the single input `{INPUT_NAME}`, found {input_names:?}"
+            "expected the input `{INPUT_NAME}` (and optionally `{FEATURES_NAME}`), found {input_names:?}"
         )));
     }
+    // A fused model: `features [N, F]` with F named in the metadata, in order.
+    let features: Vec<String> = match features_input {
+        None => Vec::new(),
+        Some(fi) => {
+            let names: Vec<String> = m
+                .meta(FEATURES_META)
+                .map(|v| v.split(',').map(str::to_string).collect())
+                .unwrap_or_default();
+            let width = fi
+                .dims
+                .as_ref()
+                .filter(|d| d.len() == 2)
+                .and_then(|d| d[1])
+                .map(|v| v as usize);
+            if fi.elem_type != Some(FLOAT) || width.is_none() || names.len() != width.unwrap_or(0)
+            {
+                return Err(bad(format!(
+                    "input `{FEATURES_NAME}` must be float32 [N, F] with its F column names in \
+                     the metadata key `{FEATURES_META}` (found shape {}, names {names:?})",
+                    fi.dims.as_deref().map_or("none".into(), fmt_dims)
+                )));
+            }
+            names
+        }
+    };
     let expected = format!("float32 [N, 1, {WINDOW_LEN}]");
     let elem = ecg.elem_type.ok_or_else(|| {
         bad(format!(
@@ -134,6 +163,7 @@ pub(super) fn check_model(bytes: &[u8], file: &str) -> Result<Checked, InferErro
         heads,
         embedding_dim,
         fixed_batch,
+        features,
         producer: format!("{} {}", m.producer_name, m.producer_version)
             .trim()
             .to_string(),
@@ -146,13 +176,18 @@ pub(super) fn check_model(bytes: &[u8], file: &str) -> Result<Checked, InferErro
 /// aborts the process; tract panics on some malformed graphs (e.g. a pool whose attributes
 /// were damaged). Doing the same work here first turns those into errors. It costs one
 /// parse/optimise and one forward pass of `batch` zero windows at load time.
-pub(super) fn tract_preflight(bytes: &[u8], batch: usize) -> Result<(), String> {
+pub(super) fn tract_preflight(bytes: &[u8], batch: usize, features: usize) -> Result<(), String> {
     use tract_onnx::prelude::*;
     let result = catch_unwind(AssertUnwindSafe(|| -> TractResult<()> {
         let model = tract_onnx::onnx().model_for_read(&mut &bytes[..])?;
         let plan = model.into_optimized()?.into_runnable()?;
         let x = Tensor::zero::<f32>(&[batch, 1, WINDOW_LEN])?;
-        plan.run(tvec!(x.into_tvalue()))?;
+        if features == 0 {
+            plan.run(tvec!(x.into_tvalue()))?;
+        } else {
+            let f = Tensor::zero::<f32>(&[batch, features])?;
+            plan.run(tvec!(x.into_tvalue(), f.into_tvalue()))?;
+        }
         Ok(())
     }));
     match result {

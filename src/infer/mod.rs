@@ -66,6 +66,8 @@ use check::{check_model, tract_preflight};
 pub use crate::model::EMBEDDING_NAME;
 /// Name of the model input.
 pub use crate::model::INPUT_NAME;
+/// Name of a fused model's second input.
+pub use crate::model::FEATURES_NAME;
 use crate::model::WINDOW_LEN;
 /// Environment variable naming the ONNX Runtime library (as `ort` itself uses it).
 pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
@@ -259,6 +261,7 @@ pub struct Model {
     heads: Vec<String>,
     embedding: Option<Option<usize>>,
     fixed_batch: Option<usize>,
+    features: Vec<String>,
     metadata: Vec<(String, String)>,
     producer: String,
     sha256: String,
@@ -305,7 +308,12 @@ impl Model {
             reason,
         };
         if kind == BackendKind::Tract {
-            tract_preflight(bytes, checked.fixed_batch.unwrap_or(2)).map_err(session_err)?;
+            tract_preflight(
+                bytes,
+                checked.fixed_batch.unwrap_or(2),
+                checked.features.len(),
+            )
+            .map_err(session_err)?;
         }
         let built = catch_unwind(AssertUnwindSafe(|| -> Result<Session, String> {
             let b = Session::builder(&env).map_err(|e| e.to_string())?;
@@ -349,6 +357,7 @@ impl Model {
             heads: checked.heads,
             embedding: checked.embedding_dim,
             fixed_batch: checked.fixed_batch,
+            features: checked.features,
             metadata: checked.metadata,
             producer: checked.producer,
             sha256: crate::model::sha256_hex(bytes),
@@ -358,6 +367,12 @@ impl Model {
     /// Output names except `embedding`, in model order.
     pub fn head_names(&self) -> &[String] {
         &self.heads
+    }
+
+    /// The columns of a fused model's `features` input, in order (empty: the model reads the
+    /// ECG alone). See [`crate::model::WEARER_FEATURES`].
+    pub fn feature_names(&self) -> &[String] {
+        &self.features
     }
 
     /// Whether the model exports the `embedding` output.
@@ -397,11 +412,39 @@ impl Model {
     }
 
     /// Score `n` windows: `batch` holds `n × 2560` z-scored samples, window after window.
+    /// For a fused model (see [`feature_names`](Self::feature_names)) use
+    /// [`run_with`](Self::run_with).
     pub fn run(&mut self, batch: &[f32], n: usize) -> Result<Scores, InferError> {
+        self.run_with(batch, &[], n)
+    }
+
+    /// As [`run`](Self::run), with `features` holding `n × F` values (window after window, in
+    /// the order of [`feature_names`](Self::feature_names)); empty for an ECG-only model.
+    pub fn run_with(
+        &mut self,
+        batch: &[f32],
+        features: &[f32],
+        n: usize,
+    ) -> Result<Scores, InferError> {
         let input_err = |reason: String| InferError::Input {
             file: self.source.clone(),
             reason,
         };
+        let f = self.features.len();
+        if features.len() != n * f {
+            return Err(input_err(format!(
+                "{} feature values for {n} windows; the model reads {f} per window ({:?})",
+                features.len(),
+                self.features
+            )));
+        }
+        if let Some(i) = features.iter().position(|v| !v.is_finite()) {
+            return Err(input_err(format!(
+                "window {} has a non-finite feature `{}`",
+                i / f.max(1),
+                self.features[i % f.max(1)]
+            )));
+        }
         if batch.len() != n * WINDOW_LEN {
             return Err(input_err(format!(
                 "{} samples for {n} windows; expected n × {WINDOW_LEN} = {}",
@@ -430,13 +473,22 @@ impl Model {
             values: Vec::with_capacity(n),
             embedding: self.embedding.map(|_| Vec::with_capacity(n)),
         };
-        for part in batch.chunks(chunk * WINDOW_LEN) {
-            self.run_chunk(part, part.len() / WINDOW_LEN, &mut scores)?;
+        for (k, part) in batch.chunks(chunk * WINDOW_LEN).enumerate() {
+            let m = part.len() / WINDOW_LEN;
+            let fpart = &features[k * chunk * f..(k * chunk + m) * f];
+            self.run_chunk(part, fpart, m, &mut scores)?;
         }
         Ok(scores)
     }
 
-    fn run_chunk(&mut self, part: &[f32], m: usize, scores: &mut Scores) -> Result<(), InferError> {
+    fn run_chunk(
+        &mut self,
+        part: &[f32],
+        fpart: &[f32],
+        m: usize,
+        scores: &mut Scores,
+    ) -> Result<(), InferError> {
+        let f = self.features.len();
         let (file, backend) = (self.source.clone(), self.backend);
         let run_err = |reason: String| InferError::Run {
             file: file.clone(),
@@ -449,9 +501,14 @@ impl Model {
         let result = catch_unwind(AssertUnwindSafe(|| -> Result<ChunkOut, String> {
             let input = TensorRef::from_array_view(([m, 1, WINDOW_LEN], part))
                 .map_err(|e| e.to_string())?;
-            let outputs = session
-                .run(ort::inputs![INPUT_NAME => input])
-                .map_err(|e| e.to_string())?;
+            let outputs = if f == 0 {
+                session.run(ort::inputs![INPUT_NAME => input])
+            } else {
+                let feats =
+                    TensorRef::from_array_view(([m, f], fpart)).map_err(|e| e.to_string())?;
+                session.run(ort::inputs![INPUT_NAME => input, FEATURES_NAME => feats])
+            }
+            .map_err(|e| e.to_string())?;
             let mut values = vec![Vec::with_capacity(heads.len()); m];
             for h in heads {
                 let v = outputs

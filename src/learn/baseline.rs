@@ -86,6 +86,13 @@ pub struct Logistic {
 impl Logistic {
     /// Fit by Newton's method (a few iterations suffice for ≤ 3 features), L2 1e-3.
     pub fn fit(x: &[Vec<f64>], y: &[bool]) -> Logistic {
+        Self::fit_l2(x, y, &[])
+    }
+
+    /// As [`fit`](Self::fit) with an L2 penalty per standardised feature (`l2[j]`; features
+    /// past the slice's end get 1e-3). The loss is the class-weighted *sum* over rows, so a
+    /// penalty of `λ` weighs like `λ` rows' worth of evidence.
+    pub fn fit_l2(x: &[Vec<f64>], y: &[bool], l2: &[f64]) -> Logistic {
         let d = x.first().map_or(0, Vec::len);
         let n = x.len().max(1) as f64;
         let mean: Vec<f64> = (0..d)
@@ -130,8 +137,9 @@ impl Logistic {
                 }
             }
             for a in 0..d {
-                grad[a] += 1e-3 * theta[a];
-                hess[a][a] += 1e-3;
+                let lam = l2.get(a).copied().unwrap_or(1e-3);
+                grad[a] += lam * theta[a];
+                hess[a][a] += lam;
             }
             let step = solve(hess, grad);
             let mut moved = 0.0f64;
@@ -163,7 +171,7 @@ impl Logistic {
     }
 }
 
-/// Gaussian elimination with partial pivoting (k ≤ 4).
+/// Gaussian elimination with partial pivoting.
 fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
     let k = b.len();
     for c in 0..k {
@@ -206,6 +214,16 @@ pub fn loso_probabilities(
     y: &[Option<bool>],
     subjects: &[String],
 ) -> Vec<Option<f64>> {
+    loso_probabilities_l2(x, y, subjects, &[])
+}
+
+/// As [`loso_probabilities`] with per-feature L2 penalties (see [`Logistic::fit_l2`]).
+pub fn loso_probabilities_l2(
+    x: &[Option<Vec<f64>>],
+    y: &[Option<bool>],
+    subjects: &[String],
+    l2: &[f64],
+) -> Vec<Option<f64>> {
     let mut out = vec![None; x.len()];
     let mut names: Vec<&String> = subjects.iter().collect();
     names.sort();
@@ -223,7 +241,7 @@ pub fn loso_probabilities(
         if !(ty.iter().any(|&v| v) && ty.iter().any(|&v| !v)) {
             continue;
         }
-        let m = Logistic::fit(&tx, &ty);
+        let m = Logistic::fit_l2(&tx, &ty, l2);
         for i in 0..x.len() {
             if &subjects[i] == s {
                 out[i] = x[i].as_ref().map(|xi| m.predict(xi));

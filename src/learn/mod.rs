@@ -18,6 +18,7 @@
 pub mod baseline;
 pub mod dataset;
 pub mod experiment;
+pub mod fusion;
 pub mod manifest;
 pub mod metrics;
 pub mod model;

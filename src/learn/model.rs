@@ -191,7 +191,11 @@ impl Net {
                 layers: h.layers.iter().map(dense_weights).collect(),
             })
             .collect();
-        NetworkWeights { convs, heads }
+        NetworkWeights {
+            convs,
+            heads,
+            features: Vec::new(),
+        }
     }
 
     /// Build a network from plain weights (any head widths).

@@ -151,6 +151,7 @@ impl Wearer {
         let base = NetworkWeights {
             convs: pretext_net.convs.clone(),
             heads,
+            features: Vec::new(),
         };
         let pack = build_pack(
             &others,
@@ -433,6 +434,7 @@ pub fn run(
             let adapted = NetworkWeights {
                 convs: outcome.pretext.convs.clone(),
                 heads: Vec::new(),
+                features: Vec::new(),
             };
             let refit = refit_heads(base, base, &w.no_reports(), pack, &cfg.round)?;
             let reports_only = refit_heads(base, base, data_round, pack, &cfg.round)?;

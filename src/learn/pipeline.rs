@@ -330,6 +330,7 @@ pub fn finetune(a: &FinetuneJob) -> Result<()> {
     let w = NetworkWeights {
         convs: enc.convs.clone(),
         heads,
+        features: Vec::new(),
     };
     let get = |k: &str| {
         enc_meta

@@ -221,6 +221,7 @@ pub fn embed(w: &NetworkWeights, windows: &[Vec<f32>]) -> Vec<Vec<f32>> {
         &NetworkWeights {
             convs: w.convs.clone(),
             heads: Vec::new(),
+            features: Vec::new(),
         },
         &device,
     );
@@ -252,6 +253,7 @@ pub fn predict_heads(heads: &[HeadWeights], emb: &[Vec<f32>]) -> Vec<Vec<f32>> {
         &NetworkWeights {
             convs: Vec::new(),
             heads: heads.to_vec(),
+            features: Vec::new(),
         },
         &device,
     );

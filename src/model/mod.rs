@@ -27,6 +27,14 @@ pub use crate::dsp::WINDOW_LEN;
 
 /// Name of the graph input: float32 `[N, 1, 2560]`, `N` dynamic (dimension parameter `batch`).
 pub const INPUT_NAME: &str = "ecg";
+/// Name of the second graph input of a fused model: float32 `[N, F]`, the window's features
+/// named by the model's `affectgate.features` metadata (see [`WEARER_FEATURES`]).
+pub const FEATURES_NAME: &str = "features";
+/// The features a fused model reads, in this order: the window's heart rate, RMSSD and SDNN
+/// (on NN intervals) relative to the wearer's baseline — (value − wearer's median) /
+/// (1.4826 × MAD), see `dsp::WearerBaseline`. While a wearer is still calibrating (no
+/// baseline yet) the gateway feeds 0, "at the wearer's usual", and says `calibrating`.
+pub const WEARER_FEATURES: [&str; 3] = ["hr_relative", "rmssd_relative", "sdnn_relative"];
 /// Name of the extra graph output holding the encoder embedding `[N, 128]`.
 pub const EMBEDDING_NAME: &str = "embedding";
 /// Lowercase hex SHA-256 of `bytes` (model cards, release manifests).

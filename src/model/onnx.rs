@@ -11,6 +11,9 @@
 //!   ─ Conv(64→128,k8) ─ LeakyRelu ─ Conv(128→128,k8) ─ LeakyRelu ─ ReduceMax(time) = embedding [N,128]
 //! embedding ─ Gemm ─ LeakyRelu ─ … ─ Gemm(…→1) ─ Sigmoid = <head name> [N,1]   (one chain per head)
 //! ```
+//! A *fused* network ([`NetworkWeights::features`] not empty) has a second input
+//! `features [N,F]`; its heads read `Concat(embedding, features)` (`[N,128+F]`) instead of the
+//! embedding, and the feature names are written to the metadata key [`FEATURES_META`].
 //! Convolutions use TensorFlow `'same'` padding for stride 1 (total `k−1`, the smaller half on
 //! the left: k=32 pads 15 left and 16 right), as the authors' TensorFlow code does. Max pools
 //! have no padding (2560 → 1277 → 635). A max pool follows every second convolution except
@@ -29,7 +32,7 @@ use prost::Message;
 use tract_onnx::pb;
 
 use super::weights::*;
-use super::{EMBEDDING_NAME, INPUT_NAME, WINDOW_LEN};
+use super::{EMBEDDING_NAME, FEATURES_NAME, INPUT_NAME, WINDOW_LEN};
 
 /// Name of the dynamic batch dimension in the exported graph.
 pub const BATCH_DIM: &str = "batch";
@@ -37,6 +40,8 @@ pub const BATCH_DIM: &str = "batch";
 pub const IR_VERSION: i64 = 7;
 /// Default-domain opset written.
 pub const OPSET: i64 = 13;
+/// Metadata key holding a fused network's feature names, comma-separated, in input order.
+pub const FEATURES_META: &str = "affectgate.features";
 /// `producer_name` written into every model.
 pub const PRODUCER_NAME: &str = "affectgate";
 #[derive(Debug, thiserror::Error)]
@@ -222,9 +227,23 @@ pub fn build_model(
         vec![attr_ints("axes", &[2]), attr_int("keepdims", 0)],
     ));
 
+    // A fused network's heads read the embedding followed by the features.
+    let head_input = if w.features.is_empty() {
+        EMBEDDING_NAME.to_string()
+    } else {
+        let n = "ag.head_input".to_string();
+        nodes.push(node(
+            "Concat",
+            &n,
+            &[EMBEDDING_NAME, FEATURES_NAME],
+            &n,
+            vec![attr_int("axis", 1)],
+        ));
+        n
+    };
     let mut outputs = Vec::new();
     for (hi, h) in w.heads.iter().enumerate() {
-        let mut cur = EMBEDDING_NAME.to_string();
+        let mut cur = head_input.clone();
         for (li, l) in h.layers.iter().enumerate() {
             let p = format!("ag.head{hi}.dense{li}");
             let (wn, bn) = (format!("{p}.W"), format!("{p}.B"));
@@ -271,6 +290,14 @@ pub fn build_model(
     for h in &w.heads {
         let _ = write!(doc, " {}", h.name);
     }
+    let mut inputs = vec![value_info(INPUT_NAME, &[None, Some(1), Some(WINDOW_LEN)])];
+    let mut meta = meta.to_vec();
+    meta.retain(|(k, _)| k != FEATURES_META);
+    if !w.features.is_empty() {
+        let _ = write!(doc, "; features: {}", w.features.join(" "));
+        inputs.push(value_info(FEATURES_NAME, &[None, Some(w.features.len())]));
+        meta.push((FEATURES_META.to_string(), w.features.join(",")));
+    }
 
     Ok(pb::ModelProto {
         ir_version: IR_VERSION,
@@ -287,7 +314,7 @@ pub fn build_model(
             name: "affectgate".into(),
             node: nodes,
             initializer: inits,
-            input: vec![value_info(INPUT_NAME, &[None, Some(1), Some(WINDOW_LEN)])],
+            input: inputs,
             output: outputs,
             ..Default::default()
         }),
@@ -527,12 +554,33 @@ pub fn import_onnx(bytes: &[u8]) -> Result<(NetworkWeights, Vec<(String, String)
             layers,
         });
     }
-    let meta = m
+    let meta: Vec<(String, String)> = m
         .metadata_props
         .iter()
         .map(|e| (e.key.clone(), e.value.clone()))
         .collect();
-    Ok((NetworkWeights { convs, heads }, meta))
+    let features: Vec<String> = meta
+        .iter()
+        .find(|(k, _)| k == FEATURES_META)
+        .map(|(_, v)| v.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let has_input = g.input.iter().any(|i| i.name == FEATURES_NAME);
+    if has_input != !features.is_empty() {
+        return Err(OnnxError::Decode(format!(
+            "the graph {} a `{FEATURES_NAME}` input but its metadata {} `{FEATURES_META}`",
+            if has_input { "has" } else { "has no" },
+            if features.is_empty() { "lacks" } else { "has" },
+        )));
+    }
+    let w = NetworkWeights {
+        convs,
+        heads,
+        features,
+    };
+    w.validate()?;
+    // The features are metadata of the weights, not of the caller: hand back the rest.
+    let meta = meta.into_iter().filter(|(k, _)| k != FEATURES_META).collect();
+    Ok((w, meta))
 }
 
 #[cfg(test)]
@@ -602,6 +650,43 @@ mod tests {
         // Deterministic bytes.
         assert_eq!(bytes, export_onnx(&w, &meta, "0.1.0").unwrap());
         assert_eq!(crate::model::sha256_hex(&bytes).len(), 64);
+    }
+
+    #[test]
+    fn a_fused_network_has_a_features_input_and_round_trips() {
+        let mut w = NetworkWeights::seeded(&[("arousal", &[][..])], 3);
+        w.features = vec!["hr_relative".into(), "sdnn_relative".into()];
+        w.heads[0].layers[0] = DenseWeights {
+            in_dim: 130,
+            out_dim: 1,
+            weight: (0..130).map(|i| i as f32 * 1e-3).collect(),
+            bias: vec![0.25],
+        };
+        let meta = vec![("task".to_string(), "emotion".to_string())];
+        let bytes = export_onnx(&w, &meta, "0.2.0").unwrap();
+        let info = inspect(&bytes).unwrap();
+        let inputs: Vec<(&str, Option<Vec<Option<usize>>>)> = info
+            .inputs
+            .iter()
+            .map(|i| (i.name.as_str(), i.dims.clone()))
+            .collect();
+        assert_eq!(
+            inputs,
+            vec![
+                (INPUT_NAME, Some(vec![None, Some(1), Some(2560)])),
+                (FEATURES_NAME, Some(vec![None, Some(2)])),
+            ]
+        );
+        assert_eq!(info.meta(FEATURES_META), Some("hr_relative,sdnn_relative"));
+        assert_eq!(info.head_names(), vec!["arousal"]);
+        let (back, back_meta) = import_onnx(&bytes).unwrap();
+        assert_eq!(back, w);
+        assert_eq!(back_meta, meta, "the features key is the weights', not the caller's");
+        // A head whose width ignores the features is refused before anything is written.
+        let mut bad = w.clone();
+        bad.features.push("rmssd_relative".into());
+        let e = export_onnx(&bad, &meta, "0.2.0").unwrap_err().to_string();
+        assert!(e.contains("in_dim 130 but the previous layer gives 131"), "{e}");
     }
 
     #[test]

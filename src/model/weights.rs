@@ -11,7 +11,7 @@ use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
 use super::WINDOW_LEN;
-use super::{EMBEDDING_NAME, INPUT_NAME};
+use super::{EMBEDDING_NAME, FEATURES_NAME, INPUT_NAME};
 
 /// LeakyReLU negative slope (TensorFlow's `leaky_relu` default, as in the authors' code).
 pub const LEAKY_SLOPE: f32 = 0.2;
@@ -66,6 +66,11 @@ pub struct NetworkWeights {
     /// second convolution except the last pair).
     pub convs: Vec<Conv1dWeights>,
     pub heads: Vec<HeadWeights>,
+    /// Names of the window features fed beside the ECG (graph input [`FEATURES_NAME`],
+    /// `[N, features.len()]`), in order; every head then reads the embedding followed by
+    /// these. Empty for the paper's ECG-only network (and every v1 model).
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
 /// Weights that do not form a network this crate can run (the message says which layer).
@@ -98,6 +103,11 @@ impl NetworkWeights {
     /// Width of the embedding (output channels of the last convolution).
     pub fn embedding_dim(&self) -> usize {
         self.convs.last().map(|c| c.out_ch).unwrap_or(0)
+    }
+
+    /// Width of every head's input: the embedding, then the [`features`](Self::features).
+    pub fn head_input_dim(&self) -> usize {
+        self.embedding_dim() + self.features.len()
     }
 
     pub fn head_names(&self) -> Vec<String> {
@@ -157,7 +167,14 @@ impl NetworkWeights {
         if self.heads.is_empty() {
             return bad("no heads".into());
         }
-        let reserved = [INPUT_NAME, EMBEDDING_NAME];
+        let reserved = [INPUT_NAME, EMBEDDING_NAME, FEATURES_NAME];
+        for (fi, f) in self.features.iter().enumerate() {
+            if f.is_empty() || f.contains([',', '\0']) || self.features[..fi].contains(f) {
+                return bad(format!(
+                    "feature {fi}: name {f:?} is empty, contains `,` or NUL, or appears twice"
+                ));
+            }
+        }
         for (hi, h) in self.heads.iter().enumerate() {
             if h.name.is_empty() || h.name.contains('\0') || h.name.starts_with("ag.") {
                 return bad(format!(
@@ -174,7 +191,7 @@ impl NetworkWeights {
             if h.layers.is_empty() {
                 return bad(format!("head {:?}: no layers", h.name));
             }
-            let mut dim = ch;
+            let mut dim = ch + self.features.len();
             for (li, l) in h.layers.iter().enumerate() {
                 if l.in_dim != dim {
                     return bad(format!(
@@ -255,7 +272,11 @@ impl NetworkWeights {
                 }
             })
             .collect();
-        NetworkWeights { convs, heads }
+        NetworkWeights {
+            convs,
+            heads,
+            features: Vec::new(),
+        }
     }
 }
 
@@ -314,12 +335,19 @@ fn ref_pool(x: &[f64], ch: usize, len: usize) -> (Vec<f64>, usize) {
     (out, olen)
 }
 
-/// Embedding → head outputs, in f64, for one window.
-fn ref_heads(w: &NetworkWeights, emb: &[f64]) -> Vec<(String, f32)> {
+/// Embedding (+ features) → head outputs, in f64, for one window.
+fn ref_heads(w: &NetworkWeights, emb: &[f64], features: &[f32]) -> Vec<(String, f32)> {
+    assert_eq!(
+        features.len(),
+        w.features.len(),
+        "the network reads {} features",
+        w.features.len()
+    );
     w.heads
         .iter()
         .map(|h| {
             let mut v = emb.to_vec();
+            v.extend(features.iter().map(|&f| f as f64));
             for (li, l) in h.layers.iter().enumerate() {
                 let mut y: Vec<f64> = (0..l.out_dim)
                     .map(|o| {
@@ -344,6 +372,16 @@ fn ref_heads(w: &NetworkWeights, emb: &[f64]) -> Vec<(String, f32)> {
 ///
 /// Panics if the weights do not [`validate`](NetworkWeights::validate) or `x` is not one window.
 pub fn reference_forward(w: &NetworkWeights, x: &[f32]) -> (Vec<f32>, Vec<(String, f32)>) {
+    reference_forward_with(w, x, &vec![0.0; w.features.len()])
+}
+
+/// [`reference_forward`] of a network with [`features`](NetworkWeights::features): `features`
+/// holds this window's values, in the network's order.
+pub fn reference_forward_with(
+    w: &NetworkWeights,
+    x: &[f32],
+    features: &[f32],
+) -> (Vec<f32>, Vec<(String, f32)>) {
     if let Err(e) = w.validate() {
         panic!("reference_forward: {e}");
     }
@@ -371,14 +409,19 @@ pub fn reference_forward(w: &NetworkWeights, x: &[f32]) -> (Vec<f32>, Vec<(Strin
                 .fold(f64::NEG_INFINITY, f64::max)
         })
         .collect();
-    let heads = ref_heads(w, &emb);
+    let heads = ref_heads(w, &emb, features);
     (emb.iter().map(|&v| v as f32).collect(), heads)
 }
 
 /// Heads only, from a given embedding (e.g. to check frozen-encoder fine-tuning).
-pub fn reference_heads(w: &NetworkWeights, embedding: &[f32]) -> Vec<(String, f32)> {
+/// `features` as in [`reference_forward_with`] (empty for an ECG-only network).
+pub fn reference_heads(
+    w: &NetworkWeights,
+    embedding: &[f32],
+    features: &[f32],
+) -> Vec<(String, f32)> {
     let emb: Vec<f64> = embedding.iter().map(|&v| v as f64).collect();
-    ref_heads(w, &emb)
+    ref_heads(w, &emb, features)
 }
 
 #[cfg(test)]
@@ -426,8 +469,8 @@ mod tests {
         assert_eq!(e.len(), 128);
         assert_eq!(h.len(), 2);
         assert!(h.iter().all(|(_, p)| *p > 0.0 && *p < 1.0));
-        assert_eq!(reference_heads(&w, &e).len(), 2);
-        for ((n1, a), (n2, b)) in reference_heads(&w, &e).iter().zip(&h) {
+        assert_eq!(reference_heads(&w, &e, &[]).len(), 2);
+        for ((n1, a), (n2, b)) in reference_heads(&w, &e, &[]).iter().zip(&h) {
             assert_eq!(n1, n2);
             assert!((a - b).abs() < 1e-6);
         }

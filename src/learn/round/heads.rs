@@ -123,5 +123,6 @@ pub fn refit_heads(
     Ok(NetworkWeights {
         convs: encoder.convs.clone(),
         heads: set.fit(encoder, current, cfg)?,
+        features: current.features.clone(),
     })
 }

@@ -470,6 +470,7 @@ pub fn run_round(
     let candidate = NetworkWeights {
         convs: w.convs.clone(),
         heads,
+        features: current.features.clone(),
     };
 
     // ── stage 3: the gate ──
@@ -504,6 +505,7 @@ pub fn run_round(
         let baseline = NetworkWeights {
             convs: current.convs.clone(),
             heads: fit_heads(current)?,
+            features: current.features.clone(),
         };
         let mut before = predict_heads(
             &baseline.heads,

@@ -1,0 +1,152 @@
+//! Fusing the self-supervised encoder with the wearer-relative physiology.
+//!
+//! The question this module answers, measured leave-one-subject-out exactly like the
+//! baselines in [`super::baseline`]: does the encoder's embedding add anything to heart rate
+//! and HRV expressed relative to the wearer? Arms:
+//!
+//! - `ssl`: the paper's arm — a logistic head on the frozen encoder's embedding;
+//! - `ssl_relative`: the embedding relative to the wearer (per dimension, robust z-score over
+//!   the wearer's good windows, no labels), as the physiology is;
+//! - `fused`: wearer-relative HR/RMSSD/SDNN plus the wearer-relative embedding, with the
+//!   embedding's coefficients penalised harder than the physiology's (regularised fusion).
+
+use super::baseline::{loso_probabilities_l2, OFFLINE_MIN_BASELINE_WINDOWS};
+use crate::dsp::rpeak::median;
+
+/// Per window, its row relative to its subject (per column, (x − median) / (1.4826 MAD),
+/// over that subject's rows where `good`); `None` for windows not `good` and subjects with
+/// fewer than [`OFFLINE_MIN_BASELINE_WINDOWS`] good windows.
+pub fn subject_relative(
+    subjects: &[String],
+    good: &[bool],
+    rows: &[Vec<f64>],
+) -> Vec<Option<Vec<f64>>> {
+    let mut by: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (i, s) in subjects.iter().enumerate() {
+        if good[i] {
+            by.entry(s).or_default().push(i);
+        }
+    }
+    let mut out = vec![None; rows.len()];
+    for idx in by.values() {
+        if idx.len() < OFFLINE_MIN_BASELINE_WINDOWS {
+            continue;
+        }
+        let d = rows[idx[0]].len();
+        let mut centre = vec![0.0; d];
+        let mut scale = vec![1.0; d];
+        for j in 0..d {
+            let mut col: Vec<f64> = idx.iter().map(|&i| rows[i][j]).collect();
+            let m = median(&mut col).unwrap_or(0.0);
+            let mut dev: Vec<f64> = col.iter().map(|v| (v - m).abs()).collect();
+            centre[j] = m;
+            scale[j] = (1.4826 * median(&mut dev).unwrap_or(0.0)).max(1e-6);
+        }
+        for &i in idx {
+            out[i] = Some(
+                (0..d)
+                    .map(|j| (rows[i][j] - centre[j]) / scale[j])
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+/// L2 penalty on each standardised embedding coefficient, relative to the number of
+/// training rows: strong, because 128 correlated embedding dimensions fitted on ~500 windows
+/// of 20 people learn the people, not the state.
+pub const EMBEDDING_L2_PER_ROW: f64 = 0.1;
+
+/// Leave-one-subject-out probabilities of the fusion arms (names in report order).
+pub fn fusion_probabilities(
+    subjects: &[String],
+    good: &[bool],
+    physio_relative: &[Option<[f64; 3]>],
+    embeddings: &[Vec<f64>],
+    labels: &[Option<bool>],
+    embedding_l2_per_row: f64,
+) -> Vec<(&'static str, Vec<Option<f64>>)> {
+    let n_lab = labels.iter().filter(|l| l.is_some()).count() as f64;
+    let d = embeddings.first().map_or(0, Vec::len);
+    let lam = embedding_l2_per_row * n_lab;
+    let emb: Vec<Option<Vec<f64>>> = embeddings
+        .iter()
+        .zip(good)
+        .map(|(e, &g)| g.then(|| e.clone()))
+        .collect();
+    let emb_rel = subject_relative(subjects, good, embeddings);
+    let fused: Vec<Option<Vec<f64>>> = physio_relative
+        .iter()
+        .zip(&emb_rel)
+        .map(|(p, e)| {
+            let (p, e) = (p.as_ref()?, e.as_ref()?);
+            Some(p.iter().copied().chain(e.iter().copied()).collect())
+        })
+        .collect();
+    let fused_raw: Vec<Option<Vec<f64>>> = physio_relative
+        .iter()
+        .zip(&emb)
+        .map(|(p, e)| {
+            let (p, e) = (p.as_ref()?, e.as_ref()?);
+            Some(p.iter().copied().chain(e.iter().copied()).collect())
+        })
+        .collect();
+    let l2_emb = vec![lam; d];
+    let l2_fused: Vec<f64> = [1e-3; 3].into_iter().chain(vec![lam; d]).collect();
+    vec![
+        ("ssl", loso_probabilities_l2(&emb, labels, subjects, &l2_emb)),
+        (
+            "ssl_relative",
+            loso_probabilities_l2(&emb_rel, labels, subjects, &l2_emb),
+        ),
+        (
+            "fused",
+            loso_probabilities_l2(&fused, labels, subjects, &l2_fused),
+        ),
+        (
+            "fused_raw",
+            loso_probabilities_l2(&fused_raw, labels, subjects, &l2_fused),
+        ),
+    ]
+}
+
+/// The first `k` principal directions of `rows` (power iteration with deflation on the
+/// covariance; rows are centred on their mean first). Returns (mean, directions).
+pub fn pca(rows: &[&[f64]], k: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let d = rows.first().map_or(0, |r| r.len());
+    let n = rows.len().max(1) as f64;
+    let mean: Vec<f64> = (0..d).map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / n).collect();
+    let mut cov = vec![vec![0.0; d]; d];
+    for r in rows {
+        for a in 0..d {
+            let da = r[a] - mean[a];
+            for b in a..d {
+                cov[a][b] += da * (r[b] - mean[b]) / n;
+            }
+        }
+    }
+    for a in 0..d {
+        for b in 0..a {
+            cov[a][b] = cov[b][a];
+        }
+    }
+    let mut dirs = Vec::new();
+    for c in 0..k.min(d) {
+        let mut v: Vec<f64> = (0..d).map(|j| 1.0 + ((j * 7 + c * 13) % 5) as f64).collect();
+        for _ in 0..200 {
+            let mut w: Vec<f64> = (0..d).map(|a| (0..d).map(|b| cov[a][b] * v[b]).sum()).collect();
+            let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300);
+            w.iter_mut().for_each(|x| *x /= norm);
+            v = w;
+        }
+        let lam: f64 = (0..d).map(|a| v[a] * (0..d).map(|b| cov[a][b] * v[b]).sum::<f64>()).sum();
+        for a in 0..d {
+            for b in 0..d {
+                cov[a][b] -= lam * v[a] * v[b];
+            }
+        }
+        dirs.push(v);
+    }
+    (mean, dirs)
+}
