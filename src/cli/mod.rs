@@ -210,6 +210,11 @@ pub struct FinetuneArgs {
     pub version: String,
     #[arg(long)]
     pub plots: Option<PathBuf>,
+    /// Fused heads: one logistic layer on the embedding and the wearer-relative heart rate
+    /// and HRV (a second model input `features`; evaluated leave-one-subject-out beside the
+    /// heart-rate baselines). The shipped model is fused.
+    #[arg(long)]
+    pub fused: bool,
     #[command(flatten)]
     pub train: TrainArgs,
 }
@@ -225,6 +230,7 @@ impl FinetuneArgs {
             eval_folds: self.eval_folds,
             version: self.version,
             plots: self.plots,
+            fused: self.fused,
         }
     }
 }

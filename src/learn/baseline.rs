@@ -159,6 +159,14 @@ impl Logistic {
         }
     }
 
+    /// The fitted model as one dense layer on the *raw* features (standardisation folded in):
+    /// `(weights, bias)` with `p = sigmoid(weights · x + bias)`.
+    pub fn to_dense(&self) -> (Vec<f64>, f64) {
+        let w: Vec<f64> = self.w.iter().zip(&self.sd).map(|(w, sd)| w / sd).collect();
+        let b = self.b - w.iter().zip(&self.mean).map(|(w, m)| w * m).sum::<f64>();
+        (w, b)
+    }
+
     /// Probability of the positive class.
     pub fn predict(&self, x: &[f64]) -> f64 {
         let t: f64 = x

@@ -11,15 +11,21 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::dataset::{self, Dataset};
+use super::baseline::{self as hr_baseline, WindowPhysio};
+use super::fusion;
+use super::metrics::HeadReport;
 use super::experiment;
 use super::metrics::Confusion;
 use super::model::{EMOTION_HIDDEN, PRETEXT_TASKS};
 use super::plots;
 use super::train::{self, TrainConfig};
 use crate::dsp::PreprocessConfig;
-use crate::model::card::{Evaluation, HeadCard, InputSpec, ModelCard, Preprocessing, Training};
+use crate::model::card::{
+    Evaluation, FeatureCard, HeadCard, InputSpec, ModelCard, Preprocessing, Training,
+};
 use crate::model::onnx::{export_onnx, import_onnx};
-use crate::model::{NetworkWeights, WINDOW_LEN};
+use crate::model::weights::HeadWeights;
+use crate::model::{NetworkWeights, WEARER_FEATURES, WINDOW_LEN};
 
 /// What `pretrain` does: which recordings, how much is held out, where it starts and ends.
 #[derive(Clone, Debug)]
@@ -53,6 +59,9 @@ pub struct FinetuneJob {
     /// Model version written to the card.
     pub version: String,
     pub plots: Option<PathBuf>,
+    /// Fused heads: one logistic layer on the embedding and the wearer-relative HR/HRV
+    /// (see [`crate::learn::fusion`]), instead of the paper's dense heads on the embedding.
+    pub fused: bool,
     pub train: TrainConfig,
 }
 
@@ -259,7 +268,33 @@ pub fn finetune(a: &FinetuneJob) -> Result<()> {
         data.windows.len()
     );
     let emb = train::embed(&enc, &data.samples());
-    let labels = label_matrix(&data, &head_idx);
+    let mut labels = label_matrix(&data, &head_idx);
+    // The gateway's quality gate decides what the heads learn from: the EEGMAT recordings
+    // without ECG (and noisy windows) must not teach a model that noise means rest.
+    let window_subjects: Vec<String> = data.windows.iter().map(|w| w.subject.clone()).collect();
+    let (phys, rel) = fusion::wearer_features(&data.samples(), &window_subjects);
+    for (row, p) in labels.iter_mut().zip(&phys) {
+        if !p.good {
+            row.iter_mut().for_each(|l| *l = None);
+        }
+    }
+    let n_good = phys.iter().filter(|p| p.good).count();
+    eprintln!(
+        "quality gate: {n_good} of {} windows pass and are trained on",
+        data.windows.len()
+    );
+    if a.fused {
+        return finetune_fused(a, FusedInputs {
+            enc: &enc,
+            enc_meta: &enc_meta,
+            data: &data,
+            head_names: &head_names,
+            emb: &emb,
+            labels: &labels,
+            phys: &phys,
+            rel: &rel,
+        });
+    }
 
     // Evaluation for the card: subject-disjoint folds of the same head training.
     let subjects = data.subjects();
@@ -318,6 +353,8 @@ pub fn finetune(a: &FinetuneJob) -> Result<()> {
                 f1: c.macro_f1(),
                 n_windows: c.n(),
                 n_subjects: subjects.len(),
+                auc: None,
+                baselines: Default::default(),
             });
             eprintln!(
                 "{}: subject-independent balanced accuracy {:.3}, accuracy {:.3}, macro-F1 {:.3} (n={})",
@@ -332,6 +369,199 @@ pub fn finetune(a: &FinetuneJob) -> Result<()> {
         heads,
         features: Vec::new(),
     };
+    if let Some(dir) = &a.plots {
+        std::fs::create_dir_all(dir)?;
+        plots::lines(
+            &dir.join("finetune_loss.svg"),
+            "Emotion heads: training loss",
+            "class-balanced BCE",
+            &[("train".into(), losses)],
+        )?;
+    }
+    write_model_and_card(
+        a,
+        &w,
+        &enc_meta,
+        CardFacts {
+            subjects: &subjects,
+            n_windows: n_good,
+            epochs: cfg.epochs,
+            seed: cfg.seed,
+            description: "Sarkar & Etemad (ICASSP 2020) self-supervised ECG encoder (signal-transformation recognition), frozen, with dense emotion heads. Output: one sigmoid score per head per 10 s window.",
+            evaluation,
+            features: Vec::new(),
+            limitations: vec![
+                "EEGMAT's label is rest vs mental arithmetic: a cognitive-stress proxy for arousal, not a self-reported emotion.".into(),
+                "24 young adults in one lab; not validated on other populations, on movement, or on chest-strap (Polar) ECG.".into(),
+                "No valence head: no real valence labels were available, so none is shipped.".into(),
+            ],
+        },
+    )
+}
+
+/// What [`finetune_fused`] works on (all computed once by [`finetune`]).
+struct FusedInputs<'a> {
+    enc: &'a NetworkWeights,
+    enc_meta: &'a [(String, String)],
+    data: &'a Dataset,
+    head_names: &'a [String],
+    emb: &'a [Vec<f32>],
+    /// Per window and head; `None` for unlabelled windows and windows the quality gate fails.
+    labels: &'a [Vec<Option<f32>>],
+    phys: &'a [WindowPhysio],
+    rel: &'a [Option<[f64; 3]>],
+}
+
+/// The meaning of each wearer-relative feature, for the card.
+fn feature_cards() -> Vec<FeatureCard> {
+    let how = "relative to the wearer's baseline: (value − median) / max(1.4826 × MAD, floor) over the wearer's good windows (gateway: per sensor over `[baseline] horizon_days`, after `min_windows`; training: per subject over all that subject's good windows, no labels); 0 while the wearer is still calibrating";
+    WEARER_FEATURES
+        .iter()
+        .map(|&f| FeatureCard {
+            name: f.into(),
+            meaning: match f {
+                "hr_relative" => format!("heart rate of the window (bpm, from all plausible R-R intervals; floor 2 bpm) {how}"),
+                "rmssd_relative" => format!("RMSSD of the window's NN intervals (ms, ectopic/missed/extra beats corrected; floor 3 ms) {how}"),
+                _ => format!("SDNN of the window's NN intervals (ms; floor 3 ms) {how}"),
+            },
+        })
+        .collect()
+}
+
+/// `sigmoid(w · [embedding, features] + b)` of a one-layer fused head.
+fn fused_score(h: &HeadWeights, emb: &[f32], feat: &[f64; 3]) -> f64 {
+    let l = &h.layers[0];
+    let t: f64 = emb
+        .iter()
+        .map(|&v| f64::from(v))
+        .chain(feat.iter().copied())
+        .zip(&l.weight)
+        .map(|(x, w)| x * f64::from(*w))
+        .sum::<f64>()
+        + f64::from(l.bias[0]);
+    1.0 / (1.0 + (-t).exp())
+}
+
+/// `finetune --fused`: one logistic head per label on the frozen embedding plus the
+/// wearer-relative HR/RMSSD/SDNN; the card's evaluation is leave-one-subject-out beside the
+/// heart-rate baselines on the same windows.
+fn finetune_fused(a: &FinetuneJob, f: FusedInputs<'_>) -> Result<()> {
+    let subjects: Vec<String> = f.data.windows.iter().map(|w| w.subject.clone()).collect();
+    let names = f.data.subjects();
+    let rows_of = |h: usize, keep: &dyn Fn(usize) -> bool| -> Vec<(&[f32], [f64; 3], bool)> {
+        (0..subjects.len())
+            .filter(|&i| keep(i))
+            .filter_map(|i| Some((f.emb[i].as_slice(), f.rel[i]?, f.labels[i][h]? >= 0.5)))
+            .collect()
+    };
+    let mut heads = Vec::new();
+    let mut evaluation = Vec::new();
+    for (h, name) in f.head_names.iter().enumerate() {
+        // Leave-one-subject-out: each subject scored by a head fitted on the others.
+        let mut probs: Vec<Option<f64>> = vec![None; subjects.len()];
+        for s in &names {
+            let rows = rows_of(h, &|i| &subjects[i] != s);
+            if !(rows.iter().any(|r| r.2) && rows.iter().any(|r| !r.2)) {
+                continue;
+            }
+            let head = fusion::fit_fused_head(name, &rows);
+            for i in 0..subjects.len() {
+                if &subjects[i] == s && f.labels[i][h].is_some() {
+                    probs[i] = f.rel[i].map(|r| fused_score(&head, &f.emb[i], &r));
+                }
+            }
+        }
+        let labels: Vec<Option<bool>> = f.labels.iter().map(|l| l[h].map(|v| v >= 0.5)).collect();
+        let pooled = |p: &[Option<f64>]| {
+            let (s, y): (Vec<f64>, Vec<bool>) = p
+                .iter()
+                .zip(&labels)
+                .filter_map(|(p, y)| Some(((*p)?, (*y)?)))
+                .unzip();
+            HeadReport::from_scores(&s, &y)
+        };
+        let Some(r) = pooled(&probs) else {
+            anyhow::bail!("head {name}: no labelled windows with a wearer baseline to fit on");
+        };
+        let baselines = hr_baseline::baseline_probabilities(&subjects, f.phys, &labels)
+            .into_iter()
+            .filter_map(|(n, p)| Some((n.to_string(), pooled(&p)?.balanced_accuracy)))
+            .collect::<std::collections::BTreeMap<_, _>>();
+        let per_subject = hr_baseline::per_subject_balanced_accuracy(&probs, &labels, &subjects);
+        let (m, sd) = hr_baseline::mean_sd(&per_subject);
+        eprintln!(
+            "{name}: leave-one-subject-out balanced accuracy {:.3} (AUC {:.3}, per subject {m:.3} ± {sd:.3}); baselines on the same windows: {baselines:?}",
+            r.balanced_accuracy,
+            r.auc.unwrap_or(f64::NAN)
+        );
+        evaluation.push(Evaluation {
+            head: name.clone(),
+            protocol: format!(
+                "leave-one-subject-out ({} subjects), pooled confusion over the held-out windows that pass the quality gate and have a wearer baseline; the head is refitted per fold on the other subjects, each subject's baseline comes from its own unlabelled windows; the encoder is the shipped self-supervised one, which saw every recording's ECG without labels; per-subject balanced accuracy {m:.3} ± {sd:.3}",
+                names.len()
+            ),
+            balanced_accuracy: r.balanced_accuracy,
+            accuracy: r.accuracy,
+            f1: r.f1,
+            n_windows: r.n,
+            n_subjects: names.len(),
+            auc: r.auc,
+            baselines,
+        });
+        heads.push(fusion::fit_fused_head(name, &rows_of(h, &|_| true)));
+    }
+    let w = NetworkWeights {
+        convs: f.enc.convs.clone(),
+        heads,
+        features: WEARER_FEATURES.iter().map(|s| s.to_string()).collect(),
+    };
+    let n_used = (0..subjects.len())
+        .filter(|&i| f.rel[i].is_some() && f.labels[i].iter().any(Option::is_some))
+        .count();
+    write_model_and_card(
+        a,
+        &w,
+        f.enc_meta,
+        CardFacts {
+            subjects: &names,
+            n_windows: n_used,
+            epochs: 0,
+            seed: a.train.seed,
+            description: "Fused arousal model: Sarkar & Etemad (ICASSP 2020) self-supervised ECG encoder (frozen) and the window's heart rate and HRV relative to the wearer's own baseline, combined by one class-balanced logistic layer (L2: 1 row's worth per embedding coefficient, 1e-3 per feature). Inputs: `ecg` [N,1,2560] and `features` [N,3] (see [[features]]). Output: one sigmoid score per head per 10 s window.",
+            evaluation,
+            features: feature_cards(),
+            limitations: vec![
+                "EEGMAT's label is rest vs mental arithmetic: a cognitive-stress proxy for arousal, not a self-reported emotion.".into(),
+                "24 young adults in one lab; not validated on other populations, on movement, or on chest-strap (Polar) ECG.".into(),
+                "The score needs the wearer's baseline: until the gateway has `[baseline] min_windows` good windows of a wearer (5 minutes by default) the features are 0 and the state says `calibrating`.".into(),
+                "On EEGMAT the encoder's embedding adds nothing measurable over wearer-relative heart rate and HRV (docs/RESULTS.md §7): the score is carried by the wearer-relative physiology.".into(),
+                "No valence head: no real valence labels were available, so none is shipped.".into(),
+            ],
+        },
+    )
+}
+
+/// What the card says beyond the weights and the job.
+struct CardFacts<'a> {
+    subjects: &'a [String],
+    n_windows: usize,
+    epochs: usize,
+    seed: u64,
+    description: &'a str,
+    evaluation: Vec<Evaluation>,
+    features: Vec<FeatureCard>,
+    limitations: Vec<String>,
+}
+
+/// Write the ONNX model and its card (the same for every kind of head).
+fn write_model_and_card(
+    a: &FinetuneJob,
+    w: &NetworkWeights,
+    enc_meta: &[(String, String)],
+    facts: CardFacts<'_>,
+) -> Result<()> {
+    let pre = PreprocessConfig::default();
+    let head_names = w.head_names();
     let get = |k: &str| {
         enc_meta
             .iter()
@@ -346,7 +576,7 @@ pub fn finetune(a: &FinetuneJob) -> Result<()> {
         ),
         ("affectgate.version".to_string(), a.version.clone()),
     ];
-    let bytes = write_onnx(&a.out, &w, &meta)?;
+    let bytes = write_onnx(&a.out, w, &meta)?;
     let name = a
         .out
         .file_stem()
@@ -359,7 +589,7 @@ pub fn finetune(a: &FinetuneJob) -> Result<()> {
         created: crate::time::today(),
         onnx: a.out.file_name().and_then(|s| s.to_str()).unwrap_or_default().to_string(),
         sha256: crate::model::sha256_hex(&bytes),
-        description: "Sarkar & Etemad (ICASSP 2020) self-supervised ECG encoder (signal-transformation recognition), frozen, with dense emotion heads. Output: one sigmoid score per head per 10 s window.".into(),
+        description: facts.description.into(),
         input: InputSpec {
             name: crate::model::INPUT_NAME.into(),
             shape: vec![-1, 1, WINDOW_LEN as i64],
@@ -368,6 +598,7 @@ pub fn finetune(a: &FinetuneJob) -> Result<()> {
             window_s: WINDOW_LEN as f64 / crate::dsp::WINDOW_FS,
             normalisation: "z-score per person (training: per subject over all their windows; gateway: per sensor, running)".into(),
         },
+        features: facts.features,
         preprocessing: Preprocessing {
             highpass_hz: pre.filter.highpass_hz,
             lowpass_hz: pre.filter.lowpass_hz,
@@ -386,31 +617,18 @@ pub fn finetune(a: &FinetuneJob) -> Result<()> {
                 .map(|v| PRETEXT_TASKS.iter().map(|t| t.to_string()).zip(v).collect())
                 .unwrap_or_default(),
             finetune_data: a.manifest.display().to_string(),
-            finetune_subjects: subjects.clone(),
-            finetune_windows: data.windows.len(),
-            finetune_epochs: cfg.epochs,
+            finetune_subjects: facts.subjects.to_vec(),
+            finetune_windows: facts.n_windows,
+            finetune_epochs: facts.epochs,
             encoder_frozen: true,
-            seed: cfg.seed,
+            seed: facts.seed,
             framework: "burn 0.22.1 (flex CPU backend, autodiff)".into(),
         },
-        evaluation,
-        limitations: vec![
-            "EEGMAT's label is rest vs mental arithmetic: a cognitive-stress proxy for arousal, not a self-reported emotion.".into(),
-            "24 young adults in one lab; not validated on other populations, on movement, or on chest-strap (Polar) ECG.".into(),
-            "No valence head: no real valence labels were available, so none is shipped.".into(),
-        ],
+        evaluation: facts.evaluation,
+        limitations: facts.limitations,
     };
     let card_path = ModelCard::path_for(&a.out);
     card.save(&card_path)?;
-    if let Some(dir) = &a.plots {
-        std::fs::create_dir_all(dir)?;
-        plots::lines(
-            &dir.join("finetune_loss.svg"),
-            "Emotion heads: training loss",
-            "class-balanced BCE",
-            &[("train".into(), losses)],
-        )?;
-    }
     eprintln!(
         "emotion model written to {} (card {})",
         a.out.display(),

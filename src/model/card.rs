@@ -46,6 +46,9 @@ pub struct ModelCard {
     pub sha256: String,
     pub description: String,
     pub input: InputSpec,
+    /// A fused model's second input (`features [N, F]`), column by column, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<FeatureCard>,
     pub preprocessing: Preprocessing,
     pub heads: Vec<HeadCard>,
     pub training: Training,
@@ -64,6 +67,15 @@ pub struct InputSpec {
     pub sample_rate_hz: f64,
     pub window_s: f64,
     pub normalisation: String,
+}
+
+/// One column of a fused model's `features` input.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureCard {
+    pub name: String,
+    /// Exactly how the value is computed.
+    pub meaning: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -122,6 +134,13 @@ pub struct Evaluation {
     pub f1: f64,
     pub n_windows: usize,
     pub n_subjects: usize,
+    /// Area under the ROC curve of the pooled held-out scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auc: Option<f64>,
+    /// Balanced accuracy of the simplest baselines on the same windows with the same
+    /// protocol (`hr`, `hr_relative`, `hr_hrv_relative`): what the model adds over them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub baselines: std::collections::BTreeMap<String, f64>,
 }
 
 impl ModelCard {
