@@ -421,17 +421,60 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// Score windows through the serving path (ort), in batches.
-fn score(model: &mut Model, windows: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
-    let mut out = Vec::with_capacity(windows.len());
-    for chunk in windows.chunks(32) {
+/// Scores of every window. A fused model reads each window's wearer-relative features
+/// (`features[i]`); windows without them (no wearer baseline, or a window the quality gate
+/// fails) are not scored by a fused model (`None`), as a model that needs the wearer's
+/// baseline has nothing honest to say about them.
+fn score(
+    model: &mut Model,
+    windows: &[Vec<f32>],
+    features: &[Option<[f64; 3]>],
+) -> Result<Vec<Option<Vec<f32>>>> {
+    let fused = !model.feature_names().is_empty();
+    if fused && model.feature_names() != affectgate::model::WEARER_FEATURES {
+        bail!(
+            "{} reads the features {:?}; this version computes {:?}",
+            model.source(),
+            model.feature_names(),
+            affectgate::model::WEARER_FEATURES
+        );
+    }
+    let idx: Vec<usize> = (0..windows.len())
+        .filter(|&i| !fused || features[i].is_some())
+        .collect();
+    let mut out = vec![None; windows.len()];
+    for chunk in idx.chunks(32) {
         let mut flat = Vec::with_capacity(chunk.len() * WINDOW_LEN);
-        for w in chunk {
-            flat.extend_from_slice(w);
+        let mut feats = Vec::new();
+        for &i in chunk {
+            flat.extend_from_slice(&windows[i]);
+            if fused {
+                feats.extend(features[i].iter().flatten().map(|&v| v as f32));
+            }
         }
-        let s = model.run(&flat, chunk.len())?;
-        out.extend(s.values);
+        let s = model.run_with(&flat, &feats, chunk.len())?;
+        for (&i, v) in chunk.iter().zip(s.values) {
+            out[i] = Some(v);
+        }
     }
     Ok(out)
+}
+
+/// The model's embedding of every window (`None` if it has no `embedding` output).
+fn embed_all(model: &mut Model, windows: &[Vec<f32>]) -> Result<Option<Vec<Vec<f64>>>> {
+    if !model.has_embedding() {
+        return Ok(None);
+    }
+    let f = model.feature_names().len();
+    let mut out = Vec::with_capacity(windows.len());
+    for chunk in windows.chunks(32) {
+        let flat: Vec<f32> = chunk.iter().flatten().copied().collect();
+        // The embedding does not depend on the features: zeros will do.
+        let s = model.run_with(&flat, &vec![0.0; f * chunk.len()], chunk.len())?;
+        let e = s.embedding.context("the model declared an embedding but returned none")?;
+        out.extend(e.into_iter().map(|r| r.into_iter().map(f64::from).collect::<Vec<_>>()));
+    }
+    Ok(Some(out))
 }
 
 #[derive(Serialize)]
@@ -455,8 +498,11 @@ struct EvalHead {
     model: HeadReport,
     /// Leave-one-subject-out heart-rate baselines (see `learn::baseline`).
     baselines: std::collections::BTreeMap<String, HeadReport>,
-    /// Balanced accuracy per subject (subjects with both classes), per scorer (`model` and
-    /// each baseline).
+    /// Leave-one-subject-out arms on the model's frozen embedding (see `learn::fusion`):
+    /// `ssl`, `ssl_relative`, `fused`, `fused_relative`. Empty if the model has no embedding.
+    arms: std::collections::BTreeMap<String, HeadReport>,
+    /// Balanced accuracy per subject (subjects with both classes), per scorer (`model`, each
+    /// baseline and each arm).
     per_subject: std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>,
 }
 
@@ -464,14 +510,12 @@ fn eval(a: EvalArgs) -> Result<()> {
     let backend = a.backend.backend()?;
     let mut model = Model::load(&a.model, &backend)?;
     let data = dataset::labelled_from_manifest(&a.manifest, &PreprocessConfig::default())?;
-    let scores = score(&mut model, &data.samples())?;
     let heads = model.head_names().to_vec();
     let subjects: Vec<String> = data.windows.iter().map(|w| w.subject.clone()).collect();
-    let phys: Vec<baseline::WindowPhysio> = data
-        .windows
-        .iter()
-        .map(|w| baseline::window_physio(&w.samples))
-        .collect();
+    let (phys, rel) = affectgate::learn::fusion::wearer_features(&data.samples(), &subjects);
+    let scores = score(&mut model, &data.samples(), &rel)?;
+    let good_windows: Vec<bool> = phys.iter().map(|p| p.good).collect();
+    let embeddings = embed_all(&mut model, &data.samples())?;
     let good = phys.iter().filter(|p| p.good).count();
     let mut report = std::collections::BTreeMap::new();
     for (hi, h) in heads.iter().enumerate() {
@@ -498,7 +542,10 @@ fn eval(a: EvalArgs) -> Result<()> {
                 .filter_map(|(p, y)| Some(((*p)?, (*y)?)))
                 .unzip()
         };
-        let model_probs: Vec<Option<f64>> = scores.iter().map(|r| Some(f64::from(r[hi]))).collect();
+        let model_probs: Vec<Option<f64>> = scores
+            .iter()
+            .map(|r| r.as_ref().map(|r| f64::from(r[hi])))
+            .collect();
         let (s, y) = pairs(&model_probs);
         let Some(model_report) = HeadReport::from_scores(&s, &y) else {
             continue;
@@ -529,11 +576,32 @@ fn eval(a: EvalArgs) -> Result<()> {
                 );
             }
         }
+        let mut arms = std::collections::BTreeMap::new();
+        if let Some(emb) = &embeddings {
+            for (name, probs) in affectgate::learn::fusion::fusion_probabilities(
+                &subjects,
+                &good_windows,
+                &rel,
+                emb,
+                &labels,
+                affectgate::learn::fusion::EMBEDDING_L2_PER_ROW,
+            ) {
+                let (s, y) = pairs(&probs);
+                if let Some(r) = HeadReport::from_scores(&s, &y) {
+                    arms.insert(name.to_string(), r);
+                    per_subject.insert(
+                        name.to_string(),
+                        baseline::per_subject_balanced_accuracy(&probs, &labels, &subjects),
+                    );
+                }
+            }
+        }
         report.insert(
             h.clone(),
             EvalHead {
                 model: model_report,
                 baselines,
+                arms,
                 per_subject,
             },
         );
@@ -575,11 +643,17 @@ fn eval(a: EvalArgs) -> Result<()> {
         );
         let fmt_auc = |r: &HeadReport| r.auc.map_or("-".into(), |v| format!("{v:.3}"));
         for (h, e) in &out.heads {
-            let rows = std::iter::once(("model", "model".to_string(), &e.model)).chain(
-                e.baselines
-                    .iter()
-                    .map(|(n, r)| (n.as_str(), format!("baseline {n}"), r)),
-            );
+            let rows = std::iter::once(("model", "model".to_string(), &e.model))
+                .chain(
+                    e.baselines
+                        .iter()
+                        .map(|(n, r)| (n.as_str(), format!("baseline {n}"), r)),
+                )
+                .chain(
+                    e.arms
+                        .iter()
+                        .map(|(n, r)| (n.as_str(), format!("loso {n}"), r)),
+                );
             for (key, name, r) in rows {
                 let subj = e.per_subject.get(key).map_or("-".to_string(), |v| {
                     let (m, sd) = baseline::mean_sd(v);
@@ -598,7 +672,7 @@ fn eval(a: EvalArgs) -> Result<()> {
                 );
             }
         }
-        eprintln!("note: baselines are leave-one-subject-out; the model's numbers are training-set numbers if its heads were trained on these subjects (see the model card for its subject-independent evaluation)");
+        eprintln!("note: baselines and `loso` arms (logistic heads on this model's frozen embedding, see learn::fusion) are leave-one-subject-out; the model's numbers are training-set numbers if its heads were trained on these subjects (see the model card for its subject-independent evaluation)");
     }
     Ok(())
 }
@@ -607,7 +681,8 @@ fn eval(a: EvalArgs) -> Result<()> {
 struct InferWindow {
     index: usize,
     start_s: f64,
-    scores: std::collections::BTreeMap<String, f32>,
+    /// `null` where a fused model has no wearer baseline or the window fails the quality gate.
+    scores: std::collections::BTreeMap<String, Option<f32>>,
 }
 
 fn infer(a: InferArgs) -> Result<()> {
@@ -626,7 +701,10 @@ fn infer(a: InferArgs) -> Result<()> {
     }
     let mut samples: Vec<Vec<f32>> = windows.iter().map(|w| w.samples.clone()).collect();
     dataset::zscore_person(samples.iter_mut());
-    let scores = score(&mut model, &samples)?;
+    // The recording is one wearer: a fused model's baseline comes from its good windows.
+    let one_wearer = vec![a.file.display().to_string(); samples.len()];
+    let (_, rel) = affectgate::learn::fusion::wearer_features(&samples, &one_wearer);
+    let scores = score(&mut model, &samples, &rel)?;
     let heads = model.head_names().to_vec();
     let rows: Vec<InferWindow> = windows
         .iter()
@@ -635,7 +713,11 @@ fn infer(a: InferArgs) -> Result<()> {
         .map(|(i, (w, s))| InferWindow {
             index: i,
             start_s: w.start_ns as f64 * 1e-9,
-            scores: heads.iter().cloned().zip(s.iter().copied()).collect(),
+            scores: heads
+                .iter()
+                .enumerate()
+                .map(|(h, name)| (name.clone(), s.as_ref().map(|s| s[h])))
+                .collect(),
         })
         .collect();
     if a.json {
@@ -649,7 +731,10 @@ fn infer(a: InferArgs) -> Result<()> {
         for r in &rows {
             print!("{:>6} {:>9.1}", r.index, r.start_s);
             for h in &heads {
-                print!(" {:>9.3}", r.scores[h]);
+                match r.scores[h] {
+                    Some(v) => print!(" {v:>9.3}"),
+                    None => print!(" {:>9}", "-"),
+                }
             }
             println!();
         }

@@ -105,7 +105,18 @@ pub fn fit_fused_head(name: &str, rows: &[(&[f32], [f64; 3], bool)]) -> HeadWeig
     }
 }
 
-/// Leave-one-subject-out probabilities of the fusion arms (names in report order).
+/// The arms, in report order.
+pub const ARMS: [&str; 4] = ["ssl", "ssl_relative", "fused", "fused_relative"];
+
+/// Leave-one-subject-out probabilities of the [`ARMS`] on the same windows as the baselines:
+///
+/// - `ssl`: logistic on the frozen embedding (the paper's frozen-encoder arm, linear head);
+/// - `ssl_relative`: logistic on the embedding relative to the wearer ([`subject_relative`]);
+/// - `fused`: the shipped design — logistic on the embedding plus wearer-relative HR, RMSSD,
+///   SDNN ([`fit_fused_head`]'s penalties);
+/// - `fused_relative`: the same with the wearer-relative embedding.
+///
+/// `embedding_l2_per_row` scales the embedding penalty ([`EMBEDDING_L2_PER_ROW`] ships).
 pub fn fusion_probabilities(
     subjects: &[String],
     good: &[bool],
@@ -123,24 +134,20 @@ pub fn fusion_probabilities(
         .map(|(e, &g)| g.then(|| e.clone()))
         .collect();
     let emb_rel = subject_relative(subjects, good, embeddings);
-    let fused: Vec<Option<Vec<f64>>> = physio_relative
-        .iter()
-        .zip(&emb_rel)
-        .map(|(p, e)| {
-            let (p, e) = (p.as_ref()?, e.as_ref()?);
-            Some(p.iter().copied().chain(e.iter().copied()).collect())
-        })
-        .collect();
-    let fused_raw: Vec<Option<Vec<f64>>> = physio_relative
-        .iter()
-        .zip(&emb)
-        .map(|(p, e)| {
-            let (p, e) = (p.as_ref()?, e.as_ref()?);
-            Some(p.iter().copied().chain(e.iter().copied()).collect())
-        })
-        .collect();
+    let with_physio = |e: &[Option<Vec<f64>>]| -> Vec<Option<Vec<f64>>> {
+        physio_relative
+            .iter()
+            .zip(e)
+            .map(|(p, e)| {
+                let (p, e) = (p.as_ref()?, e.as_ref()?);
+                Some(e.iter().copied().chain(p.iter().copied()).collect())
+            })
+            .collect()
+    };
     let l2_emb = vec![lam; d];
-    let l2_fused: Vec<f64> = [1e-3; 3].into_iter().chain(vec![lam; d]).collect();
+    let l2_fused: Vec<f64> = std::iter::repeat_n(lam, d)
+        .chain(std::iter::repeat_n(FEATURE_L2, 3))
+        .collect();
     vec![
         ("ssl", loso_probabilities_l2(&emb, labels, subjects, &l2_emb)),
         (
@@ -149,11 +156,11 @@ pub fn fusion_probabilities(
         ),
         (
             "fused",
-            loso_probabilities_l2(&fused, labels, subjects, &l2_fused),
+            loso_probabilities_l2(&with_physio(&emb), labels, subjects, &l2_fused),
         ),
         (
-            "fused_raw",
-            loso_probabilities_l2(&fused_raw, labels, subjects, &l2_fused),
+            "fused_relative",
+            loso_probabilities_l2(&with_physio(&emb_rel), labels, subjects, &l2_fused),
         ),
     ]
 }
