@@ -35,9 +35,15 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
                 .unwrap_or(e),
         }
     };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".affectgate-")
-        .suffix(".tmp")
+    // The mode a plain `File::create` gives (0666 less the umask), not tempfile's private
+    // 0600: models, cards and packs are read by other users (a packaged service, a shell).
+    #[cfg(unix)]
+    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o666);
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".affectgate-").suffix(".tmp");
+    #[cfg(unix)]
+    builder.permissions(mode);
+    let mut tmp = builder
         .tempfile_in(&dir)
         .map_err(err(path))?;
     // Errors name the file being replaced (what the user knows), not the temporary.
@@ -56,6 +62,19 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn written_files_get_the_mode_a_plain_create_gives() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).unwrap();
+        let ours = dir.path().join("model.onnx");
+        atomic_write(&ours, b"x").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&ours), mode(&plain));
+    }
 
     #[test]
     fn replaces_whole_file_and_leaves_no_temporaries() {

@@ -109,7 +109,7 @@ pub enum BenchWhat {
     },
     /// One retraining round on a store of N synthetic windows: wall time and peak memory.
     Retrain {
-        #[arg(long, default_value = "models/affectgate-arousal-v1.onnx")]
+        #[arg(long, default_value = "models/affectgate-arousal-v2.onnx")]
         model: PathBuf,
         #[arg(long, default_value_t = 1000)]
         windows: usize,

@@ -1,5 +1,9 @@
-//! Ingest: one task per sensor runs its source and DSP pipeline and hands finished windows
-//! to the scorer; heart-rate-only sensors publish their summaries directly.
+//! Ingest: one task per sensor runs its source and DSP pipeline, describes each finished
+//! window against its wearer's baseline and hands it to the scorer; heart-rate-only sensors
+//! publish their summaries directly.
+//!
+//! The wearer baseline lives here, before the scorer, because a fused model reads the
+//! wearer-relative features as an input: the scorer must know them when it runs the model.
 
 use std::sync::Arc;
 
@@ -7,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::sensor::{BeatSummary, HrSummary, ProcessedWindow, SensorPipeline};
 use super::*;
+use crate::dsp::{BaselineConfig, BaselineTracker};
 
 /// Where heart-rate-only summaries go (they bypass the scorer: there is nothing to score).
 #[derive(Clone)]
@@ -44,15 +49,56 @@ impl HrPublisher {
     }
 }
 
+/// One sensor's wearer baseline, restored from the store's meta (so a restart does not start
+/// calibrating again) and saved back whenever it is recomputed.
+pub(super) struct WearerState {
+    tracker: BaselineTracker,
+    store: Arc<Store>,
+    key: String,
+}
+
+impl WearerState {
+    pub(super) fn restore(store: Arc<Store>, sensor: &str, cfg: BaselineConfig) -> Self {
+        let key = format!("baseline/{sensor}");
+        let saved = match store.meta_get(&key) {
+            Ok(v) => v.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(sensor, "reading the wearer baseline failed ({e}); calibrating again");
+                Vec::new()
+            }
+        };
+        WearerState {
+            tracker: BaselineTracker::from_bytes(cfg, &saved),
+            store,
+            key,
+        }
+    }
+
+    /// Add a good window's physiology and set the window's baseline.
+    fn describe(&mut self, w: &mut ProcessedWindow) {
+        if let (Some(h), true) = (w.hrv, w.quality.is_good()) {
+            self.tracker
+                .push(w.window.start_ns, [h.hr_bpm, h.rmssd_ms, h.sdnn_ms]);
+            if self.tracker.just_updated() {
+                if let Err(e) = self.store.meta_put(&self.key, &self.tracker.to_bytes()) {
+                    tracing::warn!(sensor = %w.sensor, "saving the wearer baseline failed: {e}");
+                }
+            }
+        }
+        w.baseline = self.tracker.baseline().copied();
+    }
+}
+
 pub(super) async fn sensor_task(
     mut pipe: SensorPipeline,
     mut rx: mpsc::Receiver<SourceEvent>,
     tx: mpsc::Sender<ProcessedWindow>,
     link: Arc<MqttLink>,
     hr: HrPublisher,
+    mut wearer: WearerState,
 ) -> SensorReport {
     let avail = link.topics().availability(pipe.sensor());
-    let rep = sensor_loop(&mut pipe, &mut rx, &tx, &link, &avail, &hr).await;
+    let rep = sensor_loop(&mut pipe, &mut rx, &tx, &link, &avail, &hr, &mut wearer).await;
     link.retain(avail, b"offline".to_vec());
     rep
 }
@@ -64,6 +110,7 @@ pub(super) async fn sensor_loop(
     link: &MqttLink,
     avail: &str,
     hr: &HrPublisher,
+    wearer: &mut WearerState,
 ) -> SensorReport {
     let mut rep = SensorReport::default();
     let mut out = Vec::new();
@@ -102,7 +149,8 @@ pub(super) async fn sensor_loop(
             }
             SourceEvent::End => pipe.finish(&mut out),
         }
-        for w in out.drain(..) {
+        for mut w in out.drain(..) {
+            wearer.describe(&mut w);
             rep.windows += 1;
             if tx.send(w).await.is_err() {
                 return rep;

@@ -30,15 +30,15 @@ mod sink;
 
 pub use control::label_windows;
 use control::{announce_discovery, input_task};
-use ingest::{sensor_task, HrPublisher};
+use ingest::{sensor_task, HrPublisher, WearerState};
 use scorer::{load_registered, scorer_loop, watch_registry};
 use sink::sink_task;
 pub use sink::state_message;
 
 /// The shipped model, compiled in for the demo (2.6 MB).
-pub const DEFAULT_MODEL: &[u8] = include_bytes!("../../models/affectgate-arousal-v1.onnx");
+pub const DEFAULT_MODEL: &[u8] = include_bytes!("../../models/affectgate-arousal-v2.onnx");
 /// Where the shipped model lives in the repository (and in the default config).
-pub const DEFAULT_MODEL_PATH: &str = "models/affectgate-arousal-v1.onnx";
+pub const DEFAULT_MODEL_PATH: &str = "models/affectgate-arousal-v2.onnx";
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -230,7 +230,10 @@ impl GatewayBuilder {
                 (model, version)
             }
         };
-        tracing::info!(model = %version, heads = ?model.head_names(), backend = ?model.backend(), "model loaded");
+        if let Err(reason) = scorer::check_features(&model) {
+            return Err(GatewayError::Task(format!("model {version}: {reason}")));
+        }
+        tracing::info!(model = %version, heads = ?model.head_names(), features = ?model.feature_names(), backend = ?model.backend(), "model loaded");
 
         // TLS files are read before the store opens: a wrong path fails the start cleanly.
         let tls = match &cfg.mqtt.tls {
@@ -305,6 +308,7 @@ impl GatewayBuilder {
                 win_tx.clone(),
                 link.clone(),
                 hr_pub.clone(),
+                WearerState::restore(store.clone(), &id, cfg.baseline.clone()),
             ));
             sensor_tasks.push((id, src_task, dsp_task));
         }
@@ -383,7 +387,6 @@ impl GatewayBuilder {
             link.clone(),
             heads,
             self.observer.take(),
-            cfg.baseline.clone(),
         ));
 
         // Wait for a shutdown request or for every sensor to end on its own.

@@ -92,11 +92,42 @@ pub(super) async fn watch_registry(
                 }
             }
         };
+        if let Err(e) = check_features(&model) {
+            tracing::error!(model = %want, "not swapping in the registry's model: {e}");
+            serving = want;
+            continue;
+        }
         tracing::info!(model = %want, version = %version, "registry changed: swapping the serving model");
         if swap.send((model, version)).is_err() {
             return;
         }
         serving = want;
+    }
+}
+
+/// A window's [`WEARER_FEATURES`](crate::model::WEARER_FEATURES) for a fused model: its HR,
+/// RMSSD and SDNN relative to the wearer's baseline, or 0 ("at the wearer's usual") while the
+/// wearer is still calibrating (the state message says so).
+pub(super) fn wearer_features(w: &ProcessedWindow) -> [f32; 3] {
+    match (&w.baseline, w.hrv) {
+        (Some(b), Some(h)) => b
+            .relative([h.hr_bpm, h.rmssd_ms, h.sdnn_ms])
+            .map(|v| v as f32),
+        _ => [0.0; 3],
+    }
+}
+
+/// Whether this gateway can feed `model`: an ECG-only model, or a fused one reading exactly
+/// the [`WEARER_FEATURES`](crate::model::WEARER_FEATURES).
+pub(super) fn check_features(model: &Model) -> Result<(), String> {
+    let f = model.feature_names();
+    if f.is_empty() || f == crate::model::WEARER_FEATURES {
+        Ok(())
+    } else {
+        Err(format!(
+            "the model reads the features {f:?}; this gateway computes {:?} (a model from a newer version?)",
+            crate::model::WEARER_FEATURES
+        ))
     }
 }
 
@@ -112,6 +143,7 @@ pub(super) fn scorer_loop(
     let mut heads: Vec<String> = model.head_names().to_vec();
     let mut batch: Vec<ProcessedWindow> = Vec::with_capacity(MAX_BATCH);
     let mut input: Vec<f32> = Vec::with_capacity(MAX_BATCH * WINDOW_LEN);
+    let mut features: Vec<f32> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         while let Ok((m, v)) = swap.try_recv() {
             tracing::info!(from = %version, to = %v, "serving model swapped");
@@ -128,10 +160,15 @@ pub(super) fn scorer_loop(
             }
         }
         input.clear();
+        features.clear();
+        let f = model.feature_names().len();
         let mut idx = Vec::new();
         for (i, w) in batch.iter().enumerate() {
             if let Some(x) = &w.normalized {
                 input.extend_from_slice(x);
+                if f > 0 {
+                    features.extend(wearer_features(w));
+                }
                 idx.push(i);
             }
         }
@@ -144,7 +181,8 @@ pub(super) fn scorer_loop(
             let left = idx.len() - done;
             let n = 1usize << (usize::BITS - 1 - left.leading_zeros());
             let chunk = &input[done * WINDOW_LEN..(done + n) * WINDOW_LEN];
-            match model.run(chunk, n) {
+            let fchunk = &features[done * f..(done + n) * f];
+            match model.run_with(chunk, fchunk, n) {
                 Ok(s) => {
                     for k in 0..n {
                         scores[idx[done + k]] = heads

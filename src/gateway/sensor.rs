@@ -29,6 +29,9 @@ pub struct ProcessedWindow {
     pub normalized: Option<Vec<f32>>,
     pub quality: Quality,
     pub hrv: Option<HrvStats>,
+    /// The wearer's baseline this window is described against (set by the ingest task, which
+    /// keeps one per sensor; `None`: still calibrating).
+    pub baseline: Option<crate::dsp::WearerBaseline>,
     /// When the window completed (for latency measurements).
     pub completed: Instant,
 }
@@ -164,6 +167,7 @@ impl SensorPipeline {
                 normalized,
                 quality,
                 hrv,
+                baseline: None,
                 completed,
             });
         }

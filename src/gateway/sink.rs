@@ -8,7 +8,6 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::dsp::{BaselineConfig, BaselineTracker, WearerBaseline};
 
 pub(super) struct SinkReport {
     pub(super) published: u64,
@@ -16,15 +15,11 @@ pub(super) struct SinkReport {
     pub(super) per_sensor: BTreeMap<String, (u64, u64)>,
 }
 
-/// Build the MQTT state message of a scored window.
-/// The state message of a window; `baseline` is its sensor's wearer baseline, if it has one
-/// yet (`None`: calibrating).
-pub fn state_message(
-    sw: &ScoredWindow,
-    heads: &[String],
-    baseline: Option<&WearerBaseline>,
-) -> StateMessage {
+/// The MQTT state message of a scored window (described against its sensor's wearer
+/// baseline, if it has one yet; `None`: calibrating).
+pub fn state_message(sw: &ScoredWindow, heads: &[String]) -> StateMessage {
     let w = &sw.w;
+    let baseline = w.baseline.as_ref();
     let mut scores: BTreeMap<String, Option<f32>> =
         heads.iter().map(|h| (h.clone(), None)).collect();
     for (h, v) in &sw.scores {
@@ -53,11 +48,6 @@ pub fn state_message(
     }
 }
 
-/// Store meta key of a sensor's wearer baseline.
-fn baseline_key(sensor: &str) -> String {
-    format!("baseline/{sensor}")
-}
-
 pub(super) async fn sink_task(
     mut rx: mpsc::Receiver<ScoredWindow>,
     store: Arc<Store>,
@@ -65,11 +55,7 @@ pub(super) async fn sink_task(
     link: Arc<MqttLink>,
     heads: Vec<String>,
     observer: Option<mpsc::UnboundedSender<Observed>>,
-    baseline_cfg: BaselineConfig,
 ) -> SinkReport {
-    // One wearer baseline per sensor, restored from the store's meta (so a restart does not
-    // start calibrating again) and saved back whenever it is recomputed.
-    let mut baselines: BTreeMap<String, BaselineTracker> = BTreeMap::new();
     let mut rep = SinkReport {
         published: 0,
         per_sensor: BTreeMap::new(),
@@ -107,24 +93,7 @@ pub(super) async fn sink_task(
             if let Err(e) = store.put(&rec) {
                 tracing::error!(sensor = %rec.sensor, "storing window {} failed: {e}", rec.window.index);
             }
-            let tracker = baselines.entry(sw.w.sensor.to_string()).or_insert_with(|| {
-                let saved = store
-                    .meta_get(&baseline_key(&sw.w.sensor))
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                BaselineTracker::from_bytes(baseline_cfg.clone(), &saved)
-            });
-            if let (Some(h), true) = (sw.w.hrv, sw.w.quality.is_good()) {
-                tracker.push(sw.w.window.start_ns, [h.hr_bpm, h.rmssd_ms, h.sdnn_ms]);
-                if tracker.just_updated() {
-                    if let Err(e) = store.meta_put(&baseline_key(&sw.w.sensor), &tracker.to_bytes())
-                    {
-                        tracing::warn!(sensor = %sw.w.sensor, "saving the wearer baseline failed: {e}");
-                    }
-                }
-            }
-            let msg = state_message(sw, &heads, tracker.baseline());
+            let msg = state_message(sw, &heads);
             let payload = serde_json::to_vec(&msg).expect("state message serialises");
             match outbox.push(&link.topics().state(&msg.sensor), &payload) {
                 Ok(_) => rep.published += 1,

@@ -532,7 +532,7 @@ mod tests {
             "rmssd_ms": 48.0,
             "sdnn_ms": 70.0,
             "quality": "good",
-            "model": "affectgate-arousal-v1@0123abcd",
+            "model": "affectgate-arousal-v2@0123abcd",
         });
         for h in heads {
             m[h.as_str()] = json!(0.42);

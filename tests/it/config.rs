@@ -36,7 +36,7 @@ fn shipped_plugin_toml_is_valid() {
         .contains(&"affectgate/{gateway}/{sensor}/state".to_string()));
     assert_eq!(
         cfg.model.path,
-        Path::new("models/affectgate-arousal-v1.onnx")
+        Path::new("models/affectgate-arousal-v2.onnx")
     );
 }
 

@@ -84,7 +84,7 @@ async fn replaying_polar_recording_publishes_one_valid_state_per_window() {
     let mut good_hr = Vec::new();
     for s in &states {
         assert_eq!(s.sensor, "polar");
-        assert!(s.model.starts_with("affectgate-arousal-v1@"), "{}", s.model);
+        assert!(s.model.starts_with("affectgate-arousal-v2@"), "{}", s.model);
         assert!(s.scores.contains_key("arousal"));
         if s.quality == "good" {
             let a = s.scores["arousal"].expect("good windows are scored");

@@ -46,10 +46,10 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn run_tract(bytes: &[u8], ws: &[Vec<f32>]) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+fn run_tract(bytes: &[u8], ws: &[Vec<f32>], feats: &[f32]) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     let mut m = Model::load_bytes(bytes, &Backend::Tract).unwrap();
     let flat: Vec<f32> = ws.iter().flatten().copied().collect();
-    let s = m.run(&flat, ws.len()).unwrap();
+    let s = m.run_with(&flat, feats, ws.len()).unwrap();
     (s.values, s.embedding.expect("model exports its embedding"))
 }
 
@@ -67,16 +67,34 @@ fn burn_forward_and_exported_onnx_agree_on_real_windows() {
     device.seed(11);
     let fresh = Net::new(1, &EMOTION_HIDDEN, &device).to_weights(&["arousal".to_string()]);
     let mut cases = vec![("fresh", fresh)];
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/affectgate-arousal-v1.onnx");
-    if shipped.exists() {
-        let (w, _) = import_onnx(&std::fs::read(&shipped).unwrap()).unwrap();
-        cases.push(("shipped", w));
-    }
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/affectgate-arousal-v2.onnx");
+    let (w, _) = import_onnx(&std::fs::read(&shipped).unwrap()).unwrap();
+    assert_eq!(w.features, affectgate::model::WEARER_FEATURES, "the shipped model is fused");
+    cases.push(("shipped", w));
     for (name, w) in cases {
         let bytes = export_onnx(&w, &[], "test").unwrap();
-        let (ort_scores, ort_emb) = run_tract(&bytes, &ws);
-        let burn_scores = predict(&w, &ws);
+        // Features spanning calm to stressed (the burn side has no fused heads: a fused
+        // network's heads are checked against the plain-Rust reference instead).
+        let f = w.features.len();
+        let feats: Vec<f32> = (0..ws.len() * f).map(|i| (i as f32 * 0.7).sin() * 3.0).collect();
+        let (ort_scores, ort_emb) = run_tract(&bytes, &ws, &feats);
         let burn_emb = embed(&w, &ws);
+        let burn_scores: Vec<Vec<f32>> = if f == 0 {
+            predict(&w, &ws)
+        } else {
+            (0..ws.len())
+                .map(|i| {
+                    affectgate::model::weights::reference_heads(
+                        &w,
+                        &burn_emb[i],
+                        &feats[i * f..(i + 1) * f],
+                    )
+                    .into_iter()
+                    .map(|(_, v)| v)
+                    .collect()
+                })
+                .collect()
+        };
         let mut worst = 0.0f32;
         for i in 0..ws.len() {
             worst = worst.max(max_abs_diff(&ort_scores[i], &burn_scores[i]));
@@ -300,7 +318,7 @@ fn broken_model_and_manifest_errors_name_the_file() {
 
     let bad_manifest = tmp.path().join("bad.csv");
     std::fs::write(&bad_manifest, "file,subject,arousal\nmissing.edf,S1,1\n").unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/affectgate-arousal-v1.onnx");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/affectgate-arousal-v2.onnx");
     if shipped.exists() {
         let out = bin()
             .args(["eval", "--model"])
@@ -329,4 +347,41 @@ fn broken_model_and_manifest_errors_name_the_file() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("--backend cuda"));
+}
+
+/// The shipped fused model reads the wearer-relative physiology the way its card says:
+/// the same ECG window scores higher when the wearer's heart rate is up and HRV down
+/// relative to their baseline, and an un-calibrated wearer (features 0) sits in between.
+#[test]
+fn shipped_model_scores_rise_with_heart_rate_relative_to_the_wearer() {
+    let Some(_) = data_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = labelled_from_manifest(&small_manifest(tmp.path(), 1), &PreprocessConfig::default())
+        .unwrap();
+    let ws = windows(&ds, 4);
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/affectgate-arousal-v2.onnx");
+    let mut m = Model::load(&shipped, &Backend::Tract).unwrap();
+    assert_eq!(m.feature_names(), affectgate::model::WEARER_FEATURES);
+    let flat: Vec<f32> = ws.iter().flatten().copied().collect();
+    let run = |m: &mut Model, f: [f32; 3]| -> Vec<f32> {
+        let feats: Vec<f32> = (0..ws.len()).flat_map(|_| f).collect();
+        m.run_with(&flat, &feats, ws.len()).unwrap().head("arousal").unwrap()
+    };
+    let calm = run(&mut m, [-1.0, 1.0, 1.0]);
+    let usual = run(&mut m, [0.0, 0.0, 0.0]);
+    let stressed = run(&mut m, [3.0, -1.0, -1.0]);
+    for i in 0..ws.len() {
+        assert!(
+            calm[i] < usual[i] && usual[i] < stressed[i],
+            "window {i}: calm {} usual {} stressed {}",
+            calm[i],
+            usual[i],
+            stressed[i]
+        );
+    }
+    assert!(stressed.iter().all(|&v| v > 0.5), "{stressed:?}");
+    assert!(calm.iter().all(|&v| v < 0.5), "{calm:?}");
+    // Without the features the model refuses, naming them.
+    let e = m.run(&flat, ws.len()).unwrap_err().to_string();
+    assert!(e.contains("hr_relative"), "{e}");
 }

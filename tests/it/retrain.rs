@@ -153,7 +153,7 @@ async fn promotion_and_rollback_swap_the_serving_model_without_dropping_a_window
                 assert_eq!(registry.rollback().unwrap(), "shipped");
                 phase = 3;
             }
-            3 if last.starts_with("affectgate-arousal-v1@") => {
+            3 if last.starts_with("affectgate-arousal-v2@") => {
                 phase = 4;
             }
             4 if seen
@@ -196,7 +196,7 @@ async fn promotion_and_rollback_swap_the_serving_model_without_dropping_a_window
     }
     assert_eq!(
         runs,
-        vec!["affectgate-arousal-v1", "r0001", "affectgate-arousal-v1"],
+        vec!["affectgate-arousal-v2", "r0001", "affectgate-arousal-v2"],
         "{runs:?}"
     );
     // Different networks give different scores on the same kind of windows.
@@ -235,12 +235,12 @@ async fn a_broken_promoted_model_falls_back_to_the_shipped_one() {
         .await
         .unwrap();
     assert!(
-        report.model.starts_with("affectgate-arousal-v1@"),
+        report.model.starts_with("affectgate-arousal-v2@"),
         "{}",
         report.model
     );
     let first = rx.recv().await.unwrap();
-    assert!(first.state.model.starts_with("affectgate-arousal-v1@"));
+    assert!(first.state.model.starts_with("affectgate-arousal-v2@"));
     assert_eq!(report.sensors["polar"].windows, 59);
 }
 
@@ -250,7 +250,7 @@ async fn a_broken_promoted_model_falls_back_to_the_shipped_one() {
 /// state messages keep flowing while the round trains; a promoted model then scores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cmd_retrain_runs_a_round_in_the_running_gateway() {
-    let pack = repo().join("models/affectgate-arousal-v1.replay.bin");
+    let pack = repo().join("models/affectgate-arousal-v2.replay.bin");
     assert!(
         pack.exists(),
         "the shipped model's replay pack is missing: {}",
@@ -419,7 +419,7 @@ async fn cmd_retrain_runs_a_round_in_the_running_gateway() {
         assert!(!entry.reason.is_empty());
         assert!(after
             .iter()
-            .all(|o| o.state.model.starts_with("affectgate-arousal-v1@")));
+            .all(|o| o.state.model.starts_with("affectgate-arousal-v2@")));
     }
     assert!(registry.model_path("r0001").exists());
 }
@@ -664,7 +664,7 @@ async fn a_full_disk_or_out_of_memory_ends_the_round_not_the_gateway() {
     assert_eq!(report.sensors["polar"].windows, seen.len() as u64);
     assert!(seen
         .iter()
-        .all(|o| o.state.model.is_empty() || o.state.model.starts_with("affectgate-arousal-v1@")));
+        .all(|o| o.state.model.is_empty() || o.state.model.starts_with("affectgate-arousal-v2@")));
     assert!(registry.list().unwrap().is_empty());
     assert_eq!(registry.serving().unwrap(), (None, None));
 }

@@ -84,7 +84,7 @@ fn replay_pack_from_eegmat_round_trips() {
 fn one_tiny_round_from_the_shipped_model() {
     let Some(data) = data_dir() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/affectgate-arousal-v1.onnx");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/affectgate-arousal-v2.onnx");
     let (current, _) = import_onnx(&std::fs::read(&model).unwrap()).unwrap();
     let pack = pack_of(&data, dir.path(), &[0, 1, 2], 6);
     // The wearer: Subject03, a few windows of rest then of the task, oldest first.
@@ -170,8 +170,8 @@ fn one_tiny_round_from_the_shipped_model() {
 fn the_shipped_pretext_network_matches_the_shipped_encoder() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     let read = |f: &str| import_onnx(&std::fs::read(dir.join(f)).unwrap()).unwrap().0;
-    let model = read("affectgate-arousal-v1.onnx");
-    let pretext = read("affectgate-arousal-v1.pretext.onnx");
+    let model = read("affectgate-arousal-v2.onnx");
+    let pretext = read("affectgate-arousal-v2.pretext.onnx");
     assert_eq!(pretext.convs, model.convs);
     assert_eq!(pretext.heads.len(), 7);
     assert_eq!(model.head_names(), vec!["arousal".to_string()]);

@@ -1,7 +1,92 @@
 //! Emotion heads on a frozen encoder, fitted the same way for the candidate and the serving
 //! side of a round (so `before` is not inflated by labels the shipped heads saw).
+//!
+//! A fused model's heads (see [`crate::learn::fusion`]) also read each window's
+//! wearer-relative HR/RMSSD/SDNN: a pack window against its pack subject's baseline (from all
+//! of that subject's pack windows, no labels), a self-report against the wearer's baseline
+//! (from the round's unlabelled windows of the wearer). Windows the quality gate fails, or
+//! without a baseline, train no fused head.
 
 use super::*;
+use crate::dsp::WearerBaseline;
+use crate::learn::baseline::{wearer_relative, window_physio, OFFLINE_MIN_BASELINE_WINDOWS};
+use crate::learn::fusion::fit_fused_head;
+use crate::model::weights::reference_heads;
+
+/// Which pack labelled windows pass the gateway's quality gate (the others — e.g. EEGMAT
+/// recordings without ECG — neither train nor gate a head), and for fused models the
+/// wearer-relative features of every pack labelled window and every self-report (`None`
+/// where there is no baseline or the window fails the quality gate; empty for ECG-only
+/// models).
+#[derive(Clone, Debug, Default)]
+pub(super) struct RoundFeatures {
+    pub(super) pack_good: Vec<bool>,
+    pub(super) pack: Vec<Option<[f64; 3]>>,
+    pub(super) user: Vec<Option<[f64; 3]>>,
+}
+
+impl RoundFeatures {
+    pub(super) fn new(data: &RoundData, pack: &ReplayPack, current: &NetworkWeights) -> Self {
+        let phys: Vec<_> = pack.labelled.iter().map(|w| window_physio(&w.window)).collect();
+        let pack_good = phys.iter().map(|p| p.good).collect();
+        if current.features.is_empty() {
+            return RoundFeatures {
+                pack_good,
+                ..Default::default()
+            };
+        }
+        let subjects: Vec<String> = pack.labelled.iter().map(|w| w.subject.clone()).collect();
+        let pack_rel = wearer_relative(&subjects, &phys);
+        let wearer_rows: Vec<[f64; 3]> = data
+            .unlabelled
+            .iter()
+            .map(|w| window_physio(w))
+            .filter(|p| p.good)
+            .filter_map(|p| p.features)
+            .collect();
+        let wearer = WearerBaseline::from_features_min(&wearer_rows, OFFLINE_MIN_BASELINE_WINDOWS);
+        let user = data
+            .user_labelled
+            .iter()
+            .map(|(w, _)| {
+                let p = window_physio(w);
+                Some(wearer.as_ref()?.relative(p.good.then_some(p.features?)?))
+            })
+            .collect();
+        RoundFeatures {
+            pack_good,
+            pack: pack_rel,
+            user,
+        }
+    }
+}
+
+/// Head scores of `windows` under `encoder` + `heads` (a fused network's heads read
+/// `features[i]`, zeros where `None`, as the gateway feeds a calibrating wearer).
+pub(super) fn score_heads(
+    encoder: &NetworkWeights,
+    heads: &[HeadWeights],
+    features: &[String],
+    windows: &[Vec<f32>],
+    window_features: &[Option<[f64; 3]>],
+) -> Vec<Vec<f32>> {
+    let emb = embed(encoder, windows);
+    if features.is_empty() {
+        return predict_heads(heads, &emb);
+    }
+    let w = NetworkWeights {
+        convs: encoder.convs.clone(),
+        heads: heads.to_vec(),
+        features: features.to_vec(),
+    };
+    emb.iter()
+        .zip(window_features)
+        .map(|(e, f)| {
+            let f: Vec<f32> = f.unwrap_or([0.0; 3]).iter().map(|&v| v as f32).collect();
+            reference_heads(&w, e, &f).into_iter().map(|(_, v)| v).collect()
+        })
+        .collect()
+}
 
 /// The labelled windows a round's head stage trains on: the pack's labelled windows outside
 /// the gate subjects (once each) and the wearer's self-reports outside the hold-out
@@ -10,6 +95,8 @@ pub(super) struct HeadSet {
     pack_col: Vec<Option<usize>>,
     head_names: Vec<String>,
     windows: Vec<Vec<f32>>,
+    /// Wearer-relative features per window (fused models only; else all `None`).
+    features: Vec<Option<[f64; 3]>>,
     labels: Vec<Vec<Option<f32>>>,
     reps: Vec<usize>,
     n_pack: usize,
@@ -22,6 +109,7 @@ impl HeadSet {
         pack: &ReplayPack,
         sp: &Split,
         head_names: &[String],
+        feats: &RoundFeatures,
         cfg: &RoundConfig,
     ) -> Self {
         let pack_col = head_names
@@ -32,19 +120,23 @@ impl HeadSet {
             pack_col,
             head_names: head_names.to_vec(),
             windows: Vec::new(),
+            features: Vec::new(),
             labels: Vec::new(),
             reps: Vec::new(),
             n_pack: sp.pack_train.len(),
             n_user: sp.user_train.len(),
         };
         let user_reps = (cfg.user_weight.round() as usize).max(1);
-        for &i in &sp.pack_train {
+        for &i in sp.pack_train.iter().filter(|&&i| feats.pack_good[i]) {
             set.windows.push(pack.labelled[i].window.clone());
+            set.features.push(feats.pack.get(i).copied().flatten());
             set.labels.push(set.pack_labels(&pack.labelled[i]));
             set.reps.push(1);
         }
-        for (win, l) in &data.user_labelled[sp.user_train.clone()] {
+        for (j, (win, l)) in data.user_labelled[sp.user_train.clone()].iter().enumerate() {
             set.windows.push(win.clone());
+            set.features
+                .push(feats.user.get(sp.user_train.start + j).copied().flatten());
             set.labels.push(l.clone());
             set.reps.push(user_reps);
         }
@@ -68,6 +160,28 @@ impl HeadSet {
     ) -> Result<Vec<HeadWeights>, RetrainError> {
         let emb = embed(encoder, &self.windows);
         let mut heads = Vec::with_capacity(self.head_names.len());
+        if !current.features.is_empty() {
+            for (h, name) in self.head_names.iter().enumerate() {
+                let mut rows: Vec<(&[f32], [f64; 3], bool)> = Vec::new();
+                for (((x, labels), f), &reps) in
+                    emb.iter().zip(&self.labels).zip(&self.features).zip(&self.reps)
+                {
+                    if let (Some(v), Some(f)) = (labels[h], f) {
+                        for _ in 0..reps {
+                            rows.push((x.as_slice(), *f, v >= 0.5));
+                        }
+                    }
+                }
+                if !(rows.iter().any(|r| r.2) && rows.iter().any(|r| !r.2)) {
+                    return Err(RetrainError::NotEnoughData(format!(
+                        "head {name}: the fused head needs labelled windows of both classes with a wearer baseline ({} rows)",
+                        rows.len()
+                    )));
+                }
+                heads.push(fit_fused_head(name, &rows));
+            }
+            return Ok(heads);
+        }
         for (h, name) in self.head_names.iter().enumerate() {
             let mut e = Vec::new();
             let mut l = Vec::new();
@@ -119,7 +233,8 @@ pub fn refit_heads(
     cfg: &RoundConfig,
 ) -> Result<NetworkWeights, RetrainError> {
     let sp = split(data, pack, cfg);
-    let set = HeadSet::new(data, pack, &sp, &current.head_names(), cfg);
+    let feats = RoundFeatures::new(data, pack, current);
+    let set = HeadSet::new(data, pack, &sp, &current.head_names(), &feats, cfg);
     Ok(NetworkWeights {
         convs: encoder.convs.clone(),
         heads: set.fit(encoder, current, cfg)?,

@@ -41,7 +41,7 @@ pub use checkpoint::Checkpoint;
 use checkpoint::{check_encoder, check_pretext};
 pub use gate::{decide, Decision, GateMetrics, NO_HELDOUT};
 pub use heads::refit_heads;
-use heads::HeadSet;
+use heads::{score_heads, HeadSet, RoundFeatures};
 pub use pack::build_pack;
 
 use std::path::{Path, PathBuf};
@@ -55,7 +55,7 @@ use sha2::Digest;
 use super::metrics::Confusion;
 use super::model::{Net, PRETEXT_HIDDEN, PRETEXT_TASKS};
 use super::train::{
-    embed, predict, predict_heads, pretext_eval, pretrain, train_heads, TrainConfig,
+    embed, predict_heads, pretext_eval, pretrain, train_heads, TrainConfig,
 };
 use crate::fs::FsError;
 use crate::model::onnx::{export_onnx, import_onnx};
@@ -462,7 +462,8 @@ pub fn run_round(
 
     // ── stage 2: emotion heads on the new, frozen encoder ──
     on_progress(Progress::Heads);
-    let set = HeadSet::new(data, pack, &sp, &head_names, cfg);
+    let feats = RoundFeatures::new(data, pack, current);
+    let set = HeadSet::new(data, pack, &sp, &head_names, &feats, cfg);
     // The same head fitting (same windows, weights and seeds) for any encoder: the new one
     // (the candidate) and the serving one (the gate's honest baseline, below).
     let fit_heads = |encoder: &NetworkWeights| set.fit(encoder, current, cfg);
@@ -477,13 +478,16 @@ pub fn run_round(
     on_progress(Progress::Evaluating);
     let mut gate_windows: Vec<Vec<f32>> = Vec::new();
     let mut gate_labels: Vec<Vec<Option<f32>>> = Vec::new();
-    for &i in &sp.pack_holdout {
+    let mut gate_features: Vec<Option<[f64; 3]>> = Vec::new();
+    for &i in sp.pack_holdout.iter().filter(|&&i| feats.pack_good[i]) {
         gate_windows.push(pack.labelled[i].window.clone());
         gate_labels.push(set.pack_labels(&pack.labelled[i]));
+        gate_features.push(feats.pack.get(i).copied().flatten());
     }
-    for (win, l) in &data.user_labelled[sp.user_holdout.clone()] {
+    for (j, (win, l)) in data.user_labelled[sp.user_holdout.clone()].iter().enumerate() {
         gate_windows.push(win.clone());
         gate_labels.push(l.clone());
+        gate_features.push(feats.user.get(sp.user_holdout.start + j).copied().flatten());
     }
     // Only windows with at least one label count (and are worth scoring).
     let keep: Vec<usize> = (0..gate_windows.len())
@@ -491,6 +495,7 @@ pub fn run_round(
         .collect();
     let gate_windows: Vec<Vec<f32>> = keep.iter().map(|&i| gate_windows[i].clone()).collect();
     let gate_labels: Vec<Vec<Option<f32>>> = keep.iter().map(|&i| gate_labels[i].clone()).collect();
+    let gate_features: Vec<Option<[f64; 3]>> = keep.iter().map(|&i| gate_features[i]).collect();
     // `before` must be what the serving side is worth on data it never saw. On the wearer's
     // held-out self-reports that is the serving model itself. The held-out pack subjects'
     // labels, however, were in the shipped heads' training set, which would inflate `before`
@@ -507,14 +512,24 @@ pub fn run_round(
             heads: fit_heads(current)?,
             features: current.features.clone(),
         };
-        let mut before = predict_heads(
+        let f = &current.features;
+        let mut before = score_heads(
+            &baseline,
             &baseline.heads,
-            &embed(&baseline, &gate_windows[..n_pack_gate]),
+            f,
+            &gate_windows[..n_pack_gate],
+            &gate_features[..n_pack_gate],
         );
-        before.extend(predict(current, &gate_windows[n_pack_gate..]));
+        before.extend(score_heads(
+            current,
+            &current.heads,
+            f,
+            &gate_windows[n_pack_gate..],
+            &gate_features[n_pack_gate..],
+        ));
         (
             before,
-            predict_heads(&candidate.heads, &embed(&candidate, &gate_windows)),
+            score_heads(&candidate, &candidate.heads, f, &gate_windows, &gate_features),
         )
     };
     let holdout_unl = &data.unlabelled[sp.wearer_holdout.clone()];
