@@ -665,7 +665,7 @@ mod tests {
         let meta = vec![("task".to_string(), "emotion".to_string())];
         let bytes = export_onnx(&w, &meta, "0.2.0").unwrap();
         let info = inspect(&bytes).unwrap();
-        let inputs: Vec<(&str, Option<Vec<Option<usize>>>)> = info
+        let inputs: Vec<(&str, Option<Vec<Option<i64>>>)> = info
             .inputs
             .iter()
             .map(|i| (i.name.as_str(), i.dims.clone()))

@@ -190,8 +190,10 @@ pub fn head_removal_messages(
 enum Kind {
     Head,
     HeartRate,
+    HeartRateRelative,
     Rmssd,
     Quality,
+    Calibrating,
     Connected,
     ModelVersion,
     LastRetrain,
@@ -220,8 +222,10 @@ fn entities(heads: &[String]) -> Vec<Entity<'_>> {
     let mut out: Vec<Entity> = unique_heads(heads).into_iter().map(Entity::head).collect();
     for (kind, what) in [
         (Kind::HeartRate, "heart_rate"),
+        (Kind::HeartRateRelative, "heart_rate_relative"),
         (Kind::Rmssd, "rmssd"),
         (Kind::Quality, "quality"),
+        (Kind::Calibrating, "calibrating"),
         (Kind::Connected, "connected"),
         (Kind::ModelVersion, "model_version"),
         (Kind::LastRetrain, "last_retrain"),
@@ -246,7 +250,7 @@ impl<'h> Entity<'h> {
 
     fn component(&self) -> &'static str {
         match self.kind {
-            Kind::Connected => "binary_sensor",
+            Kind::Connected | Kind::Calibrating => "binary_sensor",
             _ => "sensor",
         }
     }
@@ -268,7 +272,12 @@ impl<'h> Entity<'h> {
     fn per_window(&self) -> bool {
         matches!(
             self.kind,
-            Kind::Head | Kind::HeartRate | Kind::Rmssd | Kind::Quality
+            Kind::Head
+                | Kind::HeartRate
+                | Kind::HeartRateRelative
+                | Kind::Rmssd
+                | Kind::Quality
+                | Kind::Calibrating
         )
     }
 
@@ -340,6 +349,17 @@ impl<'h> Entity<'h> {
                 set("suggested_display_precision", json!(0));
                 set("icon", json!("mdi:heart-pulse"));
             }
+            Kind::HeartRateRelative => {
+                // The window's heart rate relative to the wearer's baseline, in units of the
+                // wearer's usual spread: the strongest simple arousal signal (RESULTS §6).
+                // Unknown while calibrating (the state message has `null`).
+                set("name", json!("Heart rate vs usual"));
+                set("state_topic", json!(state));
+                set("value_template", json!(value_template("hr_relative")));
+                set("state_class", json!("measurement"));
+                set("suggested_display_precision", json!(1));
+                set("icon", json!("mdi:heart-plus-outline"));
+            }
             Kind::Rmssd => {
                 // No device_class "duration": HA would offer unit conversion to s/min/h,
                 // which makes no sense for an HRV index.
@@ -357,6 +377,18 @@ impl<'h> Entity<'h> {
                 set("state_topic", json!(state));
                 set("value_template", json!(value_template("quality")));
                 set("icon", json!("mdi:signal"));
+            }
+            Kind::Calibrating => {
+                // On until the gateway has learnt the wearer's baseline: scores and
+                // `Heart rate vs usual` mean little before that.
+                set("name", json!("Calibrating"));
+                set("state_topic", json!(state));
+                set(
+                    "value_template",
+                    json!("{{ 'ON' if value_json.calibrating else 'OFF' }}"),
+                );
+                set("icon", json!("mdi:tune-variant"));
+                set("entity_category", json!("diagnostic"));
             }
             Kind::Connected => {
                 set("name", json!("Strap connected"));
@@ -560,14 +592,20 @@ mod tests {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     }
 
-    const PER_WINDOW: [&str; 3] = ["heart_rate", "rmssd", "quality"];
-    const NUMERIC: [&str; 2] = ["heart_rate", "rmssd"];
+    const PER_WINDOW: [&str; 5] = [
+        "heart_rate",
+        "heart_rate_relative",
+        "rmssd",
+        "quality",
+        "calibrating",
+    ];
+    const NUMERIC: [&str; 3] = ["heart_rate", "heart_rate_relative", "rmssd"];
 
     #[test]
     fn topic_layout_and_object_ids() {
         let h = heads(&["arousal", "valence"]);
         let msgs = parsed(&input("homeassistant", "calm", &h));
-        assert_eq!(msgs.len(), 2 + 6);
+        assert_eq!(msgs.len(), 2 + 8);
         for (topic, m) in &msgs {
             let parts: Vec<&str> = topic.split('/').collect();
             assert_eq!(parts.len(), 4, "{topic}");
@@ -611,7 +649,7 @@ mod tests {
                 assert!(topics.insert(topic.clone()), "duplicate topic {topic}");
             }
         }
-        assert_eq!(seen.len(), 16);
+        assert_eq!(seen.len(), 20);
     }
 
     #[test]
@@ -815,9 +853,9 @@ mod tests {
         };
         assert!(!has_valence(&one));
         assert!(has_valence(&two));
-        assert_eq!(parsed(&input("homeassistant", "calm", &one)).len(), 7);
+        assert_eq!(parsed(&input("homeassistant", "calm", &one)).len(), 9);
         let none: Vec<String> = Vec::new();
-        assert_eq!(parsed(&input("homeassistant", "calm", &none)).len(), 6);
+        assert_eq!(parsed(&input("homeassistant", "calm", &none)).len(), 8);
     }
 
     #[test]
@@ -892,7 +930,7 @@ mod tests {
     fn awkward_head_names_stay_valid() {
         let h = heads(&["stress-level", "items", "calm score", "arousal", "arousal"]);
         let msgs = parsed(&input("homeassistant", "calm", &h));
-        assert_eq!(msgs.len(), 4 + 6, "duplicate head dropped");
+        assert_eq!(msgs.len(), 4 + 8, "duplicate head dropped");
         for topic in msgs.keys() {
             assert!(is_id(topic.split('/').nth(2).unwrap()), "{topic}");
         }

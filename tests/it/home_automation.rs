@@ -54,8 +54,9 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
         .collect();
     let by_topic: BTreeMap<String, Value> =
         configs.iter().map(|m| (m.topic.clone(), json(m))).collect();
-    // 7 entities per strap (arousal, heart rate, RMSSD, quality, connected, model, last retrain).
-    assert_eq!(by_topic.len(), 14, "{:?}", by_topic.keys());
+    // 9 entities per strap (arousal, heart rate, heart rate vs usual, RMSSD, quality,
+    // calibrating, connected, model, last retrain).
+    assert_eq!(by_topic.len(), 18, "{:?}", by_topic.keys());
     let state: Value = json(
         rx.on("affectgate/home/chest/state")
             .first()
@@ -87,6 +88,14 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
             .map(|a| a["topic"].as_str().unwrap())
             .collect();
         assert!(avail.contains(&"affectgate/home/status"), "{uid}");
+        if uid.ends_with("_calibrating") {
+            assert_eq!(parts[1], "binary_sensor");
+            assert_eq!(st, format!("affectgate/home/{sensor}/state"));
+            assert!(c["value_template"].as_str().unwrap().contains("value_json.calibrating"));
+            assert!(state["calibrating"].is_boolean(), "{state}");
+            assert_eq!(c["expire_after"], 30, "{uid}");
+            continue;
+        }
         if parts[1] == "binary_sensor" {
             assert_eq!(c["device_class"], "connectivity");
             assert_eq!(st, format!("affectgate/home/{sensor}/availability"));
@@ -103,6 +112,7 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
         }
         let per_window = uid.ends_with("_arousal")
             || uid.ends_with("_heart_rate")
+            || uid.ends_with("_heart_rate_relative")
             || uid.ends_with("_rmssd")
             || uid.ends_with("_quality");
         if per_window {
@@ -110,8 +120,10 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
             assert_eq!(c["availability_mode"], "all");
             assert!(avail.contains(&format!("affectgate/home/{sensor}/availability").as_str()));
         }
-        let numeric =
-            uid.ends_with("_arousal") || uid.ends_with("_heart_rate") || uid.ends_with("_rmssd");
+        let numeric = uid.ends_with("_arousal")
+            || uid.ends_with("_heart_rate")
+            || uid.ends_with("_heart_rate_relative")
+            || uid.ends_with("_rmssd");
         assert_eq!(
             c.get("state_class").and_then(|v| v.as_str()),
             numeric.then_some("measurement"),
@@ -128,7 +140,7 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
     assert_eq!(av.first().unwrap().payload, b"online");
     assert_eq!(av.last().unwrap().payload, b"offline");
 
-    // Second run without "spare": its 7 configs are deleted (empty retained payloads).
+    // Second run without "spare": its 9 configs are deleted (empty retained payloads).
     let mut cfg2 = cfg.clone();
     cfg2.sensors = vec![replay("chest", &file, false)];
     let before = rx.messages().len();
@@ -142,12 +154,12 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
         .filter(|m| m.topic.contains("_spare_") && m.payload.is_empty())
         .map(|m| m.topic.clone())
         .collect();
-    assert_eq!(cleared.len(), 7, "{cleared:?}");
+    assert_eq!(cleared.len(), 9, "{cleared:?}");
     // A fresh subscriber sees retained configs for chest only.
     let late = Recorder::start(broker.port, &["homeassistant/#"]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let retained: Vec<_> = late.messages().into_iter().filter(|m| m.retain).collect();
-    assert_eq!(retained.len(), 7);
+    assert_eq!(retained.len(), 9);
     assert!(retained.iter().all(|m| m.topic.contains("_chest_")));
 }
 
