@@ -347,6 +347,10 @@ pub struct PersonaliseArgs {
     /// Encoder folds: each fold's encoder is pretrained without that fold's subjects.
     #[arg(long, default_value_t = 6)]
     pub folds: usize,
+    /// Fused base models (embedding + wearer-relative HR/HRV, as the shipped v2) instead of
+    /// the paper's dense head; only windows that pass the quality gate are evaluated.
+    #[arg(long)]
+    pub fused: bool,
     /// Pretraining epochs of each fold's encoder (from scratch, Adam 1e-3).
     #[arg(long, default_value_t = 2)]
     pub pretext_epochs: usize,
@@ -803,6 +807,7 @@ fn run_personalise(a: PersonaliseArgs) -> Result<()> {
             seed: a.seed,
             ..RoundConfig::default()
         },
+        fused: a.fused,
     };
     let cache = a
         .cache

@@ -40,7 +40,9 @@ use super::model::EMOTION_HIDDEN;
 use super::round::{
     build_pack, refit_heads, run_round, Decision, GateMetrics, RoundConfig, RoundData,
 };
-use super::train::{embed, predict, predict_heads, pretrain, train_heads, TrainConfig};
+use super::fusion;
+use super::train::{embed, predict_with, pretrain, train_heads, TrainConfig};
+use crate::model::WEARER_FEATURES;
 use crate::fs::atomic_write;
 use crate::model::onnx::{export_onnx, import_onnx};
 use crate::model::replay::ReplayPack;
@@ -62,6 +64,10 @@ pub struct PersonaliseConfig {
     pub reports_per_class: usize,
     /// The retraining round (the gateway's settings).
     pub round: RoundConfig,
+    /// Base models with a fused head (embedding + wearer-relative HR/HRV, as the shipped v2)
+    /// instead of the paper's dense head; windows that fail the quality gate are neither
+    /// trained on nor evaluated.
+    pub fused: bool,
 }
 
 /// One model's numbers on a subject's evaluation windows.
@@ -124,6 +130,8 @@ struct Wearer {
     reports: Vec<usize>,
     /// Evaluated windows (every labelled window but the self-reports) and their truth.
     ex: Vec<Vec<f32>>,
+    /// Their wearer-relative features (fused models; zeros without a baseline).
+    ef: Vec<Vec<f32>>,
     ey: Vec<bool>,
 }
 
@@ -139,20 +147,29 @@ impl Wearer {
         let others = subset(one_head, |w| w.subject != s);
         let mine = subset(one_head, |w| w.subject == s);
         // The base model: this fold's encoder + a head on the other 23 subjects.
-        let (ox, oy): (Vec<Vec<f32>>, Vec<Vec<Option<f32>>>) = others
-            .windows
-            .iter()
-            .filter(|w| w.labels[0].is_some())
-            .map(|w| (w.samples.clone(), w.labels.clone()))
-            .unzip();
-        let mut hcfg = cfg.heads.clone();
-        hcfg.progress = false;
-        let (heads, _) = train_heads(&embed(pretext_net, &ox), &oy, names, &EMOTION_HIDDEN, &hcfg);
-        let base = NetworkWeights {
-            convs: pretext_net.convs.clone(),
-            heads,
-            features: Vec::new(),
+        let base = if cfg.fused {
+            fused_base(&others, pretext_net, &names[0])
+        } else {
+            let (ox, oy): (Vec<Vec<f32>>, Vec<Vec<Option<f32>>>) = others
+                .windows
+                .iter()
+                .filter(|w| w.labels[0].is_some())
+                .map(|w| (w.samples.clone(), w.labels.clone()))
+                .unzip();
+            let mut hcfg = cfg.heads.clone();
+            hcfg.progress = false;
+            let (heads, _) =
+                train_heads(&embed(pretext_net, &ox), &oy, names, &EMOTION_HIDDEN, &hcfg);
+            NetworkWeights {
+                convs: pretext_net.convs.clone(),
+                heads,
+                features: Vec::new(),
+            }
         };
+        // The wearer's physiology relative to their own baseline (all of S's good windows,
+        // no labels — what S's gateway learns from the stream).
+        let mine_subjects: Vec<String> = mine.windows.iter().map(|w| w.subject.clone()).collect();
+        let (mine_phys, mine_rel) = fusion::wearer_features(&mine.samples(), &mine_subjects);
         let pack = build_pack(
             &others,
             &subset(pack_unl, |w| w.subject != s),
@@ -184,12 +201,24 @@ impl Wearer {
                 .map(|&i| (mine.windows[i].samples.clone(), vec![labels[i]]))
                 .collect(),
         };
+        // A fused study evaluates only what the gateway scores: windows that pass the gate.
         let eval: Vec<usize> = (0..labels.len())
             .filter(|i| !reports.contains(i) && labels[*i].is_some())
+            .filter(|&i| !cfg.fused || mine_phys[i].good)
             .collect();
         Wearer {
             base,
             pack,
+            ef: eval
+                .iter()
+                .map(|&i| {
+                    mine_rel[i]
+                        .unwrap_or([0.0; 3])
+                        .iter()
+                        .map(|&v| v as f32)
+                        .collect()
+                })
+                .collect(),
             ex: eval
                 .iter()
                 .map(|&i| mine.windows[i].samples.clone())
@@ -214,12 +243,29 @@ impl Wearer {
         }
     }
 
-    /// Arousal scores of `m` on the evaluated windows.
+    /// Arousal scores of `m` on the evaluated windows (a fused `m` reads their features).
     fn score(&self, m: &NetworkWeights) -> Vec<f32> {
-        predict_heads(&m.heads, &embed(m, &self.ex))
+        predict_with(m, &self.ex, &self.ef)
             .into_iter()
             .map(|r| r[0])
             .collect()
+    }
+}
+
+/// A fused base model: `encoder` + one fused head fitted on `others`' good, labelled windows
+/// with each subject's wearer-relative features (as `finetune --fused`).
+fn fused_base(others: &Dataset, encoder: &NetworkWeights, head: &str) -> NetworkWeights {
+    let subjects: Vec<String> = others.windows.iter().map(|w| w.subject.clone()).collect();
+    let samples = others.samples();
+    let (_, rel) = fusion::wearer_features(&samples, &subjects);
+    let emb = embed(encoder, &samples);
+    let rows: Vec<(&[f32], [f64; 3], bool)> = (0..samples.len())
+        .filter_map(|i| Some((emb[i].as_slice(), rel[i]?, others.windows[i].labels[0]? >= 0.5)))
+        .collect();
+    NetworkWeights {
+        convs: encoder.convs.clone(),
+        heads: vec![fusion::fit_fused_head(head, &rows)],
+        features: WEARER_FEATURES.iter().map(|s| s.to_string()).collect(),
     }
 }
 
@@ -434,12 +480,12 @@ pub fn run(
             let adapted = NetworkWeights {
                 convs: outcome.pretext.convs.clone(),
                 heads: Vec::new(),
-                features: Vec::new(),
+                features: base.features.clone(),
             };
             let refit = refit_heads(base, base, &w.no_reports(), pack, &cfg.round)?;
             let reports_only = refit_heads(base, base, data_round, pack, &cfg.round)?;
             let ssl_only = refit_heads(&adapted, base, &w.no_reports(), pack, &cfg.round)?;
-            let base_scores: Vec<f32> = predict(base, &w.ex).into_iter().map(|r| r[0]).collect();
+            let base_scores: Vec<f32> = w.score(base);
             let round_scores = w.score(&outcome.candidate);
             let promoted = outcome.decision == Decision::Promote;
             let ey = &w.ey;

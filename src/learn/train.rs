@@ -246,6 +246,25 @@ pub fn predict(w: &NetworkWeights, windows: &[Vec<f32>]) -> Vec<Vec<f32>> {
     out
 }
 
+/// [`predict`] for any network: a fused one's heads (see [`NetworkWeights::features`]) read
+/// `features[i]` (its values in the network's order) beside window `i`'s embedding — burn
+/// computes the embedding, the plain-Rust reference the one-layer fused heads.
+pub fn predict_with(w: &NetworkWeights, windows: &[Vec<f32>], features: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    if w.features.is_empty() {
+        return predict(w, windows);
+    }
+    embed(w, windows)
+        .iter()
+        .zip(features)
+        .map(|(e, f)| {
+            crate::model::weights::reference_heads(w, e, f)
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect()
+        })
+        .collect()
+}
+
 /// Sigmoid scores of heads applied to precomputed embeddings.
 pub fn predict_heads(heads: &[HeadWeights], emb: &[Vec<f32>]) -> Vec<Vec<f32>> {
     let device = Device::flex();

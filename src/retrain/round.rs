@@ -451,8 +451,13 @@ pub fn run_staged(
         }
         Ok(mut m) if !probe.is_empty() => {
             let flat: Vec<f32> = probe.iter().flatten().copied().collect();
-            let served = m.run(&flat, probe.len());
-            let trained = crate::learn::train::predict(&outcome.candidate, &probe);
+            // A fused model is probed with features spanning calm to stressed.
+            let nf = outcome.candidate.features.len();
+            let feats: Vec<Vec<f32>> = (0..probe.len())
+                .map(|i| (0..nf).map(|j| ((i * nf + j) as f32 * 0.7).sin() * 3.0).collect())
+                .collect();
+            let served = m.run_with(&flat, &feats.concat(), probe.len());
+            let trained = crate::learn::train::predict_with(&outcome.candidate, &probe, &feats);
             match served {
                 Ok(s) => {
                     parity_max_abs = s

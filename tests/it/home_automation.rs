@@ -198,7 +198,7 @@ async fn home_assistant_birth_republishes_discovery_and_last_state() {
     let n_cfg = |m: &[crate::util::Msg]| m.iter().filter(|m| m.topic.ends_with("/config")).count();
     let n_state = |m: &[crate::util::Msg]| m.iter().filter(|m| m.topic.ends_with("/state")).count();
     let (c0, s0) = (n_cfg(&rx.messages()), n_state(&rx.messages()));
-    assert_eq!(c0, 7);
+    assert_eq!(c0, 9);
     rx.client
         .publish("homeassistant/status", QoS::AtLeastOnce, false, "online")
         .await

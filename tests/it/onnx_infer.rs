@@ -337,7 +337,7 @@ fn check_bad_files(backend: &Backend, dir: &Path) {
                 extra.name = "extra".into();
                 g.input.push(extra)
             }),
-            "single input",
+            "expected the input `ecg` (and optionally `features`)",
         ),
         (
             "no-heads.onnx",

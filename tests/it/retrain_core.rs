@@ -149,12 +149,14 @@ fn one_tiny_round_from_the_shipped_model() {
             ..
         }
     ));
-    // Gate: the one held-out pack subject's windows + the latest self-report.
+    // Gate: the one held-out pack subject's windows that pass the quality gate + the latest
+    // self-report.
     let gate = gate_subjects(&pack, 1);
     let n_gate = pack
         .labelled
         .iter()
         .filter(|w| gate.contains(&w.subject))
+        .filter(|w| affectgate::learn::baseline::window_physio(&w.window).good)
         .count();
     assert_eq!(out.before.n_labelled, n_gate + 1);
     assert_eq!(out.decision, decide(&out.before, &out.after));
@@ -214,6 +216,7 @@ fn personalisation_study_one_subject_and_resume() {
             holdout_subjects: 1,
             ..RoundConfig::default()
         },
+        fused: false,
     };
     let results = dir.path().join("r.jsonl");
     let cache = dir.path().join("enc");
@@ -286,4 +289,38 @@ fn personalisation_study_one_subject_and_resume() {
     std::fs::write(&results, "{not json\n").unwrap();
     let e = study().0.unwrap_err();
     assert!(format!("{e:#}").contains("r.jsonl line 1"), "{e:#}");
+
+    // The fused study (base models like the shipped v2): same arms, and only windows that
+    // pass the quality gate are scored.
+    let fused_cfg = PersonaliseConfig {
+        fused: true,
+        ..cfg.clone()
+    };
+    let good = ds
+        .windows
+        .iter()
+        .filter(|w| w.subject == "Subject03")
+        .filter(|w| affectgate::learn::baseline::window_physio(&w.samples).good)
+        .count();
+    let r = personalise::run(
+        &ds,
+        &Default::default(),
+        &fused_cfg,
+        &only,
+        &dir.path().join("fused.jsonl"),
+        Some(&cache),
+        |_| {},
+    )
+    .unwrap();
+    let s = &r[0];
+    assert!(
+        s.eval_windows <= good && s.eval_windows + 4 >= good,
+        "{} evaluated of {good} good windows",
+        s.eval_windows
+    );
+    let names: Vec<&str> = s.arms.iter().map(|a| a.arm.as_str()).collect();
+    assert_eq!(names, personalise::ARMS.to_vec());
+    for a in &s.arms {
+        assert_eq!(a.confusion.n(), s.eval_windows, "{}", a.arm);
+    }
 }

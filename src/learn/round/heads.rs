@@ -11,7 +11,7 @@ use super::*;
 use crate::dsp::WearerBaseline;
 use crate::learn::baseline::{wearer_relative, window_physio, OFFLINE_MIN_BASELINE_WINDOWS};
 use crate::learn::fusion::fit_fused_head;
-use crate::model::weights::reference_heads;
+use crate::learn::train::predict_with;
 
 /// Which pack labelled windows pass the gateway's quality gate (the others — e.g. EEGMAT
 /// recordings without ECG — neither train nor gate a head), and for fused models the
@@ -70,22 +70,16 @@ pub(super) fn score_heads(
     windows: &[Vec<f32>],
     window_features: &[Option<[f64; 3]>],
 ) -> Vec<Vec<f32>> {
-    let emb = embed(encoder, windows);
-    if features.is_empty() {
-        return predict_heads(heads, &emb);
-    }
     let w = NetworkWeights {
         convs: encoder.convs.clone(),
         heads: heads.to_vec(),
         features: features.to_vec(),
     };
-    emb.iter()
-        .zip(window_features)
-        .map(|(e, f)| {
-            let f: Vec<f32> = f.unwrap_or([0.0; 3]).iter().map(|&v| v as f32).collect();
-            reference_heads(&w, e, &f).into_iter().map(|(_, v)| v).collect()
-        })
-        .collect()
+    let f: Vec<Vec<f32>> = window_features
+        .iter()
+        .map(|f| f.unwrap_or([0.0; 3]).iter().map(|&v| v as f32).collect())
+        .collect();
+    predict_with(&w, windows, &f)
 }
 
 /// The labelled windows a round's head stage trains on: the pack's labelled windows outside

@@ -55,7 +55,7 @@ use sha2::Digest;
 use super::metrics::Confusion;
 use super::model::{Net, PRETEXT_HIDDEN, PRETEXT_TASKS};
 use super::train::{
-    embed, predict_heads, pretext_eval, pretrain, train_heads, TrainConfig,
+    embed, pretext_eval, pretrain, train_heads, TrainConfig,
 };
 use crate::fs::FsError;
 use crate::model::onnx::{export_onnx, import_onnx};
