@@ -84,7 +84,15 @@ pub fn read_weights(path: &Path) -> Result<(NetworkWeights, Vec<(String, String)
 
 pub fn pretrain(a: &PretrainJob) -> Result<()> {
     let pre = PreprocessConfig::default();
-    let data = dataset::unlabelled_from_paths(&a.data, &pre)?;
+    let mut data = dataset::unlabelled_from_paths(&a.data, &pre)?;
+    // The gateway's quality gate: windows without ECG (e.g. EEGMAT recordings whose ECG lead
+    // was off) teach the encoder nothing about ECG — the gateway never stores them either.
+    let before = data.windows.len();
+    data.windows.retain(|w| hr_baseline::window_physio(&w.samples).good);
+    eprintln!(
+        "quality gate: {} of {before} windows pass and are used",
+        data.windows.len()
+    );
     // Hold out whole recordings (every k-th), so validation windows come from recordings the
     // network never trained on.
     let groups = data.subjects();

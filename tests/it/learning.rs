@@ -298,6 +298,92 @@ fn cli_pretrain_finetune_eval_infer() {
     }
 }
 
+/// `pretrain` applies the quality gate; `finetune --fused` writes a two-input model whose card
+/// documents the features and holds a leave-one-subject-out evaluation beside the heart-rate
+/// baselines; `eval` feeds it each subject's wearer-relative features and reports the arms on
+/// its embedding; `infer` has no score where no wearer baseline exists.
+#[test]
+fn cli_fused_model_end_to_end() {
+    let Some(data) = data_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = small_manifest(tmp.path(), 5);
+    let pretext = tmp.path().join("pretext.onnx");
+    let out = bin()
+        .args(["pretrain", "--epochs", "1", "--max-steps", "1", "--val-frac", "0", "--out"])
+        .arg(&pretext)
+        .arg(data.join("eegmat/Subject02_rest.edf"))
+        .arg(data.join("eegmat/Subject02_task.edf"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // Subject02's rest recording holds no ECG: its 18 windows fail the gate; of the 6 task
+    // windows at least 5 pass.
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("quality gate:"))
+        .unwrap_or_else(|| panic!("{err}"));
+    let n: usize = line
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(line.ends_with("of 24 windows pass and are used") && (5..=6).contains(&n), "{line}");
+
+    let model = tmp.path().join("fused.onnx");
+    let out = bin()
+        .args(["finetune", "--fused", "--encoder"])
+        .arg(&pretext)
+        .arg("--manifest")
+        .arg(&manifest)
+        .arg("--out")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (w, _) = import_onnx(&std::fs::read(&model).unwrap()).unwrap();
+    assert_eq!(w.features, affectgate::model::WEARER_FEATURES);
+    assert_eq!(w.heads[0].layers.len(), 1);
+    assert_eq!(w.heads[0].layers[0].in_dim, 128 + 3);
+    let card = affectgate::model::card::ModelCard::load_for_model(&model).unwrap();
+    let names: Vec<&str> = card.features.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, affectgate::model::WEARER_FEATURES);
+    let e = &card.evaluation[0];
+    assert!(e.protocol.starts_with("leave-one-subject-out (5 subjects)"), "{}", e.protocol);
+    let keys: Vec<&str> = e.baselines.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["hr", "hr_hrv_relative", "hr_relative"]);
+    assert!((0.0..=1.0).contains(&e.auc.unwrap()));
+
+    let out = bin()
+        .args(["eval", "--json", "--model"])
+        .arg(&model)
+        .arg("--manifest")
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let h = &v["heads"]["arousal"];
+    // A fused model scores exactly the windows that have a wearer baseline.
+    assert_eq!(h["n"], h["baselines"]["hr_relative"]["n"]);
+    let arms: Vec<&str> = h["arms"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(arms, ["fused", "fused_relative", "ssl", "ssl_relative"]);
+
+    // One 62 s recording is 6 windows: too few for a wearer baseline, so no score.
+    let out = bin()
+        .args(["infer", "--json", "--model"])
+        .arg(&model)
+        .arg(data.join("eegmat/Subject01_task.edf"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 6);
+    assert!(rows.iter().all(|r| r["scores"]["arousal"].is_null()), "{v}");
+}
+
 #[test]
 fn broken_model_and_manifest_errors_name_the_file() {
     let Some(_) = data_dir() else { return };
