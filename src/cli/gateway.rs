@@ -98,10 +98,23 @@ pub enum StoreWhat {
 /// Run a config until SIGINT/SIGTERM (or until every finite source ends).
 pub fn run(a: RunArgs) -> Result<()> {
     let rt = runtime()?;
+    // One signal listener for the whole process, not one per run: a SIGTERM that arrives
+    // while a reload is between two runs must still stop the gateway (a listener created
+    // per run would miss it, and tokio's handler has replaced the default disposition).
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        rt.spawn(async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+        });
+    }
     let report = loop {
         let cfg = Config::load(&a.config)?;
-        let report = rt.block_on(GatewayBuilder::new(cfg).run(shutdown_signal()))?;
-        if !report.reload_requested {
+        let stop = shutdown.clone();
+        let report =
+            rt.block_on(GatewayBuilder::new(cfg).run(async move { stop.cancelled().await }))?;
+        if !report.reload_requested || shutdown.is_cancelled() {
             break report;
         }
         print_report(&report);

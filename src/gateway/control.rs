@@ -62,7 +62,7 @@ pub(super) fn announce_discovery(
 // only rename them.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn input_task(
-    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+    mut rx: crate::mqtt::Incoming,
     gateway: String,
     sensors: Vec<String>,
     store: Arc<Store>,
@@ -71,8 +71,9 @@ pub(super) async fn input_task(
     stop: CancellationToken,
     retrain: Option<mpsc::Sender<()>>,
 ) {
-    while let Some((topic, payload)) = rx.recv().await {
-        match inputs::parse_input(&gateway, &topic, &payload, now_ns(), &sensors) {
+    while let Some(d) = rx.recv().await {
+        let (topic, payload) = (d.topic, d.payload);
+        match inputs::parse_delivery(&gateway, &topic, &payload, d.retained, now_ns(), &sensors) {
             Ok(None) => {}
             Ok(Some(Input::Label { sensor, label })) => {
                 let store = store.clone();

@@ -186,6 +186,16 @@ pub enum InputError {
     NoLabel {
         topic: String,
     },
+    /// A retained copy of a command or self-report: inputs act once, when published; a
+    /// retained one would act again at every reconnect and restart.
+    Retained {
+        topic: String,
+    },
+    /// A zero-length command payload: that is how a retained message is deleted, so it runs
+    /// nothing.
+    EmptyCommand {
+        topic: String,
+    },
 }
 
 impl InputError {
@@ -200,7 +210,9 @@ impl InputError {
             | InputError::NotObject { topic, .. }
             | InputError::UnknownField { topic, .. }
             | InputError::BadValue { topic, .. }
-            | InputError::NoLabel { topic } => topic,
+            | InputError::NoLabel { topic }
+            | InputError::Retained { topic }
+            | InputError::EmptyCommand { topic } => topic,
         }
     }
 
@@ -258,6 +270,10 @@ impl InputError {
                 "no label value; give at least one of {} (a number on the scale)",
                 LABEL_NAMES.join(", ")
             ),
+            InputError::Retained { topic } => format!(
+                "retained message ignored: commands and self-reports act once, when published, and a retained copy would act again at every reconnect and restart; publish without the retain flag, and delete this one with an empty retained message (mosquitto_pub -r -n -t '{topic}')"
+            ),
+            InputError::EmptyCommand { .. } => "empty payload ignored: a zero-length message is how a retained one is deleted, so it runs nothing; send {} to run the command".to_string(),
         }
     }
 
@@ -280,6 +296,24 @@ impl fmt::Display for InputError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.topic(), self.message())
     }
+}
+
+/// [`parse_input`] for one delivery from the broker: a retained delivery of one of our
+/// command or label topics is refused before anything else ([`InputError::Retained`]).
+pub fn parse_delivery(
+    gateway: &str,
+    topic: &str,
+    payload: &[u8],
+    retained: bool,
+    now_ns: i64,
+    known_sensors: &[String],
+) -> Result<Option<Input>, InputError> {
+    if retained && route(gateway, topic).is_some() {
+        return Err(InputError::Retained {
+            topic: topic.to_string(),
+        });
+    }
+    parse_input(gateway, topic, payload, now_ns, known_sensors)
 }
 
 /// Parse and validate one inbound message.
@@ -362,11 +396,17 @@ fn route<'a>(gateway: &str, topic: &'a str) -> Option<Route<'a>> {
     }
 }
 
-/// Commands carry no arguments. An empty (or whitespace-only: `echo | mosquitto_pub -l`
-/// sends a newline) payload and `{}` are accepted; anything else is rejected rather than
+/// Commands carry no arguments. A whitespace-only payload (`echo | mosquitto_pub -l` sends a
+/// newline) and `{}` are accepted; a zero-length one is not a command (deleting a retained
+/// message delivers exactly that, and must not run it); anything else is rejected rather than
 /// ignored, so a typo'd argument is not silently dropped. (A Home Assistant MQTT button must
 /// therefore set `payload_press: "{}"`; its default `"PRESS"` is rejected as not JSON.)
 fn check_command_payload(topic: &str, payload: &[u8]) -> Result<(), InputError> {
+    if payload.is_empty() {
+        return Err(InputError::EmptyCommand {
+            topic: topic.to_string(),
+        });
+    }
     let text = std::str::from_utf8(payload).map_err(|_| InputError::NotUtf8 {
         topic: topic.to_string(),
     })?;
@@ -807,14 +847,37 @@ mod tests {
         ] {
             assert_eq!(cmd.name(), name);
             let topic = format!("affectgate/gw1/cmd/{name}");
-            for payload in ["", "{}", " { } ", "\n", "\r\n\t "] {
+            for payload in ["{}", " { } ", "\n", "\r\n\t "] {
                 assert_eq!(
                     parse(&topic, payload),
                     Ok(Some(Input::Command(cmd))),
                     "{payload:?}"
                 );
             }
+            // Deleting a retained command delivers a zero-length payload: it runs nothing.
+            let e = parse(&topic, "").unwrap_err();
+            assert_eq!(e, InputError::EmptyCommand { topic: topic.clone() });
+            assert!(e.message().contains("send {} to run"), "{}", e.message());
         }
+    }
+
+    #[test]
+    fn retained_commands_and_labels_are_refused_others_ignored() {
+        let now = 1_764_000_000_000_000_000;
+        for topic in ["affectgate/gw1/cmd/reload", "affectgate/gw1/s1/label"] {
+            let e = parse_delivery("gw1", topic, b"{}", true, now, &["s1".into()]).unwrap_err();
+            assert_eq!(e, InputError::Retained { topic: topic.into() });
+            assert!(e.to_json().contains("mosquitto_pub -r -n -t"), "{}", e.to_json());
+        }
+        // The same command published live runs; other gateways' retained topics are not ours.
+        assert_eq!(
+            parse_delivery("gw1", "affectgate/gw1/cmd/reload", b"{}", false, now, &[]),
+            Ok(Some(Input::Command(Command::Reload)))
+        );
+        assert_eq!(
+            parse_delivery("gw1", "affectgate/gw2/cmd/reload", b"{}", true, now, &[]),
+            Ok(None)
+        );
     }
 
     #[test]

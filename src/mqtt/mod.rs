@@ -256,8 +256,17 @@ impl TlsFiles {
     }
 }
 
-/// Messages received on the subscribed filters: (topic, payload).
-pub type Incoming = mpsc::Receiver<(String, Vec<u8>)>;
+/// One message received on the subscribed filters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    /// The broker delivered its retained copy (at subscribe time), not a live publish.
+    pub retained: bool,
+}
+
+/// Messages received on the subscribed filters.
+pub type Incoming = mpsc::Receiver<Delivery>;
 
 /// The connection task's handle (see the module docs).
 pub struct MqttLink {
@@ -363,7 +372,7 @@ struct Pump {
     topics: Topics,
     counters: Arc<LinkCounters>,
     conn_tx: watch::Sender<bool>,
-    in_tx: mpsc::Sender<(String, Vec<u8>)>,
+    in_tx: mpsc::Sender<Delivery>,
     wake: Arc<Notify>,
     /// Retained messages in first-publication order (status first).
     retained: Vec<(String, Vec<u8>)>,
@@ -637,7 +646,15 @@ impl Pump {
                                     tracing::info!("Home Assistant came online: re-publishing discovery, availability and last states");
                                     self.announce(&client, &mut c, true);
                                 }
-                            } else if self.in_tx.try_send((p.topic.clone(), p.payload.to_vec())).is_err() {
+                            } else if self
+                                .in_tx
+                                .try_send(Delivery {
+                                    topic: p.topic.clone(),
+                                    payload: p.payload.to_vec(),
+                                    retained: p.retain,
+                                })
+                                .is_err()
+                            {
                                 tracing::warn!(topic = %p.topic, "input queue full: message ignored");
                             }
                         }

@@ -535,3 +535,68 @@ async fn wearer_baseline_survives_a_restart() {
     let g = second.iter().find(|s| s.quality == "good").unwrap();
     assert!(g.hr_relative.is_some());
 }
+
+/// Commands act once. A retained `cmd/reload` left on the broker used to make every
+/// (re)connect reload again — 258 reloads in 30 s, no state published — and a SIGTERM during
+/// one of those reloads was lost. Now the retained copy is refused on the error topic, the
+/// gateway publishes states, and SIGTERM stops it even while live reloads keep arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_reload_is_refused_and_sigterm_stops_a_reloading_gateway() {
+    let Some(file) = polar_file() else {
+        return;
+    };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_for(broker.port, &dir.path().join("store"), &file, true, "gw9");
+    let cfg_path = dir.path().join("gw.toml");
+    write_config(&cfg, &cfg_path);
+    let rx = Recorder::start(broker.port, &["affectgate/gw9/#"]).await;
+    let cmd = "affectgate/gw9/cmd/reload";
+    rx.client
+        .publish(cmd, rumqttc::QoS::AtLeastOnce, true, "{}")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let refused = rx
+        .wait_for(Duration::from_secs(60), |m| {
+            m.iter().any(|m| {
+                m.topic == "affectgate/gw9/error"
+                    && String::from_utf8_lossy(&m.payload).contains("retained message ignored")
+            }) && m.iter().filter(|m| m.topic == "affectgate/gw9/polar/state").count() >= 5
+        })
+        .await;
+    // Live reloads every 50 ms; SIGTERM lands in the middle of them.
+    for i in 0..40 {
+        rx.client
+            .publish(cmd, rumqttc::QoS::AtLeastOnce, false, "{}")
+            .await
+            .unwrap();
+        if i == 20 {
+            unsafe_sigterm(child.id());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = child.id();
+    let (tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let Ok(out) = done.recv_timeout(Duration::from_secs(30)) else {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        panic!("the gateway did not stop within 30 s of SIGTERM (killed)");
+    };
+    let out = out.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(refused, "no refusal of the retained command and no states\n{err}");
+    assert!(out.status.success(), "exit {:?}\n{err}", out.status);
+}
