@@ -309,7 +309,7 @@ async fn cmd_retrain_runs_a_round_in_the_running_gateway() {
                 .unwrap()
         }
     };
-    publish("affectgate/gwrt/cmd/retrain", "").await;
+    publish("affectgate/gwrt/cmd/retrain", "{}").await;
     let status = |m: &[crate::util::Msg]| -> Vec<serde_json::Value> {
         m.iter()
             .filter(|m| m.topic == "affectgate/gwrt/retrain")
@@ -609,7 +609,7 @@ async fn a_full_disk_or_out_of_memory_ends_the_round_not_the_gateway() {
                 "affectgate/gwfull/cmd/retrain",
                 rumqttc::QoS::AtLeastOnce,
                 false,
-                "",
+                "{}",
             )
             .await
             .unwrap();
