@@ -50,6 +50,11 @@ pub(super) fn check_model(bytes: &[u8], file: &str) -> Result<Checked, InferErro
     }
     const FLOAT: i32 = 1; // ONNX TensorProto.DataType.FLOAT
     let names_ok = |n: &str| !n.is_empty() && !n.contains('\0');
+    if let Some((name, i)) = &m.non_finite {
+        return Err(bad(format!(
+            "weight {name} holds a non-finite value (NaN or ±inf) at index {i}: the weights are damaged; restore the model file"
+        )));
+    }
     let inputs = &m.inputs;
     let input_names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
     let Some(ecg) = inputs.iter().find(|i| i.name == INPUT_NAME) else {

@@ -279,12 +279,25 @@ impl fmt::Debug for Model {
 }
 
 impl Model {
-    /// Load an ONNX file. Errors name the file.
+    /// Load an ONNX file. Errors name the file. If a model card sits beside it
+    /// (`<name>.card.toml`), the file must be the exact bytes the card describes (sha256): a
+    /// damaged or swapped model is refused instead of serving quietly wrong scores.
     pub fn load(path: &Path, backend: &Backend) -> Result<Model, InferError> {
         let bytes = std::fs::read(path).map_err(|source| InferError::Io {
             path: path.to_path_buf(),
             source,
         })?;
+        let card_path = crate::model::card::ModelCard::path_for(path);
+        if card_path.exists() {
+            let invalid = |e: crate::model::card::CardError| InferError::InvalidModel {
+                file: path.display().to_string(),
+                reason: e.to_string(),
+            };
+            crate::model::card::ModelCard::load(&card_path)
+                .map_err(invalid)?
+                .check(&card_path, path, &bytes)
+                .map_err(invalid)?;
+        }
         Self::load_bytes_named(&bytes, &path.display().to_string(), backend)
     }
 
@@ -350,7 +363,7 @@ impl Model {
                 "the session has no input `{INPUT_NAME}`"
             )));
         }
-        Ok(Model {
+        let mut model = Model {
             session,
             backend: kind,
             source: name.to_string(),
@@ -361,7 +374,37 @@ impl Model {
             metadata: checked.metadata,
             producer: checked.producer,
             sha256: crate::model::sha256_hex(bytes),
-        })
+        };
+        model.probe()?;
+        Ok(model)
+    }
+
+    /// One forward pass on a reference window (a 1.2 Hz sine, features 0) at load time: a
+    /// model whose weights are damaged (NaN, overflow) is refused here, naming the file,
+    /// rather than serving NaN or constant scores.
+    fn probe(&mut self) -> Result<(), InferError> {
+        let n = self.fixed_batch.unwrap_or(1);
+        let window: Vec<f32> = (0..WINDOW_LEN)
+            .map(|i| (i as f32 * 2.0 * std::f32::consts::PI * 1.2 / 256.0).sin())
+            .collect();
+        let batch: Vec<f32> = (0..n).flat_map(|_| window.iter().copied()).collect();
+        let feats = vec![0.0; n * self.features.len()];
+        let s = self.run_with(&batch, &feats, n)?;
+        let bad = |what: &str, v: f32| InferError::InvalidModel {
+            file: self.source.clone(),
+            reason: format!(
+                "{what} is {v} on a reference window (finite scores in [0, 1] expected): the weights are damaged; restore the model file"
+            ),
+        };
+        for (h, v) in self.heads.iter().zip(&s.values[0]) {
+            if !(v.is_finite() && (0.0..=1.0).contains(v)) {
+                return Err(bad(&format!("head `{h}`"), *v));
+            }
+        }
+        if let Some(e) = s.embedding.as_ref().and_then(|e| e[0].iter().find(|v| !v.is_finite())) {
+            return Err(bad("the embedding", *e));
+        }
+        Ok(())
     }
 
     /// Output names except `embedding`, in model order.

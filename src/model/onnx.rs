@@ -366,6 +366,9 @@ pub struct ModelInfo {
     /// Number of graph nodes.
     pub nodes: usize,
     pub metadata: Vec<(String, String)>,
+    /// The first float32 initializer holding a NaN or ±inf, and the index of that value: a
+    /// model whose weights are damaged this way may still run and serve constant scores.
+    pub non_finite: Option<(String, usize)>,
 }
 
 impl ModelInfo {
@@ -434,6 +437,14 @@ pub fn inspect(bytes: &[u8]) -> Result<ModelInfo, OnnxError> {
             .iter()
             .map(|e| (e.key.clone(), e.value.clone()))
             .collect(),
+        non_finite: g
+            .initializer
+            .iter()
+            .filter(|t| t.data_type == 1) // FLOAT
+            .find_map(|t| {
+                let v = floats(t).ok()?;
+                Some((t.name.clone(), v.iter().position(|x| !x.is_finite())?))
+            }),
     })
 }
 

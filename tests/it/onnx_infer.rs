@@ -344,6 +344,20 @@ fn check_bad_files(backend: &Backend, dir: &Path) {
             mutate(&|g| g.output.retain(|o| o.name == "embedding")),
             "no head outputs",
         ),
+        // Valid everything but a NaN weight: it used to load and serve 0.000 quietly; the
+        // load-time probe refuses it.
+        (
+            "nan-weight.onnx",
+            mutate(&|g| {
+                let t = g
+                    .initializer
+                    .iter_mut()
+                    .find(|t| t.name == "ag.conv1.W")
+                    .unwrap();
+                t.raw_data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+            }),
+            "the weights are damaged",
+        ),
         // Valid protobuf and interface, broken graph: only the backend can tell.
         (
             "broken-graph.onnx",
@@ -391,6 +405,27 @@ fn check_bad_files(backend: &Backend, dir: &Path) {
         }
         eprintln!("{backend}: {name}: {msg}");
     }
+    // A model beside its card must be the bytes the card describes: 50 flipped weight bytes
+    // keep a loadable model with wrong scores, and are refused by the card's sha256.
+    let carded = dir.join("carded.onnx");
+    let mut flipped = good.clone();
+    for i in 0..50 {
+        let at = flipped.len() / 2 + i * 997;
+        flipped[at] ^= 0x5a;
+    }
+    std::fs::write(&carded, &flipped).unwrap();
+    let card = affectgate::model::card::ModelCard {
+        sha256: affectgate::model::sha256_hex(&good),
+        onnx: "carded.onnx".into(),
+        ..affectgate::model::card::ModelCard::load(&crate::util::repo().join("models/affectgate-arousal-v2.card.toml"))
+            .unwrap()
+    };
+    card.save(&affectgate::model::card::ModelCard::path_for(&carded)).unwrap();
+    let e = Model::load(&carded, backend).unwrap_err().to_string();
+    assert!(e.contains("carded.onnx") && e.contains("sha256"), "{backend}: {e}");
+    std::fs::write(&carded, &good).unwrap();
+    Model::load(&carded, backend).expect("the carded model with its own bytes loads");
+
     let missing = dir.join("missing.onnx");
     let e = Model::load(&missing, backend).unwrap_err();
     assert!(
