@@ -411,13 +411,31 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Config {
             what: ConfigWhat::Check { file },
         } => {
+            // Everything `run` checks before it connects: the file, the model (it loads, matches
+            // its card and gives finite scores), the TLS files and the store location.
             let cfg = affectgate::config::Config::load(&file)?;
+            let model = Model::load(&cfg.model.path, &cfg.model.backend)
+                .with_context(|| format!("{}: model.path", file.display()))?;
+            if let Some(t) = &cfg.mqtt.tls {
+                affectgate::mqtt::TlsFiles::load(t)
+                    .with_context(|| format!("{}: mqtt.tls", file.display()))?;
+            }
+            let store = &cfg.store.path;
+            if store.exists() && !store.is_dir() {
+                bail!(
+                    "{}: store.path {} is a file; give a directory (it is created if missing)",
+                    file.display(),
+                    store.display()
+                );
+            }
             println!(
-                "{}: ok (gateway {}, {} sensors, model {})",
+                "{}: ok (gateway {}, {} sensors, model {} loads with {} heads, store {})",
                 file.display(),
                 cfg.gateway.id,
                 cfg.sensors.len(),
-                cfg.model.path.display()
+                cfg.model.path.display(),
+                model.head_names().len(),
+                store.display()
             );
             Ok(())
         }

@@ -73,6 +73,14 @@ impl MqttConfig {
         if self.port == 0 {
             return Err(Invalid::new("port", 0, "must be 1..=65535"));
         }
+        // MQTT carries keep-alive as 16 bits; below 5 s the client would quietly use 5.
+        if !(5..=65535).contains(&self.keep_alive_s) {
+            return Err(Invalid::new(
+                "keep_alive_s",
+                self.keep_alive_s,
+                "must be 5..=65535 seconds",
+            ));
+        }
         if let Some(t) = &self.tls {
             if t.client_cert.is_some() != t.client_key.is_some() {
                 return Err(Invalid {

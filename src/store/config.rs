@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use super::Retention;
 use crate::invalid::Invalid;
 
+/// Largest accepted `max_age_days`.
+pub const MAX_AGE_DAYS_LIMIT: f64 = 36_500.0;
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
@@ -24,6 +27,15 @@ impl StoreConfig {
                 "max_age_days",
                 self.max_age_days,
                 "must be > 0",
+            ));
+        }
+        // Beyond a century the nanosecond horizon stops meaning anything (and near 106 751
+        // days it overflows): such a value is a typo, not a policy.
+        if self.max_age_days > MAX_AGE_DAYS_LIMIT {
+            return Err(Invalid::new(
+                "max_age_days",
+                self.max_age_days,
+                format!("must be at most {MAX_AGE_DAYS_LIMIT} (100 years); to keep windows for ever, give a large max_bytes and 36500"),
             ));
         }
         Ok(())

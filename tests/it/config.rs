@@ -120,6 +120,67 @@ fn cli_config_check() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (gateway affectgate, 3 sensors"));
 }
 
+/// `config check` checks what `run` checks before connecting; it used to say "ok" for each
+/// of these.
+#[test]
+fn cli_config_check_catches_what_run_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model = repo.join("models/affectgate-arousal-v2.onnx");
+    let base = shipped().replace(
+        "path = \"models/affectgate-arousal-v2.onnx\"",
+        &format!("path = {:?}", model.display().to_string()),
+    );
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, b"x").unwrap();
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "missing model",
+            base.replace(&model.display().to_string(), "/nonexistent/m.onnx"),
+            "m.onnx",
+        ),
+        (
+            "directory as model",
+            base.replace(&model.display().to_string(), &dir.path().display().to_string()),
+            "model.path",
+        ),
+        (
+            "missing TLS CA",
+            base.replace("# [mqtt.tls]", "[mqtt.tls]\nca_file = \"/nonexistent/ca.pem\"\n#"),
+            "ca.pem",
+        ),
+        (
+            "store path is a file",
+            base.replace("path = \"affectgate-store\"", &format!("path = {:?}", a_file.display().to_string())),
+            "is a file",
+        ),
+        ("keep-alive 0", base.replace("keep_alive_s = 30", "keep_alive_s = 0"), "mqtt.keep_alive_s"),
+        (
+            "keep-alive 70000",
+            base.replace("keep_alive_s = 30", "keep_alive_s = 70000"),
+            "mqtt.keep_alive_s",
+        ),
+        (
+            "absurd max age",
+            base.replace("max_age_days = 90", "max_age_days = 1e9"),
+            "store.max_age_days",
+        ),
+    ];
+    for (what, text, needle) in cases {
+        assert_ne!(text, base, "{what}: the replacement did not apply");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_affectgate"))
+            .args(["config", "check"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: said ok");
+        assert!(err.contains(needle), "{what}: {needle:?} not in {err}");
+    }
+}
+
 #[test]
 fn ble_sensors_parse_and_bad_ones_name_the_key() {
     let ble = |src: &str| {
