@@ -295,6 +295,16 @@ impl Store {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path, retention: Retention) -> Result<Store, StoreError> {
         fs::create_dir_all(path).map_err(io_err(path))?;
+        // Health data: the store's folder is private to the gateway's user (0700), whatever
+        // the umask made of it (sled's files inside are then out of other users' reach).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let private = fs::Permissions::from_mode(0o700);
+            if let Err(e) = fs::set_permissions(path, private) {
+                tracing::warn!(store = %path.display(), "cannot make the store private (0700): {e}");
+            }
+        }
         let lock_path = path.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)

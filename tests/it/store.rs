@@ -816,3 +816,21 @@ fn outbox_is_a_bounded_persistent_fifo() {
     let seq = o.push("t/5", b"x").unwrap();
     assert!(seq > left[1].seq);
 }
+
+/// The store holds health data: its folder is private to the gateway's user (it was 0755,
+/// its files 0644), also when the folder already existed with open permissions.
+#[cfg(unix)]
+#[test]
+fn store_folder_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("fresh");
+    let existing = dir.path().join("existing");
+    std::fs::create_dir(&existing).unwrap();
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for p in [&fresh, &existing] {
+        drop(Store::open(p, unlimited()).unwrap());
+        let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", p.display());
+    }
+}
