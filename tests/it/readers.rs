@@ -1281,3 +1281,21 @@ fn manifest_errors_name_path_line_and_column() {
         .to_string()
         .contains("nope.csv"));
 }
+
+/// A header whose signal file is a path (`../secret.dat`, an absolute path) is refused: a
+/// downloaded record must not make the gateway read files outside the record's folder. (It
+/// used to read them.)
+#[test]
+fn wfdb_signal_file_must_sit_beside_its_header() {
+    let dir = tempdir();
+    let inner = dir.path().join("rec");
+    fs::create_dir(&inner).unwrap();
+    fs::write(dir.path().join("secret.dat"), i16_bytes(&[1, 2, 3, 4])).unwrap();
+    let outside = dir.path().join("secret.dat").display().to_string();
+    for name in ["../secret.dat", outside.as_str()] {
+        let hea = inner.join("x.hea");
+        fs::write(&hea, format!("x 1 250 4\n{name} 16 200 16 0 0 0 0 ECG\n")).unwrap();
+        let msg = assert_err_names(read_recording(&hea, None), &hea);
+        assert!(msg.contains("not a plain file name"), "{name}: {msg}");
+    }
+}

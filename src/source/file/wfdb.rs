@@ -258,6 +258,18 @@ fn file_group(header: &Header, chosen: usize) -> Result<FileGroup, ReadError> {
             "signals read from standard input (\"-\")",
         ));
     }
+    // The signal file must sit beside its header: a name with a path in it (`../x`,
+    // `/etc/…`) would let a downloaded record read any file the gateway can.
+    if spec.file_name.contains(['/', '\\']) || spec.file_name == ".." || spec.file_name == "." {
+        return Err(ReadError::header(
+            hea,
+            Format::Wfdb,
+            format!(
+                "signal file {:?} is not a plain file name; WFDB signal files must sit in the header's folder",
+                spec.file_name
+            ),
+        ));
+    }
     if spec.format != 16 && spec.format != 212 {
         return Err(ReadError::unsupported(
             hea,
