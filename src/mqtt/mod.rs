@@ -138,12 +138,16 @@ enum Ctl {
     },
 }
 
+/// Largest inbound MQTT packet the client reads; a bigger one closes the connection (the
+/// client cannot skip it), which the link then backs off from and reports.
+pub const MAX_INCOMING_PACKET: usize = 256 * 1024;
+
 /// rumqttc options for `cfg` (host, port, keep-alive, credentials, TLS): the one place that
 /// turns `[mqtt]` into a connection, for the gateway's link and for subscribers alike.
 pub fn client_options(cfg: &MqttConfig, tls: Option<&TlsFiles>, client_id: &str) -> MqttOptions {
     let mut o = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
     o.set_keep_alive(Duration::from_secs(cfg.keep_alive_s.max(5)));
-    o.set_max_packet_size(256 * 1024, 256 * 1024);
+    o.set_max_packet_size(MAX_INCOMING_PACKET, 256 * 1024);
     if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
         o.set_credentials(u.clone(), p.clone());
     }
@@ -539,7 +543,11 @@ impl Pump {
             Backoff::new(Duration::from_millis(250), Duration::from_secs(30)).with_jitter(0.2);
         let mut reported_down = false;
         let mut closing = Closing::No;
+        // Set when a connection was dropped because of what the broker sent us (e.g. a message
+        // over the packet limit): said on the error topic once the next connection is up.
+        let mut poisoned: Option<String> = None;
         loop {
+            let mut acked_connect = false;
             let (client, mut el) = AsyncClient::new(self.mqtt_options(), 4 * MAX_INFLIGHT);
             let mut net = rumqttc::NetworkOptions::new();
             // Small JSON messages: Nagle's algorithm would add up to 40 ms per publish.
@@ -609,7 +617,15 @@ impl Pump {
                     ev = ev_rx.recv() => match ev.unwrap_or(Err(rumqttc::ConnectionError::RequestsDone)) {
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
                             c.connected = true;
-                            backoff.reset();
+                            // The back-off is reset when this connection ends for an ordinary
+                            // reason (below), not here: a connection that the broker's first
+                            // message kills (a retained message over the packet limit) must
+                            // not be retried 3× a second for ever.
+                            acked_connect = true;
+                            if let Some(why) = poisoned.take() {
+                                let msg = serde_json::json!({"topic": null, "field": null, "error": why});
+                                self.request(&client, &mut c, &self.topics.error(), msg.to_string().into_bytes(), false);
+                            }
                             self.counters.connects.fetch_add(1, Ordering::Relaxed);
                             if reported_down {
                                 tracing::info!(broker, pending = self.outbox.len(), "MQTT reconnected");
@@ -697,6 +713,20 @@ impl Pump {
             // Connection lost (or never made).
             el_task.abort();
             let _ = self.conn_tx.send(false);
+            match &failed {
+                // The broker sent something this client cannot take: the same thing will come
+                // again on the next connection, so keep backing off and say why.
+                Some(rumqttc::ConnectionError::MqttState(e @ rumqttc::StateError::Deserialization(_))) => {
+                    tracing::error!(broker, "MQTT connection closed by an inbound message this gateway cannot accept ({e}); backing off");
+                    poisoned = Some(format!(
+                        "an inbound message closed the MQTT connection ({e}); inbound messages are limited to {} KiB (commands and self-reports to {} bytes). If it is retained on one of this gateway's topics, delete it: mosquitto_pub -r -n -t <topic>",
+                        MAX_INCOMING_PACKET / 1024,
+                        crate::mqtt::inputs::MAX_PAYLOAD_BYTES
+                    ));
+                }
+                _ if acked_connect => backoff.reset(),
+                _ => {}
+            }
             if let Some(e) = failed {
                 if !reported_down {
                     tracing::warn!(

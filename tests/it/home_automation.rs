@@ -555,3 +555,48 @@ async fn reload_command_applies_an_edited_config() {
     let _ = child.wait();
     assert!(ok, "sensor added by reload never published");
 }
+
+/// A retained message over the gateway's 256 KiB packet limit on one of its topics closes its
+/// connection at every connect. It used to reconnect ~3×/s for ever (the back-off reset on
+/// every ConnAck) and never said why; now the back-off keeps growing and the reason (with
+/// how to delete the message) is published on the error topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_retained_message_backs_off_and_is_explained() {
+    let Some(file) = polar() else { return };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = base_config(broker.port, &dir.path().join("s"), "big");
+    cfg.sensors = vec![replay("chest", &file, true)];
+    cfg.mqtt.discovery = false;
+    let rx = Recorder::start(broker.port, &["affectgate/big/error"]).await;
+    rx.client
+        .publish(
+            "affectgate/big/cmd/reload",
+            QoS::AtLeastOnce,
+            true,
+            vec![b'x'; 300 * 1024],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = GatewayBuilder::new(cfg)
+        .run(tokio::time::sleep(Duration::from_secs(12)))
+        .await
+        .unwrap();
+    // 250 ms doubling: connects at ≈ 0, 0.25, 0.75, 1.75, 3.75, 7.75 s (± jitter) — not 36.
+    assert!(
+        (2..=8).contains(&report.mqtt.connects),
+        "{} connects in 12 s",
+        report.mqtt.connects
+    );
+    let errors = rx.on("affectgate/big/error");
+    assert!(
+        errors.iter().any(|m| {
+            let t = String::from_utf8_lossy(&m.payload);
+            t.contains("closed the MQTT connection") && t.contains("mosquitto_pub -r -n -t")
+        }),
+        "{errors:?}"
+    );
+}
