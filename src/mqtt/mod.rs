@@ -138,6 +138,10 @@ enum Ctl {
     },
 }
 
+/// Inbound commands and self-reports waiting to be applied; beyond this a message is dropped
+/// and answered on the error topic.
+pub const INPUT_QUEUE: usize = 256;
+
 /// Largest inbound MQTT packet the client reads; a bigger one closes the connection (the
 /// client cannot skip it), which the link then backs off from and reports.
 pub const MAX_INCOMING_PACKET: usize = 256 * 1024;
@@ -292,7 +296,7 @@ impl MqttLink {
         let wake = Arc::new(Notify::new());
         let counters = Arc::new(LinkCounters::default());
         let (conn_tx, connected) = watch::channel(false);
-        let (in_tx, in_rx) = mpsc::channel(256);
+        let (in_tx, in_rx) = mpsc::channel(INPUT_QUEUE);
         let task = tokio::spawn(
             Pump {
                 opts,
@@ -671,7 +675,15 @@ impl Pump {
                                 })
                                 .is_err()
                             {
-                                tracing::warn!(topic = %p.topic, "input queue full: message ignored");
+                                // Answered like any rejected input, so a sender (a dashboard
+                                // button, a script) learns to send it again.
+                                tracing::warn!(topic = %p.topic, "input queue full: message dropped and answered on the error topic");
+                                let msg = serde_json::json!({
+                                    "topic": p.topic,
+                                    "field": null,
+                                    "error": format!("input queue full ({INPUT_QUEUE} messages waiting): this message was dropped, nothing was applied; send it again"),
+                                });
+                                self.request(&client, &mut c, &self.topics.error(), msg.to_string().into_bytes(), false);
                             }
                         }
                         Ok(_) => {}
