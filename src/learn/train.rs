@@ -185,6 +185,33 @@ fn scalar(t: Tensor<1>) -> f32 {
 
 /// Pretext loss and per-head balanced accuracy on held-out windows (each window in all seven
 /// versions, transformations drawn from `seed`, no dropout).
+/// Per pretext head, the area under the ROC curve of its logits over every window × every
+/// transformation (threshold-free). Each binary head sees its transformation in 1 of 7 items,
+/// so a head that ranks well can still never cross 0.5 and score balanced accuracy exactly
+/// 0.5 in [`pretext_eval`]; the AUC tells "learnt nothing" from "learnt, but below threshold".
+pub fn pretext_auc(w: &NetworkWeights, windows: &[Vec<f32>], seed: u64) -> Vec<f64> {
+    let device = Device::flex();
+    let net = Net::from_weights(w, &device);
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let items: Vec<(usize, Transform)> = (0..windows.len())
+        .flat_map(|i| Transform::ALL.iter().map(move |&t| (i, t)))
+        .collect();
+    let mut scores: Vec<Vec<f64>> = vec![Vec::new(); 7];
+    let mut truth: Vec<Vec<bool>> = vec![Vec::new(); 7];
+    for chunk in items.chunks(64) {
+        let (x, _) = pretext_batch(windows, chunk, &mut rng, &device);
+        for (row, &(_, t)) in rows_of(net.forward(x)).iter().zip(chunk) {
+            for h in 0..7 {
+                scores[h].push(f64::from(row[h]));
+                truth[h].push(t.index() == h);
+            }
+        }
+    }
+    (0..7)
+        .map(|h| crate::learn::metrics::auc(&scores[h], &truth[h]).unwrap_or(f64::NAN))
+        .collect()
+}
+
 pub fn pretext_eval(w: &NetworkWeights, windows: &[Vec<f32>], seed: u64) -> (f32, Vec<f32>) {
     let device = Device::flex();
     let net = Net::from_weights(w, &device);

@@ -12,6 +12,21 @@ use affectgate::retrain::registry::{Entry, ModelStatus, Registry};
 
 use crate::util::repo;
 
+/// A valid model card for `onnx` stored as a registry entry's `model.onnx` (every model load
+/// checks the card beside the model against its bytes).
+fn card_for(id: &str, onnx: &[u8]) -> String {
+    affectgate::model::card::ModelCard {
+        name: id.into(),
+        onnx: "model.onnx".into(),
+        sha256: affectgate::model::sha256_hex(onnx),
+        ..affectgate::model::card::ModelCard::load(
+            &crate::util::repo().join("models/affectgate-arousal-v2.card.toml"),
+        )
+        .unwrap()
+    }
+    .to_toml()
+}
+
 fn entry(id: &str) -> Entry {
     Entry {
         id: id.into(),
@@ -121,7 +136,7 @@ async fn promotion_and_rollback_swap_the_serving_model_without_dropping_a_window
     let w = NetworkWeights::seeded(&[("arousal", &[512, 512])], 99);
     let onnx = export_onnx(&w, &[], "test").unwrap();
     registry
-        .add(entry("r0001"), &onnx, "name = \"r0001\"\n")
+        .add(entry("r0001"), &onnx, &card_for("r0001", &onnx))
         .unwrap();
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Observed>();
@@ -693,8 +708,9 @@ async fn a_staged_round_of_a_replaced_model_is_discarded() {
     let again = round::stage(&store, &registry, shipped, 200).unwrap();
     assert_eq!(again.id, "r0001");
     let w = NetworkWeights::seeded(&[("arousal", &[512, 512])], 5);
+    let onnx = export_onnx(&w, &[], "test").unwrap();
     registry
-        .add(entry("r0002"), &export_onnx(&w, &[], "test").unwrap(), "")
+        .add(entry("r0002"), &onnx, &card_for("r0002", &onnx))
         .unwrap();
     registry.promote("r0002").unwrap();
     let err = round::run_staged(
