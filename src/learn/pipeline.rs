@@ -150,6 +150,24 @@ pub fn pretrain(a: &PretrainJob) -> Result<()> {
         .last()
         .map(|e| e.val_task_balanced_accuracy.clone())
         .unwrap_or_default();
+    // Threshold-free as well: each pretext head sees its transformation in 1 of 7 windows, so
+    // a head that ranks well can stay below 0.5 and show balanced accuracy exactly 0.5.
+    let val_auc: Vec<f64> = if val.windows.is_empty() {
+        Vec::new()
+    } else {
+        train::pretext_auc(&w, &val.samples(), cfg.seed ^ 0x5eed)
+    };
+    if !val_auc.is_empty() {
+        eprintln!(
+            "held-out pretext AUC: {}",
+            PRETEXT_TASKS
+                .iter()
+                .zip(&val_auc)
+                .map(|(t, a)| format!("{t} {a:.3}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let meta = vec![
         ("affectgate.kind".to_string(), "pretext".to_string()),
         (
@@ -171,6 +189,10 @@ pub fn pretrain(a: &PretrainJob) -> Result<()> {
         (
             "affectgate.pretext_val_balanced_accuracy".to_string(),
             serde_json::to_string(&last_acc)?,
+        ),
+        (
+            "affectgate.pretext_val_auc".to_string(),
+            serde_json::to_string(&val_auc)?,
         ),
         ("affectgate.seed".to_string(), cfg.seed.to_string()),
     ];
@@ -622,6 +644,10 @@ fn write_model_and_card(
             pretext_epochs: get("affectgate.pretext_epochs").and_then(|s| s.parse().ok()).unwrap_or(0),
             pretext_val_balanced_accuracy: get("affectgate.pretext_val_balanced_accuracy")
                 .and_then(|s| serde_json::from_str::<Vec<f32>>(&s).ok())
+                .map(|v| PRETEXT_TASKS.iter().map(|t| t.to_string()).zip(v).collect())
+                .unwrap_or_default(),
+            pretext_val_auc: get("affectgate.pretext_val_auc")
+                .and_then(|s| serde_json::from_str::<Vec<f64>>(&s).ok())
                 .map(|v| PRETEXT_TASKS.iter().map(|t| t.to_string()).zip(v).collect())
                 .unwrap_or_default(),
             finetune_data: a.manifest.display().to_string(),

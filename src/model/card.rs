@@ -113,6 +113,10 @@ pub struct Training {
     /// Final pretext balanced accuracy per transformation on held-out windows.
     #[serde(default)]
     pub pretext_val_balanced_accuracy: std::collections::BTreeMap<String, f32>,
+    /// Final pretext AUC per transformation on held-out windows (threshold-free: a head that
+    /// ranks well can still show balanced accuracy 0.5, see docs/RESULTS.md §8).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub pretext_val_auc: std::collections::BTreeMap<String, f64>,
     /// Labelled data the heads saw (manifest and subjects).
     pub finetune_data: String,
     pub finetune_subjects: Vec<String>,
