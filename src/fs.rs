@@ -43,9 +43,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     builder.prefix(".affectgate-").suffix(".tmp");
     #[cfg(unix)]
     builder.permissions(mode);
-    let mut tmp = builder
-        .tempfile_in(&dir)
-        .map_err(err(path))?;
+    let mut tmp = builder.tempfile_in(&dir).map_err(err(path))?;
     // Errors name the file being replaced (what the user knows), not the temporary.
     tmp.as_file_mut().write_all(bytes).map_err(err(path))?;
     tmp.as_file().sync_all().map_err(err(path))?;

@@ -14,8 +14,8 @@
 //!   │                           writes, seeded randomness, /proc readers, the shape of a
 //!   │                           rejected config value.
 //! dsp/      biquad high-pass/low-pass/notch → resample to 256 Hz → 10 s `Window`s → z-score,
-//!   │       R-peaks and HR/HRV, quality gate. Streaming, so training and the live gateway
-//!   │       run the *same* code.
+//!   │       R-peaks and HR/HRV, quality gate, the wearer baseline. Streaming, so training
+//!   │       and the live gateway run the *same* code.
 //! model/    the model format: weights as plain arrays and the reference forward, ONNX
 //!   │       export/import/inspect, model card, replay pack, i16 quantisation. No burn, ort,
 //!   │       sled or tokio: the fleet crate builds on this layer alone.
@@ -24,7 +24,8 @@
 //!   │       sensors; `source::ble` reads Polar H10 ECG (PMD), the Heart Rate service and
 //!   │       generic GATT ECG boards through btleplug. Owns `[[sensors]]` (`source::config`).
 //! learn/    the paper's method in burn: transformations, networks, training loops, metrics,
-//! infer/    the `pretrain`/`finetune` pipelines, experiments, one retraining round
+//! infer/    heart-rate baselines and the fused heads (`learn::fusion`: embedding + wearer-
+//!   │       relative HR/HRV), the `pretrain`/`finetune` pipelines, experiments, one retraining round
 //! store/    (`learn::round`). infer: ONNX inference through `ort` (tract or ONNX Runtime).
 //!   │       store: sled windows, retention, export, the MQTT outbox.
 //! mqtt/     the broker link (outbox delivery, availability, last will, TLS), every topic

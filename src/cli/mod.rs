@@ -493,8 +493,13 @@ fn embed_all(model: &mut Model, windows: &[Vec<f32>]) -> Result<Option<Vec<Vec<f
         let flat: Vec<f32> = chunk.iter().flatten().copied().collect();
         // The embedding does not depend on the features: zeros will do.
         let s = model.run_with(&flat, &vec![0.0; f * chunk.len()], chunk.len())?;
-        let e = s.embedding.context("the model declared an embedding but returned none")?;
-        out.extend(e.into_iter().map(|r| r.into_iter().map(f64::from).collect::<Vec<_>>()));
+        let e = s
+            .embedding
+            .context("the model declared an embedding but returned none")?;
+        out.extend(
+            e.into_iter()
+                .map(|r| r.into_iter().map(f64::from).collect::<Vec<_>>()),
+        );
     }
     Ok(Some(out))
 }

@@ -63,7 +63,10 @@ impl WearerState {
         let saved = match store.meta_get(&key) {
             Ok(v) => v.unwrap_or_default(),
             Err(e) => {
-                tracing::warn!(sensor, "reading the wearer baseline failed ({e}); calibrating again");
+                tracing::warn!(
+                    sensor,
+                    "reading the wearer baseline failed ({e}); calibrating again"
+                );
                 Vec::new()
             }
         };

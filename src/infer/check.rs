@@ -82,8 +82,7 @@ pub(super) fn check_model(bytes: &[u8], file: &str) -> Result<Checked, InferErro
                 .filter(|d| d.len() == 2)
                 .and_then(|d| d[1])
                 .map(|v| v as usize);
-            if fi.elem_type != Some(FLOAT) || width.is_none() || names.len() != width.unwrap_or(0)
-            {
+            if fi.elem_type != Some(FLOAT) || width.is_none() || names.len() != width.unwrap_or(0) {
                 return Err(bad(format!(
                     "input `{FEATURES_NAME}` must be float32 [N, F] with its F column names in \
                      the metadata key `{FEATURES_META}` (found shape {}, names {names:?})",

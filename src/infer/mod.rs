@@ -64,10 +64,10 @@ use check::{check_model, tract_preflight};
 
 /// Name of the optional embedding output (not a head).
 pub use crate::model::EMBEDDING_NAME;
-/// Name of the model input.
-pub use crate::model::INPUT_NAME;
 /// Name of a fused model's second input.
 pub use crate::model::FEATURES_NAME;
+/// Name of the model input.
+pub use crate::model::INPUT_NAME;
 use crate::model::WINDOW_LEN;
 /// Environment variable naming the ONNX Runtime library (as `ort` itself uses it).
 pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
@@ -390,18 +390,24 @@ impl Model {
         let batch: Vec<f32> = (0..n).flat_map(|_| window.iter().copied()).collect();
         let feats = vec![0.0; n * self.features.len()];
         let s = self.run_with(&batch, &feats, n)?;
-        let bad = |what: &str, v: f32| InferError::InvalidModel {
+        let bad = |what: &str, v: f32| {
+            InferError::InvalidModel {
             file: self.source.clone(),
             reason: format!(
                 "{what} is {v} on a reference window (finite scores in [0, 1] expected): the weights are damaged; restore the model file"
             ),
+        }
         };
         for (h, v) in self.heads.iter().zip(&s.values[0]) {
             if !(v.is_finite() && (0.0..=1.0).contains(v)) {
                 return Err(bad(&format!("head `{h}`"), *v));
             }
         }
-        if let Some(e) = s.embedding.as_ref().and_then(|e| e[0].iter().find(|v| !v.is_finite())) {
+        if let Some(e) = s
+            .embedding
+            .as_ref()
+            .and_then(|e| e[0].iter().find(|v| !v.is_finite()))
+        {
             return Err(bad("the embedding", *e));
         }
         Ok(())

@@ -85,7 +85,12 @@ pub fn wearer_features(
 pub fn fit_fused_head(name: &str, rows: &[(&[f32], [f64; 3], bool)]) -> HeadWeights {
     let x: Vec<Vec<f64>> = rows
         .iter()
-        .map(|(e, f, _)| e.iter().map(|&v| f64::from(v)).chain(f.iter().copied()).collect())
+        .map(|(e, f, _)| {
+            e.iter()
+                .map(|&v| f64::from(v))
+                .chain(f.iter().copied())
+                .collect()
+        })
         .collect();
     let y: Vec<bool> = rows.iter().map(|r| r.2).collect();
     let d = rows.first().map_or(0, |r| r.0.len());
@@ -149,7 +154,10 @@ pub fn fusion_probabilities(
         .chain(std::iter::repeat_n(FEATURE_L2, 3))
         .collect();
     vec![
-        ("ssl", loso_probabilities_l2(&emb, labels, subjects, &l2_emb)),
+        (
+            "ssl",
+            loso_probabilities_l2(&emb, labels, subjects, &l2_emb),
+        ),
         (
             "ssl_relative",
             loso_probabilities_l2(&emb_rel, labels, subjects, &l2_emb),
@@ -170,7 +178,9 @@ pub fn fusion_probabilities(
 pub fn pca(rows: &[&[f64]], k: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
     let d = rows.first().map_or(0, |r| r.len());
     let n = rows.len().max(1) as f64;
-    let mean: Vec<f64> = (0..d).map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / n).collect();
+    let mean: Vec<f64> = (0..d)
+        .map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / n)
+        .collect();
     let mut cov = vec![vec![0.0; d]; d];
     for r in rows {
         for a in 0..d {
@@ -187,14 +197,20 @@ pub fn pca(rows: &[&[f64]], k: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
     }
     let mut dirs = Vec::new();
     for c in 0..k.min(d) {
-        let mut v: Vec<f64> = (0..d).map(|j| 1.0 + ((j * 7 + c * 13) % 5) as f64).collect();
+        let mut v: Vec<f64> = (0..d)
+            .map(|j| 1.0 + ((j * 7 + c * 13) % 5) as f64)
+            .collect();
         for _ in 0..200 {
-            let mut w: Vec<f64> = (0..d).map(|a| (0..d).map(|b| cov[a][b] * v[b]).sum()).collect();
+            let mut w: Vec<f64> = (0..d)
+                .map(|a| (0..d).map(|b| cov[a][b] * v[b]).sum())
+                .collect();
             let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300);
             w.iter_mut().for_each(|x| *x /= norm);
             v = w;
         }
-        let lam: f64 = (0..d).map(|a| v[a] * (0..d).map(|b| cov[a][b] * v[b]).sum::<f64>()).sum();
+        let lam: f64 = (0..d)
+            .map(|a| v[a] * (0..d).map(|b| cov[a][b] * v[b]).sum::<f64>())
+            .sum();
         for a in 0..d {
             for b in 0..d {
                 cov[a][b] -= lam * v[a] * v[b];

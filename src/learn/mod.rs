@@ -4,6 +4,8 @@
 //! - [`model`]: the signal-transformation recognition network and the emotion network (burn);
 //! - [`train`]: pretext training, frozen-encoder head training, fully supervised baseline;
 //! - [`baseline`]: heart-rate baselines (absolute and wearer-relative) evaluated like the model;
+//! - [`fusion`]: the fused heads (frozen embedding + wearer-relative HR/HRV) and the
+//!   leave-one-subject-out arms that measure what the encoder adds;
 //! - [`dataset`]: recordings + manifest → preprocessed, per-subject z-scored windows;
 //! - [`manifest`]: the labelled-dataset manifest (CSV);
 //! - [`metrics`]: balanced accuracy, accuracy, macro-F1, confusion;

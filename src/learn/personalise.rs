@@ -35,18 +35,18 @@ use serde::{Deserialize, Serialize};
 
 use super::dataset::{Dataset, TrainWindow};
 use super::experiment::subject_folds;
+use super::fusion;
 use super::metrics::Confusion;
 use super::model::EMOTION_HIDDEN;
 use super::round::{
     build_pack, refit_heads, run_round, Decision, GateMetrics, RoundConfig, RoundData,
 };
-use super::fusion;
 use super::train::{embed, predict_with, pretrain, train_heads, TrainConfig};
-use crate::model::WEARER_FEATURES;
 use crate::fs::atomic_write;
 use crate::model::onnx::{export_onnx, import_onnx};
 use crate::model::replay::ReplayPack;
 use crate::model::NetworkWeights;
+use crate::model::WEARER_FEATURES;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PersonaliseConfig {
@@ -260,7 +260,13 @@ fn fused_base(others: &Dataset, encoder: &NetworkWeights, head: &str) -> Network
     let (_, rel) = fusion::wearer_features(&samples, &subjects);
     let emb = embed(encoder, &samples);
     let rows: Vec<(&[f32], [f64; 3], bool)> = (0..samples.len())
-        .filter_map(|i| Some((emb[i].as_slice(), rel[i]?, others.windows[i].labels[0]? >= 0.5)))
+        .filter_map(|i| {
+            Some((
+                emb[i].as_slice(),
+                rel[i]?,
+                others.windows[i].labels[0]? >= 0.5,
+            ))
+        })
         .collect();
     NetworkWeights {
         convs: encoder.convs.clone(),

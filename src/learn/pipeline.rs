@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::dataset::{self, Dataset};
 use super::baseline::{self as hr_baseline, WindowPhysio};
-use super::fusion;
-use super::metrics::HeadReport;
+use super::dataset::{self, Dataset};
 use super::experiment;
+use super::fusion;
 use super::metrics::Confusion;
+use super::metrics::HeadReport;
 use super::model::{EMOTION_HIDDEN, PRETEXT_TASKS};
 use super::plots;
 use super::train::{self, TrainConfig};
@@ -88,7 +88,8 @@ pub fn pretrain(a: &PretrainJob) -> Result<()> {
     // The gateway's quality gate: windows without ECG (e.g. EEGMAT recordings whose ECG lead
     // was off) teach the encoder nothing about ECG — the gateway never stores them either.
     let before = data.windows.len();
-    data.windows.retain(|w| hr_baseline::window_physio(&w.samples).good);
+    data.windows
+        .retain(|w| hr_baseline::window_physio(&w.samples).good);
     eprintln!(
         "quality gate: {} of {before} windows pass and are used",
         data.windows.len()
@@ -314,16 +315,19 @@ pub fn finetune(a: &FinetuneJob) -> Result<()> {
         data.windows.len()
     );
     if a.fused {
-        return finetune_fused(a, FusedInputs {
-            enc: &enc,
-            enc_meta: &enc_meta,
-            data: &data,
-            head_names: &head_names,
-            emb: &emb,
-            labels: &labels,
-            phys: &phys,
-            rel: &rel,
-        });
+        return finetune_fused(
+            a,
+            FusedInputs {
+                enc: &enc,
+                enc_meta: &enc_meta,
+                data: &data,
+                head_names: &head_names,
+                emb: &emb,
+                labels: &labels,
+                phys: &phys,
+                rel: &rel,
+            },
+        );
     }
 
     // Evaluation for the card: subject-disjoint folds of the same head training.

@@ -276,7 +276,11 @@ pub fn predict(w: &NetworkWeights, windows: &[Vec<f32>]) -> Vec<Vec<f32>> {
 /// [`predict`] for any network: a fused one's heads (see [`NetworkWeights::features`]) read
 /// `features[i]` (its values in the network's order) beside window `i`'s embedding — burn
 /// computes the embedding, the plain-Rust reference the one-layer fused heads.
-pub fn predict_with(w: &NetworkWeights, windows: &[Vec<f32>], features: &[Vec<f32>]) -> Vec<Vec<f32>> {
+pub fn predict_with(
+    w: &NetworkWeights,
+    windows: &[Vec<f32>],
+    features: &[Vec<f32>],
+) -> Vec<Vec<f32>> {
     if w.features.is_empty() {
         return predict(w, windows);
     }

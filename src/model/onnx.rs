@@ -590,7 +590,10 @@ pub fn import_onnx(bytes: &[u8]) -> Result<(NetworkWeights, Vec<(String, String)
     };
     w.validate()?;
     // The features are metadata of the weights, not of the caller: hand back the rest.
-    let meta = meta.into_iter().filter(|(k, _)| k != FEATURES_META).collect();
+    let meta = meta
+        .into_iter()
+        .filter(|(k, _)| k != FEATURES_META)
+        .collect();
     Ok((w, meta))
 }
 
@@ -692,12 +695,18 @@ mod tests {
         assert_eq!(info.head_names(), vec!["arousal"]);
         let (back, back_meta) = import_onnx(&bytes).unwrap();
         assert_eq!(back, w);
-        assert_eq!(back_meta, meta, "the features key is the weights', not the caller's");
+        assert_eq!(
+            back_meta, meta,
+            "the features key is the weights', not the caller's"
+        );
         // A head whose width ignores the features is refused before anything is written.
         let mut bad = w.clone();
         bad.features.push("rmssd_relative".into());
         let e = export_onnx(&bad, &meta, "0.2.0").unwrap_err().to_string();
-        assert!(e.contains("in_dim 130 but the previous layer gives 131"), "{e}");
+        assert!(
+            e.contains("in_dim 130 but the previous layer gives 131"),
+            "{e}"
+        );
     }
 
     #[test]

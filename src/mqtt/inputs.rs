@@ -856,7 +856,12 @@ mod tests {
             }
             // Deleting a retained command delivers a zero-length payload: it runs nothing.
             let e = parse(&topic, "").unwrap_err();
-            assert_eq!(e, InputError::EmptyCommand { topic: topic.clone() });
+            assert_eq!(
+                e,
+                InputError::EmptyCommand {
+                    topic: topic.clone()
+                }
+            );
             assert!(e.message().contains("send {} to run"), "{}", e.message());
         }
     }
@@ -866,8 +871,17 @@ mod tests {
         let now = 1_764_000_000_000_000_000;
         for topic in ["affectgate/gw1/cmd/reload", "affectgate/gw1/s1/label"] {
             let e = parse_delivery("gw1", topic, b"{}", true, now, &["s1".into()]).unwrap_err();
-            assert_eq!(e, InputError::Retained { topic: topic.into() });
-            assert!(e.to_json().contains("mosquitto_pub -r -n -t"), "{}", e.to_json());
+            assert_eq!(
+                e,
+                InputError::Retained {
+                    topic: topic.into()
+                }
+            );
+            assert!(
+                e.to_json().contains("mosquitto_pub -r -n -t"),
+                "{}",
+                e.to_json()
+            );
         }
         // The same command published live runs; other gateways' retained topics are not ours.
         assert_eq!(

@@ -728,7 +728,9 @@ impl Pump {
             match &failed {
                 // The broker sent something this client cannot take: the same thing will come
                 // again on the next connection, so keep backing off and say why.
-                Some(rumqttc::ConnectionError::MqttState(e @ rumqttc::StateError::Deserialization(_))) => {
+                Some(rumqttc::ConnectionError::MqttState(
+                    e @ rumqttc::StateError::Deserialization(_),
+                )) => {
                     tracing::error!(broker, "MQTT connection closed by an inbound message this gateway cannot accept ({e}); backing off");
                     poisoned = Some(format!(
                         "an inbound message closed the MQTT connection ({e}); inbound messages are limited to {} KiB (commands and self-reports to {} bytes). If it is retained on one of this gateway's topics, delete it: mosquitto_pub -r -n -t <topic>",

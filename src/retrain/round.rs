@@ -454,7 +454,11 @@ pub fn run_staged(
             // A fused model is probed with features spanning calm to stressed.
             let nf = outcome.candidate.features.len();
             let feats: Vec<Vec<f32>> = (0..probe.len())
-                .map(|i| (0..nf).map(|j| ((i * nf + j) as f32 * 0.7).sin() * 3.0).collect())
+                .map(|i| {
+                    (0..nf)
+                        .map(|j| ((i * nf + j) as f32 * 0.7).sin() * 3.0)
+                        .collect()
+                })
                 .collect();
             let served = m.run_with(&flat, &feats.concat(), probe.len());
             let trained = crate::learn::train::predict_with(&outcome.candidate, &probe, &feats);

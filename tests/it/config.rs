@@ -141,20 +141,33 @@ fn cli_config_check_catches_what_run_would_refuse() {
         ),
         (
             "directory as model",
-            base.replace(&model.display().to_string(), &dir.path().display().to_string()),
+            base.replace(
+                &model.display().to_string(),
+                &dir.path().display().to_string(),
+            ),
             "model.path",
         ),
         (
             "missing TLS CA",
-            base.replace("# [mqtt.tls]", "[mqtt.tls]\nca_file = \"/nonexistent/ca.pem\"\n#"),
+            base.replace(
+                "# [mqtt.tls]",
+                "[mqtt.tls]\nca_file = \"/nonexistent/ca.pem\"\n#",
+            ),
             "ca.pem",
         ),
         (
             "store path is a file",
-            base.replace("path = \"affectgate-store\"", &format!("path = {:?}", a_file.display().to_string())),
+            base.replace(
+                "path = \"affectgate-store\"",
+                &format!("path = {:?}", a_file.display().to_string()),
+            ),
             "is a file",
         ),
-        ("keep-alive 0", base.replace("keep_alive_s = 30", "keep_alive_s = 0"), "mqtt.keep_alive_s"),
+        (
+            "keep-alive 0",
+            base.replace("keep_alive_s = 30", "keep_alive_s = 0"),
+            "mqtt.keep_alive_s",
+        ),
         (
             "keep-alive 70000",
             base.replace("keep_alive_s = 30", "keep_alive_s = 70000"),

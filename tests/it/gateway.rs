@@ -572,7 +572,11 @@ async fn retained_reload_is_refused_and_sigterm_stops_a_reloading_gateway() {
             m.iter().any(|m| {
                 m.topic == "affectgate/gw9/error"
                     && String::from_utf8_lossy(&m.payload).contains("retained message ignored")
-            }) && m.iter().filter(|m| m.topic == "affectgate/gw9/polar/state").count() >= 5
+            }) && m
+                .iter()
+                .filter(|m| m.topic == "affectgate/gw9/polar/state")
+                .count()
+                >= 5
         })
         .await;
     // Live reloads every 50 ms; SIGTERM lands in the middle of them.
@@ -592,11 +596,16 @@ async fn retained_reload_is_refused_and_sigterm_stops_a_reloading_gateway() {
         let _ = tx.send(child.wait_with_output());
     });
     let Ok(out) = done.recv_timeout(Duration::from_secs(30)) else {
-        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
         panic!("the gateway did not stop within 30 s of SIGTERM (killed)");
     };
     let out = out.unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(refused, "no refusal of the retained command and no states\n{err}");
+    assert!(
+        refused,
+        "no refusal of the retained command and no states\n{err}"
+    );
     assert!(out.status.success(), "exit {:?}\n{err}", out.status);
 }

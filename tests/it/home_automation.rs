@@ -91,7 +91,10 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
         if uid.ends_with("_calibrating") {
             assert_eq!(parts[1], "binary_sensor");
             assert_eq!(st, format!("affectgate/home/{sensor}/state"));
-            assert!(c["value_template"].as_str().unwrap().contains("value_json.calibrating"));
+            assert!(c["value_template"]
+                .as_str()
+                .unwrap()
+                .contains("value_json.calibrating"));
             assert!(state["calibrating"].is_boolean(), "{state}");
             assert_eq!(c["expire_after"], 30, "{uid}");
             continue;

@@ -69,14 +69,20 @@ fn burn_forward_and_exported_onnx_agree_on_real_windows() {
     let mut cases = vec![("fresh", fresh)];
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/affectgate-arousal-v2.onnx");
     let (w, _) = import_onnx(&std::fs::read(&shipped).unwrap()).unwrap();
-    assert_eq!(w.features, affectgate::model::WEARER_FEATURES, "the shipped model is fused");
+    assert_eq!(
+        w.features,
+        affectgate::model::WEARER_FEATURES,
+        "the shipped model is fused"
+    );
     cases.push(("shipped", w));
     for (name, w) in cases {
         let bytes = export_onnx(&w, &[], "test").unwrap();
         // Features spanning calm to stressed (the burn side has no fused heads: a fused
         // network's heads are checked against the plain-Rust reference instead).
         let f = w.features.len();
-        let feats: Vec<f32> = (0..ws.len() * f).map(|i| (i as f32 * 0.7).sin() * 3.0).collect();
+        let feats: Vec<f32> = (0..ws.len() * f)
+            .map(|i| (i as f32 * 0.7).sin() * 3.0)
+            .collect();
         let (ort_scores, ort_emb) = run_tract(&bytes, &ws, &feats);
         let burn_emb = embed(&w, &ws);
         let burn_scores: Vec<Vec<f32>> = if f == 0 {
@@ -309,7 +315,16 @@ fn cli_fused_model_end_to_end() {
     let manifest = small_manifest(tmp.path(), 5);
     let pretext = tmp.path().join("pretext.onnx");
     let out = bin()
-        .args(["pretrain", "--epochs", "1", "--max-steps", "1", "--val-frac", "0", "--out"])
+        .args([
+            "pretrain",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "1",
+            "--val-frac",
+            "0",
+            "--out",
+        ])
         .arg(&pretext)
         .arg(data.join("eegmat/Subject02_rest.edf"))
         .arg(data.join("eegmat/Subject02_task.edf"))
@@ -323,13 +338,11 @@ fn cli_fused_model_end_to_end() {
         .lines()
         .find(|l| l.starts_with("quality gate:"))
         .unwrap_or_else(|| panic!("{err}"));
-    let n: usize = line
-        .split_whitespace()
-        .nth(2)
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(line.ends_with("of 24 windows pass and are used") && (5..=6).contains(&n), "{line}");
+    let n: usize = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(
+        line.ends_with("of 24 windows pass and are used") && (5..=6).contains(&n),
+        "{line}"
+    );
 
     let model = tmp.path().join("fused.onnx");
     let out = bin()
@@ -341,7 +354,11 @@ fn cli_fused_model_end_to_end() {
         .arg(&model)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (w, _) = import_onnx(&std::fs::read(&model).unwrap()).unwrap();
     assert_eq!(w.features, affectgate::model::WEARER_FEATURES);
     assert_eq!(w.heads[0].layers.len(), 1);
@@ -350,7 +367,11 @@ fn cli_fused_model_end_to_end() {
     let names: Vec<&str> = card.features.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, affectgate::model::WEARER_FEATURES);
     let e = &card.evaluation[0];
-    assert!(e.protocol.starts_with("leave-one-subject-out (5 subjects)"), "{}", e.protocol);
+    assert!(
+        e.protocol.starts_with("leave-one-subject-out (5 subjects)"),
+        "{}",
+        e.protocol
+    );
     let keys: Vec<&str> = e.baselines.keys().map(String::as_str).collect();
     assert_eq!(keys, ["hr", "hr_hrv_relative", "hr_relative"]);
     assert!((0.0..=1.0).contains(&e.auc.unwrap()));
@@ -362,12 +383,21 @@ fn cli_fused_model_end_to_end() {
         .arg(&manifest)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let h = &v["heads"]["arousal"];
     // A fused model scores exactly the windows that have a wearer baseline.
     assert_eq!(h["n"], h["baselines"]["hr_relative"]["n"]);
-    let arms: Vec<&str> = h["arms"].as_object().unwrap().keys().map(String::as_str).collect();
+    let arms: Vec<&str> = h["arms"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(arms, ["fused", "fused_relative", "ssl", "ssl_relative"]);
 
     // One 62 s recording is 6 windows: too few for a wearer baseline, so no score.
@@ -377,7 +407,11 @@ fn cli_fused_model_end_to_end() {
         .arg(data.join("eegmat/Subject01_task.edf"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = v.as_array().unwrap();
     assert_eq!(rows.len(), 6);
@@ -451,7 +485,10 @@ fn shipped_model_scores_rise_with_heart_rate_relative_to_the_wearer() {
     let flat: Vec<f32> = ws.iter().flatten().copied().collect();
     let run = |m: &mut Model, f: [f32; 3]| -> Vec<f32> {
         let feats: Vec<f32> = (0..ws.len()).flat_map(|_| f).collect();
-        m.run_with(&flat, &feats, ws.len()).unwrap().head("arousal").unwrap()
+        m.run_with(&flat, &feats, ws.len())
+            .unwrap()
+            .head("arousal")
+            .unwrap()
     };
     let calm = run(&mut m, [-1.0, 1.0, 1.0]);
     let usual = run(&mut m, [0.0, 0.0, 0.0]);

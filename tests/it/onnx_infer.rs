@@ -417,12 +417,18 @@ fn check_bad_files(backend: &Backend, dir: &Path) {
     let card = affectgate::model::card::ModelCard {
         sha256: affectgate::model::sha256_hex(&good),
         onnx: "carded.onnx".into(),
-        ..affectgate::model::card::ModelCard::load(&crate::util::repo().join("models/affectgate-arousal-v2.card.toml"))
-            .unwrap()
+        ..affectgate::model::card::ModelCard::load(
+            &crate::util::repo().join("models/affectgate-arousal-v2.card.toml"),
+        )
+        .unwrap()
     };
-    card.save(&affectgate::model::card::ModelCard::path_for(&carded)).unwrap();
+    card.save(&affectgate::model::card::ModelCard::path_for(&carded))
+        .unwrap();
     let e = Model::load(&carded, backend).unwrap_err().to_string();
-    assert!(e.contains("carded.onnx") && e.contains("sha256"), "{backend}: {e}");
+    assert!(
+        e.contains("carded.onnx") && e.contains("sha256"),
+        "{backend}: {e}"
+    );
     std::fs::write(&carded, &good).unwrap();
     Model::load(&carded, backend).expect("the carded model with its own bytes loads");
 

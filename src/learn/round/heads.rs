@@ -27,7 +27,11 @@ pub(super) struct RoundFeatures {
 
 impl RoundFeatures {
     pub(super) fn new(data: &RoundData, pack: &ReplayPack, current: &NetworkWeights) -> Self {
-        let phys: Vec<_> = pack.labelled.iter().map(|w| window_physio(&w.window)).collect();
+        let phys: Vec<_> = pack
+            .labelled
+            .iter()
+            .map(|w| window_physio(&w.window))
+            .collect();
         let pack_good = phys.iter().map(|p| p.good).collect();
         if current.features.is_empty() {
             return RoundFeatures {
@@ -157,8 +161,11 @@ impl HeadSet {
         if !current.features.is_empty() {
             for (h, name) in self.head_names.iter().enumerate() {
                 let mut rows: Vec<(&[f32], [f64; 3], bool)> = Vec::new();
-                for (((x, labels), f), &reps) in
-                    emb.iter().zip(&self.labels).zip(&self.features).zip(&self.reps)
+                for (((x, labels), f), &reps) in emb
+                    .iter()
+                    .zip(&self.labels)
+                    .zip(&self.features)
+                    .zip(&self.reps)
                 {
                     if let (Some(v), Some(f)) = (labels[h], f) {
                         for _ in 0..reps {

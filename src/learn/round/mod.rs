@@ -54,9 +54,7 @@ use sha2::Digest;
 
 use super::metrics::Confusion;
 use super::model::{Net, PRETEXT_HIDDEN, PRETEXT_TASKS};
-use super::train::{
-    embed, pretext_eval, pretrain, train_heads, TrainConfig,
-};
+use super::train::{embed, pretext_eval, pretrain, train_heads, TrainConfig};
 use crate::fs::FsError;
 use crate::model::onnx::{export_onnx, import_onnx};
 use crate::model::replay::{PackError, PackWindow, ReplayPack};
@@ -484,7 +482,10 @@ pub fn run_round(
         gate_labels.push(set.pack_labels(&pack.labelled[i]));
         gate_features.push(feats.pack.get(i).copied().flatten());
     }
-    for (j, (win, l)) in data.user_labelled[sp.user_holdout.clone()].iter().enumerate() {
+    for (j, (win, l)) in data.user_labelled[sp.user_holdout.clone()]
+        .iter()
+        .enumerate()
+    {
         gate_windows.push(win.clone());
         gate_labels.push(l.clone());
         gate_features.push(feats.user.get(sp.user_holdout.start + j).copied().flatten());
@@ -529,7 +530,13 @@ pub fn run_round(
         ));
         (
             before,
-            score_heads(&candidate, &candidate.heads, f, &gate_windows, &gate_features),
+            score_heads(
+                &candidate,
+                &candidate.heads,
+                f,
+                &gate_windows,
+                &gate_features,
+            ),
         )
     };
     let holdout_unl = &data.unlabelled[sp.wearer_holdout.clone()];
