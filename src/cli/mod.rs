@@ -658,15 +658,8 @@ fn eval(a: EvalArgs) -> Result<()> {
             out.model, out.manifest, out.windows, out.windows_good, out.subjects, out.backend
         );
         println!(
-            "{:<10} {:<26} {:>17} {:>6} {:>9} {:>9} {:>6}  {}",
-            "head",
-            "scorer",
-            "balanced_accuracy",
-            "auc",
-            "accuracy",
-            "macro_f1",
-            "n",
-            "per subject: mean ± sd (subjects)"
+            "{:<10} {:<26} {:>17} {:>6} {:>9} {:>9} {:>6}  per subject: mean ± sd (subjects)",
+            "head", "scorer", "balanced_accuracy", "auc", "accuracy", "macro_f1", "n",
         );
         let fmt_auc = |r: &HeadReport| r.auc.map_or("-".into(), |v| format!("{v:.3}"));
         for (h, e) in &out.heads {

@@ -180,6 +180,8 @@ impl Logistic {
 }
 
 /// Gaussian elimination with partial pivoting.
+// Index loops read as the textbook algorithm; iterator chains over two rows would not.
+#[allow(clippy::needless_range_loop)]
 fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
     let k = b.len();
     for c in 0..k {

@@ -175,6 +175,8 @@ pub fn fusion_probabilities(
 
 /// The first `k` principal directions of `rows` (power iteration with deflation on the
 /// covariance; rows are centred on their mean first). Returns (mean, directions).
+// Index loops over a symmetric matrix read as the algorithm; iterators would not.
+#[allow(clippy::needless_range_loop)]
 pub fn pca(rows: &[&[f64]], k: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
     let d = rows.first().map_or(0, |r| r.len());
     let n = rows.len().max(1) as f64;

@@ -576,7 +576,7 @@ pub fn import_onnx(bytes: &[u8]) -> Result<(NetworkWeights, Vec<(String, String)
         .map(|(_, v)| v.split(',').map(str::to_string).collect())
         .unwrap_or_default();
     let has_input = g.input.iter().any(|i| i.name == FEATURES_NAME);
-    if has_input != !features.is_empty() {
+    if has_input == features.is_empty() {
         return Err(OnnxError::Decode(format!(
             "the graph {} a `{FEATURES_NAME}` input but its metadata {} `{FEATURES_META}`",
             if has_input { "has" } else { "has no" },

@@ -538,7 +538,11 @@ impl SyntheticEcg {
     pub fn fill(&mut self, out: &mut [f32]) {
         let scripted = self.cfg.episode_every_s > 0.0;
         for o in out.iter_mut() {
-            if scripted && self.n_out % (self.cfg.fs_hz.round() as u64).max(1) == 0 {
+            if scripted
+                && self
+                    .n_out
+                    .is_multiple_of((self.cfg.fs_hz.round() as u64).max(1))
+            {
                 // Once a second: follow the episode script (applied at the next beat).
                 let t = self.n_out as f64 / self.cfg.fs_hz;
                 let (hr, sdnn) = if self.cfg.in_episode(t) {
