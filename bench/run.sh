@@ -6,7 +6,7 @@
 # (default /opt/affectgate-peers/bin/python). Run on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model="${1:-models/affectgate-arousal-v1.onnx}"
+model="${1:-models/affectgate-arousal-v2.onnx}"
 py="${PEERS_PY:-/opt/affectgate-peers/bin/python}"
 bin=target/release/affectgate
 mkdir -p bench/results

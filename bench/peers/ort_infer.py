@@ -101,12 +101,17 @@ def main():
                             for o in sess.get_outputs()],
             }
         others = [n for n in inputs if n != args.input_name]
-        if others:
-            sys.exit(f"model has extra inputs {others}; only a single input is supported")
+        # A fused affectgate model also reads `features [N, F]` (wearer-relative HR/HRV): fed
+        # zeros, as the gateway does for a calibrating wearer.
+        if [n for n in others if n != "features"]:
+            sys.exit(f"model has extra inputs {others}; only `features` is supported besides {args.input_name!r}")
         for batch in args.batches:
             shape = input_shape(meta, batch, args.window)
             x = rng.standard_normal(shape).astype(np.float32)
             feed = {args.input_name: x}
+            if "features" in inputs:
+                f = inputs["features"].shape[1]
+                feed["features"] = np.zeros([batch, f if isinstance(f, int) else 3], dtype=np.float32)
             entry = {"threads": threads, "batch": batch, "input_shape": shape}
             try:
                 for _ in range(args.warmup):
