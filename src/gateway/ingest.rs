@@ -42,8 +42,13 @@ impl HrPublisher {
             model: "none".into(),
         };
         let payload = serde_json::to_vec(&msg).expect("state message serialises");
-        match self.outbox.push(&link.topics().state(sensor), &payload) {
-            Ok(_) => link.wake(),
+        // Made durable before it may be published, like every state message.
+        match self
+            .outbox
+            .push(&link.topics().state(sensor), &payload)
+            .and_then(|_| self.outbox.flush())
+        {
+            Ok(()) => link.wake(),
             Err(e) => tracing::error!(sensor, "queueing the heart-rate message failed: {e}"),
         }
     }

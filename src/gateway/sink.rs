@@ -61,7 +61,11 @@ pub(super) async fn sink_task(
         per_sensor: BTreeMap::new(),
     };
     let mut group: Vec<ScoredWindow> = Vec::new();
+    // A write or flush failure (a full disk) is said once on the error topic per streak.
+    let mut failing = false;
     while let Some(first) = rx.recv().await {
+        let mut last_seq = 0u64;
+        let mut write_failed: Option<String> = None;
         // Group commit: store every window that is ready and queue its state message in the
         // outbox, flush sled once, then let the MQTT link publish. A window whose state
         // message left the gateway is therefore on disk, and a state message is never lost
@@ -90,15 +94,22 @@ pub(super) async fn sink_task(
                 model: (!sw.scores.is_empty()).then(|| sw.model.to_string()),
                 labels: Vec::new(),
             };
-            if let Err(e) = store.put(&rec) {
-                tracing::error!(sensor = %rec.sensor, "storing window {} failed: {e}", rec.window.index);
-            }
             let msg = state_message(sw, &heads);
-            let payload = serde_json::to_vec(&msg).expect("state message serialises");
-            match outbox.push(&link.topics().state(&msg.sensor), &payload) {
-                Ok(_) => rep.published += 1,
-                Err(e) => {
-                    tracing::error!(sensor = %msg.sensor, "queueing the state message failed: {e}")
+            // Stored before announced: a window that could not be stored is not announced.
+            if let Err(e) = store.put(&rec) {
+                tracing::error!(sensor = %rec.sensor, "storing window {} failed (not announced): {e}", rec.window.index);
+                write_failed = Some(e.to_string());
+            } else {
+                let payload = serde_json::to_vec(&msg).expect("state message serialises");
+                match outbox.push(&link.topics().state(&msg.sensor), &payload) {
+                    Ok(seq) => {
+                        rep.published += 1;
+                        last_seq = seq;
+                    }
+                    Err(e) => {
+                        tracing::error!(sensor = %msg.sensor, "queueing the state message failed: {e}");
+                        write_failed = Some(e.to_string());
+                    }
                 }
             }
             if let Some(obs) = &observer {
@@ -123,10 +134,28 @@ pub(super) async fn sink_task(
         {
             let store = store.clone();
             match tokio::task::spawn_blocking(move || store.flush()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!("flushing the store failed: {e}"),
+                // Only now may the link publish this group's messages.
+                Ok(Ok(_)) => outbox.mark_durable(last_seq),
+                Ok(Err(e)) => {
+                    tracing::error!("flushing the store failed (this group is not announced until a later flush succeeds): {e}");
+                    write_failed = Some(e.to_string());
+                }
                 Err(e) => tracing::error!("flushing the store failed: {e}"),
             }
+        }
+        match (write_failed, failing) {
+            (Some(e), false) => {
+                failing = true;
+                let msg = serde_json::json!({"topic": null, "field": null, "error": format!(
+                    "the window store cannot be written ({e}): windows are neither stored nor announced until it can (is the disk full?)"
+                )});
+                link.send(link.topics().error(), msg.to_string().into_bytes());
+            }
+            (None, true) => {
+                failing = false;
+                tracing::info!("the window store can be written again");
+            }
+            _ => {}
         }
         link.wake();
     }

@@ -507,7 +507,7 @@ impl Pump {
         if busy >= MAX_INFLIGHT {
             return;
         }
-        match self.outbox.after(c.cursor, MAX_INFLIGHT - busy) {
+        match self.outbox.durable_after(c.cursor, MAX_INFLIGHT - busy) {
             Ok(msgs) => {
                 for m in msgs {
                     if client

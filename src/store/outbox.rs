@@ -6,6 +6,11 @@
 //! Keys are a global sequence number (big-endian u64), so iteration order is publish order —
 //! in particular, per-sensor order is kept. The outbox is bounded (`cap` messages): when full,
 //! the oldest message is dropped and counted; the window itself stays in the store.
+//!
+//! "Stored before announced" holds through a full disk: the link publishes only messages up to
+//! the *durable* mark ([`Outbox::durable_after`]), which the writer advances
+//! ([`Outbox::mark_durable`]) only after a flush that succeeded. A message written to sled's
+//! memory but never made durable (the disk was full) is never announced.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,6 +23,8 @@ pub struct Outbox {
     next: std::sync::Arc<AtomicU64>,
     cap: u64,
     dropped: std::sync::Arc<AtomicU64>,
+    /// Highest sequence number known to be on disk.
+    durable: std::sync::Arc<AtomicU64>,
     path: std::path::PathBuf,
 }
 
@@ -59,6 +66,8 @@ impl Outbox {
             next: std::sync::Arc::new(AtomicU64::new(next)),
             cap: cap.max(1),
             dropped: std::sync::Arc::new(AtomicU64::new(0)),
+            // Whatever was read back from disk is durable.
+            durable: std::sync::Arc::new(AtomicU64::new(next - 1)),
             path: path.to_path_buf(),
         })
     }
@@ -119,6 +128,23 @@ impl Outbox {
         Ok(out)
     }
 
+    /// [`after`](Self::after), limited to messages up to the durable mark: what may be
+    /// published.
+    pub fn durable_after(&self, after: u64, limit: usize) -> Result<Vec<OutMsg>, StoreError> {
+        let upto = self.durable.load(Ordering::SeqCst);
+        if after >= upto {
+            return Ok(Vec::new());
+        }
+        let mut out = self.after(after, limit)?;
+        out.retain(|m| m.seq <= upto);
+        Ok(out)
+    }
+
+    /// Everything pushed up to `seq` is on disk (call after a flush that succeeded).
+    pub fn mark_durable(&self, seq: u64) {
+        self.durable.fetch_max(seq, Ordering::SeqCst);
+    }
+
     /// The broker acknowledged `seq`.
     pub fn remove(&self, seq: u64) -> Result<(), StoreError> {
         self.tree
@@ -141,8 +167,11 @@ impl Outbox {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Write to disk (the gateway flushes the whole database; this is for tests/tools).
+    /// Write to disk and, if that worked, mark everything pushed so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.tree.flush().map(|_| ()).map_err(|e| self.err(e))
+        let upto = self.next.load(Ordering::SeqCst).saturating_sub(1);
+        self.tree.flush().map(|_| ()).map_err(|e| self.err(e))?;
+        self.mark_durable(upto);
+        Ok(())
     }
 }

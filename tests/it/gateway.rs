@@ -609,3 +609,79 @@ async fn retained_reload_is_refused_and_sigterm_stops_a_reloading_gateway() {
     );
     assert!(out.status.success(), "exit {:?}\n{err}", out.status);
 }
+
+/// Stored before announced, on a full disk. The store sits on a 2 MiB tmpfs that the replay
+/// fills: every state message the broker received is for a window that is in the store once
+/// space returns (32 windows were published but never stored before the fix), and the gateway
+/// says on the error topic that the store cannot be written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_never_announces_a_window_it_did_not_store() {
+    let Some(file) = polar_file() else {
+        return;
+    };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let Some(fs) = crate::util::Tmpfs::mount(&store_dir, "2m") else {
+        return;
+    };
+    let mut cfg = config_for(broker.port, &store_dir, &file, true, "gwfull");
+    cfg.mqtt.discovery = false;
+    let rx = Recorder::start(broker.port, &["affectgate/gwfull/#"]).await;
+    let report = GatewayBuilder::new(cfg)
+        .run(async {
+            // Until the disk has been full for a while.
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < Duration::from_secs(60)
+                && !rx
+                    .on("affectgate/gwfull/error")
+                    .iter()
+                    .any(|m| String::from_utf8_lossy(&m.payload).contains("cannot be written"))
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        })
+        .await;
+    let _ = report;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let announced: Vec<StateMessage> = rx
+        .on("affectgate/gwfull/polar/state")
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    assert!(!announced.is_empty());
+    // Space returns: the store opens and holds every announced window.
+    fs.resize("64m");
+    let store = Store::open(&store_dir, Retention::KEEP_ALL).expect("store reopens");
+    let stored: std::collections::BTreeSet<i64> = store
+        .range("polar", i64::MIN, i64::MAX)
+        .filter_map(|r| r.ok())
+        .map(|r| r.window.start_ns / 1_000_000)
+        .collect();
+    let missing: Vec<u64> = announced
+        .iter()
+        .filter(|s| !stored.contains(&s.window_start_ms))
+        .map(|s| s.window)
+        .collect();
+    eprintln!(
+        "{} windows announced, {} stored, announced but not stored: {missing:?}",
+        announced.len(),
+        stored.len()
+    );
+    assert!(missing.is_empty(), "announced but not stored: {missing:?}");
+    assert!(
+        stored.len() < 1000,
+        "a 2 MiB store holding {} windows never filled",
+        stored.len()
+    );
+    let errors = rx.on("affectgate/gwfull/error");
+    assert!(
+        errors
+            .iter()
+            .any(|m| String::from_utf8_lossy(&m.payload).contains("cannot be written")),
+        "the full disk was not said on the error topic: {errors:?}"
+    );
+}

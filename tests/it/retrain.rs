@@ -1,9 +1,10 @@
 //! On-gateway retraining: the model registry and the serving model's hot swap.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::util::shared_data;
+use crate::util::Tmpfs;
 use affectgate::config::{Config, SensorConfig, SourceConfig};
 use affectgate::gateway::{GatewayBuilder, Observed};
 use affectgate::model::onnx::export_onnx;
@@ -535,44 +536,6 @@ async fn a_round_killed_mid_way_resumes_from_its_checkpoint() {
         !work.exists(),
         "the work directory is cleared after the round"
     );
-}
-
-/// A tmpfs mount for the duration of a test (unmounted on drop).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// `None` (the test says why and skips) where this user may not mount.
-    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!(
-                "SKIP: cannot mount a tmpfs at {} (needs root)",
-                at.display()
-            );
-            return None;
-        }
-        Some(Tmpfs(at.to_path_buf()))
-    }
-
-    fn resize(&self, size: &str) {
-        let st = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
 }
 
 /// A full disk, then an out-of-memory, each end the round with a clear published reason —
