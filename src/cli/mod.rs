@@ -453,14 +453,8 @@ fn score(
     features: &[Option<[f64; 3]>],
 ) -> Result<Vec<Option<Vec<f32>>>> {
     let fused = !model.feature_names().is_empty();
-    if fused && model.feature_names() != affectgate::model::WEARER_FEATURES {
-        bail!(
-            "{} reads the features {:?}; this version computes {:?}",
-            model.source(),
-            model.feature_names(),
-            affectgate::model::WEARER_FEATURES
-        );
-    }
+    affectgate::model::check_feature_names(model.feature_names())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", model.source()))?;
     let idx: Vec<usize> = (0..windows.len())
         .filter(|&i| !fused || features[i].is_some())
         .collect();

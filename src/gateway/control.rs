@@ -107,9 +107,8 @@ pub(super) async fn input_task(
                 match error {
                     None => tracing::info!(topic, "retraining round requested"),
                     Some(error) => {
-                        let msg =
-                            serde_json::json!({"topic": topic, "field": null, "error": error});
-                        link.send(link.topics().error(), msg.to_string().into_bytes());
+                        let msg = inputs::error_json(Some(&topic), None, error);
+                        link.send(link.topics().error(), msg.into_bytes());
                         tracing::warn!(topic, "{error}");
                     }
                 }

@@ -230,7 +230,7 @@ impl GatewayBuilder {
                 (model, version)
             }
         };
-        if let Err(reason) = scorer::check_features(&model) {
+        if let Err(reason) = crate::model::check_feature_names(model.feature_names()) {
             return Err(GatewayError::Task(format!("model {version}: {reason}")));
         }
         tracing::info!(model = %version, heads = ?model.head_names(), features = ?model.feature_names(), backend = ?model.backend(), "model loaded");

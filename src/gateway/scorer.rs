@@ -92,7 +92,7 @@ pub(super) async fn watch_registry(
                 }
             }
         };
-        if let Err(e) = check_features(&model) {
+        if let Err(e) = crate::model::check_feature_names(model.feature_names()) {
             tracing::error!(model = %want, "not swapping in the registry's model: {e}");
             serving = want;
             continue;
@@ -114,20 +114,6 @@ pub(super) fn wearer_features(w: &ProcessedWindow) -> [f32; 3] {
             .relative([h.hr_bpm, h.rmssd_ms, h.sdnn_ms])
             .map(|v| v as f32),
         _ => [0.0; 3],
-    }
-}
-
-/// Whether this gateway can feed `model`: an ECG-only model, or a fused one reading exactly
-/// the [`WEARER_FEATURES`](crate::model::WEARER_FEATURES).
-pub(super) fn check_features(model: &Model) -> Result<(), String> {
-    let f = model.feature_names();
-    if f.is_empty() || f == crate::model::WEARER_FEATURES {
-        Ok(())
-    } else {
-        Err(format!(
-            "the model reads the features {f:?}; this gateway computes {:?} (a model from a newer version?)",
-            crate::model::WEARER_FEATURES
-        ))
     }
 }
 

@@ -146,10 +146,10 @@ pub(super) async fn sink_task(
         match (write_failed, failing) {
             (Some(e), false) => {
                 failing = true;
-                let msg = serde_json::json!({"topic": null, "field": null, "error": format!(
+                let msg = crate::mqtt::inputs::error_json(None, None, &format!(
                     "the window store cannot be written ({e}): windows are neither stored nor announced until it can (is the disk full?)"
-                )});
-                link.send(link.topics().error(), msg.to_string().into_bytes());
+                ));
+                link.send(link.topics().error(), msg.into_bytes());
             }
             (None, true) => {
                 failing = false;

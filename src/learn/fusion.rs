@@ -4,11 +4,12 @@
 //! baselines in [`super::baseline`]: does the encoder's embedding add anything to heart rate
 //! and HRV expressed relative to the wearer? Arms:
 //!
-//! - `ssl`: the paper's arm — a logistic head on the frozen encoder's embedding;
+//! - `ssl`: the paper's frozen-encoder arm with a linear head on the embedding;
 //! - `ssl_relative`: the embedding relative to the wearer (per dimension, robust z-score over
 //!   the wearer's good windows, no labels), as the physiology is;
-//! - `fused`: wearer-relative HR/RMSSD/SDNN plus the wearer-relative embedding, with the
-//!   embedding's coefficients penalised harder than the physiology's (regularised fusion).
+//! - `fused`: the embedding plus wearer-relative HR/RMSSD/SDNN, the embedding's coefficients
+//!   penalised far harder than the physiology's (regularised fusion) — the shipped design;
+//! - `fused_relative`: the same with the wearer-relative embedding.
 
 use super::baseline::{
     loso_probabilities_l2, wearer_relative, window_physio, Logistic, WindowPhysio,

@@ -35,6 +35,18 @@ pub const FEATURES_NAME: &str = "features";
 /// (1.4826 × MAD), see `dsp::WearerBaseline`. While a wearer is still calibrating (no
 /// baseline yet) the gateway feeds 0, "at the wearer's usual", and says `calibrating`.
 pub const WEARER_FEATURES: [&str; 3] = ["hr_relative", "rmssd_relative", "sdnn_relative"];
+
+/// Whether this version can feed a model reading `features`: none (ECG only) or exactly the
+/// [`WEARER_FEATURES`]. The error says what the model wants.
+pub fn check_feature_names(features: &[String]) -> Result<(), String> {
+    if features.is_empty() || features == WEARER_FEATURES {
+        Ok(())
+    } else {
+        Err(format!(
+            "the model reads the features {features:?}; this version computes {WEARER_FEATURES:?} (a model from a newer version?)"
+        ))
+    }
+}
 /// Name of the extra graph output holding the encoder embedding `[N, 128]`.
 pub const EMBEDDING_NAME: &str = "embedding";
 /// Lowercase hex SHA-256 of `bytes` (model cards, release manifests).

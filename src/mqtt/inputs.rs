@@ -280,16 +280,22 @@ impl InputError {
     /// Payload for `affectgate/<gateway>/error`:
     /// `{"topic": "...", "field": "..." | null, "error": "<message>"}`.
     pub fn to_json(&self) -> String {
-        // Written by hand rather than with `json!` so the keys keep this order (serde_json's
-        // map sorts them); each value is still escaped by serde_json.
-        let enc = |s: &str| Value::String(s.to_string()).to_string();
-        format!(
-            r#"{{"topic":{},"field":{},"error":{}}}"#,
-            enc(self.topic()),
-            self.field().map_or_else(|| "null".to_string(), enc),
-            enc(&self.message())
-        )
+        error_json(Some(self.topic()), self.field(), &self.message())
     }
+}
+
+/// The one payload of `affectgate/<gateway>/error`, for rejected inputs and for every other
+/// problem the gateway reports there: `{"topic": …|null, "field": …|null, "error": "…"}`.
+/// Written by hand rather than with `json!` so the keys keep this order (serde_json's map
+/// sorts them); each value is still escaped by serde_json.
+pub fn error_json(topic: Option<&str>, field: Option<&str>, error: &str) -> String {
+    let enc = |s: &str| Value::String(s.to_string()).to_string();
+    format!(
+        r#"{{"topic":{},"field":{},"error":{}}}"#,
+        topic.map_or_else(|| "null".to_string(), enc),
+        field.map_or_else(|| "null".to_string(), enc),
+        enc(error)
+    )
 }
 
 impl fmt::Display for InputError {

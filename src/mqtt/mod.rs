@@ -627,8 +627,8 @@ impl Pump {
                             // not be retried 3× a second for ever.
                             acked_connect = true;
                             if let Some(why) = poisoned.take() {
-                                let msg = serde_json::json!({"topic": null, "field": null, "error": why});
-                                self.request(&client, &mut c, &self.topics.error(), msg.to_string().into_bytes(), false);
+                                let msg = inputs::error_json(None, None, &why);
+                                self.request(&client, &mut c, &self.topics.error(), msg.into_bytes(), false);
                             }
                             self.counters.connects.fetch_add(1, Ordering::Relaxed);
                             if reported_down {
@@ -678,12 +678,8 @@ impl Pump {
                                 // Answered like any rejected input, so a sender (a dashboard
                                 // button, a script) learns to send it again.
                                 tracing::warn!(topic = %p.topic, "input queue full: message dropped and answered on the error topic");
-                                let msg = serde_json::json!({
-                                    "topic": p.topic,
-                                    "field": null,
-                                    "error": format!("input queue full ({INPUT_QUEUE} messages waiting): this message was dropped, nothing was applied; send it again"),
-                                });
-                                self.request(&client, &mut c, &self.topics.error(), msg.to_string().into_bytes(), false);
+                                let msg = inputs::error_json(Some(&p.topic), None, &format!("input queue full ({INPUT_QUEUE} messages waiting): this message was dropped, nothing was applied; send it again"));
+                                self.request(&client, &mut c, &self.topics.error(), msg.into_bytes(), false);
                             }
                         }
                         Ok(_) => {}

@@ -297,7 +297,8 @@ fn rand_suffix() -> u64 {
 pub struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    /// `None` (the test says why and skips) where this user may not mount.
+    /// `None` (after a `SKIP:` line) where this user may not mount; a failure instead with
+    /// `AFFECTGATE_REQUIRE_TMPFS=1` (set by `.ci/run` when it runs as root).
     pub fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(at).unwrap();
         let ok = std::process::Command::new("mount")
@@ -306,9 +307,9 @@ impl Tmpfs {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            eprintln!(
-                "SKIP: cannot mount a tmpfs at {} (needs root)",
-                at.display()
+            missing(
+                &format!("cannot mount a tmpfs at {} (needs root)", at.display()),
+                "AFFECTGATE_REQUIRE_TMPFS",
             );
             return None;
         }
