@@ -33,6 +33,16 @@ pub const DEFAULT_CONFIG: &str = include_str!("../plugin.toml");
 /// Version of the configuration schema this build reads (`plugin.config_schema`).
 pub const CONFIG_SCHEMA: u32 = 1;
 
+/// Most `[[sensors]]` one gateway accepts. Far above what one gateway can serve, far below
+/// what breaks it: one desktop core scores ≈ 500 real-time straps (BENCHMARKS.md; a
+/// Raspberry Pi core roughly a third of that) and a Pi's Bluetooth adapter holds 7–10
+/// connections, while every sensor costs a source and a DSP task, up to a few hundred KiB of
+/// queued signal and windows, and seven retained discovery messages. A config of 10 000
+/// sensors (a generated one, a paste gone wrong) started, announced 70 000 discovery
+/// messages and could not be stopped within systemd's time; it is refused here instead,
+/// naming the key. More straps: more gateways, each with its own `gateway.id`.
+pub const MAX_SENSORS: usize = 256;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
@@ -174,6 +184,15 @@ impl Config {
                 "gateway.id".into(),
                 format!("{:?}", self.gateway.id),
                 "use letters, digits, '_' and '-' only (it is part of MQTT topics)".into(),
+            ));
+        }
+        if self.sensors.len() > MAX_SENSORS {
+            return Err(bad(
+                "sensors".into(),
+                format!("[{} tables]", self.sensors.len()),
+                format!(
+                    "at most {MAX_SENSORS} sensors per gateway (one gateway scores ≈ 500 straps per desktop core, a Raspberry Pi's Bluetooth adapter holds 7–10); run more gateways, each with its own gateway.id, and split the sensors between them"
+                ),
             ));
         }
         let mut seen = HashSet::new();

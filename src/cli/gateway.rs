@@ -122,11 +122,15 @@ pub fn run(a: RunArgs) -> Result<()> {
         tracing::info!(config = %a.config.display(), "reloading the configuration");
     };
     print_report(&report);
-    let failed: Vec<_> = report
-        .sensors
-        .iter()
-        .filter_map(|(id, r)| r.error.as_ref().map(|e| format!("{id}: {e}")))
-        .collect();
+    let failed = report.failures();
+    if report.all_sensors_failed() {
+        bail!(
+            "every configured sensor failed, so nothing could produce data ({}):\n  {}\nFix what each line names in {} (a recording's path, the Bluetooth adapter, the sensor's settings) and start the gateway again",
+            failed.len(),
+            failed.join("\n  "),
+            a.config.display()
+        );
+    }
     if !failed.is_empty() {
         bail!(
             "{} sensor(s) failed:\n  {}",

@@ -4,11 +4,23 @@
 //!
 //! The wearer baseline lives here, before the scorer, because a fused model reads the
 //! wearer-relative features as an input: the scorer must know them when it runs the model.
+//!
+//! [`wait_sensors`] watches the sensors end. A source returns an error only when it can never
+//! deliver again (a recording that cannot be read, no Bluetooth adapter; a strap out of range
+//! is retried inside the source for ever), and a DSP task only when the signal cannot be
+//! processed at all, so a sensor that ends with an error has failed for good: that is said
+//! when it happens, on the log and the error topic, not only in the report at exit. When
+//! every configured sensor has failed, nothing can produce data any more: the run ends
+//! (shut down in order like any other end) and the caller exits non-zero.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
+use tokio::task::{JoinError, JoinHandle};
 
+use super::scorer;
 use super::sensor::{BeatSummary, HrSummary, ProcessedWindow, SensorPipeline};
 use super::*;
 use crate::dsp::{BaselineConfig, BaselineTracker};
@@ -97,6 +109,8 @@ impl WearerState {
     }
 }
 
+// One argument per collaborator, as in `control::input_task`.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn sensor_task(
     mut pipe: SensorPipeline,
     mut rx: mpsc::Receiver<SourceEvent>,
@@ -104,13 +118,21 @@ pub(super) async fn sensor_task(
     link: Arc<MqttLink>,
     hr: HrPublisher,
     mut wearer: WearerState,
+    stop: CancellationToken,
 ) -> SensorReport {
     let avail = link.topics().availability(pipe.sensor());
-    let rep = sensor_loop(&mut pipe, &mut rx, &tx, &link, &avail, &hr, &mut wearer).await;
+    let rep = sensor_loop(&mut pipe, &mut rx, &tx, &link, &avail, &hr, &mut wearer, &stop).await;
     link.retain(avail, b"offline".to_vec());
     rep
 }
 
+/// A stopping run drains what its sources had queued (the last seconds of signal may
+/// complete a window), but not for longer than the scorer scores after a stop
+/// ([`scorer::SHUTDOWN_SCORING`]): a gateway far behind its sensors has many seconds of
+/// signal queued per sensor (a paced source that was held back catches up in one block), and
+/// cutting all of it into windows made a 10 000-sensor shutdown store 25 000 windows.
+/// Blocks after that are dropped, counted in the log.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn sensor_loop(
     pipe: &mut SensorPipeline,
     rx: &mut mpsc::Receiver<SourceEvent>,
@@ -119,11 +141,21 @@ pub(super) async fn sensor_loop(
     avail: &str,
     hr: &HrPublisher,
     wearer: &mut WearerState,
+    stop: &CancellationToken,
 ) -> SensorReport {
     let mut rep = SensorReport::default();
     let mut out = Vec::new();
     let mut beats = BeatSummary::new(hr.period_ns);
+    let mut stopping: Option<std::time::Instant> = None;
+    let mut dropped = 0u64;
     while let Some(ev) = rx.recv().await {
+        if stop.is_cancelled() {
+            let since = *stopping.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= scorer::SHUTDOWN_SCORING {
+                dropped += 1;
+                continue;
+            }
+        }
         match ev {
             SourceEvent::Beats(b) => {
                 if let Some(s) = beats.push(&b) {
@@ -165,5 +197,108 @@ pub(super) async fn sensor_loop(
             }
         }
     }
+    if dropped > 0 {
+        tracing::info!(sensor = %pipe.sensor(), dropped, "shutdown: queued source events left unprocessed");
+    }
     rep
+}
+
+/// A running sensor: its source task and its DSP task.
+pub(super) struct RunningSensor {
+    pub(super) id: String,
+    pub(super) source: JoinHandle<Result<(), SourceError>>,
+    pub(super) dsp: JoinHandle<SensorReport>,
+}
+
+/// What a sensor's two tasks ended with, as one report.
+fn sensor_report(
+    src: Result<Result<(), SourceError>, JoinError>,
+    dsp: Result<SensorReport, JoinError>,
+) -> SensorReport {
+    let mut rep = dsp.unwrap_or_else(|e| SensorReport {
+        error: Some(format!("sensor task panicked: {e}")),
+        ..Default::default()
+    });
+    match src {
+        Ok(Ok(())) | Ok(Err(SourceError::Closed { .. })) => {}
+        Ok(Err(e)) => rep.error = Some(e.to_string()),
+        Err(e) => rep.error = Some(format!("source task panicked: {e}")),
+    }
+    rep
+}
+
+/// Wait until every sensor has ended, in whatever order they do (all at once: a shutdown of
+/// thousands of sensors must not join them one after the other), and return their reports.
+/// A failure is said when it happens (see the module docs); so is the end of the last
+/// working sensor when all have failed.
+pub(super) async fn wait_sensors(
+    sensors: Vec<RunningSensor>,
+    link: &MqttLink,
+) -> BTreeMap<String, SensorReport> {
+    let total = sensors.len();
+    let mut running: FuturesUnordered<_> = sensors
+        .into_iter()
+        .map(|s| async move {
+            // The source ends first (its queue closes), then the DSP task drains it.
+            let src = s.source.await;
+            let dsp = s.dsp.await;
+            (s.id, sensor_report(src, dsp))
+        })
+        .collect();
+    let mut reports = BTreeMap::new();
+    let mut failed = 0usize;
+    while let Some((id, rep)) = running.next().await {
+        if let Some(e) = &rep.error {
+            failed += 1;
+            let left = total - reports.len() - 1;
+            tracing::error!(sensor = %id, "sensor failed and stopped: {e}");
+            let msg = match left {
+                0 => format!("{e}. This sensor has stopped."),
+                n => format!("{e}. This sensor has stopped; {n} other(s) still run."),
+            };
+            link.send(
+                link.topics().error(),
+                inputs::error_json(None, None, &msg).into_bytes(),
+            );
+        }
+        reports.insert(id, rep);
+    }
+    if total > 0 && failed == total {
+        let msg = all_failed_message(&reports);
+        tracing::error!("{msg}");
+        link.send(
+            link.topics().error(),
+            inputs::error_json(None, None, &msg).into_bytes(),
+        );
+    }
+    reports
+}
+
+impl RunReport {
+    /// `sensor: error` of every sensor that failed.
+    pub fn failures(&self) -> Vec<String> {
+        self.sensors
+            .iter()
+            .filter_map(|(id, r)| r.error.as_ref().map(|e| format!("{id}: {e}")))
+            .collect()
+    }
+
+    /// Every configured sensor failed for good: nothing could produce data, the run ended
+    /// by itself, and restarting the same configuration would fail the same way.
+    pub fn all_sensors_failed(&self) -> bool {
+        !self.sensors.is_empty() && self.sensors.values().all(|r| r.error.is_some())
+    }
+}
+
+/// What the gateway says when every configured sensor has failed.
+fn all_failed_message(reports: &BTreeMap<String, SensorReport>) -> String {
+    let list: Vec<String> = reports
+        .iter()
+        .filter_map(|(id, r)| r.error.as_ref().map(|e| format!("{id}: {e}")))
+        .collect();
+    format!(
+        "every configured sensor has failed ({}), so nothing can produce data: the gateway stops. Fix what each error names (a recording's path, the Bluetooth adapter, the sensor's settings) and start it again. {}",
+        list.len(),
+        list.join(" | ")
+    )
 }

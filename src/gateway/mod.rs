@@ -17,7 +17,8 @@
 //!   CPU-heavy step (milliseconds per window) and must not block the async workers that keep
 //!   BLE and MQTT alive.
 //! * A window is stored **before** it is published: the store is the record, MQTT a view.
-//! * Shutdown ([`GatewayBuilder::run`]'s `shutdown` future, or all finite sources ending):
+//! * Shutdown ([`GatewayBuilder::run`]'s `shutdown` future, or every sensor ending — finite
+//!   sources done, or sensors failed for good, which [`RunReport::all_sensors_failed`] tells):
 //!   cancel the sources → each sensor task drains its queue and exits → the scorer drains and
 //!   exits → the sink stores and publishes the last windows → sled is flushed → `offline` is
 //!   published (retained) once the broker acknowledged everything → disconnect.
@@ -30,7 +31,7 @@ mod sink;
 
 pub use control::label_windows;
 use control::{announce_discovery, input_task};
-use ingest::{sensor_task, HrPublisher, WearerState};
+use ingest::{sensor_task, wait_sensors, HrPublisher, RunningSensor, WearerState};
 use scorer::{load_registered, scorer_loop, watch_registry};
 use sink::sink_task;
 pub use sink::state_message;
@@ -309,8 +310,13 @@ impl GatewayBuilder {
                 link.clone(),
                 hr_pub.clone(),
                 WearerState::restore(store.clone(), &id, cfg.baseline.clone()),
+                stop.clone(),
             ));
-            sensor_tasks.push((id, src_task, dsp_task));
+            sensor_tasks.push(RunningSensor {
+                id,
+                source: src_task,
+                dsp: dsp_task,
+            });
         }
         drop(win_tx);
 
@@ -320,7 +326,10 @@ impl GatewayBuilder {
         let scorer_version: Arc<str> = Arc::from(version.as_str());
         let scorer = std::thread::Builder::new()
             .name("affectgate-scorer".into())
-            .spawn(move || scorer_loop(model, scorer_version, win_rx, scored_tx, swap_rx))
+            .spawn({
+                let stop = stop.clone();
+                move || scorer_loop(model, scorer_version, win_rx, scored_tx, swap_rx, stop)
+            })
             .map_err(|e| GatewayError::Task(e.to_string()))?;
         // Registry watcher: a promotion or rollback (by a retraining round or `affectgate
         // model`) is loaded here, completely, and only then handed to the scorer.
@@ -389,20 +398,12 @@ impl GatewayBuilder {
             self.observer.take(),
         ));
 
-        // Wait for a shutdown request or for every sensor to end on its own.
-        let mut reports: BTreeMap<String, SensorReport> = BTreeMap::new();
-        let all_done = async {
-            let mut out = Vec::new();
-            for (id, src_task, dsp_task) in sensor_tasks.drain(..) {
-                let src_res = src_task.await;
-                let dsp_res = dsp_task.await;
-                out.push((id, src_res, dsp_res));
-            }
-            out
-        };
+        // Wait for a shutdown request or for every sensor to end on its own (finished, or
+        // failed for good: see `ingest::wait_sensors`).
+        let all_done = wait_sensors(sensor_tasks, &link);
         tokio::pin!(all_done);
         tokio::pin!(shutdown);
-        let finished = tokio::select! {
+        let mut reports = tokio::select! {
             r = &mut all_done => r,
             _ = &mut shutdown => {
                 tracing::info!("shutting down: stopping sources, draining windows");
@@ -422,21 +423,6 @@ impl GatewayBuilder {
             // The scheduler stops a running round at once (it resumes from its checkpoint at
             // the next start) and returns.
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-        }
-        for (id, src_res, dsp_res) in finished {
-            let mut rep = dsp_res.unwrap_or_else(|e| SensorReport {
-                error: Some(format!("sensor task panicked: {e}")),
-                ..Default::default()
-            });
-            match src_res {
-                Ok(Ok(())) | Ok(Err(SourceError::Closed { .. })) => {}
-                Ok(Err(e)) => {
-                    tracing::error!("{e}");
-                    rep.error = Some(e.to_string());
-                }
-                Err(e) => rep.error = Some(format!("source task panicked: {e}")),
-            }
-            reports.insert(id, rep);
         }
         // The sensor tasks dropped their window senders: the scorer drains and ends, then
         // the sink drains and ends.

@@ -117,6 +117,33 @@ pub(super) fn wearer_features(w: &ProcessedWindow) -> [f32; 3] {
     }
 }
 
+/// How long the scorer keeps scoring once the run is stopping. Shutdown drains every window
+/// already cut through the scorer, the sink and the store, so nothing measured is lost; but a
+/// gateway far beyond what its scorer keeps up with (10 000 configured sensors: a window
+/// pending in front of the scorer for almost every one) had minutes of inference to drain
+/// and ignored SIGTERM for over four minutes (docs/RELIABILITY.md §6). After this grace the
+/// rest pass through unscored: stored and announced like any window (HR/HRV, quality),
+/// their scores `null`, counted and logged. A gateway that keeps up drains in milliseconds
+/// and never gets here.
+pub const SHUTDOWN_SCORING: Duration = Duration::from_secs(2);
+
+/// Most windows one inference call takes. Both backends lower each 1-D convolution to a
+/// matrix product over an im2col copy of its input — 10.5 MB per window at the second layer
+/// (32 channels × 32 taps × 2560 samples × 4 B) — so a call of 32 windows (a full batch, which
+/// a busy gateway makes all the time) allocated ≈ 335 MB of scratch at once: 64 replayed
+/// sensors swung the gateway between 370 and 850 MiB RSS (docs/RELIABILITY.md §6). Calls of
+/// 32 buy tract nothing (13.8 ms per window at 1, 15.0 at 32, BENCHMARKS.md) and ONNX Runtime
+/// some (5.9 → 4.1 ms); 4 keep the scratch near 42 MB. The scorer still *takes* up to
+/// [`MAX_BATCH`] windows at a time; only the calls are smaller.
+pub const INFER_CHUNK: usize = 4;
+
+/// Windows in the next inference call when `left` are waiting: the largest power of two not
+/// above `left` or [`INFER_CHUNK`].
+pub(super) fn infer_chunk(left: usize) -> usize {
+    let pow2 = 1usize << (usize::BITS - 1 - left.max(1).leading_zeros());
+    pow2.min(INFER_CHUNK)
+}
+
 /// The scorer thread. New models arrive on `swap` already loaded; one is taken only between
 /// batches, so a window is scored entirely by one model and none is dropped by a swap.
 pub(super) fn scorer_loop(
@@ -125,7 +152,12 @@ pub(super) fn scorer_loop(
     mut rx: mpsc::Receiver<ProcessedWindow>,
     tx: mpsc::Sender<ScoredWindow>,
     swap: std::sync::mpsc::Receiver<(Model, String)>,
+    stop: CancellationToken,
 ) {
+    // When the scorer first saw the run stopping, and what it passed on unscored since
+    // (see SHUTDOWN_SCORING).
+    let mut stopping: Option<std::time::Instant> = None;
+    let mut unscored = 0u64;
     let mut heads: Vec<String> = model.head_names().to_vec();
     let mut batch: Vec<ProcessedWindow> = Vec::with_capacity(MAX_BATCH);
     let mut input: Vec<f32> = Vec::with_capacity(MAX_BATCH * WINDOW_LEN);
@@ -145,6 +177,23 @@ pub(super) fn scorer_loop(
                 Err(_) => break,
             }
         }
+        if stop.is_cancelled() {
+            let since = *stopping.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= SHUTDOWN_SCORING {
+                unscored += batch.len() as u64;
+                for w in batch.drain(..) {
+                    let sw = ScoredWindow {
+                        w,
+                        scores: Vec::new(),
+                        model: version.clone(),
+                    };
+                    if tx.blocking_send(sw).is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+        }
         input.clear();
         features.clear();
         let f = model.feature_names().len();
@@ -159,13 +208,12 @@ pub(super) fn scorer_loop(
             }
         }
         let mut scores: Vec<Vec<(String, f32)>> = vec![Vec::new(); batch.len()];
-        // Run in power-of-two chunks (27 = 16 + 8 + 2 + 1): tract plans and caches per
-        // input shape, so arbitrary batch sizes would keep up to 32 plans alive; this keeps
-        // at most 6, with no padding wasted.
+        // Run in power-of-two chunks of at most INFER_CHUNK windows (27 = 4+4+…+2+1): tract
+        // plans and caches per input shape, so arbitrary sizes would keep up to 32 plans
+        // alive; this keeps at most 3, with no padding wasted.
         let mut done = 0usize;
         while done < idx.len() {
-            let left = idx.len() - done;
-            let n = 1usize << (usize::BITS - 1 - left.leading_zeros());
+            let n = infer_chunk(idx.len() - done);
             let chunk = &input[done * WINDOW_LEN..(done + n) * WINDOW_LEN];
             let fchunk = &features[done * f..(done + n) * f];
             match model.run_with(chunk, fchunk, n) {
@@ -192,5 +240,37 @@ pub(super) fn scorer_loop(
                 return;
             }
         }
+    }
+    if unscored > 0 {
+        tracing::warn!(
+            unscored,
+            "shutdown: windows still waiting {} s after the stop were stored and announced without scores (this gateway has more sensors than its scorer keeps up with)",
+            SHUTDOWN_SCORING.as_secs()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every call is a power of two of at most INFER_CHUNK windows and all windows are
+    /// scored: the scratch one call allocates is bounded, whatever the batch.
+    #[test]
+    fn inference_calls_are_bounded_powers_of_two() {
+        let mut shapes = std::collections::BTreeSet::new();
+        for total in 1..=MAX_BATCH {
+            let (mut done, mut calls) = (0, 0);
+            while done < total {
+                let n = infer_chunk(total - done);
+                assert!(n.is_power_of_two() && n <= INFER_CHUNK, "{total}: {n}");
+                shapes.insert(n);
+                done += n;
+                calls += 1;
+            }
+            assert_eq!(done, total);
+            assert!(calls <= total.div_ceil(INFER_CHUNK) + 2, "{total}: {calls} calls");
+        }
+        assert_eq!(shapes.len(), INFER_CHUNK.trailing_zeros() as usize + 1);
     }
 }

@@ -353,7 +353,7 @@ fn scan_lists_the_simulated_h10_with_its_profiles() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("adapter \"hci9\" not found; available:"),
+        stderr.contains("adapter \"hci9\" not found (available:"),
         "{stderr}"
     );
     assert!(stderr.contains("hci0"), "{stderr}");
@@ -878,8 +878,10 @@ async fn watchdog_reconnects_a_silent_link() {
 }
 
 /// No BlueZ on the bus, or a wrong adapter: `scan` fails with what to do; `run` logs the
-/// error naming the adapter, keeps retrying (bluetoothd may come back) and still shuts down
-/// cleanly.
+/// error naming the adapter, retries for a while (a boot race: bluetoothd or a USB adapter
+/// coming up after the gateway), then gives the sensor up; with no other sensor it stops by
+/// itself, in order (`offline`), exiting 1 with what to fix. (It used to retry for ever,
+/// up and doing nothing.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_bluez_or_adapter_is_a_clear_error_not_a_panic() {
     let out = Command::new(env!("CARGO_BIN_EXE_affectgate"))
@@ -909,28 +911,52 @@ async fn missing_bluez_or_adapter_is_a_clear_error_not_a_panic() {
     );
     let rec = Recorder::start(broker.port, &["affectgate/gwna/#"]).await;
     let log = dir.path().join("gateway.log");
-    let gw = gateway(&sim, &config, &log);
-    // The gateway itself is up (status online) while the sensor keeps failing.
+    let mut gw = gateway(&sim, &config, &log);
+    // The gateway itself is up (status online) while the sensor keeps failing…
     assert!(
         rec.wait_for(Duration::from_secs(20), |m| m.iter().any(|m| m.topic
             == "affectgate/gwna/status"
             && m.payload == b"online"))
             .await
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (code, _) = stop(gw);
+    // …until it gives the sensor up and, with nothing left to run, stops by itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = gw.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = gw.kill();
+            panic!("the gateway kept running with its only sensor's adapter missing (killed)");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let logtext = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(code, 0, "{logtext}");
+    assert_eq!(status.code(), Some(1), "{logtext}");
     assert!(
-        logtext.contains("adapter \"hci9\" not found; available: hci"),
+        logtext.contains("adapter \"hci9\" not found (available: hci"),
         "{logtext}"
     );
     assert!(
         logtext.matches("not found").count() >= 2,
         "retried: {logtext}"
     );
+    assert!(logtext.contains("gave up"), "{logtext}");
+    assert!(
+        logtext.contains("every configured sensor failed"),
+        "{logtext}"
+    );
     assert!(!logtext.contains("panicked"), "{logtext}");
     assert!(rec.on("affectgate/gwna/chest/state").is_empty());
+    assert!(
+        rec.wait_for(Duration::from_secs(10), |m| m
+            .iter()
+            .filter(|m| m.topic == "affectgate/gwna/status")
+            .last()
+            .is_some_and(|m| m.payload == b"offline"))
+            .await,
+        "no `offline` status"
+    );
 }
 
 /// Two straps at once, each in its own task: an H10 streaming ECG (by address) and a

@@ -13,6 +13,7 @@ mod gateway;
 mod gradients;
 mod home_automation;
 mod learning;
+mod limits;
 mod mqtt_security;
 mod onnx_infer;
 mod quality;

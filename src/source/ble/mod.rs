@@ -317,10 +317,22 @@ pub enum BleError {
     NoBluez(String),
     #[error("no Bluetooth adapter found. Check `bluetoothctl list` / `rfkill list`; on a Raspberry Pi enable the radio with `rfkill unblock bluetooth`.")]
     NoAdapter,
-    #[error("adapter {wanted:?} not found; available: {available}")]
+    #[error("adapter {wanted:?} not found (available: {available}); fix `adapter` of this sensor or leave it out for the first one.")]
     AdapterNotFound { wanted: String, available: String },
     #[error("Bluetooth: {0}")]
     Btle(#[from] btleplug::Error),
+}
+
+impl BleError {
+    /// The machine cannot do BLE at all (no BlueZ, no adapter, not the configured one), as
+    /// opposed to this strap not answering: retrying does not mend it for long (see
+    /// `session::SETUP_ATTEMPTS`).
+    pub fn is_setup(&self) -> bool {
+        matches!(
+            self,
+            Self::NoBluez(_) | Self::NoAdapter | Self::AdapterNotFound { .. }
+        )
+    }
 }
 
 #[cfg(test)]

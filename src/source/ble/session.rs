@@ -38,6 +38,15 @@ const WARM_MAX_FRAMES: usize = 64;
 /// Generic GATT ECG: re-anchor (with a gap) when the sample-count clock and the receive clock
 /// disagree by more than this.
 const GENERIC_REANCHOR_NS: i64 = 1_000_000_000;
+/// Consecutive sessions that could not even open the adapter (BlueZ unreachable, no adapter,
+/// the configured `adapter` absent) before the sensor gives up for good. A strap out of range,
+/// a failed connect or a silent link are retried for ever: the strap comes back. A missing
+/// adapter or bluetoothd is a fault of the machine or the config that retrying does not
+/// mend — but for a short while it can be a boot race (bluetoothd starting after the gateway,
+/// a USB dongle enumerating), so it is retried this often first: with the default back-off
+/// (1 s doubling, ±50 %) that is 15–47 s. A sensor that gave up is reported as failed (log,
+/// error topic); when every sensor has failed the gateway stops non-zero (see `gateway`).
+pub(super) const SETUP_ATTEMPTS: u32 = 6;
 
 type Notes = std::pin::Pin<Box<dyn Stream<Item = ValueNotification> + Send>>;
 type Events = std::pin::Pin<Box<dyn Stream<Item = CentralEvent> + Send>>;
@@ -181,6 +190,9 @@ pub(super) async fn run(
         Duration::from_secs_f64(cfg.backoff_max_s),
     );
     let mut attempt = 0u64;
+    // Sessions in a row that failed before reaching the adapter (see SETUP_ATTEMPTS).
+    let mut setup_failures = 0u32;
+    let mut failing_since = Instant::now();
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -195,7 +207,27 @@ pub(super) async fn run(
         let reason = match res {
             Ok(()) => return Ok(()),
             Err(SessionError::Closed) => return Err(SourceError::Closed { sensor }),
-            Err(e) => e.to_string(),
+            Err(SessionError::Ble(e)) if e.is_setup() => {
+                if setup_failures == 0 {
+                    failing_since = Instant::now();
+                }
+                setup_failures += 1;
+                if setup_failures >= SETUP_ATTEMPTS {
+                    return Err(SourceError::Failed {
+                        sensor,
+                        message: format!(
+                            "BLE {}: {e} Still so after {setup_failures} attempts over {:.0} s: gave up, nothing can be received without it. Fix that and start the gateway again.",
+                            cfg.target(),
+                            failing_since.elapsed().as_secs_f64()
+                        ),
+                    });
+                }
+                e.to_string()
+            }
+            Err(e) => {
+                setup_failures = 0;
+                e.to_string()
+            }
         };
         if st.announced {
             st.announced = false;
