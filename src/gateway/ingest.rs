@@ -126,12 +126,54 @@ pub(super) async fn sensor_task(
     rep
 }
 
+/// How long after a stop a sensor task keeps handing windows it has cut to the scorer.
+/// A gateway that keeps up hands over its last window in milliseconds. One far behind its
+/// sensors holds windows in every sensor task (a paced source that was held back catches up
+/// in one block of many seconds): 10 000 synthetic sensors held 25 000 at the stop, and
+/// storing them all took 110 s. What is not handed over by then is dropped — never stored,
+/// never announced — and counted ([`SensorReport::dropped_at_stop`], logged once).
+/// With the scorer's own grace ([`scorer::SHUTDOWN_SCORING`]) and the MQTT close (≤ 7 s),
+/// this keeps a stop within systemd's patience whatever the load.
+pub(super) const DRAIN_BUDGET: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// Hand a window to the scorer: `Ok(true)` when handed over, `Ok(false)` when the stop's
+/// drain budget ran out first, `Err` when the scorer is gone.
+async fn hand_over(
+    tx: &mpsc::Sender<ProcessedWindow>,
+    w: ProcessedWindow,
+    stop: &CancellationToken,
+    stopping: &mut Option<tokio::time::Instant>,
+) -> Result<bool, ()> {
+    loop {
+        let deadline = stopping.map(|t| t + DRAIN_BUDGET);
+        tokio::select! {
+            permit = tx.reserve() => {
+                return match permit {
+                    Ok(p) => {
+                        p.send(w);
+                        Ok(true)
+                    }
+                    Err(_) => Err(()),
+                };
+            }
+            _ = stop.cancelled(), if stopping.is_none() => {
+                *stopping = Some(tokio::time::Instant::now());
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                return Ok(false);
+            }
+        }
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
+}
+
 /// A stopping run drains what its sources had queued (the last seconds of signal may
 /// complete a window), but not for longer than the scorer scores after a stop
-/// ([`scorer::SHUTDOWN_SCORING`]): a gateway far behind its sensors has many seconds of
-/// signal queued per sensor (a paced source that was held back catches up in one block), and
-/// cutting all of it into windows made a 10 000-sensor shutdown store 25 000 windows.
-/// Blocks after that are dropped, counted in the log.
+/// ([`scorer::SHUTDOWN_SCORING`]); queued events after that are left unprocessed. Windows
+/// already cut are handed over for [`DRAIN_BUDGET`].
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn sensor_loop(
     pipe: &mut SensorPipeline,
@@ -146,11 +188,11 @@ pub(super) async fn sensor_loop(
     let mut rep = SensorReport::default();
     let mut out = Vec::new();
     let mut beats = BeatSummary::new(hr.period_ns);
-    let mut stopping: Option<std::time::Instant> = None;
+    let mut stopping: Option<tokio::time::Instant> = None;
     let mut dropped = 0u64;
     while let Some(ev) = rx.recv().await {
         if stop.is_cancelled() {
-            let since = *stopping.get_or_insert_with(std::time::Instant::now);
+            let since = *stopping.get_or_insert_with(tokio::time::Instant::now);
             if since.elapsed() >= scorer::SHUTDOWN_SCORING {
                 dropped += 1;
                 continue;
@@ -192,13 +234,15 @@ pub(super) async fn sensor_loop(
         for mut w in out.drain(..) {
             wearer.describe(&mut w);
             rep.windows += 1;
-            if tx.send(w).await.is_err() {
-                return rep;
+            match hand_over(tx, w, stop, &mut stopping).await {
+                Ok(true) => {}
+                Ok(false) => rep.dropped_at_stop += 1,
+                Err(()) => return rep,
             }
         }
     }
     if dropped > 0 {
-        tracing::info!(sensor = %pipe.sensor(), dropped, "shutdown: queued source events left unprocessed");
+        tracing::debug!(sensor = %pipe.sensor(), dropped, "shutdown: queued source events left unprocessed");
     }
     rep
 }
@@ -262,6 +306,17 @@ pub(super) async fn wait_sensors(
             );
         }
         reports.insert(id, rep);
+    }
+    let dropped: u64 = reports
+        .values()
+        .map(|r: &SensorReport| r.dropped_at_stop)
+        .sum();
+    if dropped > 0 {
+        tracing::warn!(
+            windows = dropped,
+            "shutdown: windows cut but not handed over within {} s of the stop were dropped, not stored (this gateway has more sensors than it keeps up with)",
+            DRAIN_BUDGET.as_secs()
+        );
     }
     if total > 0 && failed == total {
         let msg = all_failed_message(&reports);

@@ -118,6 +118,9 @@ pub struct SensorReport {
     pub flagged: u64,
     /// Heart-rate-only summaries published (sensors without ECG).
     pub hr_summaries: u64,
+    /// Windows cut but dropped at a stop, not stored: the drain budget ran out (a gateway
+    /// far behind its sensors, see `ingest::DRAIN_BUDGET`).
+    pub dropped_at_stop: u64,
     /// The source's error, if it stopped with one.
     pub error: Option<String>,
 }
