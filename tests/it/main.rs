@@ -16,6 +16,7 @@ mod learning;
 mod limits;
 mod mqtt_security;
 mod onnx_infer;
+mod powerloss;
 mod quality;
 mod readers;
 mod retrain;
