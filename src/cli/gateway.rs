@@ -93,6 +93,20 @@ pub enum StoreWhat {
         #[arg(long, short)]
         out: PathBuf,
     },
+    /// Recover every readable window of a damaged store (e.g. one the gateway moved aside as
+    /// `<store>.damaged-<time>`) into a good one. The damaged folder is only read.
+    Salvage {
+        /// The damaged store folder.
+        damaged: PathBuf,
+        /// Where the windows go (created if missing; default: `store.path` of --config). It
+        /// must not be in use: stop the gateway first.
+        #[command(flatten)]
+        into: StoreLocation,
+        /// Do not let the database engine open a copy of the damaged folder (which finds
+        /// windows written before format 2, but needs room for the copy).
+        #[arg(long)]
+        raw_only: bool,
+    },
 }
 
 /// Run a config until SIGINT/SIGTERM (or until every finite source ends).
@@ -122,6 +136,9 @@ pub fn run(a: RunArgs) -> Result<()> {
         tracing::info!(config = %a.config.display(), "reloading the configuration");
     };
     print_report(&report);
+    if let Some(problem) = &report.store_problem {
+        bail!("stopped with the window store failing: {problem}");
+    }
     let failed = report.failures();
     if report.all_sensors_failed() {
         bail!(
@@ -334,7 +351,10 @@ pub fn format_state(m: &StateMessage) -> String {
 }
 
 fn print_report(r: &RunReport) {
-    println!("stopped cleanly. model {}", r.model);
+    match &r.store_problem {
+        None => println!("stopped cleanly. model {}", r.model),
+        Some(_) => println!("stopped, with the window store failing. model {}", r.model),
+    }
     for (id, s) in &r.sensors {
         println!(
             "  {id:<12} windows {:>5}  scored {:>5}  flagged {:>5}{}{}",
@@ -438,11 +458,57 @@ pub fn store(a: StoreArgs) -> Result<()> {
             }
             Ok(())
         }
+        StoreWhat::Salvage {
+            damaged,
+            into,
+            raw_only,
+        } => salvage(&damaged, &into, raw_only),
     }
 }
 
-fn open_store(at: &StoreLocation) -> Result<Store> {
-    let path = match &at.store {
+fn salvage(damaged: &Path, into: &StoreLocation, raw_only: bool) -> Result<()> {
+    if !damaged.is_dir() {
+        bail!("{} is not a store folder", damaged.display());
+    }
+    let path = store_path(into)?;
+    if path.canonicalize().ok() == damaged.canonicalize().ok() {
+        bail!(
+            "{} is both the damaged store and the target: move the damaged folder aside first \
+             (`affectgate run` does that by itself)",
+            damaged.display()
+        );
+    }
+    let retention = match &into.store {
+        Some(_) => Retention::KEEP_ALL,
+        None => Config::load(&into.config)?.store.retention(),
+    };
+    let target = Store::open(&path, retention)?;
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "scanning {bytes}/{total_bytes} [{wide_bar}] {eta}",
+        )
+        .expect("valid template"),
+    );
+    let options = affectgate::store::SalvageOptions::default().with_engine(!raw_only);
+    let report = affectgate::store::salvage(damaged, &target, &options, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+        true
+    })?;
+    bar.finish_and_clear();
+    for note in &report.notes {
+        eprintln!("note: {note}");
+    }
+    println!(
+        "salvaged {} into {}: {report}",
+        damaged.display(),
+        path.display()
+    );
+    Ok(())
+}
+
+fn store_path(at: &StoreLocation) -> Result<PathBuf> {
+    Ok(match &at.store {
         Some(p) => p.clone(),
         None => {
             let cfg = Config::load(&at.config).with_context(|| {
@@ -450,7 +516,11 @@ fn open_store(at: &StoreLocation) -> Result<Store> {
             })?;
             cfg.store.path
         }
-    };
+    })
+}
+
+fn open_store(at: &StoreLocation) -> Result<Store> {
+    let path = store_path(at)?;
     if !path.exists() {
         bail!(
             "store {} does not exist (has the gateway run with this config?)",

@@ -24,12 +24,14 @@
 //!   published (retained) once the broker acknowledged everything → disconnect.
 
 mod control;
+mod health;
 mod ingest;
 mod scorer;
 pub mod sensor;
 mod sink;
 
 pub use control::label_windows;
+pub use health::{StoreState, StoreStatus};
 use control::{announce_discovery, input_task};
 use ingest::{sensor_task, wait_sensors, HrPublisher, RunningSensor, WearerState};
 use scorer::{load_registered, scorer_loop, watch_registry};
@@ -135,6 +137,9 @@ pub struct RunReport {
     pub model: String,
     /// The run ended because `cmd/reload` asked for it: the caller should reload the config.
     pub reload_requested: bool,
+    /// The window store was failing (full disk) or found damaged when the run ended:
+    /// windows were lost, and the caller should end non-zero.
+    pub store_problem: Option<String>,
 }
 
 /// Builds and runs a gateway from a [`Config`] (see the module docs).
@@ -245,15 +250,18 @@ impl GatewayBuilder {
             None => None,
         };
 
+        // A damaged store is moved aside (kept) and replaced by an empty one: a gateway must
+        // not stay down until a person moves a folder. Its windows are salvaged below.
         let store_path = cfg.store.path.clone();
         let retention = cfg.store.retention();
-        let store = {
+        let (store, quarantined) = {
             let p = store_path.clone();
-            Arc::new(
-                tokio::task::spawn_blocking(move || Store::open(&p, retention))
-                    .await
-                    .map_err(|e| GatewayError::Task(e.to_string()))??,
-            )
+            let (store, q) = tokio::task::spawn_blocking(move || {
+                crate::store::open_or_quarantine(&p, retention)
+            })
+            .await
+            .map_err(|e| GatewayError::Task(e.to_string()))??;
+            (Arc::new(store), q)
         };
         tracing::info!(store = %store_path.display(), "store opened");
 
@@ -289,6 +297,8 @@ impl GatewayBuilder {
                 cfg.mqtt.port
             );
         }
+        // After the first connection attempt: the error topic is not queued while offline.
+        let salvager = health::announce_store(&link, &store, quarantined);
 
         let stop = CancellationToken::new();
         let (win_tx, win_rx) = mpsc::channel::<ProcessedWindow>(WINDOW_QUEUE);
@@ -395,6 +405,7 @@ impl GatewayBuilder {
         let sink = tokio::spawn(sink_task(
             scored_rx,
             store.clone(),
+            stop.clone(),
             outbox,
             link.clone(),
             heads,
@@ -437,6 +448,7 @@ impl GatewayBuilder {
                 r.flagged = counts.1;
             }
         }
+        salvager.stop().await;
         // The sink flushed its windows; this flush covers labels written by the input task.
         {
             let store = store.clone();
@@ -461,6 +473,7 @@ impl GatewayBuilder {
             mqtt,
             model: version,
             reload_requested: reload.load(std::sync::atomic::Ordering::SeqCst),
+            store_problem: published.store_problem,
         })
     }
 }

@@ -7,10 +7,13 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::health::{StoreState, StoreStatus};
 use super::*;
 
 pub(super) struct SinkReport {
     pub(super) published: u64,
+    /// Why the store was failing when the sink ended (the run then ends non-zero).
+    pub(super) store_problem: Option<String>,
     /// sensor → (scored, flagged)
     pub(super) per_sensor: BTreeMap<String, (u64, u64)>,
 }
@@ -51,6 +54,7 @@ pub fn state_message(sw: &ScoredWindow, heads: &[String]) -> StateMessage {
 pub(super) async fn sink_task(
     mut rx: mpsc::Receiver<ScoredWindow>,
     store: Arc<Store>,
+    stop: CancellationToken,
     outbox: crate::store::outbox::Outbox,
     link: Arc<MqttLink>,
     heads: Vec<String>,
@@ -58,14 +62,15 @@ pub(super) async fn sink_task(
 ) -> SinkReport {
     let mut rep = SinkReport {
         published: 0,
+        store_problem: None,
         per_sensor: BTreeMap::new(),
     };
     let mut group: Vec<ScoredWindow> = Vec::new();
-    // A write or flush failure (a full disk) is said once on the error topic per streak.
+    // A write or flush failure (a full disk) is said once (see below).
     let mut failing = false;
     while let Some(first) = rx.recv().await {
         let mut last_seq = 0u64;
-        let mut write_failed: Option<String> = None;
+        let mut write_failed: Option<StoreError> = None;
         // Group commit: store every window that is ready and queue its state message in the
         // outbox, flush sled once, then let the MQTT link publish. A window whose state
         // message left the gateway is therefore on disk, and a state message is never lost
@@ -98,7 +103,7 @@ pub(super) async fn sink_task(
             // Stored before announced: a window that could not be stored is not announced.
             if let Err(e) = store.put(&rec) {
                 tracing::error!(sensor = %rec.sensor, "storing window {} failed (not announced): {e}", rec.window.index);
-                write_failed = Some(e.to_string());
+                write_failed = Some(e);
             } else {
                 let payload = serde_json::to_vec(&msg).expect("state message serialises");
                 match outbox.push(&link.topics().state(&msg.sensor), &payload) {
@@ -108,7 +113,7 @@ pub(super) async fn sink_task(
                     }
                     Err(e) => {
                         tracing::error!(sensor = %msg.sensor, "queueing the state message failed: {e}");
-                        write_failed = Some(e.to_string());
+                        write_failed = Some(e);
                     }
                 }
             }
@@ -138,22 +143,50 @@ pub(super) async fn sink_task(
                 Ok(Ok(_)) => outbox.mark_durable(last_seq),
                 Ok(Err(e)) => {
                     tracing::error!("flushing the store failed (this group is not announced until a later flush succeeds): {e}");
-                    write_failed = Some(e.to_string());
+                    write_failed = Some(e);
                 }
                 Err(e) => tracing::error!("flushing the store failed: {e}"),
             }
         }
+        // A store that fails a write stops the gateway: sled keeps the first I/O error of
+        // its write path and fails every later operation with it, so waiting for space to
+        // return in this process is futile. The run ends non-zero, a service manager restarts
+        // it, and the restarted gateway stores and announces again once there is room. Damage
+        // (sled reports corruption) additionally marks the store, so the next start moves it
+        // aside and salvages it. Either is said once, on the error topic and (retained) on
+        // the store topic.
         match (write_failed, failing) {
             (Some(e), false) => {
                 failing = true;
-                let msg = crate::mqtt::inputs::error_json(None, None, &format!(
-                    "the window store cannot be written ({e}): windows are neither stored nor announced until it can (is the disk full?)"
-                ));
+                let (state, detail) = match &e {
+                    StoreError::Damaged { reason, .. } => {
+                        if let Err(m) = store.mark_damaged(reason) {
+                            tracing::error!("could not mark the store as damaged: {m}");
+                        }
+                        (StoreState::Damaged, format!(
+                            "the window store is damaged ({reason}): the gateway stops; its next \
+                             start moves the store aside, starts an empty one and salvages the windows"
+                        ))
+                    }
+                    _ => (StoreState::WriteFailing, format!(
+                        "the window store cannot be written ({e}): windows are neither stored nor \
+                         announced (is the disk full?); the gateway stops, and once restarted \
+                         (e.g. by its service manager) stores and announces again when there is room"
+                    )),
+                };
+                tracing::error!("{detail}");
+                let msg = crate::mqtt::inputs::error_json(None, None, &detail);
                 link.send(link.topics().error(), msg.into_bytes());
+                StoreStatus::new(state, detail.clone()).publish(&link);
+                rep.store_problem = Some(detail);
+                stop.cancel();
             }
-            (None, true) => {
+            (None, true) if rep.store_problem.is_some() => {
+                // A group stored after the failure: nothing was sticky after all.
                 failing = false;
                 tracing::info!("the window store can be written again");
+                StoreStatus::new(StoreState::Ok, "windows are stored and announced").publish(&link);
+                rep.store_problem = None;
             }
             _ => {}
         }

@@ -13,7 +13,7 @@
 //!
 //! One HA *device* per strap (identifiers `affectgate_<gateway>_<sensor>`), with one entity
 //! per model head (`arousal`, `valence`, …), heart rate, RMSSD, signal quality, strap
-//! connected, model version and last retrain. Each entity has its own config at
+//! connected, model version, last retrain and store problem. Each entity has its own config at
 //! `<prefix>/<component>/affectgate_<gateway>_<sensor>_<what>/config`.
 //!
 //! # Decisions
@@ -197,6 +197,7 @@ enum Kind {
     Connected,
     ModelVersion,
     LastRetrain,
+    StoreProblem,
 }
 
 /// One entity: its kind, the `<what>` of its ids, and the head it shows (heads only).
@@ -229,6 +230,7 @@ fn entities(heads: &[String]) -> Vec<Entity<'_>> {
         (Kind::Connected, "connected"),
         (Kind::ModelVersion, "model_version"),
         (Kind::LastRetrain, "last_retrain"),
+        (Kind::StoreProblem, "store_problem"),
     ] {
         out.push(Entity {
             kind,
@@ -250,7 +252,7 @@ impl<'h> Entity<'h> {
 
     fn component(&self) -> &'static str {
         match self.kind {
-            Kind::Connected | Kind::Calibrating => "binary_sensor",
+            Kind::Connected | Kind::Calibrating | Kind::StoreProblem => "binary_sensor",
             _ => "sensor",
         }
     }
@@ -421,6 +423,20 @@ impl<'h> Entity<'h> {
                 set("device_class", json!("timestamp"));
                 set("entity_category", json!("diagnostic"));
                 set("icon", json!("mdi:school-outline"));
+            }
+            Kind::StoreProblem => {
+                // The retained store topic says whether a person should look (a full disk, a
+                // damaged store moved aside); its other keys become the entity's attributes.
+                let topic = Topics::new(inp.gateway).store();
+                set("name", json!("Store problem"));
+                set("state_topic", json!(topic));
+                set("json_attributes_topic", json!(topic));
+                set(
+                    "value_template",
+                    json!("{{ 'ON' if value_json.problem else 'OFF' }}"),
+                );
+                set("device_class", json!("problem"));
+                set("entity_category", json!("diagnostic"));
             }
         }
         Value::Object(m)
@@ -818,6 +834,11 @@ mod tests {
         let msgs = parsed(&input("homeassistant", "calm", &h));
         let mv = entity(&msgs, "calm", "model_version");
         assert_eq!(mv["entity_category"], "diagnostic");
+        let sp = entity(&msgs, "calm", "store_problem");
+        assert_eq!(sp["entity_category"], "diagnostic");
+        assert_eq!(sp["device_class"], "problem");
+        assert_eq!(sp["state_topic"], "affectgate/gw/store");
+        assert_eq!(sp["json_attributes_topic"], "affectgate/gw/store");
         let lr = entity(&msgs, "calm", "last_retrain");
         assert_eq!(lr["entity_category"], "diagnostic");
         assert_eq!(lr["device_class"], "timestamp");
@@ -853,7 +874,7 @@ mod tests {
         };
         assert!(!has_valence(&one));
         assert!(has_valence(&two));
-        assert_eq!(parsed(&input("homeassistant", "calm", &one)).len(), 9);
+        assert_eq!(parsed(&input("homeassistant", "calm", &one)).len(), 10);
         let none: Vec<String> = Vec::new();
         assert_eq!(parsed(&input("homeassistant", "calm", &none)).len(), 8);
     }

@@ -9,6 +9,7 @@
 //! affectgate/<gw>/<sensor>/label         self-reports (subscribed)
 //! affectgate/<gw>/cmd/<name>             commands (subscribed)
 //! affectgate/<gw>/retrain                retraining status, retained
+//! affectgate/<gw>/store                  window store health, retained
 //! affectgate/<gw>/error                  problems a subscriber should see
 //! <discovery prefix>/status              Home Assistant's birth message (subscribed)
 //! ```
@@ -56,6 +57,11 @@ impl Topics {
     pub fn retrain(&self) -> String {
         format!("affectgate/{}/retrain", self.gateway)
     }
+    /// `affectgate/<gateway>/store`: the window store's health (`problem`, `state`,
+    /// `detail`), retained; feeds the "Store problem" entity.
+    pub fn store(&self) -> String {
+        format!("affectgate/{}/store", self.gateway)
+    }
     /// `affectgate/<gateway>/<sensor>/label`: self-reports for one sensor's wearer.
     pub fn label(&self, sensor: &str) -> String {
         format!("affectgate/{}/{}/label", self.gateway, sensor)
@@ -81,6 +87,7 @@ mod tests {
         assert_eq!(t.state("chest"), "affectgate/gw1/chest/state");
         assert_eq!(t.availability("chest"), "affectgate/gw1/chest/availability");
         assert_eq!(t.retrain(), "affectgate/gw1/retrain");
+        assert_eq!(t.store(), "affectgate/gw1/store");
         assert_eq!(
             t.subscriptions(),
             vec!["affectgate/gw1/+/label", "affectgate/gw1/cmd/+"]

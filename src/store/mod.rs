@@ -22,9 +22,11 @@
 //!   durable as the data and stats need no full scan after a restart. If it is missing or
 //!   malformed it is recomputed from the keys at open.
 //!
-//! ## Value encoding (format 1, little-endian, hand-written; see [`encode_record`])
+//! ## Value encoding (format 2, little-endian, hand-written; see [`encode_record`])
 //! ```text
-//! u8 format=1 | u8 quality | u8 flags (bit0 hr, bit1 rmssd, bit2 sdnn, bit3 model)
+//! magic A6 'A' 'G' 'W' | u8 format=2 | u32 rest (bytes after this field, CRC included)
+//! u8 sensor_len | sensor | i64 start_ns                      (the key, inside the value)
+//! u8 quality | u8 flags (bit0 hr, bit1 rmssd, bit2 sdnn, bit3 model)
 //! u64 window.index | f64 fs_hz | f32 hr_bpm? | f32 rmssd_ms? | f32 sdnn_ms?   (present ones)
 //! [u16 len, utf8 model]?  | u16 n_scores, n × (u8 len, utf8 name, f32 value)
 //! u16 n_labels, n × (u8 len, utf8 name, f32 value)
@@ -39,15 +41,37 @@
 //! garbage value, or a value under the wrong key, reads as [`StoreError::Corrupt`] naming
 //! that one window instead of returning wrong ECG; no other window is affected.
 //!
+//! Why the key is repeated inside the value, with a magic and a length: sled stores values
+//! verbatim in its files but prefix-compresses keys, so a database sled can no longer open
+//! still holds every window's bytes, but not their keys. A self-describing value can be found
+//! by scanning the raw files ([`salvage`]), checked by its CRC and put back under its key.
+//! Format 1 (`u8 1`, then the same fields from `quality` on, key not repeated) is still read.
+//!
 //! ## Durability
 //! sled 0.34 has reports of databases that no longer open after an abrupt power loss or
 //! SIGKILL (sled issues #1533, #1527, #1166). So: each window, its index entry and the byte
 //! counter go in one atomic batch (after recovery a window is all there or absent); sled's
 //! background flusher (every 500 ms) bounds what a crash loses, and [`Store::flush`] lets
 //! the gateway flush at points it chooses (periodically, at shutdown); dropping a [`Store`]
-//! flushes too. A database sled cannot open is reported as [`StoreError::Damaged`] with
-//! what to do, rather than as a bare sled error. The page cache is capped at 64 MiB (sled's
-//! default of 1 GiB is too much for a gateway).
+//! flushes too. The page cache is capped at 64 MiB (sled's default of 1 GiB is too much for
+//! a gateway).
+//!
+//! sled's own flush is not a durability point: its log writes end in `sync_file_range`, which
+//! makes no file size or other metadata durable, and its blob files (`blobs/<lsn>`, large
+//! nodes) are never fsynced at all; only its background thread fsyncs the log file, every
+//! 500 ms. [`Store::flush`] therefore fsyncs what sled wrote itself: new blob files, the
+//! `blobs/` folder, the log file. Only after that does the gateway announce a window.
+//!
+//! ## Damage
+//! A store is *damaged* when sled refuses to open it (or panics trying), when a marker says a
+//! running gateway found it damaged ([`Store::mark_damaged`]), or when sled opens it but holds
+//! less than was durable: each [`Store::put`] bumps a counter (`m/seq`) in its batch, and
+//! [`Store::flush`] writes the counter it made durable into `affectgate.durable`, outside
+//! sled. sled's recovery stops at the first bad record in its log and silently drops
+//! everything after it; a counter behind the witness is that case. [`Store::open`] reports
+//! all three as [`StoreError::Damaged`]; [`open_or_quarantine`] (what the gateway uses) then
+//! renames the folder to `<name>.damaged-<UTC time>` — kept, never deleted — and starts an
+//! empty store in its place, and [`salvage`] recovers every window whose bytes are intact.
 //!
 //! ## Retention
 //! Oldest windows (by start time, across sensors) go while the counter exceeds `max_bytes`:
@@ -64,20 +88,36 @@
 
 pub mod config;
 pub mod outbox;
+pub mod salvage;
 
 pub use config::StoreConfig;
+pub use salvage::{salvage, SalvageOptions, SalvageReport};
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, BufWriter, Write};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::dsp::Window;
 use crate::model::quant;
 
 const FORMAT_V1: u8 = 1;
+const FORMAT_V2: u8 = 2;
+/// First bytes of every format-2 value: what [`salvage`] looks for in sled's raw files.
+const MAGIC: [u8; 4] = [0xA6, b'A', b'G', b'W'];
+/// Largest encoded window (a 10 s window is ~5 KB): bounds the raw scan's look-ahead.
+pub(crate) const MAX_RECORD_BYTES: usize = 1 << 20;
+const SEQ_KEY: &[u8] = b"m/seq";
+/// Outside sled: the `m/seq` that the last successful [`Store::flush`] made durable.
+const WITNESS_FILE: &str = "affectgate.durable";
+const WITNESS_MAGIC: &[u8; 4] = b"AGD2";
+/// `AGD2 | u64 seq | u64 length of sled's log | u32 CRC` (little-endian).
+const WITNESS_LEN: usize = 24;
+/// Outside sled: written when a running gateway finds the store damaged; holds the reason.
+const DAMAGED_MARKER: &str = "affectgate.damaged";
 const W_PREFIX: &[u8] = b"w/";
 const T_PREFIX: &[u8] = b"t/";
 const BYTES_KEY: &[u8] = b"m/bytes";
@@ -186,11 +226,12 @@ pub enum StoreError {
     )]
     Locked { path: PathBuf },
     #[error(
-        "store {} is damaged and cannot be opened ({source}); this can happen after an abrupt \
-         power loss: move the directory aside (an empty store is then created) or restore a backup",
+        "store {} is damaged ({reason}); this can happen after an abrupt power loss. \
+         `affectgate run` moves it aside, starts an empty store and salvages it by itself; \
+         by hand: move the folder aside and run `affectgate store salvage <moved folder>`",
         path.display()
     )]
-    Damaged { path: PathBuf, source: sled::Error },
+    Damaged { path: PathBuf, reason: String },
     #[error("store {}: {source}", path.display())]
     Db { path: PathBuf, source: sled::Error },
     #[error("I/O error on {}: {source}", path.display())]
@@ -218,7 +259,26 @@ fn db_err(path: &Path, source: sled::Error) -> StoreError {
         sled::Error::Io(ref e) if e.to_string().contains("could not acquire lock") => {
             StoreError::Locked { path }
         }
-        sled::Error::Corruption { .. } => StoreError::Damaged { path, source },
+        // What damage looks like through sled: a bad checksum, an inconsistency it calls its
+        // own bug, a configuration record it cannot read ("unsupported", e.g. garbage in
+        // `conf`), or a file shorter than its records say.
+        sled::Error::Corruption { .. }
+        | sled::Error::ReportableBug(_)
+        | sled::Error::Unsupported(_) => StoreError::Damaged {
+            path,
+            reason: source.to_string(),
+        },
+        sled::Error::Io(ref e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
+            ) =>
+        {
+            StoreError::Damaged {
+                path,
+                reason: source.to_string(),
+            }
+        }
         _ => StoreError::Db { path, source },
     }
 }
@@ -286,13 +346,120 @@ pub struct Store {
     db: sled::Db,
     path: PathBuf,
     retention: Retention,
-    /// Serialises writers; holds the value of `m/bytes` as last written.
-    total: Mutex<u64>,
+    /// Serialises writers; holds the counters as last written.
+    counters: Mutex<Counters>,
+    /// sled's log file, fsynced by [`Store::flush`].
+    log_file: File,
+    /// `affectgate.durable`, rewritten in place by [`Store::flush`].
+    witness: Mutex<File>,
+    /// The `m/seq` the witness holds.
+    witnessed: AtomicU64,
+    /// Highest blob file (by its LSN name) fsynced so far.
+    blobs_synced: Mutex<Option<u64>>,
     _lock: File,
 }
 
+/// What the writers keep in step with the database.
+struct Counters {
+    /// `m/bytes`.
+    bytes: u64,
+    /// `m/seq`: puts so far.
+    seq: u64,
+}
+
+/// A damaged store moved aside by [`open_or_quarantine`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// Where the damaged store now is (kept, never deleted).
+    pub moved_to: PathBuf,
+    /// Why it was found damaged.
+    pub reason: String,
+}
+
+/// Opens the store at `path`; if it is damaged (see the module docs), renames it to
+/// `<name>.damaged-<UTC time>` beside it and opens a new, empty store at `path`. A gateway
+/// on an SD card must not stay down for a person to move a folder: it keeps running, says what
+/// happened, and the damaged copy is there for [`salvage`].
+pub fn open_or_quarantine(
+    path: &Path,
+    retention: Retention,
+) -> Result<(Store, Option<Quarantined>), StoreError> {
+    match Store::open(path, retention) {
+        Err(StoreError::Damaged { reason, .. }) => {
+            let name = path.file_name().map_or_else(
+                || "store".into(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            let stamp = crate::time::utc_seconds(crate::time::now_ns())
+                .replace([':', '-'], "")
+                .replace(' ', "T");
+            let mut moved_to = path.with_file_name(format!("{name}.damaged-{stamp}"));
+            for n in 2.. {
+                if !moved_to.exists() {
+                    break;
+                }
+                moved_to = path.with_file_name(format!("{name}.damaged-{stamp}-{n}"));
+            }
+            fs::rename(path, &moved_to).map_err(|e| StoreError::Io {
+                path: path.to_path_buf(),
+                source: io::Error::new(
+                    e.kind(),
+                    format!(
+                        "the store is damaged ({reason}) and could not be moved aside to {}: {e}",
+                        moved_to.display()
+                    ),
+                ),
+            })?;
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                if let Ok(d) = File::open(parent) {
+                    let _ = d.sync_all();
+                }
+            }
+            tracing::error!(store = %path.display(), moved_to = %moved_to.display(), "the store is damaged ({reason}): moved aside, starting an empty store");
+            let store = Store::open(path, retention)?;
+            Ok((store, Some(Quarantined { moved_to, reason })))
+        }
+        other => other.map(|s| (s, None)),
+    }
+}
+
+/// What [`Store::flush`] last made durable: the put counter and the length of sled's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Witness {
+    seq: u64,
+    log_len: u64,
+}
+
+fn read_witness(f: &mut File) -> Option<Witness> {
+    use std::io::{Read, Seek};
+    let mut b = [0u8; WITNESS_LEN];
+    f.seek(io::SeekFrom::Start(0)).ok()?;
+    f.read_exact(&mut b).ok()?;
+    let crc = u32::from_le_bytes(b[20..24].try_into().expect("4 bytes"));
+    (&b[..4] == WITNESS_MAGIC && crc32fast::hash(&b[..20]) == crc).then(|| Witness {
+        seq: u64::from_le_bytes(b[4..12].try_into().expect("8 bytes")),
+        log_len: u64::from_le_bytes(b[12..20].try_into().expect("8 bytes")),
+    })
+}
+
+fn witness_bytes(w: Witness) -> [u8; WITNESS_LEN] {
+    let mut b = [0u8; WITNESS_LEN];
+    b[..4].copy_from_slice(WITNESS_MAGIC);
+    b[4..12].copy_from_slice(&w.seq.to_le_bytes());
+    b[12..20].copy_from_slice(&w.log_len.to_le_bytes());
+    let crc = crc32fast::hash(&b[..20]);
+    b[20..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+fn read_u64(db: &sled::Db, key: &[u8], path: &Path) -> Result<Option<u64>, StoreError> {
+    let v = db.get(key).map_err(|e| db_err(path, e))?;
+    Ok(v.as_deref().and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes))
+}
+
 impl Store {
-    /// Opens (creating if needed) the store at `path`.
+    /// Opens (creating if needed) the store at `path`. A damaged store (see the module docs)
+    /// is [`StoreError::Damaged`]; [`open_or_quarantine`] handles that case.
     pub fn open(path: &Path, retention: Retention) -> Result<Store, StoreError> {
         fs::create_dir_all(path).map_err(io_err(path))?;
         // Health data: the store's folder is private to the gateway's user (0700), whatever
@@ -317,16 +484,68 @@ impl Store {
             Err(TryLockError::WouldBlock) => return Err(StoreError::Locked { path: path.into() }),
             Err(TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
         }
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|e| db_err(path, e))?;
-        let stored = db.get(BYTES_KEY).map_err(|e| db_err(path, e))?;
-        let total = match stored.as_deref().map(<[u8; 8]>::try_from) {
-            Some(Ok(b)) => u64::from_le_bytes(b),
+        let damaged = |reason: String| StoreError::Damaged {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if let Ok(reason) = fs::read_to_string(path.join(DAMAGED_MARKER)) {
+            return Err(damaged(format!("found damaged while running: {}", reason.trim())));
+        }
+        let witness_path = path.join(WITNESS_FILE);
+        let mut witness = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&witness_path)
+            .map_err(io_err(&witness_path))?;
+        let durable = read_witness(&mut witness);
+        // Checked before sled sees the folder: sled's recovery rewrites its log from the first
+        // bad record on, destroying what the salvage could still have read.
+        let log_len = fs::metadata(path.join("db")).map_or(0, |m| m.len());
+        if let Some(w) = durable.filter(|w| log_len < w.log_len) {
+            return Err(damaged(format!(
+                "its log is {log_len} bytes but was {} bytes when last made durable: it was cut short",
+                w.log_len
+            )));
+        }
+        // sled panics on some damage instead of returning an error (unwraps in its recovery).
+        let opened = std::panic::catch_unwind(|| {
+            sled::Config::new()
+                .path(path)
+                .cache_capacity(CACHE_BYTES)
+                .open()
+        });
+        let db = match opened {
+            Ok(r) => r.map_err(|e| db_err(path, e))?,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic".into());
+                return Err(damaged(format!("the database engine failed opening it: {what}")));
+            }
+        };
+        // Reading the ends touches the first and last leaves; a lazily detected bad page
+        // shows here rather than at the first write.
+        for probe in [db.first(), db.last()] {
+            if let Err(e) = probe {
+                return Err(damaged(e.to_string()));
+            }
+        }
+        let seq = read_u64(&db, SEQ_KEY, path)?.unwrap_or(0);
+        if let Some(w) = durable.filter(|w| w.seq > seq) {
+            return Err(damaged(format!(
+                "it holds {seq} window writes but {} had been made durable: the database \
+                 engine dropped the rest while recovering",
+                w.seq
+            )));
+        }
+        let total = match read_u64(&db, BYTES_KEY, path)? {
+            Some(b) => b,
             // Missing (new store) or malformed: recount from the keys (values are not decoded).
-            _ => {
+            None => {
                 let mut total = 0;
                 for kv in db.scan_prefix(W_PREFIX) {
                     let (k, v) = kv.map_err(|e| db_err(path, e))?;
@@ -337,22 +556,48 @@ impl Store {
                 total
             }
         };
+        let log_path = path.join("db");
+        let log_file = File::open(&log_path).map_err(io_err(&log_path))?;
+        // The witness (and sled's files) must survive as directory entries too.
+        File::open(path)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(path))?;
         Ok(Store {
             db,
             path: path.to_path_buf(),
             retention,
-            total: Mutex::new(total),
+            counters: Mutex::new(Counters { bytes: total, seq }),
+            log_file,
+            witness: Mutex::new(witness),
+            witnessed: AtomicU64::new(durable.map_or(0, |w| w.seq)),
+            blobs_synced: Mutex::new(None),
             _lock: lock,
         })
+    }
+
+    /// Records that this store is damaged (a running gateway met sled corruption): the next
+    /// [`Store::open`] reports [`StoreError::Damaged`] with `reason`, so the gateway's next
+    /// start moves it aside and salvages it.
+    pub fn mark_damaged(&self, reason: &str) -> Result<(), StoreError> {
+        let p = self.path.join(DAMAGED_MARKER);
+        crate::fs::atomic_write(&p, reason.as_bytes()).map_err(|e| StoreError::Io {
+            path: e.path,
+            source: e.source,
+        })
+    }
+
+    /// The folder this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn err(&self, e: sled::Error) -> StoreError {
         db_err(&self.path, e)
     }
 
-    fn writer(&self) -> MutexGuard<'_, u64> {
-        // The counter is only updated after its batch applied, so a poisoned value is valid.
-        self.total.lock().unwrap_or_else(|p| p.into_inner())
+    fn writer(&self) -> MutexGuard<'_, Counters> {
+        // The counters are only updated after their batch applied, so a poisoned value is valid.
+        self.counters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A small named value kept with the store (e.g. which sensors Home Assistant knows).
@@ -396,20 +641,27 @@ impl Store {
     pub fn put(&self, rec: &StoredWindow) -> Result<(), StoreError> {
         validate_sensor(&rec.sensor)?;
         let value = encode_record(rec)?;
-        let (sensor, start) = (rec.sensor.as_str(), rec.window.start_ns);
+        self.put_value(&rec.sensor, rec.window.start_ns, value)
+    }
+
+    /// [`Store::put`] of an already encoded (and checked) value: the salvage puts windows
+    /// back bit for bit instead of quantising decoded samples a second time.
+    fn put_value(&self, sensor: &str, start: i64, value: Vec<u8>) -> Result<(), StoreError> {
         let wkey = window_key(sensor, start);
-        let mut total = self.writer();
+        let mut c = self.writer();
         let old = self.db.get(&wkey).map_err(|e| self.err(e))?;
-        let new_total = total.saturating_sub(old.map_or(0, |v| footprint(sensor.len(), v.len())))
+        let new_total = c.bytes.saturating_sub(old.map_or(0, |v| footprint(sensor.len(), v.len())))
             + footprint(sensor.len(), value.len());
         let mut batch = sled::Batch::default();
         batch.insert(wkey, value);
         batch.insert(time_key(start, sensor), &[][..]);
         batch.insert(BYTES_KEY, &new_total.to_le_bytes());
+        batch.insert(SEQ_KEY, &(c.seq + 1).to_le_bytes());
         self.db.apply_batch(batch).map_err(|e| self.err(e))?;
-        *total = new_total;
+        c.bytes = new_total;
+        c.seq += 1;
         if new_total > self.retention.max_bytes {
-            self.drop_oldest(&mut total, None)?;
+            self.drop_oldest(&mut c.bytes, None)?;
         }
         Ok(())
     }
@@ -418,8 +670,8 @@ impl Store {
     /// the store exceeds `max_bytes`. Cheap when there is nothing to drop (one key lookup).
     pub fn enforce_retention(&self, now_ns: i64) -> Result<RetentionReport, StoreError> {
         let cutoff = now_ns.saturating_sub(self.retention.max_age_ns);
-        let mut total = self.writer();
-        self.drop_oldest(&mut total, Some(cutoff))
+        let mut c = self.writer();
+        self.drop_oldest(&mut c.bytes, Some(cutoff))
     }
 
     /// Removes windows in start-time order (the `t/` index) while they are older than
@@ -526,22 +778,24 @@ impl Store {
     ) -> Result<bool, StoreError> {
         validate_sensor(sensor)?;
         let wkey = window_key(sensor, start_ns);
-        let mut total = self.writer();
+        let mut c = self.writer();
         let Some(old) = self.db.get(&wkey).map_err(|e| self.err(e))? else {
             return Ok(false);
         };
         let mut rec = decode_record(sensor, start_ns, &old)?;
         rec.labels = labels.to_vec();
-        let value = encode_record(&rec)?;
-        let new_total = total.saturating_sub(footprint(sensor.len(), old.len()))
+        let value = reencode(&rec, &old)?;
+        let new_total = c.bytes.saturating_sub(footprint(sensor.len(), old.len()))
             + footprint(sensor.len(), value.len());
         let mut batch = sled::Batch::default();
         batch.insert(wkey, value);
         batch.insert(BYTES_KEY, &new_total.to_le_bytes());
+        batch.insert(SEQ_KEY, &(c.seq + 1).to_le_bytes());
         self.db.apply_batch(batch).map_err(|e| self.err(e))?;
-        *total = new_total;
+        c.bytes = new_total;
+        c.seq += 1;
         if new_total > self.retention.max_bytes {
-            self.drop_oldest(&mut total, None)?;
+            self.drop_oldest(&mut c.bytes, None)?;
         }
         Ok(true)
     }
@@ -594,15 +848,75 @@ impl Store {
             path: self.path.clone(),
             windows: sensors.iter().map(|s| s.windows).sum(),
             sensors,
-            encoded_bytes: *self.writer(),
+            encoded_bytes: self.writer().bytes,
             max_bytes: self.retention.max_bytes,
             size_on_disk: self.db.size_on_disk().map_err(|e| self.err(e))?,
         })
     }
 
-    /// Flushes sled's dirty pages to disk; returns the bytes written.
+    /// Makes every write so far durable (see "Durability" in the module docs): sled's flush,
+    /// then fsync of new blob files, the `blobs/` folder and the log file, then the witness.
+    /// Returns the bytes sled wrote.
     pub fn flush(&self) -> Result<usize, StoreError> {
-        self.db.flush().map_err(|e| self.err(e))
+        // Writes that completed before this point are covered by the flush below.
+        let seq = self.writer().seq;
+        let n = self.db.flush().map_err(|e| self.err(e))?;
+        self.sync_blobs()?;
+        self.log_file
+            .sync_all()
+            .map_err(io_err(&self.path.join("db")))?;
+        if seq > self.witnessed.load(Ordering::Acquire) {
+            use std::os::unix::fs::FileExt;
+            let log_len = self
+                .log_file
+                .metadata()
+                .map_err(io_err(&self.path.join("db")))?
+                .len();
+            let w = self.witness.lock().unwrap_or_else(|p| p.into_inner());
+            let wp = self.path.join(WITNESS_FILE);
+            // 24 bytes at offset 0 with their own CRC: a torn write reads as "no witness".
+            w.write_all_at(&witness_bytes(Witness { seq, log_len }), 0)
+                .map_err(io_err(&wp))?;
+            w.sync_data().map_err(io_err(&wp))?;
+            self.witnessed.fetch_max(seq, Ordering::AcqRel);
+        }
+        Ok(n)
+    }
+
+    /// fsyncs blob files sled created since the last call (their names are increasing LSNs),
+    /// then the folder that holds them.
+    fn sync_blobs(&self) -> Result<(), StoreError> {
+        let dir = self.path.join("blobs");
+        let mut synced = self.blobs_synced.lock().unwrap_or_else(|p| p.into_inner());
+        let mut newest = *synced;
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err(&dir))?;
+            let Some(lsn) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            if synced.is_some_and(|s| lsn <= s) {
+                continue;
+            }
+            match File::open(entry.path()) {
+                Ok(f) => f.sync_all().map_err(io_err(&entry.path()))?,
+                // Collected by sled meanwhile: nothing to make durable.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&entry.path())(e)),
+            }
+            newest = newest.max(Some(lsn));
+        }
+        if newest != *synced {
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&dir))?;
+            *synced = newest;
+        }
+        Ok(())
     }
 
     /// Writes the windows of `sensor` in `[since_ns, until_ns)` as CSV (`time_ns,ecg_uv`),
@@ -694,7 +1008,7 @@ impl fmt::Debug for Store {
 impl Drop for Store {
     fn drop(&mut self) {
         // Errors cannot be reported here; callers that care call `flush` themselves.
-        let _ = self.db.flush();
+        let _ = self.flush();
     }
 }
 
@@ -774,9 +1088,17 @@ fn checksum(sensor: &str, start_ns: i64, body: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// Encodes a record (format 1, layout in the module docs). Fails on non-finite samples or
-/// sampling rate, and on names or counts too long for their length fields.
+/// Encodes a record (format 2, layout in the module docs). Fails on non-finite samples or
+/// sampling rate, on names or counts too long for their length fields, and on records over
+/// [`MAX_RECORD_BYTES`].
 pub fn encode_record(rec: &StoredWindow) -> Result<Vec<u8>, StoreError> {
+    encode_with(rec, None)
+}
+
+/// [`encode_record`], with the quantised samples (`f32 scale | n × i16`) given as they are:
+/// a relabelled window keeps its stored samples bit for bit (quantising the decoded samples
+/// again could move some by a little more than the documented half step).
+fn encode_with(rec: &StoredWindow, quantised: Option<&[u8]>) -> Result<Vec<u8>, StoreError> {
     let w = &rec.window;
     let bad = |reason: String| StoreError::InvalidRecord {
         key: format!("{}/{}", rec.sensor, w.start_ns),
@@ -788,8 +1110,16 @@ pub fn encode_record(rec: &StoredWindow) -> Result<Vec<u8>, StoreError> {
     if let Some(i) = w.samples.iter().position(|x| !x.is_finite()) {
         return Err(bad(format!("sample {i} is {}", w.samples[i])));
     }
+    let sensor_len = u8::try_from(rec.sensor.len())
+        .map_err(|_| bad("sensor id longer than 255 bytes".into()))?;
     let n = u32::try_from(w.samples.len()).map_err(|_| bad("too many samples".into()))?;
-    let mut out = Vec::with_capacity(64 + 2 * w.samples.len());
+    let mut out = Vec::with_capacity(64 + rec.sensor.len() + 2 * w.samples.len());
+    out.extend_from_slice(&MAGIC);
+    out.push(FORMAT_V2);
+    out.extend_from_slice(&[0; 4]); // `rest`, filled in below
+    out.push(sensor_len);
+    out.extend_from_slice(rec.sensor.as_bytes());
+    out.extend_from_slice(&w.start_ns.to_le_bytes());
     let extras = [
         (FLAG_HR, rec.hr_bpm),
         (FLAG_RMSSD, rec.rmssd_ms),
@@ -802,7 +1132,7 @@ pub fn encode_record(rec: &StoredWindow) -> Result<Vec<u8>, StoreError> {
     if rec.model.is_some() {
         flags |= FLAG_MODEL;
     }
-    out.extend_from_slice(&[FORMAT_V1, rec.quality, flags]);
+    out.extend_from_slice(&[rec.quality, flags]);
     out.extend_from_slice(&w.index.to_le_bytes());
     out.extend_from_slice(&w.fs_hz.to_le_bytes());
     for v in extras.iter().filter_map(|(_, v)| *v) {
@@ -827,11 +1157,36 @@ pub fn encode_record(rec: &StoredWindow) -> Result<Vec<u8>, StoreError> {
         }
     }
     out.extend_from_slice(&n.to_le_bytes());
-    quant::encode(&mut out, &w.samples);
+    match quantised {
+        Some(q) if q.len() == 4 + 2 * w.samples.len() => out.extend_from_slice(q),
+        _ => quant::encode(&mut out, &w.samples),
+    }
+    if out.len() + 4 > MAX_RECORD_BYTES {
+        return Err(bad(format!(
+            "{} bytes encoded, more than the {MAX_RECORD_BYTES} a stored window may take",
+            out.len() + 4
+        )));
+    }
+    let rest = u32::try_from(out.len() + 4 - V2_PREFIX).expect("bounded above");
+    out[MAGIC.len() + 1..V2_PREFIX].copy_from_slice(&rest.to_le_bytes());
     let crc = checksum(&rec.sensor, w.start_ns, &out);
     out.extend_from_slice(&crc.to_le_bytes());
     Ok(out)
 }
+
+/// `rec` (decoded from the valid value `old`, then changed) encoded in the current format
+/// with `old`'s quantised samples as they are (they sit just before the CRC in every format).
+fn reencode(rec: &StoredWindow, old: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let quantised_len = 4 + 2 * rec.window.samples.len();
+    let quantised = old
+        .len()
+        .checked_sub(4 + quantised_len)
+        .map(|from| &old[from..old.len() - 4]);
+    encode_with(rec, quantised)
+}
+
+/// Magic, format byte and `rest`: the bytes before the length `rest` counts.
+const V2_PREFIX: usize = 4 + 1 + 4;
 
 /// Bounds-checked little-endian reader; every failure is a reason string.
 struct Reader<'a>(&'a [u8]);
@@ -879,14 +1234,63 @@ pub fn decode_record(
 
 fn decode_inner(sensor: &str, start_ns: i64, bytes: &[u8]) -> Result<StoredWindow, String> {
     match bytes.first() {
-        None => return Err("empty value".into()),
-        Some(&FORMAT_V1) => {}
-        Some(f) => {
-            return Err(format!(
-                "unknown format byte {f} (written by a newer affectgate?)"
-            ))
+        None => Err("empty value".into()),
+        Some(&FORMAT_V1) => decode_v1(sensor, start_ns, bytes),
+        Some(&m) if m == MAGIC[0] => {
+            let (rec, used) = decode_v2(bytes)?;
+            if used != bytes.len() {
+                return Err(format!("{} bytes after the record", bytes.len() - used));
+            }
+            if rec.sensor != sensor || rec.window.start_ns != start_ns {
+                return Err(format!(
+                    "the value belongs to window {}/{} (stored under the wrong key)",
+                    rec.sensor, rec.window.start_ns
+                ));
+            }
+            Ok(rec)
         }
+        Some(f) => Err(format!(
+            "unknown format byte {f} (written by a newer affectgate?)"
+        )),
     }
+}
+
+/// Decodes a format-2 record at the start of `bytes` (which may go on past it, as in a raw
+/// file): the record and the bytes it took. Every failure is a reason, never a panic.
+pub(crate) fn decode_v2(bytes: &[u8]) -> Result<(StoredWindow, usize), String> {
+    let mut r = Reader(bytes);
+    if r.array::<4>("magic")? != MAGIC {
+        return Err("no record magic".into());
+    }
+    match r.array::<1>("format")?[0] {
+        FORMAT_V2 => {}
+        f => return Err(format!("unknown format byte {f} (written by a newer affectgate?)")),
+    }
+    let rest = u32::from_le_bytes(r.array("length")?) as usize;
+    if !(4..=MAX_RECORD_BYTES).contains(&rest) {
+        return Err(format!("implausible record length {rest}"));
+    }
+    let used = V2_PREFIX + rest;
+    let record = bytes
+        .get(..used)
+        .ok_or_else(|| format!("truncated: {used} bytes declared, {} present", bytes.len()))?;
+    let (body, crc) = record.split_at(used - 4);
+    let mut r = Reader(&body[V2_PREFIX..]);
+    let len = r.array::<1>("sensor")?[0];
+    let sensor = r.str(usize::from(len), "sensor")?;
+    validate_sensor(&sensor).map_err(|e| e.to_string())?;
+    let start_ns = i64::from_le_bytes(r.array("start")?);
+    let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+    let computed = checksum(&sensor, start_ns, body);
+    if stored != computed {
+        return Err(format!(
+            "checksum mismatch (stored {stored:08x}, computed {computed:08x})"
+        ));
+    }
+    Ok((decode_fields(sensor, start_ns, r)?, used))
+}
+
+fn decode_v1(sensor: &str, start_ns: i64, bytes: &[u8]) -> Result<StoredWindow, String> {
     let Some(body_len) = bytes.len().checked_sub(4).filter(|&l| l > 0) else {
         return Err("truncated: no checksum".into());
     };
@@ -898,7 +1302,11 @@ fn decode_inner(sensor: &str, start_ns: i64, bytes: &[u8]) -> Result<StoredWindo
             "checksum mismatch (stored {stored:08x}, computed {computed:08x})"
         ));
     }
-    let mut r = Reader(&body[1..]);
+    decode_fields(sensor.to_string(), start_ns, Reader(&body[1..]))
+}
+
+/// The fields from `quality` to the last sample (both formats), which must end `r`.
+fn decode_fields(sensor: String, start_ns: i64, mut r: Reader) -> Result<StoredWindow, String> {
     let [quality, flags] = r.array("header")?;
     if flags & !(FLAG_HR | FLAG_RMSSD | FLAG_SDNN | FLAG_MODEL) != 0 {
         return Err(format!("unknown flag bits {flags:#04x}"));
@@ -939,7 +1347,7 @@ fn decode_inner(sensor: &str, start_ns: i64, bytes: &[u8]) -> Result<StoredWindo
     }
     let samples = quant::decode(scale, r.0);
     Ok(StoredWindow {
-        sensor: sensor.to_string(),
+        sensor,
         window: Window {
             start_ns,
             fs_hz,

@@ -612,8 +612,12 @@ async fn retained_reload_is_refused_and_sigterm_stops_a_reloading_gateway() {
 
 /// Stored before announced, on a full disk. The store sits on a 2 MiB tmpfs that the replay
 /// fills: every state message the broker received is for a window that is in the store once
-/// space returns (32 windows were published but never stored before the fix), and the gateway
-/// says on the error topic that the store cannot be written.
+/// space returns (32 windows were published but never stored before the fix). The gateway
+/// says on the error topic and on the retained store topic that the store cannot be written,
+/// and stops with the problem in its report (sled keeps the first write error for good, so
+/// it could not recover in-process; it used to log thousands of errors and exit "cleanly").
+/// Started again once there is room, it stores and announces again and the store topic says
+/// the problem is over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_never_announces_a_window_it_did_not_store() {
     let Some(file) = polar_file() else {
@@ -630,22 +634,15 @@ async fn a_full_disk_never_announces_a_window_it_did_not_store() {
     let mut cfg = config_for(broker.port, &store_dir, &file, true, "gwfull");
     cfg.mqtt.discovery = false;
     let rx = Recorder::start(broker.port, &["affectgate/gwfull/#"]).await;
-    let report = GatewayBuilder::new(cfg)
-        .run(async {
-            // Until the disk has been full for a while.
-            let t0 = std::time::Instant::now();
-            while t0.elapsed() < Duration::from_secs(60)
-                && !rx
-                    .on("affectgate/gwfull/error")
-                    .iter()
-                    .any(|m| String::from_utf8_lossy(&m.payload).contains("cannot be written"))
-            {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            tokio::time::sleep(Duration::from_secs(3)).await;
-        })
-        .await;
-    let _ = report;
+    let report = tokio::time::timeout(
+        Duration::from_secs(120),
+        GatewayBuilder::new(cfg.clone()).run(std::future::pending::<()>()),
+    )
+    .await
+    .expect("the gateway stops by itself once the store cannot be written")
+    .unwrap();
+    let problem = report.store_problem.clone().expect("the report names the store problem");
+    assert!(problem.contains("cannot be written"), "{problem}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let announced: Vec<StateMessage> = rx
         .on("affectgate/gwfull/polar/state")
@@ -653,6 +650,16 @@ async fn a_full_disk_never_announces_a_window_it_did_not_store() {
         .map(|m| serde_json::from_slice(&m.payload).unwrap())
         .collect();
     assert!(!announced.is_empty());
+    let status = |rx: &Recorder| -> Vec<serde_json::Value> {
+        rx.on("affectgate/gwfull/store")
+            .iter()
+            .map(|m| serde_json::from_slice(&m.payload).unwrap())
+            .collect()
+    };
+    let st = status(&rx);
+    assert_eq!(st.first().map(|v| v["state"].clone()), Some("ok".into()), "{st:?}");
+    let last = st.last().unwrap();
+    assert_eq!((last["state"].as_str(), last["problem"].as_bool()), (Some("write_failing"), Some(true)), "{st:?}");
     // Space returns: the store opens and holds every announced window.
     fs.resize("64m");
     let store = Store::open(&store_dir, Retention::KEEP_ALL).expect("store reopens");
@@ -661,6 +668,7 @@ async fn a_full_disk_never_announces_a_window_it_did_not_store() {
         .filter_map(|r| r.ok())
         .map(|r| r.window.start_ns / 1_000_000)
         .collect();
+    drop(store);
     let missing: Vec<u64> = announced
         .iter()
         .filter(|s| !stored.contains(&s.window_start_ms))
@@ -684,4 +692,107 @@ async fn a_full_disk_never_announces_a_window_it_did_not_store() {
             .any(|m| String::from_utf8_lossy(&m.payload).contains("cannot be written")),
         "the full disk was not said on the error topic: {errors:?}"
     );
+    // Restarted with room, it stores and announces again, and says the problem is over.
+    let before = announced.len();
+    let report = GatewayBuilder::new(cfg)
+        .run(async {
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < Duration::from_secs(60)
+                && rx.on("affectgate/gwfull/polar/state").len() < before + 5
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.store_problem, None);
+    assert!(rx.on("affectgate/gwfull/polar/state").len() >= before + 5);
+    let st = status(&rx);
+    assert_eq!(st.last().map(|v| (v["state"].clone(), v["problem"].clone())), Some(("ok".into(), false.into())), "{st:?}");
+}
+
+/// A damaged store no longer keeps the gateway down (it refused to start until a person moved
+/// the folder): the gateway moves it aside (kept, byte for byte), starts an empty store,
+/// scores and announces as usual, says so on the error topic and the retained store topic,
+/// and salvages the damaged copy's windows into the new store in the background.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_is_moved_aside_and_salvaged_while_the_gateway_runs() {
+    let Some(file) = polar_file() else {
+        return;
+    };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let mut cfg = config_for(broker.port, &store_dir, &file, false, "gwdmg");
+    cfg.mqtt.discovery = false;
+    GatewayBuilder::new(cfg.clone())
+        .run(std::future::pending::<()>())
+        .await
+        .unwrap();
+    let first: Vec<affectgate::store::StoredWindow> = {
+        let s = Store::open(&store_dir, Retention::KEEP_ALL).unwrap();
+        s.range("polar", i64::MIN, i64::MAX).map(|w| w.unwrap()).collect()
+    };
+    assert!(first.len() > 50, "{}", first.len());
+    // sled refuses a store whose configuration record is garbage.
+    std::fs::write(store_dir.join("conf"), b"\xff\xfe not sled's configuration").unwrap();
+    assert!(matches!(
+        Store::open(&store_dir, Retention::KEEP_ALL),
+        Err(affectgate::store::StoreError::Damaged { .. })
+    ));
+
+    let rx = Recorder::start(broker.port, &["affectgate/gwdmg/#"]).await;
+    cfg.sensors = vec![replay_sensor("polar2", &file, true)];
+    let report = GatewayBuilder::new(cfg)
+        .run(async {
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < Duration::from_secs(90)
+                && !rx.on("affectgate/gwdmg/store").iter().any(|m| {
+                    serde_json::from_slice::<serde_json::Value>(&m.payload)
+                        .is_ok_and(|v| v.get("salvaged").is_some())
+                })
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.store_problem, None);
+    assert!(!rx.on("affectgate/gwdmg/polar2/state").is_empty(), "nothing announced");
+    let status: Vec<serde_json::Value> = rx
+        .on("affectgate/gwdmg/store")
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    let last = status.last().expect("a store status");
+    assert_eq!(last["state"], "recovered", "{status:?}");
+    assert_eq!(last["problem"], true);
+    assert_eq!(last["salvaged"].as_u64(), Some(first.len() as u64), "{status:?}");
+    let moved = std::path::PathBuf::from(last["moved_to"].as_str().unwrap());
+    assert!(moved.file_name().unwrap().to_string_lossy().starts_with("store.damaged-"));
+    assert_eq!(
+        std::fs::read(moved.join("conf")).unwrap(),
+        b"\xff\xfe not sled's configuration"
+    );
+    let errors = rx.on("affectgate/gwdmg/error");
+    assert!(
+        errors.iter().any(|m| String::from_utf8_lossy(&m.payload).contains("moved to")),
+        "{errors:?}"
+    );
+    // The new store holds the salvaged windows, exactly, beside this run's.
+    let s = Store::open(&store_dir, Retention::KEEP_ALL).unwrap();
+    let salvaged: Vec<_> = s.range("polar", i64::MIN, i64::MAX).map(|w| w.unwrap()).collect();
+    assert_eq!(salvaged.len(), first.len());
+    for (a, b) in salvaged.iter().zip(&first) {
+        let strip = |w: &affectgate::store::StoredWindow| {
+            let mut w = w.clone();
+            w.window.samples.clear();
+            w
+        };
+        assert_eq!(strip(a), strip(b));
+        assert_eq!(a.window.samples, b.window.samples, "samples of window {}", a.window.index);
+    }
+    assert!(s.range("polar2", i64::MIN, i64::MAX).count() > 0);
 }

@@ -54,9 +54,9 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
         .collect();
     let by_topic: BTreeMap<String, Value> =
         configs.iter().map(|m| (m.topic.clone(), json(m))).collect();
-    // 9 entities per strap (arousal, heart rate, heart rate vs usual, RMSSD, quality,
-    // calibrating, connected, model, last retrain).
-    assert_eq!(by_topic.len(), 18, "{:?}", by_topic.keys());
+    // 10 entities per strap (arousal, heart rate, heart rate vs usual, RMSSD, quality,
+    // calibrating, connected, model, last retrain, store problem).
+    assert_eq!(by_topic.len(), 20, "{:?}", by_topic.keys());
     let state: Value = json(
         rx.on("affectgate/home/chest/state")
             .first()
@@ -97,6 +97,16 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
                 .contains("value_json.calibrating"));
             assert!(state["calibrating"].is_boolean(), "{state}");
             assert_eq!(c["expire_after"], 30, "{uid}");
+            continue;
+        }
+        if uid.ends_with("_store_problem") {
+            assert_eq!(parts[1], "binary_sensor");
+            assert_eq!(c["device_class"], "problem");
+            assert_eq!(st, "affectgate/home/store");
+            assert_eq!(c["json_attributes_topic"], "affectgate/home/store");
+            let status: Value = json(rx.on("affectgate/home/store").last().expect("store status"));
+            assert_eq!(status["problem"], false, "{status}");
+            assert_eq!(status["state"], "ok", "{status}");
             continue;
         }
         if parts[1] == "binary_sensor" {
@@ -143,7 +153,7 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
     assert_eq!(av.first().unwrap().payload, b"online");
     assert_eq!(av.last().unwrap().payload, b"offline");
 
-    // Second run without "spare": its 9 configs are deleted (empty retained payloads).
+    // Second run without "spare": its 10 configs are deleted (empty retained payloads).
     let mut cfg2 = cfg.clone();
     cfg2.sensors = vec![replay("chest", &file, false)];
     let before = rx.messages().len();
@@ -157,12 +167,12 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
         .filter(|m| m.topic.contains("_spare_") && m.payload.is_empty())
         .map(|m| m.topic.clone())
         .collect();
-    assert_eq!(cleared.len(), 9, "{cleared:?}");
+    assert_eq!(cleared.len(), 10, "{cleared:?}");
     // A fresh subscriber sees retained configs for chest only.
     let late = Recorder::start(broker.port, &["homeassistant/#"]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let retained: Vec<_> = late.messages().into_iter().filter(|m| m.retain).collect();
-    assert_eq!(retained.len(), 9);
+    assert_eq!(retained.len(), 10);
     assert!(retained.iter().all(|m| m.topic.contains("_chest_")));
 }
 
@@ -201,7 +211,7 @@ async fn home_assistant_birth_republishes_discovery_and_last_state() {
     let n_cfg = |m: &[crate::util::Msg]| m.iter().filter(|m| m.topic.ends_with("/config")).count();
     let n_state = |m: &[crate::util::Msg]| m.iter().filter(|m| m.topic.ends_with("/state")).count();
     let (c0, s0) = (n_cfg(&rx.messages()), n_state(&rx.messages()));
-    assert_eq!(c0, 9);
+    assert_eq!(c0, 10);
     rx.client
         .publish("homeassistant/status", QoS::AtLeastOnce, false, "online")
         .await
