@@ -424,8 +424,13 @@ impl GatewayBuilder {
                 stop.cancel();
                 all_done.await
             }
+            // `stop` is cancelled from inside by `cmd/reload` or by a failing store (the sink).
             _ = stop.cancelled() => {
-                tracing::info!("reloading: stopping sources, draining windows");
+                if reload.load(std::sync::atomic::Ordering::SeqCst) {
+                    tracing::info!("reloading: stopping sources, draining windows");
+                } else {
+                    tracing::error!("the window store is failing: stopping sources");
+                }
                 all_done.await
             }
         };

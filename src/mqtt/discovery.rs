@@ -621,7 +621,7 @@ mod tests {
     fn topic_layout_and_object_ids() {
         let h = heads(&["arousal", "valence"]);
         let msgs = parsed(&input("homeassistant", "calm", &h));
-        assert_eq!(msgs.len(), 2 + 8);
+        assert_eq!(msgs.len(), 2 + 9);
         for (topic, m) in &msgs {
             let parts: Vec<&str> = topic.split('/').collect();
             assert_eq!(parts.len(), 4, "{topic}");
@@ -665,7 +665,7 @@ mod tests {
                 assert!(topics.insert(topic.clone()), "duplicate topic {topic}");
             }
         }
-        assert_eq!(seen.len(), 20);
+        assert_eq!(seen.len(), 22);
     }
 
     #[test]
@@ -874,9 +874,9 @@ mod tests {
         };
         assert!(!has_valence(&one));
         assert!(has_valence(&two));
-        assert_eq!(parsed(&input("homeassistant", "calm", &one)).len(), 10);
+        assert_eq!(parsed(&input("homeassistant", "calm", &one)).len(), 11);
         let none: Vec<String> = Vec::new();
-        assert_eq!(parsed(&input("homeassistant", "calm", &none)).len(), 8);
+        assert_eq!(parsed(&input("homeassistant", "calm", &none)).len(), 9);
     }
 
     #[test]
@@ -951,7 +951,7 @@ mod tests {
     fn awkward_head_names_stay_valid() {
         let h = heads(&["stress-level", "items", "calm score", "arousal", "arousal"]);
         let msgs = parsed(&input("homeassistant", "calm", &h));
-        assert_eq!(msgs.len(), 4 + 8, "duplicate head dropped");
+        assert_eq!(msgs.len(), 4 + 9, "duplicate head dropped");
         for topic in msgs.keys() {
             assert!(is_id(topic.split('/').nth(2).unwrap()), "{topic}");
         }

@@ -558,10 +558,18 @@ impl Store {
         };
         let log_path = path.join("db");
         let log_file = File::open(&log_path).map_err(io_err(&log_path))?;
-        // The witness (and sled's files) must survive as directory entries too.
+        // The witness (and sled's files) must survive as directory entries too, and so must
+        // the store's own entry in its parent: a store created since the parent's last fsync
+        // vanishes whole at a power cut (seen in the power-loss test before this).
         File::open(path)
             .and_then(|d| d.sync_all())
             .map_err(io_err(path))?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // A parent the gateway may not read (an admin-made folder) only costs durability.
+            if let Err(e) = File::open(parent).and_then(|d| d.sync_all()) {
+                tracing::warn!(folder = %parent.display(), "cannot fsync the store's parent folder: {e}");
+            }
+        }
         Ok(Store {
             db,
             path: path.to_path_buf(),

@@ -6,15 +6,11 @@
 //! store: it opens (or the gateway moved it aside), and every window announced on the state
 //! topic so far is in it.
 //!
-//! `AFFECTGATE_POWERLOSS_CUTS` sets the number of cuts (CI: 20). Losses are printed on a
-//! `POWERLOSS` summary line; they fail the test only with `AFFECTGATE_POWERLOSS_ENFORCE=1`
-//! until the store makes its own folder durable (see docs/RELIABILITY.md §4: without an fsync
-//! of the folder holding it, a store created since the last such fsync vanishes whole). The
-//! harness itself (mount, cut, restart, the store opening) always fails the test when broken.
-//!
-//! The mount root — the store's parent — is fsynced once after creating `store/`, as a store
-//! created long ago would be durable: the campaign then measures what the store and sled do
-//! inside their own folder.
+//! `AFFECTGATE_POWERLOSS_CUTS` sets the number of cuts (CI: 20; the campaign in
+//! docs/RELIABILITY.md §4 ran 200), `AFFECTGATE_POWERLOSS_SEED` the random moments. A
+//! `POWERLOSS` line sums the campaign up. The store is created by the gateway itself on the
+//! fresh filesystem (nothing fsynced by the test), so a store whose own folder entry was never
+//! made durable would vanish whole at the first cut and fail here.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -29,7 +25,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::util::{gateway_config, missing, replay_sensor, shared_data, Mosquitto, Recorder};
 use affectgate::mqtt::StateMessage;
-use affectgate::store::{Retention, Store};
+use affectgate::store::Retention;
 
 /// `powerfs` mounted at `mnt`, controlled through `ctl`; unmounted (and killed) on drop.
 struct PowerFs {
@@ -115,10 +111,6 @@ impl Drop for PowerFs {
     }
 }
 
-fn fsync_dir(p: &Path) {
-    std::fs::File::open(p).unwrap().sync_all().unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cuts_during_ingest_keep_every_announced_window() {
     let Some(data) = shared_data() else {
@@ -136,7 +128,6 @@ async fn power_cuts_during_ingest_keep_every_announced_window() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let enforce = std::env::var("AFFECTGATE_POWERLOSS_ENFORCE").as_deref() == Ok("1");
     let seed: u64 = std::env::var("AFFECTGATE_POWERLOSS_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -144,8 +135,6 @@ async fn power_cuts_during_ingest_keep_every_announced_window() {
     let mut rng = SmallRng::seed_from_u64(seed);
 
     let store_dir = fs.mnt.join("store");
-    std::fs::create_dir(&store_dir).unwrap();
-    fsync_dir(&fs.mnt);
     let mut cfg = gateway_config("gwpower", broker.port, &store_dir);
     cfg.mqtt.discovery = false;
     cfg.sensors = vec![replay_sensor("polar", &file, true)];
@@ -156,7 +145,8 @@ async fn power_cuts_during_ingest_keep_every_announced_window() {
 
     let mut announced: BTreeSet<i64> = BTreeSet::new();
     let mut failures: Vec<String> = Vec::new();
-    let (mut opened, mut moved_aside, mut announced_lost) = (0usize, 0usize, 0usize);
+    let (mut opened, mut damaged, mut salvaged) = (0usize, 0usize, 0u64);
+    let mut unannounced_max = 0usize;
     let mut max_lost_in_a_cut = 0usize;
     let mut bytes_lost = 0u64;
     let t_start = Instant::now();
@@ -190,42 +180,57 @@ async fn power_cuts_during_ingest_keep_every_announced_window() {
         {
             bytes_lost += b.parse::<u64>().unwrap_or(0);
         }
-        let aside: Vec<String> = std::fs::read_dir(&fs.mnt)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("store.damaged"))
-            .collect();
-        moved_aside = moved_aside.max(aside.len());
-        match Store::open(&store_dir, Retention::KEEP_ALL) {
-            Ok(store) => {
+        // What the gateway does at its next start: open, or move a damaged store aside and
+        // salvage it into a fresh one (done here in the foreground, to count it).
+        let store = match affectgate::store::open_or_quarantine(&store_dir, Retention::KEEP_ALL) {
+            Ok((store, None)) => {
                 opened += 1;
-                let stored: BTreeSet<i64> = store
-                    .range("polar", i64::MIN, i64::MAX)
-                    .filter_map(|r| r.ok())
-                    .map(|r| r.window.start_ns.div_euclid(1_000_000))
-                    .collect();
-                let lost: Vec<&i64> = announced.difference(&stored).collect();
-                max_lost_in_a_cut = max_lost_in_a_cut.max(lost.len());
-                if !lost.is_empty() {
-                    announced_lost = announced_lost.max(lost.len());
-                    failures.push(format!(
-                        "cut {cut} ({run_for:?} in; {cut_report}): {} of {} announced windows not in the store ({} stored)",
-                        lost.len(),
-                        announced.len(),
-                        stored.len()
-                    ));
-                }
+                store
             }
-            Err(e) => failures.push(format!(
-                "cut {cut} ({run_for:?} in; {cut_report}): the store does not open: {e}"
-            )),
+            Ok((store, Some(q))) => {
+                damaged += 1;
+                let rep = affectgate::store::salvage(
+                    &q.moved_to,
+                    &store,
+                    &affectgate::store::SalvageOptions::default(),
+                    &mut |_, _| true,
+                )
+                .unwrap();
+                salvaged += rep.recovered;
+                eprintln!("POWERLOSS cut {cut}: damaged ({}), salvaged {}", q.reason, rep.recovered);
+                store
+            }
+            Err(e) => {
+                failures.push(format!(
+                    "cut {cut} ({run_for:?} in; {cut_report}): the store neither opens nor can be moved aside: {e}"
+                ));
+                continue;
+            }
+        };
+        let stored: BTreeSet<i64> = store
+            .range("polar", i64::MIN, i64::MAX)
+            .filter_map(|r| r.ok())
+            .map(|r| r.window.start_ns.div_euclid(1_000_000))
+            .collect();
+        drop(store);
+        let lost: Vec<&i64> = announced.difference(&stored).collect();
+        max_lost_in_a_cut = max_lost_in_a_cut.max(lost.len());
+        if !lost.is_empty() {
+            failures.push(format!(
+                "cut {cut} ({run_for:?} in; {cut_report}): {} of {} announced windows not in the store ({} stored)",
+                lost.len(),
+                announced.len(),
+                stored.len()
+            ));
         }
+        // Loss bounded by the flush interval: windows stored but never announced are those
+        // in flight at the cut (they are announced by the next run from the outbox).
+        unannounced_max = unannounced_max.max(stored.difference(&announced).count());
     }
     eprintln!(
-        "POWERLOSS: {cuts} cuts in {:.0?} (seed {seed}): store opened {opened}, moved aside {moved_aside}, \
+        "POWERLOSS: {cuts} cuts in {:.0?} (seed {seed}): store opened {opened}, damaged {damaged} (salvaged {salvaged} windows), \
          windows announced {}, announced-but-lost at the worst cut {max_lost_in_a_cut} (cumulative set), \
-         un-fsynced bytes dropped {bytes_lost}, {} failing cuts",
+         stored-but-not-yet-announced at most {unannounced_max}, un-fsynced bytes dropped {bytes_lost}, {} failing cuts",
         t_start.elapsed(),
         announced.len(),
         failures.len()
@@ -235,8 +240,5 @@ async fn power_cuts_during_ingest_keep_every_announced_window() {
     }
     eprintln!("POWERLOSS powerfs {}", fs.command("stats"));
     assert!(!announced.is_empty(), "nothing was announced in {cuts} runs");
-    if enforce {
-        assert!(failures.is_empty(), "{} failing cuts: {failures:#?}", failures.len());
-    }
-    let _ = announced_lost;
+    assert!(failures.is_empty(), "{} failing cuts: {failures:#?}", failures.len());
 }
