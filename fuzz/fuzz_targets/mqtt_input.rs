@@ -1,6 +1,6 @@
 //! MQTT inputs (`affectgate/<gw>/<sensor>/label`, `affectgate/<gw>/cmd/<name>`):
 //! `parse_delivery`. Byte 0 picks the retain flag (bit 7) and the topic (low bits: one of
-//! ours, or — when 0 — a topic taken from the input up to the first NUL); the rest is the
+//! ours (9), or — when 0 — a topic taken from the input up to the first NUL); the rest is the
 //! payload. A label that parses must keep the promises `LabelReport` documents.
 #![no_main]
 use affectgate::mqtt::inputs::{parse_delivery, Input, MAX_FUTURE_NS, MAX_SPAN_NS};
@@ -9,11 +9,13 @@ use libfuzzer_sys::fuzz_target;
 const GATEWAY: &str = "gw1";
 /// 2026-12-01T00:00:00Z: a fixed "now", as the MQTT loop passes the wall clock.
 const NOW_NS: i64 = 1_796_083_200_000_000_000;
-const TOPICS: [&str; 7] = [
+const TOPICS: [&str; 9] = [
     "affectgate/gw1/h10/label",
     "affectgate/gw1/cmd/retrain",
     "affectgate/gw1/cmd/reload",
     "affectgate/gw1/cmd/flush_outbox",
+    "affectgate/gw1/cmd/rollback",
+    "affectgate/gw1/cmd/promote",
     "affectgate/gw1/other/label",
     "affectgate/gw1/cmd/label",
     "affectgate/gw2/h10/label",
@@ -45,6 +47,11 @@ fuzz_target!(|data: &[u8]| {
             assert!(label.from_ns < label.to_ns, "span {}..{}", label.from_ns, label.to_ns);
             assert!(i128::from(label.to_ns) - i128::from(label.from_ns) <= i128::from(MAX_SPAN_NS));
             assert!(label.to_ns <= NOW_NS + MAX_FUTURE_NS);
+        }
+        Ok(Some(Input::Promote { id })) => {
+            assert!(topic.ends_with("/cmd/promote"));
+            assert!(!id.is_empty() && id.len() <= 64);
+            assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'), "{id:?}");
         }
         Ok(_) => {}
         Err(e) => {

@@ -33,8 +33,21 @@ pub(super) fn announce_discovery(
         }
         link.retain(link.topics().availability(old), Vec::new());
     }
+    // The gateway device first: the straps point at it with `via_device`.
+    let gateway = discovery::GatewayDiscoveryInput {
+        prefix,
+        gateway: gw,
+        sw_version: env!("CARGO_PKG_VERSION"),
+        retrain_enabled: cfg.retrain.enabled,
+    };
+    for (t, p) in discovery::gateway_discovery_messages(&gateway) {
+        link.retain(t, p.into_bytes());
+    }
     let window_period_s = cfg.dsp.hop as f64 / crate::dsp::WINDOW_FS;
     for s in sensors {
+        for (t, p) in discovery::moved_to_gateway_messages(prefix, gw, s) {
+            link.retain(t, p.into_bytes());
+        }
         let inp = DiscoveryInput {
             prefix,
             gateway: gw,
@@ -70,6 +83,7 @@ pub(super) async fn input_task(
     reload: Arc<std::sync::atomic::AtomicBool>,
     stop: CancellationToken,
     retrain: Option<mpsc::Sender<()>>,
+    registry: Registry,
 ) {
     while let Some(d) = rx.recv().await {
         let (topic, payload) = (d.topic, d.payload);
@@ -95,6 +109,20 @@ pub(super) async fn input_task(
                 tracing::info!("command: reload configuration");
                 reload.store(true, std::sync::atomic::Ordering::SeqCst);
                 stop.cancel();
+            }
+            // Model changes only edit the registry, exactly as `affectgate model` does: the
+            // registry watcher loads the model completely and swaps it in (no window dropped
+            // or scored twice), and `affectgate/<gw>/model` then says what serves.
+            Ok(Some(Input::Command(Command::Rollback))) => {
+                let r = registry.clone();
+                let res = tokio::task::spawn_blocking(move || r.rollback()).await;
+                model_change_result(&link, &topic, res.map_err(|e| e.to_string()), "rolled back");
+            }
+            Ok(Some(Input::Promote { id })) => {
+                let r = registry.clone();
+                let want = id.clone();
+                let res = tokio::task::spawn_blocking(move || r.promote(&want).map(|()| want)).await;
+                model_change_result(&link, &topic, res.map_err(|e| e.to_string()), "promoted");
             }
             Ok(Some(Input::Command(Command::Retrain))) => {
                 let error = match &retrain {
@@ -123,6 +151,28 @@ pub(super) async fn input_task(
                 link.send(link.topics().error(), e.to_json().into_bytes());
             }
         }
+    }
+}
+
+/// Logs a registry change asked over MQTT, or answers its refusal (unknown id, a rejected
+/// candidate, nothing to roll back to) on the error topic.
+fn model_change_result(
+    link: &MqttLink,
+    topic: &str,
+    res: Result<Result<String, crate::retrain::registry::RegistryError>, String>,
+    what: &str,
+) {
+    match res {
+        Ok(Ok(id)) => {
+            tracing::info!(topic, model = %id, "{what}: {id} serves from the next window on")
+        }
+        Ok(Err(e)) => {
+            let error = e.to_string();
+            tracing::warn!(topic, "{error}");
+            let msg = inputs::error_json(Some(topic), None, &error);
+            link.send(link.topics().error(), msg.into_bytes());
+        }
+        Err(e) => tracing::error!(topic, "registry task failed: {e}"),
     }
 }
 

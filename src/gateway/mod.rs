@@ -28,6 +28,7 @@ mod health;
 mod ingest;
 mod scorer;
 pub mod sensor;
+mod serving;
 mod sink;
 
 pub use control::label_windows;
@@ -346,12 +347,18 @@ impl GatewayBuilder {
             .map_err(|e| GatewayError::Task(e.to_string()))?;
         // Registry watcher: a promotion or rollback (by a retraining round or `affectgate
         // model`) is loaded here, completely, and only then handed to the scorer.
+        let (serving_tx, serving_rx) = tokio::sync::watch::channel(serving::Serving {
+            id: serving_id.clone(),
+            version: version.clone(),
+            heads: heads.clone(),
+        });
         let watcher = tokio::spawn(watch_registry(
             registry.clone(),
             cfg.model.backend.clone(),
             cfg.model.path.clone(),
             serving_id,
             swap_tx,
+            serving_tx,
         ));
 
         // Inputs (labels, commands) from MQTT.
@@ -363,16 +370,15 @@ impl GatewayBuilder {
             .or_else(|| std::env::current_exe().ok())
             .unwrap_or_else(|| PathBuf::from("affectgate"));
         let (retrain_tx, retrain_rx) = mpsc::channel::<()>(1);
+        // The scheduler reports; the gateway publishes (retained) what it reports, and what
+        // serves (see `serving`).
+        let (status_tx, status_rx) = mpsc::unbounded_channel::<RetrainStatus>();
+        let serving_task = tokio::spawn(serving::publish_serving(
+            link.clone(),
+            serving_rx,
+            cfg.retrain.enabled.then_some(status_rx),
+        ));
         let retrain_task = cfg.retrain.enabled.then(|| {
-            // The scheduler reports; the gateway publishes (retained) what it reports.
-            let (status_tx, mut status_rx) = mpsc::unbounded_channel::<RetrainStatus>();
-            let status_link = link.clone();
-            tokio::spawn(async move {
-                while let Some(st) = status_rx.recv().await {
-                    let bytes = serde_json::to_vec(&st).expect("status serialises");
-                    status_link.retain(status_link.topics().retrain(), bytes);
-                }
-            });
             tokio::spawn(
                 Scheduler {
                     cfg: cfg.retrain.clone(),
@@ -398,6 +404,7 @@ impl GatewayBuilder {
                 reload.clone(),
                 stop.clone(),
                 retrain_tx.clone(),
+                registry.clone(),
             ))
         });
 
@@ -443,6 +450,8 @@ impl GatewayBuilder {
             // the next start) and returns.
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
+        // Its last status ("stopped") is handed to the link before the link closes.
+        let _ = tokio::time::timeout(Duration::from_secs(2), serving_task).await;
         // The sensor tasks dropped their window senders: the scorer drains and ends, then
         // the sink drains and ends.
         let _ = tokio::task::spawn_blocking(move || scorer.join()).await;

@@ -51,6 +51,7 @@ pub(super) async fn watch_registry(
     shipped: PathBuf,
     mut serving: String,
     swap: std::sync::mpsc::Sender<(Model, String)>,
+    announce: tokio::sync::watch::Sender<super::serving::Serving>,
 ) {
     loop {
         tokio::time::sleep(REGISTRY_POLL).await;
@@ -98,9 +99,16 @@ pub(super) async fn watch_registry(
             continue;
         }
         tracing::info!(model = %want, version = %version, "registry changed: swapping the serving model");
+        let now = super::serving::Serving {
+            id: want.clone(),
+            version: version.clone(),
+            heads: model.head_names().to_vec(),
+        };
         if swap.send((model, version)).is_err() {
             return;
         }
+        // Announced once handed to the scorer (it serves from the next window on).
+        let _ = announce.send(now);
         serving = want;
     }
 }

@@ -75,8 +75,10 @@ pub const PAYLOAD_ONLINE: &str = "online";
 pub const PAYLOAD_OFFLINE: &str = "offline";
 /// `device.manufacturer` of every strap device.
 pub const MANUFACTURER: &str = "affectgate";
-/// `device.model` of every strap device.
+/// `device.model` of the gateway device.
 pub const DEVICE_MODEL: &str = "ECG emotion gateway";
+/// `device.model` of every strap device.
+pub const STRAP_MODEL: &str = "ECG chest strap";
 /// Per-window entities expire after this many window periods without a message.
 pub const EXPIRE_AFTER_WINDOWS: f64 = 3.0;
 
@@ -102,11 +104,11 @@ pub fn expire_after_s(window_period_s: f64) -> Option<u64> {
 }
 
 /// The top-level keys of the per-window state JSON (`StateMessage`) that the value templates
-/// read: the heads, then `hr_bpm`, `rmssd_ms`, `quality`, `model`.
+/// read: the heads, then `hr_bpm`, `hr_relative`, `rmssd_ms`, `quality`, `calibrating`.
 pub fn state_keys_used(heads: &[String]) -> Vec<String> {
     let mut keys: Vec<String> = unique_heads(heads).into_iter().map(String::from).collect();
     keys.extend(
-        ["hr_bpm", "rmssd_ms", "quality", "model"]
+        ["hr_bpm", "hr_relative", "rmssd_ms", "quality", "calibrating"]
             .iter()
             .map(|k| k.to_string()),
     );
@@ -185,6 +187,224 @@ pub fn head_removal_messages(
         .collect()
 }
 
+/// What the gateway device's configs are built from.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayDiscoveryInput<'a> {
+    /// Discovery prefix, `mqtt.discovery_prefix`.
+    pub prefix: &'a str,
+    pub gateway: &'a str,
+    /// Gateway version, the device's and origin's `sw_version`.
+    pub sw_version: &'a str,
+    /// `retrain.enabled`: the retraining entities and the retrain button exist only then.
+    pub retrain_enabled: bool,
+}
+
+/// The gateway device's entities: `(component, what, needs retraining)`. Config topics are
+/// `<prefix>/<component>/affectgate_<gateway>/<what>/config` (node id = the gateway), a
+/// level deeper than every strap topic, so the two can never collide.
+const GATEWAY_ENTITIES: [(&str, &str, bool); 10] = [
+    ("binary_sensor", "online", false),
+    ("sensor", "model_version", false),
+    ("sensor", "retraining", true),
+    ("sensor", "last_retrain", true),
+    ("binary_sensor", "store_problem", false),
+    ("sensor", "last_input_error", false),
+    ("button", "retrain", true),
+    ("button", "reload", false),
+    ("button", "rollback", false),
+    ("button", "flush_outbox", false),
+];
+
+/// Strap entities of earlier versions that now live on the gateway device.
+const MOVED_TO_GATEWAY: [(&str, &str); 3] = [
+    ("sensor", "model_version"),
+    ("sensor", "last_retrain"),
+    ("binary_sensor", "store_problem"),
+];
+
+fn gateway_config_topic(prefix: &str, gateway: &str, component: &str, what: &str) -> String {
+    format!(
+        "{prefix}/{component}/{}/{what}/config",
+        id_segment(&format!("affectgate_{gateway}"))
+    )
+}
+
+/// The retained discovery configs of the gateway device, and empty retained configs for its
+/// retraining entities when retraining is off (so turning it off removes them). Published
+/// before the straps' configs, which point at this device with `via_device`.
+pub fn gateway_discovery_messages(inp: &GatewayDiscoveryInput) -> Vec<(String, String)> {
+    GATEWAY_ENTITIES
+        .iter()
+        .map(|&(component, what, retrain_only)| {
+            let topic = gateway_config_topic(inp.prefix, inp.gateway, component, what);
+            if retrain_only && !inp.retrain_enabled {
+                (topic, String::new())
+            } else {
+                (topic, gateway_payload(inp, component, what).to_string())
+            }
+        })
+        .collect()
+}
+
+/// Empty retained configs for the strap entities that moved to the gateway device (model
+/// version, last retrain, store problem): Home Assistant removes the old copies, and the
+/// history of these gateway-wide values continues on the gateway device.
+pub fn moved_to_gateway_messages(prefix: &str, gateway: &str, sensor: &str) -> Vec<(String, String)> {
+    MOVED_TO_GATEWAY
+        .iter()
+        .map(|(component, what)| {
+            (
+                format!(
+                    "{prefix}/{component}/{}_{what}/config",
+                    device_identifier(gateway, sensor)
+                ),
+                String::new(),
+            )
+        })
+        .collect()
+}
+
+fn gateway_payload(inp: &GatewayDiscoveryInput, component: &str, what: &str) -> Value {
+    let t = Topics::new(inp.gateway);
+    let device_name = gateway_device_name(inp.gateway);
+    let name = match what {
+        "online" => "Online",
+        "model_version" => "Model version",
+        "retraining" => "Retraining",
+        "last_retrain" => "Last retrain",
+        "store_problem" => "Store problem",
+        "last_input_error" => "Last input error",
+        "retrain" => "Retrain now",
+        "reload" => "Reload configuration",
+        "rollback" => "Roll back model",
+        "flush_outbox" => "Flush outbox",
+        other => other,
+    };
+    let mut m = Map::new();
+    m.insert("name".into(), json!(name));
+    m.insert(
+        "default_entity_id".into(),
+        json!(entity_id(component, &device_name, name)),
+    );
+    m.insert(
+        "unique_id".into(),
+        json!(format!("{}/{what}", gateway_device_identifier(inp.gateway))),
+    );
+    m.insert(
+        "device".into(),
+        json!({
+            "identifiers": [gateway_device_identifier(inp.gateway)],
+            "name": device_name,
+            "manufacturer": MANUFACTURER,
+            "model": DEVICE_MODEL,
+            "sw_version": inp.sw_version,
+        }),
+    );
+    m.insert(
+        "origin".into(),
+        json!({ "name": MANUFACTURER, "sw_version": inp.sw_version }),
+    );
+    m.insert("qos".into(), json!(1));
+    // Everything but the connectivity sensor is unavailable while the gateway is down; the
+    // connectivity sensor *is* the gateway status, so it must stay available to say "off".
+    if what != "online" {
+        m.insert(
+            "availability".into(),
+            json!([{
+                "topic": t.status(),
+                "payload_available": PAYLOAD_ONLINE,
+                "payload_not_available": PAYLOAD_OFFLINE,
+            }]),
+        );
+    }
+    let mut set = |k: &str, v: Value| {
+        m.insert(k.to_string(), v);
+    };
+    match what {
+        "online" => {
+            set("state_topic", json!(t.status()));
+            set("device_class", json!("connectivity"));
+            set("payload_on", json!(PAYLOAD_ONLINE));
+            set("payload_off", json!(PAYLOAD_OFFLINE));
+        }
+        "model_version" => {
+            set("state_topic", json!(t.model()));
+            set("value_template", json!("{{ value_json.version }}"));
+            set("json_attributes_topic", json!(t.model()));
+            set("icon", json!("mdi:tag-outline"));
+            set("entity_category", json!("diagnostic"));
+        }
+        "retraining" => {
+            // A fixed set of states: an enum sensor (HA offers them in automations).
+            set("state_topic", json!(t.retrain()));
+            set("value_template", json!("{{ value_json.state }}"));
+            set("json_attributes_topic", json!(t.retrain()));
+            set("device_class", json!("enum"));
+            set("options", json!(crate_retrain_states()));
+            set("icon", json!("mdi:school-outline"));
+        }
+        "last_retrain" => {
+            // `default(None)`: HA's MQTT sensor turns the rendered "None" into an unknown
+            // state, so a retrain message without `finished` (still running, never ran)
+            // neither errors nor shows a bogus time.
+            set("state_topic", json!(t.retrain()));
+            set("value_template", json!("{{ value_json.finished | default(None) }}"));
+            set("device_class", json!("timestamp"));
+            set("entity_category", json!("diagnostic"));
+            set("icon", json!("mdi:school-outline"));
+        }
+        "store_problem" => {
+            // The retained store topic says whether a person should look (a full disk, a
+            // damaged store moved aside); its other keys become the entity's attributes.
+            set("state_topic", json!(t.store()));
+            set("json_attributes_topic", json!(t.store()));
+            set("value_template", json!("{{ 'ON' if value_json.problem else 'OFF' }}"));
+            set("device_class", json!("problem"));
+            set("entity_category", json!("diagnostic"));
+        }
+        "last_input_error" => {
+            // The answer to a self-report or command that was refused (a dashboard button
+            // gets its answer here). HA states hold at most 255 characters.
+            set("state_topic", json!(t.error()));
+            set("value_template", json!("{{ value_json.error[:250] }}"));
+            set("json_attributes_topic", json!(t.error()));
+            set("icon", json!("mdi:message-alert-outline"));
+            set("entity_category", json!("diagnostic"));
+        }
+        command => {
+            // Buttons: one press = one non-retained `{}` on the command topic (the gateway
+            // refuses retained commands).
+            set("command_topic", json!(t.command(command)));
+            set("payload_press", json!("{}"));
+            set("retain", json!(false));
+            let (icon, category) = match command {
+                "retrain" => ("mdi:school", None),
+                "reload" => ("mdi:reload", Some("config")),
+                "rollback" => ("mdi:undo-variant", Some("config")),
+                _ => ("mdi:send-clock-outline", Some("diagnostic")),
+            };
+            set("icon", json!(icon));
+            if let Some(c) = category {
+                set("entity_category", json!(c));
+            }
+        }
+    }
+    Value::Object(m)
+}
+
+/// The retraining states, as serialised on `affectgate/<gw>/retrain` (a crate-level test
+/// checks this list against `RetrainState::ALL`; this module names no `crate::` items).
+fn crate_retrain_states() -> [&'static str; 8] {
+    [
+        "idle", "waiting", "running", "promoted", "rejected", "failed", "stopped", "rolled_back",
+    ]
+}
+
+/// The retraining states the "Retraining" enum entity offers.
+pub fn retrain_state_options() -> Vec<&'static str> {
+    crate_retrain_states().to_vec()
+}
+
 /// The kinds of entity a strap device has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -195,9 +415,6 @@ enum Kind {
     Quality,
     Calibrating,
     Connected,
-    ModelVersion,
-    LastRetrain,
-    StoreProblem,
 }
 
 /// One entity: its kind, the `<what>` of its ids, and the head it shows (heads only).
@@ -228,9 +445,6 @@ fn entities(heads: &[String]) -> Vec<Entity<'_>> {
         (Kind::Quality, "quality"),
         (Kind::Calibrating, "calibrating"),
         (Kind::Connected, "connected"),
-        (Kind::ModelVersion, "model_version"),
-        (Kind::LastRetrain, "last_retrain"),
-        (Kind::StoreProblem, "store_problem"),
     ] {
         out.push(Entity {
             kind,
@@ -252,7 +466,7 @@ impl<'h> Entity<'h> {
 
     fn component(&self) -> &'static str {
         match self.kind {
-            Kind::Connected | Kind::Calibrating | Kind::StoreProblem => "binary_sensor",
+            Kind::Connected | Kind::Calibrating => "binary_sensor",
             _ => "sensor",
         }
     }
@@ -268,6 +482,20 @@ impl<'h> Entity<'h> {
             self.component(),
             self.object_id(gateway, sensor)
         )
+    }
+
+    /// The entity's name; Home Assistant shows "<device name> <entity name>" and derives
+    /// the entity id from the two (see [`entity_id`]).
+    fn name(&self) -> String {
+        match self.kind {
+            Kind::Head => display_name(self.head.unwrap_or(self.what.as_str())),
+            Kind::HeartRate => "Heart rate".into(),
+            Kind::HeartRateRelative => "Heart rate vs usual".into(),
+            Kind::Rmssd => "HRV RMSSD".into(),
+            Kind::Quality => "Signal quality".into(),
+            Kind::Calibrating => "Calibrating".into(),
+            Kind::Connected => "Strap connected".into(),
+        }
     }
 
     /// A value read once per window (expires after three missed windows).
@@ -289,10 +517,10 @@ impl<'h> Entity<'h> {
         let mut m = Map::new();
         m.insert(
             "default_entity_id".into(),
-            json!(format!(
-                "{}.{}",
+            json!(entity_id(
                 self.component(),
-                oid.to_ascii_lowercase().replace('-', "_")
+                &strap_device_name(inp.gateway, inp.sensor),
+                &self.name()
             )),
         );
         m.insert("unique_id".into(), json!(oid));
@@ -334,7 +562,7 @@ impl<'h> Entity<'h> {
         match self.kind {
             Kind::Head => {
                 let head = self.head.unwrap_or(self.what.as_str());
-                set("name", json!(display_name(head)));
+                set("name", json!(self.name()));
                 set("state_topic", json!(state));
                 set("value_template", json!(value_template(head)));
                 set("state_class", json!("measurement"));
@@ -343,7 +571,7 @@ impl<'h> Entity<'h> {
                 set("icon", json!(head_icon(head)));
             }
             Kind::HeartRate => {
-                set("name", json!("Heart rate"));
+                set("name", json!(self.name()));
                 set("state_topic", json!(state));
                 set("value_template", json!(value_template("hr_bpm")));
                 set("unit_of_measurement", json!("bpm"));
@@ -355,7 +583,7 @@ impl<'h> Entity<'h> {
                 // The window's heart rate relative to the wearer's baseline, in units of the
                 // wearer's usual spread: the strongest simple arousal signal (RESULTS §6).
                 // Unknown while calibrating (the state message has `null`).
-                set("name", json!("Heart rate vs usual"));
+                set("name", json!(self.name()));
                 set("state_topic", json!(state));
                 set("value_template", json!(value_template("hr_relative")));
                 set("state_class", json!("measurement"));
@@ -365,7 +593,7 @@ impl<'h> Entity<'h> {
             Kind::Rmssd => {
                 // No device_class "duration": HA would offer unit conversion to s/min/h,
                 // which makes no sense for an HRV index.
-                set("name", json!("HRV RMSSD"));
+                set("name", json!(self.name()));
                 set("state_topic", json!(state));
                 set("value_template", json!(value_template("rmssd_ms")));
                 set("unit_of_measurement", json!("ms"));
@@ -375,7 +603,7 @@ impl<'h> Entity<'h> {
             }
             Kind::Quality => {
                 // Text ("good", "flat+clipping", ...): no state_class, no unit.
-                set("name", json!("Signal quality"));
+                set("name", json!(self.name()));
                 set("state_topic", json!(state));
                 set("value_template", json!(value_template("quality")));
                 set("icon", json!("mdi:signal"));
@@ -383,7 +611,7 @@ impl<'h> Entity<'h> {
             Kind::Calibrating => {
                 // On until the gateway has learnt the wearer's baseline: scores and
                 // `Heart rate vs usual` mean little before that.
-                set("name", json!("Calibrating"));
+                set("name", json!(self.name()));
                 set("state_topic", json!(state));
                 set(
                     "value_template",
@@ -393,7 +621,7 @@ impl<'h> Entity<'h> {
                 set("entity_category", json!("diagnostic"));
             }
             Kind::Connected => {
-                set("name", json!("Strap connected"));
+                set("name", json!(self.name()));
                 set(
                     "state_topic",
                     json!(Topics::new(inp.gateway).availability(inp.sensor)),
@@ -401,57 +629,64 @@ impl<'h> Entity<'h> {
                 set("device_class", json!("connectivity"));
                 set("payload_on", json!(PAYLOAD_ONLINE));
                 set("payload_off", json!(PAYLOAD_OFFLINE));
-                set("entity_category", json!("diagnostic"));
-            }
-            Kind::ModelVersion => {
-                set("name", json!("Model version"));
-                set("state_topic", json!(state));
-                set("value_template", json!(value_template("model")));
-                set("entity_category", json!("diagnostic"));
-                set("icon", json!("mdi:tag-outline"));
-            }
-            Kind::LastRetrain => {
-                // `default(None)`: HA's MQTT sensor turns the rendered "None" into an unknown
-                // state, so a retrain message without `finished` (still running, never ran)
-                // neither errors nor shows a bogus time.
-                set("name", json!("Last retrain"));
-                set("state_topic", json!(Topics::new(inp.gateway).retrain()));
-                set(
-                    "value_template",
-                    json!("{{ value_json.finished | default(None) }}"),
-                );
-                set("device_class", json!("timestamp"));
-                set("entity_category", json!("diagnostic"));
-                set("icon", json!("mdi:school-outline"));
-            }
-            Kind::StoreProblem => {
-                // The retained store topic says whether a person should look (a full disk, a
-                // damaged store moved aside); its other keys become the entity's attributes.
-                let topic = Topics::new(inp.gateway).store();
-                set("name", json!("Store problem"));
-                set("state_topic", json!(topic));
-                set("json_attributes_topic", json!(topic));
-                set(
-                    "value_template",
-                    json!("{{ 'ON' if value_json.problem else 'OFF' }}"),
-                );
-                set("device_class", json!("problem"));
-                set("entity_category", json!("diagnostic"));
+                // A primary entity: whether the strap is worn and connected is what a
+                // dashboard shows first (diagnostic entities are hidden from the default one).
             }
         }
         Value::Object(m)
     }
 }
 
-/// The device block, repeated in every config of the strap (HA wants `name` in each).
+/// The device block, repeated in every config of the strap (HA wants `name` in each). The
+/// strap hangs off its gateway's device (`via_device`), which carries the software facts.
 fn device_block(inp: &DiscoveryInput) -> Value {
     json!({
         "identifiers": [device_identifier(inp.gateway, inp.sensor)],
-        "name": format!("ECG strap {} ({})", inp.sensor, inp.gateway),
+        "name": strap_device_name(inp.gateway, inp.sensor),
         "manufacturer": MANUFACTURER,
-        "model": DEVICE_MODEL,
-        "sw_version": inp.sw_version,
+        "model": STRAP_MODEL,
+        "via_device": gateway_device_identifier(inp.gateway),
     })
+}
+
+/// A strap device's name: `affectgate <gateway> <sensor>`. Chosen so that the entity id Home
+/// Assistant derives from it (before 2025.10, which ignores `default_entity_id`) is the
+/// same as the `default_entity_id` newer releases use: one documented id on every version.
+pub fn strap_device_name(gateway: &str, sensor: &str) -> String {
+    format!("affectgate {gateway} {sensor}")
+}
+
+/// The gateway device's name: `affectgate <gateway>` (see [`strap_device_name`]).
+pub fn gateway_device_name(gateway: &str) -> String {
+    format!("affectgate {gateway}")
+}
+
+/// The gateway device's identifier: `affectgate/<gateway>`. The `/` cannot occur in a strap
+/// device's identifier (ids are `[a-zA-Z0-9_-]`), so the two never collide.
+pub fn gateway_device_identifier(gateway: &str) -> String {
+    format!("affectgate/{gateway}")
+}
+
+/// The entity id Home Assistant gives an entity named `entity` on device `device`:
+/// `<component>.<slug of "device entity">` — what HA before 2025.10 derives (its `slugify`:
+/// lower case, every run of other characters one `_`, none at the ends) and what
+/// `default_entity_id` asks for on newer releases.
+pub fn entity_id(component: &str, device: &str, entity: &str) -> String {
+    let mut slug = String::new();
+    for c in format!("{device} {entity}").chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.is_empty() && !slug.ends_with('_') {
+            slug.push('_');
+        }
+    }
+    while slug.ends_with('_') {
+        slug.pop();
+    }
+    if slug.is_empty() {
+        slug.push_str("unknown");
+    }
+    format!("{component}.{slug}")
 }
 
 /// Map `s` into the topic/id alphabet `[a-zA-Z0-9_-]` (other characters become `_`).
@@ -621,7 +856,7 @@ mod tests {
     fn topic_layout_and_object_ids() {
         let h = heads(&["arousal", "valence"]);
         let msgs = parsed(&input("homeassistant", "calm", &h));
-        assert_eq!(msgs.len(), 2 + 9);
+        assert_eq!(msgs.len(), 2 + 6);
         for (topic, m) in &msgs {
             let parts: Vec<&str> = topic.split('/').collect();
             assert_eq!(parts.len(), 4, "{topic}");
@@ -630,13 +865,34 @@ mod tests {
             assert!(is_id(parts[2]), "object id of {topic}");
             assert_eq!(parts[3], "config");
             assert_eq!(m["unique_id"], parts[2]);
-            assert_eq!(m["default_entity_id"], format!("{}.{}", parts[1], parts[2]));
+            // The id HA before 2025.10 derives from the names, and asked for by newer HA.
+            assert_eq!(
+                m["default_entity_id"],
+                entity_id(parts[1], "affectgate gw calm", m["name"].as_str().unwrap())
+            );
             assert!(
                 !m.contains_key("object_id"),
                 "object_id is deprecated in HA"
             );
         }
         assert!(msgs.contains_key("homeassistant/sensor/affectgate_gw_calm_arousal/config"));
+        let ids: std::collections::BTreeSet<&str> = msgs
+            .values()
+            .map(|m| m["default_entity_id"].as_str().unwrap())
+            .collect();
+        let expected: std::collections::BTreeSet<&str> = [
+            "sensor.affectgate_gw_calm_arousal",
+            "sensor.affectgate_gw_calm_heart_rate",
+            "sensor.affectgate_gw_calm_heart_rate_vs_usual",
+            "sensor.affectgate_gw_calm_hrv_rmssd",
+            "sensor.affectgate_gw_calm_signal_quality",
+            "binary_sensor.affectgate_gw_calm_calibrating",
+            "binary_sensor.affectgate_gw_calm_strap_connected",
+            "sensor.affectgate_gw_calm_valence",
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(ids, expected);
         assert!(
             msgs.contains_key("homeassistant/binary_sensor/affectgate_gw_calm_connected/config")
         );
@@ -665,7 +921,7 @@ mod tests {
                 assert!(topics.insert(topic.clone()), "duplicate topic {topic}");
             }
         }
-        assert_eq!(seen.len(), 22);
+        assert_eq!(seen.len(), 16);
     }
 
     #[test]
@@ -678,11 +934,12 @@ mod tests {
                 let d = &m["device"];
                 assert_eq!(d, first, "one device per strap");
                 assert_eq!(d["identifiers"], json!([format!("affectgate_gw_{sensor}")]));
-                assert_eq!(d["name"], format!("ECG strap {sensor} (gw)"));
+                assert_eq!(d["name"], format!("affectgate gw {sensor}"));
                 assert_eq!(d["manufacturer"], "affectgate");
-                assert_eq!(d["model"], "ECG emotion gateway");
-                assert_eq!(d["sw_version"], "0.1.0");
-                assert!(d.get("via_device").is_none());
+                assert_eq!(d["model"], "ECG chest strap");
+                // The software is the gateway device's; the strap hangs off it.
+                assert!(d.get("sw_version").is_none());
+                assert_eq!(d["via_device"], "affectgate/gw");
                 assert_eq!(m["origin"]["name"], "affectgate");
                 assert_eq!(m["origin"]["sw_version"], "0.1.0");
                 assert_eq!(m["qos"], 1);
@@ -703,7 +960,6 @@ mod tests {
             "heart_rate",
             "rmssd",
             "quality",
-            "model_version",
         ] {
             let m = entity(&msgs, "calm", what);
             assert_eq!(m["state_topic"], "affectgate/gw/calm/state", "{what}");
@@ -731,12 +987,8 @@ mod tests {
             "{{ value_json.quality }}"
         );
         assert_eq!(
-            entity(&msgs, "calm", "model_version")["value_template"],
-            "{{ value_json.model }}"
-        );
-        assert_eq!(
             state_keys_used(&h),
-            heads(&["arousal", "valence", "hr_bpm", "rmssd_ms", "quality", "model"])
+            heads(&["arousal", "valence", "hr_bpm", "hr_relative", "rmssd_ms", "quality", "calibrating"])
         );
     }
 
@@ -748,7 +1000,7 @@ mod tests {
             let m = entity(&msgs, "calm", what);
             assert_eq!(m["state_class"], "measurement", "{what}");
         }
-        for what in ["quality", "connected", "model_version", "last_retrain"] {
+        for what in ["quality", "connected"] {
             let m = entity(&msgs, "calm", what);
             assert!(!m.contains_key("state_class"), "{what} must not be numeric");
         }
@@ -771,7 +1023,7 @@ mod tests {
         for what in ["arousal"].iter().chain(PER_WINDOW.iter()) {
             assert_eq!(entity(&msgs, "calm", what)["expire_after"], 30, "{what}");
         }
-        for what in ["connected", "model_version", "last_retrain"] {
+        for what in ["connected"] {
             assert!(
                 !entity(&msgs, "calm", what).contains_key("expire_after"),
                 "{what}"
@@ -808,8 +1060,6 @@ mod tests {
             "heart_rate",
             "rmssd",
             "quality",
-            "model_version",
-            "last_retrain",
         ] {
             let m = entity(&msgs, "calm", what);
             assert_eq!(m["availability"], json!([gateway, strap]), "{what}");
@@ -829,38 +1079,127 @@ mod tests {
     }
 
     #[test]
-    fn diagnostic_entities() {
+    fn strap_entities_are_primary_but_calibrating() {
         let h = heads(&["arousal"]);
         let msgs = parsed(&input("homeassistant", "calm", &h));
-        let mv = entity(&msgs, "calm", "model_version");
-        assert_eq!(mv["entity_category"], "diagnostic");
-        let sp = entity(&msgs, "calm", "store_problem");
-        assert_eq!(sp["entity_category"], "diagnostic");
-        assert_eq!(sp["device_class"], "problem");
-        assert_eq!(sp["state_topic"], "affectgate/gw/store");
-        assert_eq!(sp["json_attributes_topic"], "affectgate/gw/store");
-        let lr = entity(&msgs, "calm", "last_retrain");
-        assert_eq!(lr["entity_category"], "diagnostic");
-        assert_eq!(lr["device_class"], "timestamp");
-        assert_eq!(lr["state_topic"], "affectgate/gw/retrain");
-        assert_eq!(
-            lr["value_template"],
-            "{{ value_json.finished | default(None) }}"
-        );
-        assert_eq!(
-            template_key(lr["value_template"].as_str().unwrap()),
-            "finished"
-        );
-        assert_eq!(
-            entity(&msgs, "calm", "connected")["entity_category"],
-            "diagnostic"
-        );
-        for what in ["arousal", "heart_rate", "rmssd", "quality"] {
+        // Strap connected is shown on the default dashboard (it was diagnostic, hidden).
+        for what in ["arousal", "heart_rate", "rmssd", "quality", "connected"] {
             assert!(
                 !entity(&msgs, "calm", what).contains_key("entity_category"),
                 "{what}"
             );
         }
+        assert_eq!(entity(&msgs, "calm", "calibrating")["entity_category"], "diagnostic");
+        for what in ["model_version", "last_retrain", "store_problem"] {
+            assert!(
+                !msgs.keys().any(|t| t.ends_with(&format!("_{what}/config"))),
+                "{what} is the gateway's, not the strap's"
+            );
+        }
+        // …and their old strap copies are deleted.
+        let moved = moved_to_gateway_messages("homeassistant", "gw", "calm");
+        assert_eq!(
+            moved,
+            vec![
+                ("homeassistant/sensor/affectgate_gw_calm_model_version/config".to_string(), String::new()),
+                ("homeassistant/sensor/affectgate_gw_calm_last_retrain/config".to_string(), String::new()),
+                ("homeassistant/binary_sensor/affectgate_gw_calm_store_problem/config".to_string(), String::new()),
+            ]
+        );
+    }
+
+    fn gateway(retrain_enabled: bool) -> BTreeMap<String, Map<String, Value>> {
+        let inp = GatewayDiscoveryInput {
+            prefix: "homeassistant",
+            gateway: "gw",
+            sw_version: "0.1.0",
+            retrain_enabled,
+        };
+        gateway_discovery_messages(&inp)
+            .into_iter()
+            .map(|(t, p)| {
+                let m = if p.is_empty() {
+                    Map::new()
+                } else {
+                    serde_json::from_str::<Value>(&p).unwrap().as_object().unwrap().clone()
+                };
+                (t, m)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gateway_device_carries_the_software_and_the_controls() {
+        let msgs = gateway(true);
+        assert_eq!(msgs.len(), 10);
+        let g = |c: &str, w: &str| msgs[&format!("homeassistant/{c}/affectgate_gw/{w}/config")].clone();
+        for (topic, m) in &msgs {
+            let parts: Vec<&str> = topic.split('/').collect();
+            assert_eq!(parts.len(), 5, "{topic}: node id level");
+            assert_eq!(m["device"]["identifiers"], json!(["affectgate/gw"]));
+            assert_eq!(m["device"]["name"], "affectgate gw");
+            assert_eq!(m["device"]["sw_version"], "0.1.0");
+            assert_eq!(m["device"]["model"], "ECG emotion gateway");
+            assert_eq!(m["unique_id"], format!("affectgate/gw/{}", parts[3]));
+            assert_eq!(
+                m["default_entity_id"],
+                entity_id(parts[1], "affectgate gw", m["name"].as_str().unwrap())
+            );
+            if parts[3] != "online" {
+                assert_eq!(m["availability"][0]["topic"], "affectgate/gw/status", "{topic}");
+            }
+        }
+        let online = g("binary_sensor", "online");
+        assert_eq!(online["state_topic"], "affectgate/gw/status");
+        assert_eq!(online["device_class"], "connectivity");
+        assert!(!online.contains_key("availability"), "says offline, never unavailable");
+        assert_eq!(online["default_entity_id"], "binary_sensor.affectgate_gw_online");
+        let mv = g("sensor", "model_version");
+        assert_eq!(mv["state_topic"], "affectgate/gw/model");
+        assert_eq!(mv["value_template"], "{{ value_json.version }}");
+        let rt = g("sensor", "retraining");
+        assert_eq!(rt["device_class"], "enum");
+        assert_eq!(rt["options"], json!(retrain_state_options()));
+        assert_eq!(rt["json_attributes_topic"], "affectgate/gw/retrain");
+        let lr = g("sensor", "last_retrain");
+        assert_eq!(lr["device_class"], "timestamp");
+        assert_eq!(lr["value_template"], "{{ value_json.finished | default(None) }}");
+        let sp = g("binary_sensor", "store_problem");
+        assert_eq!(sp["device_class"], "problem");
+        assert_eq!(sp["state_topic"], "affectgate/gw/store");
+        let le = g("sensor", "last_input_error");
+        assert_eq!(le["state_topic"], "affectgate/gw/error");
+        for (what, entity) in [
+            ("retrain", "button.affectgate_gw_retrain_now"),
+            ("reload", "button.affectgate_gw_reload_configuration"),
+            ("rollback", "button.affectgate_gw_roll_back_model"),
+            ("flush_outbox", "button.affectgate_gw_flush_outbox"),
+        ] {
+            let b = g("button", what);
+            assert_eq!(b["command_topic"], format!("affectgate/gw/cmd/{what}"));
+            assert_eq!(b["payload_press"], "{}");
+            assert_eq!(b["retain"], false, "a retained command is refused");
+            assert_eq!(b["default_entity_id"], entity);
+        }
+        // Retraining off: its entities are deleted (empty retained configs), the rest stay.
+        let off = gateway(false);
+        let empty: Vec<&String> = off.iter().filter(|(_, m)| m.is_empty()).map(|(t, _)| t).collect();
+        assert_eq!(
+            empty,
+            [
+                "homeassistant/button/affectgate_gw/retrain/config",
+                "homeassistant/sensor/affectgate_gw/last_retrain/config",
+                "homeassistant/sensor/affectgate_gw/retraining/config",
+            ]
+        );
+    }
+
+    #[test]
+    fn entity_ids_follow_home_assistants_slug_rule() {
+        assert_eq!(entity_id("sensor", "affectgate gw calm", "Arousal"), "sensor.affectgate_gw_calm_arousal");
+        assert_eq!(entity_id("sensor", "affectgate Home-1 Chest_2", "HRV RMSSD"), "sensor.affectgate_home_1_chest_2_hrv_rmssd");
+        assert_eq!(entity_id("sensor", "affectgate gw a__b", "Heart rate vs usual"), "sensor.affectgate_gw_a_b_heart_rate_vs_usual");
+        assert_eq!(entity_id("sensor", "", "?"), "sensor.unknown");
     }
 
     #[test]
@@ -874,9 +1213,9 @@ mod tests {
         };
         assert!(!has_valence(&one));
         assert!(has_valence(&two));
-        assert_eq!(parsed(&input("homeassistant", "calm", &one)).len(), 11);
+        assert_eq!(parsed(&input("homeassistant", "calm", &one)).len(), 7);
         let none: Vec<String> = Vec::new();
-        assert_eq!(parsed(&input("homeassistant", "calm", &none)).len(), 9);
+        assert_eq!(parsed(&input("homeassistant", "calm", &none)).len(), 6);
     }
 
     #[test]
@@ -951,7 +1290,7 @@ mod tests {
     fn awkward_head_names_stay_valid() {
         let h = heads(&["stress-level", "items", "calm score", "arousal", "arousal"]);
         let msgs = parsed(&input("homeassistant", "calm", &h));
-        assert_eq!(msgs.len(), 4 + 9, "duplicate head dropped");
+        assert_eq!(msgs.len(), 4 + 6, "duplicate head dropped");
         for topic in msgs.keys() {
             assert!(is_id(topic.split('/').nth(2).unwrap()), "{topic}");
         }

@@ -41,7 +41,7 @@ pub const MAX_PAYLOAD_BYTES: usize = 4096;
 /// Label names a self-report may carry (the model's heads), in report order.
 pub const LABEL_NAMES: [&str; 3] = ["arousal", "valence", "dominance"];
 /// Command names under `affectgate/<gateway>/cmd/`.
-pub const COMMAND_NAMES: [&str; 3] = ["retrain", "reload", "flush_outbox"];
+pub const COMMAND_NAMES: [&str; 5] = ["retrain", "reload", "flush_outbox", "rollback", "promote"];
 /// Every field a label payload may have.
 pub const LABEL_FIELDS: [&str; 7] = [
     "arousal",
@@ -82,6 +82,9 @@ pub enum Input {
         label: LabelReport,
     },
     Command(Command),
+    /// `promote` with `{"id": "<registry id>"}`: serve that registered model (what
+    /// `affectgate model promote <id>` does).
+    Promote { id: String },
 }
 
 /// Commands on `affectgate/<gateway>/cmd/<name>`.
@@ -93,6 +96,9 @@ pub enum Command {
     Reload,
     /// `flush_outbox`: publish what the outbox holds now.
     FlushOutbox,
+    /// `rollback`: serve the model that served before the current one (what
+    /// `affectgate model rollback` does).
+    Rollback,
 }
 
 impl Command {
@@ -102,6 +108,7 @@ impl Command {
             Command::Retrain => "retrain",
             Command::Reload => "reload",
             Command::FlushOutbox => "flush_outbox",
+            Command::Rollback => "rollback",
         }
     }
 
@@ -110,6 +117,7 @@ impl Command {
             "retrain" => Some(Command::Retrain),
             "reload" => Some(Command::Reload),
             "flush_outbox" => Some(Command::FlushOutbox),
+            "rollback" => Some(Command::Rollback),
             _ => None,
         }
     }
@@ -349,6 +357,7 @@ pub fn parse_input(
         });
     }
     match route {
+        Route::Command("promote") => parse_promote(topic, payload).map(Some),
         Route::Command(name) => {
             let command = Command::from_name(name).ok_or_else(|| InputError::UnknownCommand {
                 topic: topic.to_string(),
@@ -407,6 +416,45 @@ fn route<'a>(gateway: &str, topic: &'a str) -> Option<Route<'a>> {
 /// message delivers exactly that, and must not run it); anything else is rejected rather than
 /// ignored, so a typo'd argument is not silently dropped. (A Home Assistant MQTT button must
 /// therefore set `payload_press: "{}"`; its default `"PRESS"` is rejected as not JSON.)
+const PROMOTE_EXAMPLE: &str = r#"expected a JSON object such as {"id": "r0002"} (ids: `affectgate model list`)"#;
+
+/// `cmd/promote`: exactly `{"id": "<registry id>"}`, the id in the registry's alphabet.
+fn parse_promote(topic: &str, payload: &[u8]) -> Result<Input, InputError> {
+    if payload.is_empty() {
+        return Err(InputError::EmptyCommand {
+            topic: topic.to_string(),
+        });
+    }
+    let text = std::str::from_utf8(payload).map_err(|_| InputError::NotUtf8 {
+        topic: topic.to_string(),
+    })?;
+    let obj = json_object(topic, text, PROMOTE_EXAMPLE)?;
+    if let Some(field) = obj.keys().find(|k| k.as_str() != "id") {
+        return Err(InputError::UnknownField {
+            topic: topic.to_string(),
+            field: field.clone(),
+            allowed: &["id"],
+        });
+    }
+    let bad = |message: &str| InputError::BadValue {
+        topic: topic.to_string(),
+        field: "id".to_string(),
+        message: message.to_string(),
+    };
+    let id = match obj.get("id") {
+        None => return Err(bad("is missing; send {\"id\": \"r0002\"} (ids: `affectgate model list`)")),
+        Some(Value::String(id)) => id.clone(),
+        Some(_) => return Err(bad("must be a string such as \"r0002\"")),
+    };
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !ok {
+        return Err(bad("must be 1–64 characters of [a-zA-Z0-9_-], a registry id such as \"r0002\" or \"shipped\""));
+    }
+    Ok(Input::Promote { id })
+}
+
 fn check_command_payload(topic: &str, payload: &[u8]) -> Result<(), InputError> {
     if payload.is_empty() {
         return Err(InputError::EmptyCommand {
@@ -850,6 +898,7 @@ mod tests {
             ("retrain", Command::Retrain),
             ("reload", Command::Reload),
             ("flush_outbox", Command::FlushOutbox),
+            ("rollback", Command::Rollback),
         ] {
             assert_eq!(cmd.name(), name);
             let topic = format!("affectgate/gw1/cmd/{name}");
@@ -915,6 +964,24 @@ mod tests {
                 ],
             );
         }
+    }
+
+    #[test]
+    fn promote_takes_a_registry_id() {
+        let topic = "affectgate/gw1/cmd/promote";
+        assert_eq!(
+            parse(topic, r#"{"id": "r0002"}"#),
+            Ok(Some(Input::Promote { id: "r0002".into() }))
+        );
+        let e = parse(topic, "{}").unwrap_err();
+        check_err(&e, topic, Some("id"), &["missing", "r0002"]);
+        let e = parse(topic, r#"{"id": 2}"#).unwrap_err();
+        check_err(&e, topic, Some("id"), &["string"]);
+        let e = parse(topic, r#"{"id": "../x"}"#).unwrap_err();
+        check_err(&e, topic, Some("id"), &["[a-zA-Z0-9_-]"]);
+        let e = parse(topic, r#"{"id": "r1", "force": true}"#).unwrap_err();
+        check_err(&e, topic, Some("force"), &[]);
+        assert!(matches!(parse(topic, ""), Err(InputError::EmptyCommand { .. })));
     }
 
     #[test]

@@ -57,6 +57,11 @@ impl Topics {
     pub fn retrain(&self) -> String {
         format!("affectgate/{}/retrain", self.gateway)
     }
+    /// `affectgate/<gateway>/model`: the serving model (`version`, `id`, `heads`, `since`),
+    /// retained; feeds the gateway device's "Model version" entity.
+    pub fn model(&self) -> String {
+        format!("affectgate/{}/model", self.gateway)
+    }
     /// `affectgate/<gateway>/store`: the window store's health (`problem`, `state`,
     /// `detail`), retained; feeds the "Store problem" entity.
     pub fn store(&self) -> String {

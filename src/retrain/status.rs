@@ -23,6 +23,17 @@ pub enum RetrainState {
     Failed,
     /// The last round was stopped by a shutdown (it resumes from its checkpoint).
     Stopped,
+    /// The last round promoted its candidate, which no longer serves (rolled back, or another
+    /// model promoted by hand); `reason` names what serves.
+    #[serde(rename = "rolled_back")]
+    RolledBack,
+}
+
+impl RetrainState {
+    /// Every state as serialised, in declaration order (Home Assistant's enum options).
+    pub const ALL: [&'static str; 8] = [
+        "idle", "waiting", "running", "promoted", "rejected", "failed", "stopped", "rolled_back",
+    ];
 }
 
 /// The retained retraining status.
@@ -65,5 +76,11 @@ mod tests {
         let back: RetrainStatus = serde_json::from_str(r#"{"state":"stopped"}"#).unwrap();
         assert_eq!(back.state, RetrainState::Stopped);
         assert!(serde_json::from_str::<RetrainStatus>(r#"{"state":"bogus"}"#).is_err());
+        assert_eq!(crate::mqtt::discovery::retrain_state_options(), RetrainState::ALL);
+        for name in RetrainState::ALL {
+            let st: RetrainStatus =
+                serde_json::from_str(&format!(r#"{{"state":"{name}"}}"#)).unwrap();
+            assert_eq!(serde_json::to_value(&st).unwrap()["state"], name);
+        }
     }
 }

@@ -47,16 +47,32 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let configs: Vec<_> = rx
+    // Strap configs: four levels (`<prefix>/<component>/<object id>/config`); the gateway
+    // device's are five (node id = the gateway), checked in their own test. Empty payloads
+    // delete the strap copies of entities that moved to the gateway device.
+    let strap_configs: Vec<_> = rx
         .messages()
         .into_iter()
-        .filter(|m| m.topic.starts_with("homeassistant/") && m.topic.ends_with("/config"))
+        .filter(|m| {
+            m.topic.starts_with("homeassistant/")
+                && m.topic.ends_with("/config")
+                && m.topic.split('/').count() == 4
+        })
         .collect();
-    let by_topic: BTreeMap<String, Value> =
-        configs.iter().map(|m| (m.topic.clone(), json(m))).collect();
-    // 10 entities per strap (arousal, heart rate, heart rate vs usual, RMSSD, quality,
-    // calibrating, connected, model, last retrain, store problem).
-    assert_eq!(by_topic.len(), 20, "{:?}", by_topic.keys());
+    let moved: BTreeSet<String> = strap_configs
+        .iter()
+        .filter(|m| m.payload.is_empty())
+        .map(|m| m.topic.clone())
+        .collect();
+    assert_eq!(moved.len(), 6, "model version, last retrain, store problem × 2: {moved:?}");
+    let by_topic: BTreeMap<String, Value> = strap_configs
+        .iter()
+        .filter(|m| !m.payload.is_empty())
+        .map(|m| (m.topic.clone(), json(m)))
+        .collect();
+    // 7 entities per strap (arousal, heart rate, heart rate vs usual, RMSSD, quality,
+    // calibrating, connected).
+    assert_eq!(by_topic.len(), 14, "{:?}", by_topic.keys());
     let state: Value = json(
         rx.on("affectgate/home/chest/state")
             .first()
@@ -80,6 +96,7 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
             format!("affectgate_home_{sensor}")
         );
         assert_eq!(c["device"]["manufacturer"], "affectgate");
+        assert_eq!(c["device"]["via_device"], "affectgate/home");
         let st = c["state_topic"].as_str().unwrap();
         let avail: Vec<&str> = c["availability"]
             .as_array()
@@ -97,16 +114,6 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
                 .contains("value_json.calibrating"));
             assert!(state["calibrating"].is_boolean(), "{state}");
             assert_eq!(c["expire_after"], 30, "{uid}");
-            continue;
-        }
-        if uid.ends_with("_store_problem") {
-            assert_eq!(parts[1], "binary_sensor");
-            assert_eq!(c["device_class"], "problem");
-            assert_eq!(st, "affectgate/home/store");
-            assert_eq!(c["json_attributes_topic"], "affectgate/home/store");
-            let status: Value = json(rx.on("affectgate/home/store").last().expect("store status"));
-            assert_eq!(status["problem"], false, "{status}");
-            assert_eq!(status["state"], "ok", "{status}");
             continue;
         }
         if parts[1] == "binary_sensor" {
@@ -153,7 +160,7 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
     assert_eq!(av.first().unwrap().payload, b"online");
     assert_eq!(av.last().unwrap().payload, b"offline");
 
-    // Second run without "spare": its 10 configs are deleted (empty retained payloads).
+    // Second run without "spare": its 7 configs are deleted (empty retained payloads).
     let mut cfg2 = cfg.clone();
     cfg2.sensors = vec![replay("chest", &file, false)];
     let before = rx.messages().len();
@@ -167,12 +174,16 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
         .filter(|m| m.topic.contains("_spare_") && m.payload.is_empty())
         .map(|m| m.topic.clone())
         .collect();
-    assert_eq!(cleared.len(), 10, "{cleared:?}");
+    assert_eq!(cleared.len(), 7, "{cleared:?}");
     // A fresh subscriber sees retained configs for chest only.
     let late = Recorder::start(broker.port, &["homeassistant/#"]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let retained: Vec<_> = late.messages().into_iter().filter(|m| m.retain).collect();
-    assert_eq!(retained.len(), 10);
+    let retained: Vec<_> = late
+        .messages()
+        .into_iter()
+        .filter(|m| m.retain && m.topic.split('/').count() == 4)
+        .collect();
+    assert_eq!(retained.len(), 7);
     assert!(retained.iter().all(|m| m.topic.contains("_chest_")));
 }
 
@@ -191,7 +202,7 @@ async fn home_assistant_birth_republishes_discovery_and_last_state() {
     }];
     let rx = Recorder::start(
         broker.port,
-        &["homeassistant/+/+/config", "affectgate/birth/#"],
+        &["homeassistant/#", "affectgate/birth/#"],
     )
     .await;
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -208,10 +219,17 @@ async fn home_assistant_birth_republishes_discovery_and_last_state() {
             .any(|m| m.topic == "affectgate/birth/synth/state"))
             .await
     );
-    let n_cfg = |m: &[crate::util::Msg]| m.iter().filter(|m| m.topic.ends_with("/config")).count();
+    // Configs that announce something (empty ones delete the strap copies of entities that
+    // moved to the gateway device).
+    let n_cfg = |m: &[crate::util::Msg]| {
+        m.iter()
+            .filter(|m| m.topic.ends_with("/config") && !m.payload.is_empty())
+            .count()
+    };
     let n_state = |m: &[crate::util::Msg]| m.iter().filter(|m| m.topic.ends_with("/state")).count();
     let (c0, s0) = (n_cfg(&rx.messages()), n_state(&rx.messages()));
-    assert_eq!(c0, 10);
+    // 7 strap entities and 7 gateway entities (retraining is off: its 3 are not announced).
+    assert_eq!(c0, 14);
     rx.client
         .publish("homeassistant/status", QoS::AtLeastOnce, false, "online")
         .await
@@ -612,4 +630,158 @@ async fn an_oversized_retained_message_backs_off_and_is_explained() {
         }),
         "{errors:?}"
     );
+}
+
+/// The gateway device (issue: gateway-wide facts were copied onto every strap): its
+/// entities and buttons are announced, the straps point at it, and the MQTT model commands
+/// act like `affectgate model promote|rollback` — the registry changes, the watcher swaps,
+/// and the retained `affectgate/<gw>/model` says what serves; refusals are answered on the
+/// error topic (the "Last input error" entity). A press of the announced reload button ends
+/// the run with a reload request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_device_buttons_and_model_commands() {
+    use affectgate::retrain::registry::{Entry, ModelStatus, Registry};
+    let Some(file) = polar() else { return };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = base_config(broker.port, &dir.path().join("store"), "ctl");
+    cfg.sensors = vec![replay("chest", &file, true)];
+    cfg.retrain.models_dir = dir.path().join("models");
+    // A registered model: the shipped one's bytes and card, as a round would leave it.
+    let registry = Registry::open(&cfg.retrain.models_dir);
+    let onnx = std::fs::read(&cfg.model.path).unwrap();
+    let card = std::fs::read_to_string(affectgate::model::card::ModelCard::path_for(&cfg.model.path)).unwrap();
+    let entry = Entry {
+        id: "r0001".into(),
+        created: "2026-12-01T00:00:00Z".into(),
+        parent: "shipped".into(),
+        status: ModelStatus::Candidate,
+        reason: String::new(),
+        metrics: serde_json::json!({}),
+        sha256: String::new(),
+    };
+    registry.add(entry, &onnx, &card).unwrap();
+    let rx = Recorder::start(broker.port, &["homeassistant/#", "affectgate/ctl/#"]).await;
+    let model_id = |rx: &Recorder| -> Option<String> {
+        rx.on("affectgate/ctl/model")
+            .last()
+            .map(|m| json(m)["id"].as_str().unwrap().to_string())
+    };
+    let errors = |rx: &Recorder| -> Vec<String> {
+        rx.on("affectgate/ctl/error")
+            .iter()
+            .map(|m| json(m)["error"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let report = tokio::time::timeout(
+        Duration::from_secs(120),
+        GatewayBuilder::new(cfg.clone()).run(async {
+            let wait = |what: &'static str, f: Box<dyn Fn(&Recorder) -> bool + Send>| {
+                let rx = &rx;
+                async move {
+                    let t0 = Instant::now();
+                    while !f(rx) {
+                        assert!(t0.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            };
+            wait("a state", Box::new(|rx| !rx.on("affectgate/ctl/chest/state").is_empty())).await;
+            assert_eq!(model_id(&rx).as_deref(), Some("shipped"));
+            let send = |topic: &'static str, payload: &'static str| {
+                let c = rx.client.clone();
+                async move { c.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap() }
+            };
+            send("affectgate/ctl/cmd/promote", r#"{"id": "r0001"}"#).await;
+            wait("r0001 to serve", Box::new(move |rx| model_id(rx).as_deref() == Some("r0001"))).await;
+            send("affectgate/ctl/cmd/promote", r#"{"id": "r0009"}"#).await;
+            wait("the unknown id refused", Box::new(move |rx| {
+                errors(rx).iter().any(|e| e.contains("r0009") && e.contains("r0001"))
+            }))
+            .await;
+            send("affectgate/ctl/cmd/rollback", "{}").await;
+            wait("the shipped model back", Box::new(move |rx| model_id(rx).as_deref() == Some("shipped"))).await;
+            let before = errors(&rx).len();
+            send("affectgate/ctl/cmd/rollback", "{}").await;
+            wait("a second rollback refused", Box::new(move |rx| errors(rx).len() > before)).await;
+            // The reload button, as Home Assistant presses it: its announced payload on its
+            // announced command topic.
+            let button = rx
+                .on("homeassistant/button/affectgate_ctl/reload/config")
+                .last()
+                .map(json)
+                .expect("reload button announced");
+            rx.client
+                .publish(
+                    button["command_topic"].as_str().unwrap(),
+                    QoS::AtLeastOnce,
+                    false,
+                    button["payload_press"].as_str().unwrap().to_string(),
+                )
+                .await
+                .unwrap();
+            std::future::pending::<()>().await
+        }),
+    )
+    .await
+    .expect("the reload button ends the run")
+    .unwrap();
+    assert!(report.reload_requested, "the reload button asked for a reload");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // What serves, as retained: shipped again, with the model's heads.
+    let model = json(rx.on("affectgate/ctl/model").last().unwrap());
+    assert_eq!(model["id"], "shipped");
+    assert_eq!(model["heads"], serde_json::json!(["arousal"]));
+    let ids: Vec<String> = rx
+        .on("affectgate/ctl/model")
+        .iter()
+        .map(|m| json(m)["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["shipped", "r0001", "shipped"]);
+    let last_rollback_error = errors(&rx).last().cloned().unwrap();
+    assert!(last_rollback_error.contains("roll back"), "{last_rollback_error}");
+    // The gateway device: retraining is off in the shipped config, so its three retraining
+    // entities are deleted and seven are announced.
+    let gw: BTreeMap<String, Vec<u8>> = rx
+        .messages()
+        .into_iter()
+        .filter(|m| m.topic.starts_with("homeassistant/") && m.topic.split('/').count() == 5)
+        .map(|m| (m.topic.clone(), m.payload.clone()))
+        .collect();
+    let announced: BTreeSet<&str> = gw
+        .iter()
+        .filter(|(_, p)| !p.is_empty())
+        .map(|(t, _)| t.as_str())
+        .collect();
+    assert_eq!(
+        announced,
+        [
+            "homeassistant/binary_sensor/affectgate_ctl/online/config",
+            "homeassistant/binary_sensor/affectgate_ctl/store_problem/config",
+            "homeassistant/button/affectgate_ctl/flush_outbox/config",
+            "homeassistant/button/affectgate_ctl/reload/config",
+            "homeassistant/button/affectgate_ctl/rollback/config",
+            "homeassistant/sensor/affectgate_ctl/last_input_error/config",
+            "homeassistant/sensor/affectgate_ctl/model_version/config",
+        ]
+        .into_iter()
+        .collect()
+    );
+    assert_eq!(gw.len(), 10, "and the three retraining configs emptied: {:?}", gw.keys());
+    for t in &announced {
+        let c: Value = serde_json::from_slice(&gw[*t]).unwrap();
+        assert_eq!(c["device"]["identifiers"][0], "affectgate/ctl", "{t}");
+        // Every state topic an entity reads is one the gateway published.
+        if let Some(st) = c["state_topic"].as_str() {
+            assert!(!rx.on(st).is_empty(), "{t} reads {st}, which nobody published");
+        }
+    }
+    let strap: Value = json(
+        rx.on("homeassistant/sensor/affectgate_ctl_chest_arousal/config")
+            .last()
+            .unwrap(),
+    );
+    assert_eq!(strap["device"]["via_device"], "affectgate/ctl");
 }
