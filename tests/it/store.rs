@@ -1036,9 +1036,20 @@ fn damaged_stores_are_moved_aside_and_salvaged_never_silently_short() {
         }
     })));
     let mut table = Vec::new();
-    for (i, (what, damage)) in variants.iter().enumerate() {
-        let path = dir.path().join(format!("v{i}"));
+    let mut after_clean: std::collections::BTreeMap<usize, u64> = Default::default();
+    // Each damage after a clean close, and after an unclean stop (crash, power cut: no clean
+    // marker), where the store keeps sled's log as it was before sled's recovery rewrote it.
+    for (unclean, (i, (what, damage))) in [false, true]
+        .into_iter()
+        .flat_map(|u| variants.iter().enumerate().map(move |v| (u, v)))
+    {
+        let what = format!("{what}{}", if unclean { ", after an unclean stop" } else { "" });
+        let what = what.as_str();
+        let path = dir.path().join(format!("v{i}-{unclean}"));
         copy_dir(&pristine, &path);
+        if unclean {
+            fs::remove_file(path.join("affectgate.clean")).expect("a closed store is marked clean");
+        }
         damage(&path);
         let damaged = snapshot(&path);
         let (store, quarantined) = open_or_quarantine(&path, unlimited())
@@ -1050,6 +1061,7 @@ fn damaged_stores_are_moved_aside_and_salvaged_never_silently_short() {
                 for (k, g) in &got {
                     assert_close(g, &originals[k]);
                 }
+                assert!(!path.join("db.before-open").exists(), "{what}: the copy outlived a verified open");
                 "opened, all 118 windows".to_string()
             }
             Some(q) => {
@@ -1071,6 +1083,15 @@ fn damaged_stores_are_moved_aside_and_salvaged_never_silently_short() {
                     unlabelled += usize::from(assert_close_or_unlabelled(g, &originals[k]));
                 }
                 assert_eq!(got.len() as u64, r.recovered);
+                let copy = q.moved_to.join("db.before-open");
+                if unclean && what.contains("flipped") {
+                    // The log as it was before sled opened it, byte for byte.
+                    assert_eq!(fs::read(&copy).ok().as_ref(), damaged.get(&path.join("db")), "{what}: pre-open copy");
+                    assert!(r.recovered >= after_clean[&i], "{what}: the copy can only add windows");
+                } else if !unclean {
+                    assert!(!copy.exists(), "{what}: a clean close needs no copy");
+                    after_clean.insert(i, r.recovered);
+                }
                 format!(
                     "moved aside ({}; {rewritten} file(s) rewritten by the failed open), {} of 118 \
                      salvaged ({unlabelled} as before their label)",
