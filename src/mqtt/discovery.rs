@@ -11,9 +11,13 @@
 //!
 //! # Layout
 //!
-//! One HA *device* per strap (identifiers `affectgate_<gateway>_<sensor>`), with one entity
-//! per model head (`arousal`, `valence`, …), heart rate, RMSSD, signal quality, strap
-//! connected, model version, last retrain and store problem. Each entity has its own config at
+//! One HA *device* for the gateway (identifier `affectgate/<gateway>`): online, model
+//! version, retraining state, last retrain, store problem, last input error, and buttons for
+//! the commands (retrain, reload, rollback, flush outbox); configs at
+//! `<prefix>/<component>/affectgate_<gateway>/<what>/config` ([`gateway_discovery_messages`]).
+//! One device per strap (identifier `affectgate_<gateway>_<sensor>`, `via_device` the
+//! gateway), with one entity per model head (`arousal`, `valence`, …), heart rate, heart rate
+//! vs usual, RMSSD, signal quality, calibrating and strap connected; configs at
 //! `<prefix>/<component>/affectgate_<gateway>_<sensor>_<what>/config`.
 //!
 //! # Decisions
@@ -45,13 +49,17 @@
 //! - **`state_class: measurement` only on numeric entities** (scores, heart rate, RMSSD): HA
 //!   keeps long-term statistics for them. Quality and model version are text and must not have
 //!   a state class (HA would reject their non-numeric states).
-//! - **`default_entity_id`, not `object_id`.** HA 2025.10 deprecated `object_id` in discovery
-//!   payloads and 2026.4 ignores it; `default_entity_id` (`sensor.affectgate_gw_calm_arousal`)
-//!   is the replacement. Older HA drops the unknown key and derives the entity id from the
-//!   device and entity names, which is harmless. Entity ids only allow `[a-z0-9_]`, so the
-//!   object id is lowercased and `-` becomes `_` there (the `unique_id` keeps the original).
-//! - **No `via_device`.** The gateway itself is not announced as a device; HA would create an
-//!   empty, nameless device for a `via_device` that points nowhere.
+//! - **One entity id on every HA version.** HA 2025.10 deprecated `object_id` (it warns for
+//!   every entity that sends it) and 2026.4 ignores it; `default_entity_id` replaces it, but
+//!   HA before 2025.10 ignores that and derives the id from "<device name> <entity name>".
+//!   So the device names are `affectgate <gateway> <sensor>` / `affectgate <gateway>` and
+//!   `default_entity_id` is exactly what the older rule derives ([`entity_id`]): both give
+//!   `sensor.affectgate_gw_calm_arousal`. No `object_id` is sent.
+//! - **Gateway-wide facts on the gateway device**, not copied onto every strap (where they
+//!   went unavailable with the strap). Its identifier `affectgate/<gateway>` holds a `/`,
+//!   which no strap identifier can, so the two never collide; its configs use the gateway as
+//!   the topic's node id, a level deeper than every strap config. The strap copies that
+//!   earlier versions announced are deleted with empty configs ([`moved_to_gateway_messages`]).
 //! - **Ids.** Gateway and sensor ids are validated `[a-zA-Z0-9_-]+` by the config, so they are
 //!   used as they are; anything else (a model head name) is mapped into that alphabet for
 //!   topics and ids. Because `_` may occur inside ids, `affectgate_<gateway>_<sensor>_<what>`
