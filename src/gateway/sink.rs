@@ -32,16 +32,20 @@ pub fn state_message(sw: &ScoredWindow, heads: &[String]) -> StateMessage {
         (Some(b), Some(h), true) => Some(b.relative([h.hr_bpm, h.rmssd_ms, h.sdnn_ms])),
         _ => None,
     };
+    // A window that failed the quality gate publishes no HR/HRV (`null`): Home Assistant
+    // keeps long-term statistics of these entities, and an artefact's 190 bpm would stay in
+    // them for good. The store keeps the values, flagged, for whoever wants to look.
+    let hrv = w.hrv.filter(|_| w.quality.is_good());
     StateMessage {
         time: rfc3339_ms(w.window.end_ns()),
         window_start_ms: w.window.start_ns.div_euclid(1_000_000),
         window: w.window.index,
         sensor: w.sensor.to_string(),
         scores,
-        hr_bpm: w.hrv.map(|h| h.hr_bpm as f32),
-        rmssd_ms: w.hrv.map(|h| h.rmssd_ms as f32),
-        sdnn_ms: w.hrv.map(|h| h.sdnn_ms as f32),
-        rr_corrected: w.hrv.map(|h| h.corrected_share as f32),
+        hr_bpm: hrv.map(|h| h.hr_bpm as f32),
+        rmssd_ms: hrv.map(|h| h.rmssd_ms as f32),
+        sdnn_ms: hrv.map(|h| h.sdnn_ms as f32),
+        rr_corrected: hrv.map(|h| h.corrected_share as f32),
         calibrating: baseline.is_none(),
         hr_relative: relative.map(|r| r[0] as f32),
         rmssd_relative: relative.map(|r| r[1] as f32),

@@ -577,6 +577,11 @@ impl<'h> Entity<'h> {
                 // Scores are unitless in [0, 1]: no unit_of_measurement.
                 set("suggested_display_precision", json!(2));
                 set("icon", json!(head_icon(head)));
+                // The window's own time beside the score: HA records a message at its
+                // arrival, so windows delivered late (after a broker outage) would otherwise
+                // look current; `time` says when the window really was.
+                set("json_attributes_topic", json!(state));
+                set("json_attributes_template", json!(WINDOW_ATTRIBUTES_TEMPLATE));
             }
             Kind::HeartRate => {
                 set("name", json!(self.name()));
@@ -610,10 +615,22 @@ impl<'h> Entity<'h> {
                 set("icon", json!("mdi:pulse"));
             }
             Kind::Quality => {
-                // Text ("good", "flat+clipping", ...): no state_class, no unit.
+                // An enum of fixed options (HA offers them in automations and keeps no
+                // statistics): the first failed check, or "good"; the whole label
+                // ("flat+clipping") is the `flags` attribute.
                 set("name", json!(self.name()));
                 set("state_topic", json!(state));
-                set("value_template", json!(value_template("quality")));
+                set(
+                    "value_template",
+                    json!(format!("{{{{ {}.split('+')[0] }}}}", value_ref("quality"))),
+                );
+                set("device_class", json!("enum"));
+                set("options", json!(QUALITY_OPTIONS));
+                set("json_attributes_topic", json!(state));
+                set(
+                    "json_attributes_template",
+                    json!(format!("{{{{ {{'flags': {}}} | tojson }}}}", value_ref("quality"))),
+                );
                 set("icon", json!("mdi:signal"));
             }
             Kind::Calibrating => {
@@ -714,6 +731,29 @@ fn id_segment(s: &str) -> String {
     } else {
         out
     }
+}
+
+/// Attributes of every score entity, read from the state message: the window's end time,
+/// its number, SDNN and the share of corrected RR intervals.
+pub const WINDOW_ATTRIBUTES_TEMPLATE: &str = "{{ {'time': value_json.time, 'window': value_json.window, 'sdnn_ms': value_json.sdnn_ms, 'rr_corrected': value_json.rr_corrected} | tojson }}";
+
+/// The states of the signal-quality enum entity: `good`, each quality check's name (the
+/// first failed one is shown), and the two states of heart-rate-only straps. A crate-level
+/// test checks it against the quality gate's names.
+pub const QUALITY_OPTIONS: [&str; 7] = [
+    "good",
+    "flat",
+    "clipping",
+    "implausible_rr",
+    "noisy",
+    "hr_only",
+    "no_contact",
+];
+
+/// `value_json.<key>` (or `value_json['<key>']`), as [`value_template`] reads `key`.
+fn value_ref(key: &str) -> String {
+    let t = value_template(key);
+    t.trim_start_matches("{{ ").trim_end_matches(" }}").to_string()
 }
 
 /// `{{ value_json.<key> }}`, or `{{ value_json['<key>'] }}` when the dot form would not read
@@ -841,7 +881,7 @@ mod tests {
             rest[..rest.find("']").expect("closing quote")].to_string()
         } else {
             let rest = inner.strip_prefix('.').expect("dot access");
-            rest.split([' ', '|']).next().unwrap().to_string()
+            rest.split([' ', '|', '.']).next().unwrap().to_string()
         }
     }
 
@@ -990,9 +1030,13 @@ mod tests {
             entity(&msgs, "calm", "rmssd")["value_template"],
             "{{ value_json.rmssd_ms }}"
         );
+        let q = entity(&msgs, "calm", "quality");
+        assert_eq!(q["value_template"], "{{ value_json.quality.split('+')[0] }}");
+        assert_eq!(q["device_class"], "enum");
+        assert_eq!(q["options"], json!(QUALITY_OPTIONS));
         assert_eq!(
-            entity(&msgs, "calm", "quality")["value_template"],
-            "{{ value_json.quality }}"
+            q["json_attributes_template"],
+            "{{ {'flags': value_json.quality} | tojson }}"
         );
         assert_eq!(
             state_keys_used(&h),
@@ -1016,6 +1060,8 @@ mod tests {
         assert!(!a.contains_key("unit_of_measurement"));
         assert_eq!(a["suggested_display_precision"], 2);
         assert_eq!(a["name"], "Arousal");
+        assert_eq!(a["json_attributes_topic"], "affectgate/gw/calm/state");
+        assert_eq!(a["json_attributes_template"], WINDOW_ATTRIBUTES_TEMPLATE);
         assert!(a["icon"].as_str().unwrap().starts_with("mdi:"));
         let hr = entity(&msgs, "calm", "heart_rate");
         assert_eq!(hr["unit_of_measurement"], "bpm");

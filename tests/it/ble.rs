@@ -548,6 +548,8 @@ async fn h10_over_simulated_bluez_end_to_end_with_a_link_drop() {
                 (a as f64 - b).abs() <= 2.0,
                 "window {k}: BLE {a} vs offline {b}"
             ),
+            // A window that failed the quality gate publishes no HR (the store keeps it).
+            (None, _) if m.quality != "good" => {}
             (a, b) => assert_eq!(a.is_some(), b.is_some(), "window {k}: {a:?} vs {b:?}"),
         }
         // Offline window times are relative to its segment start; map to recording time.

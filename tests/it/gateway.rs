@@ -82,6 +82,7 @@ async fn replaying_polar_recording_publishes_one_valid_state_per_window() {
     let dev_median = dev[dev.len() / 2];
 
     let mut good_hr = Vec::new();
+    let mut flagged = 0;
     for s in &states {
         assert_eq!(s.sensor, "polar");
         assert!(s.model.starts_with("affectgate-arousal-v2@"), "{}", s.model);
@@ -94,6 +95,9 @@ async fn replaying_polar_recording_publishes_one_valid_state_per_window() {
             good_hr.push(hr);
         } else {
             assert_eq!(s.scores["arousal"], None, "flagged windows are not scored");
+            // …and publish no HR/HRV (it would enter Home Assistant's long-term statistics).
+            assert_eq!((s.hr_bpm, s.rmssd_ms, s.sdnn_ms), (None, None, None), "{}", s.quality);
+            flagged += 1;
         }
     }
     assert!(
@@ -102,6 +106,7 @@ async fn replaying_polar_recording_publishes_one_valid_state_per_window() {
         good_hr.len(),
         states.len()
     );
+    eprintln!("{flagged} flagged windows of {}", states.len());
     // The wearer baseline: calibrating until 30 good windows were seen, then every good
     // window carries its values relative to this wearer; the RR correction share is there.
     let first_relative = states

@@ -127,8 +127,19 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
             let tpl = c["value_template"].as_str().unwrap();
             let key = tpl
                 .trim_start_matches("{{ value_json.")
-                .trim_end_matches(" }}");
+                .trim_end_matches(" }}")
+                .split('.')
+                .next()
+                .unwrap();
             assert!(state.get(key).is_some(), "{uid}: {tpl} vs {state}");
+        }
+        if uid.ends_with("_arousal") {
+            // The window's own time and facts as attributes, read from keys the state has.
+            let tpl = c["json_attributes_template"].as_str().unwrap();
+            for key in ["time", "window", "sdnn_ms", "rr_corrected"] {
+                assert!(tpl.contains(&format!("value_json.{key}")), "{tpl}");
+                assert!(state.get(key).is_some(), "{key} missing from {state}");
+            }
         }
         let per_window = uid.ends_with("_arousal")
             || uid.ends_with("_heart_rate")

@@ -165,3 +165,17 @@ fn real_recordings_gate_as_expected() {
         }
     }
 }
+
+/// Home Assistant's signal-quality enum entity offers a fixed set of states: every check the
+/// gate can fail must be one of them, or HA would refuse the state.
+#[test]
+fn home_assistant_quality_options_cover_every_check() {
+    let options = affectgate::mqtt::discovery::QUALITY_OPTIONS;
+    assert!(options.contains(&"good"));
+    for (_, name) in Quality::NAMES {
+        assert!(options.contains(&name), "{name} missing from the enum's options");
+    }
+    for hr_only in ["hr_only", "no_contact"] {
+        assert!(options.contains(&hr_only));
+    }
+}
