@@ -1077,12 +1077,7 @@ mod tests {
         for what in ["arousal"].iter().chain(PER_WINDOW.iter()) {
             assert_eq!(entity(&msgs, "calm", what)["expire_after"], 30, "{what}");
         }
-        for what in ["connected"] {
-            assert!(
-                !entity(&msgs, "calm", what).contains_key("expire_after"),
-                "{what}"
-            );
-        }
+        assert!(!entity(&msgs, "calm", "connected").contains_key("expire_after"));
         assert_eq!(expire_after_s(10.0), Some(30));
         assert_eq!(expire_after_s(2.5), Some(8)); // 7.5 rounds half away from zero
         assert_eq!(expire_after_s(0.1), Some(1));

@@ -313,7 +313,10 @@ pub fn salvage(
 }
 
 /// Lets the database engine open a copy of `from` and reads every window it can.
-fn engine_windows(from: &Path) -> Result<(Vec<(StoredWindow, Vec<u8>)>, Option<String>), String> {
+/// Windows the engine still reads (each with its stored bytes), and a note when it failed.
+type EngineWindows = (Vec<(StoredWindow, Vec<u8>)>, Option<String>);
+
+fn engine_windows(from: &Path) -> Result<EngineWindows, String> {
     let copy = tempfile::Builder::new()
         .prefix(".affectgate-salvage-")
         .tempdir_in(from.parent().unwrap_or(Path::new(".")))

@@ -953,8 +953,7 @@ async fn missing_bluez_or_adapter_is_a_clear_error_not_a_panic() {
     assert!(
         rec.wait_for(Duration::from_secs(10), |m| m
             .iter()
-            .filter(|m| m.topic == "affectgate/gwna/status")
-            .last()
+            .rfind(|m| m.topic == "affectgate/gwna/status")
             .is_some_and(|m| m.payload == b"offline"))
             .await,
         "no `offline` status"

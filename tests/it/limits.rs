@@ -244,8 +244,7 @@ async fn sigterm_with_the_most_sensors_stops_cleanly() {
     assert!(
         rx.wait_for(Duration::from_secs(10), |m| m
             .iter()
-            .filter(|m| m.topic == "affectgate/gwmax/status")
-            .last()
+            .rfind(|m| m.topic == "affectgate/gwmax/status")
             .is_some_and(|m| m.payload == b"offline"))
             .await,
         "`offline` is not the last status\n{err}"
