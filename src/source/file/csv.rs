@@ -156,7 +156,15 @@ fn read_with_unit(
         let e_text = cell(ecg_col);
         let v = parse_number(e_text)
             .ok_or_else(|| bad(ecg_col, format!("{e_text:?} is not a number")))?;
-        samples.push((v * to_uv) as f32);
+        // Finite as f64 is not enough: 1e65 mV overflows the f32 µV sample to infinity.
+        let uv = (v * to_uv) as f32;
+        if !uv.is_finite() {
+            return Err(bad(
+                ecg_col,
+                format!("{e_text:?} is far outside any ECG range (not representable in µV)"),
+            ));
+        }
+        samples.push(uv);
         times.push(t);
 
         for (col, out) in [(hr_col, &mut side.hr_bpm), (rr_col, &mut side.rr_ms)] {
@@ -164,8 +172,10 @@ fn read_with_unit(
                 let text = cell(c);
                 if !text.is_empty() {
                     let v = parse_number(text)
-                        .ok_or_else(|| bad(c, format!("{text:?} is not a number")))?;
-                    out.push((t, v as f32));
+                        .map(|v| v as f32)
+                        .filter(|v| v.is_finite())
+                        .ok_or_else(|| bad(c, format!("{text:?} is not a number in range")))?;
+                    out.push((t, v));
                 }
             }
         }
