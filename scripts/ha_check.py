@@ -16,8 +16,13 @@ the id the README documents (Home Assistant before 2025.10 derives ids from the 
 entity names; this is the proof that they match default_entity_id); states that make sense
 (a numeric arousal, an enum quality among its options, the gateway online); a refused
 command answered in "Last input error"; no WARNING or ERROR line in Home Assistant's log
-(but two about C libraries this machine lacks).
+(but two about C libraries this machine lacks). And the unique-id migration: a strap whose
+id contains `_` ("chest_2") is first announced the way earlier releases did (legacy unique
+id and topic) with one state; after the gateway has run, its entity has the same entity id
+and the new unique id, no "_2" duplicate exists, and the recorder database holds the old
+state and new ones under that one entity id (history continues).
 """
+import sqlite3
 import json
 import os
 import shutil
@@ -99,7 +104,7 @@ def main():
         with open(os.path.join(cfg, "configuration.yaml"), "w") as f:
             f.write("homeassistant:\n  name: affectgate check\n  latitude: 0\n  longitude: 0\n"
                     "  elevation: 0\n  unit_system: metric\n  time_zone: UTC\n  country: DE\n"
-                    "  currency: EUR\nlogger:\n  default: info\n")
+                    "  currency: EUR\nlogger:\n  default: info\nrecorder:\n  commit_interval: 1\n")
         # The MQTT integration as the UI would have set it up (a config entry; Home
         # Assistant migrates this older storage format itself).
         storage(os.path.join(cfg, ".storage", "core.config_entries"), "core.config_entries", {
@@ -116,6 +121,21 @@ def main():
         read_log = lambda: open(log).read() if os.path.exists(log) else ""
         wait_for(lambda: "MQTT client initialized" in read_log(), 300,
                  "Home Assistant's MQTT connection")
+        time.sleep(3)
+        # What an earlier release announced for strap "chest_2" (its arousal entity), with
+        # one state 0.5, recorded before the migration.
+        pub = lambda topic, payload, retain=True: subprocess.run(
+            ["mosquitto_pub", "-p", str(port), "-q", "1"] + (["-r"] if retain else []) +
+            ["-t", topic, "-m", payload], check=True)
+        pub(f"homeassistant/sensor/affectgate_{GW}_chest_2_arousal/config", json.dumps({
+            "default_entity_id": f"sensor.affectgate_{GW}_chest_2_arousal",
+            "unique_id": f"affectgate_{GW}_chest_2_arousal", "name": "Arousal",
+            "state_topic": f"affectgate/{GW}/chest_2/state",
+            "value_template": "{{ value_json.arousal }}", "state_class": "measurement",
+            "device": {"identifiers": [f"affectgate_{GW}_chest_2"], "name": f"affectgate {GW} chest_2",
+                       "manufacturer": "affectgate", "model": "ECG chest strap"}}))
+        time.sleep(2)
+        pub(f"affectgate/{GW}/chest_2/state", json.dumps({"arousal": 0.5}), retain=False)
         time.sleep(3)
         # The gateway: the shipped config, retraining on (its entities too), no round due.
         text = open(os.path.join(REPO, "plugin.toml")).read()
@@ -136,8 +156,9 @@ def main():
                 lines.append(line)
             elif line.startswith("source ="):
                 skip = False
-        text = "\n".join(lines) + ('\n[[sensors]]\nid = "polar"\nsource = { kind = "replay", '
-                                   'path = "%s", realtime = true, loop = true }\n' % polar)
+        text = "\n".join(lines) + "".join(
+            '\n[[sensors]]\nid = "%s"\nsource = { kind = "replay", path = "%s", realtime = true, '
+            'loop = true }\n' % (sid, polar) for sid in ["polar", "chest_2"])
         with open(os.path.join(d, "gw.toml"), "w") as f:
             f.write(text)
         gw = subprocess.Popen([gw_bin, "run", "--config", os.path.join(d, "gw.toml")],
@@ -183,8 +204,26 @@ def main():
                      ["model_version", "retraining", "last_retrain", "last_input_error"]}
         expected |= {f"button.affectgate_{GW}_{w}" for w in
                      ["retrain_now", "reload_configuration", "roll_back_model", "flush_outbox"]}
+        expected |= {f"switch.affectgate_{GW}_automatic_retraining"}
+        expected |= {e.replace("_polar_", "_chest_2_") for e in expected if "_polar_" in e}
         check(ids == expected, f"entity ids as documented ({len(expected)}); "
               f"missing {sorted(expected - ids)}, unexpected {sorted(ids - expected)}")
+        # The migrated strap: same entity id, new unique id, its device linked, history kept.
+        migrated = f"sensor.affectgate_{GW}_chest_2_arousal"
+        uid = {e["entity_id"]: e["unique_id"] for e in entities if e["platform"] == "mqtt"}
+        check(uid.get(migrated) == f"affectgate/{GW}/chest_2/arousal",
+              f"migrated entity keeps its id with the new unique id ({uid.get(migrated)})")
+        c2 = by_ident.get(("mqtt", f"affectgate/{GW}/chest_2"))
+        check(c2 is not None and gwdev is not None and c2["via_device_id"] == gwdev["id"],
+              "the migrated strap's device linked to the gateway device")
+        db = sqlite3.connect(os.path.join(cfg, "home-assistant_v2.db"))
+        hist = [r[0] for r in db.execute(
+            "SELECT s.state FROM states s JOIN states_meta m ON s.metadata_id = m.metadata_id "
+            "WHERE m.entity_id = ? ORDER BY s.last_updated_ts", (migrated,))]
+        db.close()
+        numeric = [h for h in hist if h.replace(".", "", 1).isdigit()]
+        check("0.5" in hist and len([h for h in numeric if h != "0.5"]) > 0,
+              f"history continues under {migrated}: the old 0.5, then {len(numeric) - 1} new scores")
         st = lambda e: states.get(e, {}).get("state")
         a = st(f"sensor.affectgate_{GW}_polar_arousal")
         try:

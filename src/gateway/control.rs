@@ -28,10 +28,14 @@ pub(super) fn announce_discovery(
         .unwrap_or_default();
     for old in before.iter().filter(|s| !sensors.contains(s)) {
         tracing::info!(sensor = %old, "sensor no longer configured: removing its Home Assistant entities");
-        for (t, p) in discovery::removal_messages(prefix, gw, old, heads) {
+        for (t, p) in discovery::removal_messages(prefix, gw, old, heads)
+            .into_iter()
+            .chain(discovery::legacy_removal_messages(prefix, gw, old, heads))
+        {
             link.retain(t, p.into_bytes());
         }
         link.retain(link.topics().availability(old), Vec::new());
+        link.retain(link.topics().live(old), Vec::new());
     }
     // The gateway device first: the straps point at it with `via_device`.
     let gateway = discovery::GatewayDiscoveryInput {
@@ -43,28 +47,104 @@ pub(super) fn announce_discovery(
     for (t, p) in discovery::gateway_discovery_messages(&gateway) {
         link.retain(t, p.into_bytes());
     }
-    let window_period_s = cfg.dsp.hop as f64 / crate::dsp::WINDOW_FS;
+    let announcer = Announcer::new(cfg, heads);
     for s in sensors {
-        for (t, p) in discovery::moved_to_gateway_messages(prefix, gw, s) {
+        // Old configs first: HA must delete them before the new ones claim their entity ids.
+        for (t, p) in discovery::moved_to_gateway_messages(prefix, gw, s)
+            .into_iter()
+            .chain(discovery::legacy_removal_messages(prefix, gw, s, heads))
+        {
             link.retain(t, p.into_bytes());
         }
-        let inp = DiscoveryInput {
-            prefix,
-            gateway: gw,
-            sensor: s,
-            heads,
-            window_period_s,
-            sw_version: env!("CARGO_PKG_VERSION"),
-        };
-        for (t, p) in discovery::discovery_messages(&inp) {
-            link.retain(t, p.into_bytes());
-        }
+        announcer.announce(link, s, &Announcer::saved_strap(store, s));
     }
     if let Err(e) = store.meta_put(
         "ha_announced",
         &serde_json::to_vec(sensors).expect("ids serialise"),
     ) {
         tracing::error!("remembering announced sensors failed: {e}");
+    }
+}
+
+/// Builds one strap's discovery configs: at start (with what the strap said about itself
+/// in an earlier run, kept in the store) and again when a BLE strap identifies itself
+/// differently ([`Announcer::identified`]).
+pub(super) struct Announcer {
+    prefix: String,
+    gateway: String,
+    heads: Vec<String>,
+    window_period_s: f64,
+}
+
+impl Announcer {
+    pub(super) fn new(cfg: &Config, heads: &[String]) -> Self {
+        Announcer {
+            prefix: cfg.mqtt.discovery_prefix.clone(),
+            gateway: cfg.gateway.id.clone(),
+            heads: heads.to_vec(),
+            window_period_s: cfg.dsp.hop as f64 / crate::dsp::WINDOW_FS,
+        }
+    }
+
+    fn meta_key(sensor: &str) -> String {
+        format!("strap_info/{sensor}")
+    }
+
+    /// What the strap said in an earlier run (nothing for replays and synthetic ECG).
+    fn saved_strap(store: &Store, sensor: &str) -> StrapInfo {
+        store
+            .meta_get(&Self::meta_key(sensor))
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn announce(&self, link: &MqttLink, sensor: &str, info: &StrapInfo) {
+        let inp = DiscoveryInput {
+            prefix: &self.prefix,
+            gateway: &self.gateway,
+            sensor,
+            heads: &self.heads,
+            window_period_s: self.window_period_s,
+            sw_version: env!("CARGO_PKG_VERSION"),
+            strap: discovery::StrapDevice {
+                name: info.name.as_deref(),
+                manufacturer: info.manufacturer.as_deref(),
+                model: info.model.as_deref(),
+                firmware: info.firmware.as_deref(),
+            },
+        };
+        for (t, p) in discovery::discovery_messages(&inp) {
+            link.retain(t, p.into_bytes());
+        }
+    }
+
+    /// A strap identified itself: when that differs from what the store knows, remember it
+    /// and re-announce the strap's device (HA updates make, model and firmware in place).
+    pub(super) fn identified(
+        &self,
+        store: &Store,
+        link: &MqttLink,
+        sensor: &str,
+        info: &StrapInfo,
+    ) {
+        if Self::saved_strap(store, sensor) == *info {
+            return;
+        }
+        tracing::info!(
+            sensor,
+            ?info,
+            "strap identified: updating its Home Assistant device"
+        );
+        let bytes = serde_json::to_vec(info).expect("strap info serialises");
+        if let Err(e) = store.meta_put(&Self::meta_key(sensor), &bytes) {
+            tracing::warn!(
+                sensor,
+                "remembering the strap's device information failed: {e}"
+            );
+        }
+        self.announce(link, sensor, info);
     }
 }
 
@@ -83,6 +163,7 @@ pub(super) async fn input_task(
     reload: Arc<std::sync::atomic::AtomicBool>,
     stop: CancellationToken,
     retrain: Option<mpsc::Sender<()>>,
+    auto_retrain: Option<mpsc::UnboundedSender<bool>>,
     registry: Registry,
 ) {
     while let Some(d) = rx.recv().await {
@@ -121,9 +202,22 @@ pub(super) async fn input_task(
             Ok(Some(Input::Promote { id })) => {
                 let r = registry.clone();
                 let want = id.clone();
-                let res = tokio::task::spawn_blocking(move || r.promote(&want).map(|()| want)).await;
+                let res =
+                    tokio::task::spawn_blocking(move || r.promote(&want).map(|()| want)).await;
                 model_change_result(&link, &topic, res.map_err(|e| e.to_string()), "promoted");
             }
+            Ok(Some(Input::AutoRetrain { enabled })) => match &auto_retrain {
+                // The scheduler pauses or resumes and says so on `affectgate/<gw>/retrain`.
+                Some(tx) if tx.send(!enabled).is_ok() => {
+                    tracing::info!(topic, enabled, "automatic retraining switched");
+                }
+                _ => {
+                    let error = "on-gateway retraining is disabled (retrain.enabled = false in the config); nothing to switch";
+                    let msg = inputs::error_json(Some(&topic), None, error);
+                    link.send(link.topics().error(), msg.into_bytes());
+                    tracing::warn!(topic, "{error}");
+                }
+            },
             Ok(Some(Input::Command(Command::Retrain))) => {
                 let error = match &retrain {
                     None => Some("on-gateway retraining is disabled (retrain.enabled = false in the config); nothing was started"),

@@ -118,12 +118,61 @@ pub(super) async fn sensor_task(
     link: Arc<MqttLink>,
     hr: HrPublisher,
     mut wearer: WearerState,
+    announcer: Option<Arc<(Announcer, Arc<Store>)>>,
     stop: CancellationToken,
 ) -> SensorReport {
     let avail = link.topics().availability(pipe.sensor());
-    let rep = sensor_loop(&mut pipe, &mut rx, &tx, &link, &avail, &hr, &mut wearer, &stop).await;
+    let live = Live::new(&link, pipe.sensor());
+    let ctx = Ctx {
+        link: &link,
+        avail: &avail,
+        live: &live,
+        hr: &hr,
+        announcer: announcer.as_deref(),
+    };
+    let rep = sensor_loop(&mut pipe, &mut rx, &tx, &ctx, &mut wearer, &stop).await;
     link.retain(avail, b"offline".to_vec());
+    live.set(&link, false);
     rep
+}
+
+/// What a sensor loop publishes through: the link, the strap's availability and `live`
+/// topics, heart-rate summaries, and (discovery on) the device re-announcement.
+pub(super) struct Ctx<'a> {
+    link: &'a MqttLink,
+    avail: &'a str,
+    live: &'a Live,
+    hr: &'a HrPublisher,
+    announcer: Option<&'a (Announcer, Arc<Store>)>,
+}
+
+/// The strap's retained `live` topic: `offline` from the start of a run (and at every
+/// disconnect) until a window of the current connection has been handed to the scorer (or a
+/// heart-rate summary queued), then `online`. Home Assistant's per-window entities are
+/// available only while it is `online`, so after a restart or a reconnect they show
+/// "unavailable", not the last value of the previous run or connection as if it were
+/// current. (The window is stored and announced a few milliseconds after it is handed over.)
+pub(super) struct Live {
+    topic: String,
+    on: std::sync::atomic::AtomicBool,
+}
+
+impl Live {
+    fn new(link: &MqttLink, sensor: &str) -> Self {
+        let live = Live {
+            topic: link.topics().live(sensor),
+            on: std::sync::atomic::AtomicBool::new(true),
+        };
+        live.set(link, false);
+        live
+    }
+
+    fn set(&self, link: &MqttLink, on: bool) {
+        if self.on.swap(on, std::sync::atomic::Ordering::Relaxed) != on {
+            let p: &[u8] = if on { b"online" } else { b"offline" };
+            link.retain(self.topic.clone(), p.to_vec());
+        }
+    }
 }
 
 /// How long after a stop a sensor task keeps handing windows it has cut to the scorer.
@@ -174,17 +223,15 @@ fn far_future() -> tokio::time::Instant {
 /// complete a window), but not for longer than the scorer scores after a stop
 /// ([`scorer::SHUTDOWN_SCORING`]); queued events after that are left unprocessed. Windows
 /// already cut are handed over for [`DRAIN_BUDGET`].
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn sensor_loop(
     pipe: &mut SensorPipeline,
     rx: &mut mpsc::Receiver<SourceEvent>,
     tx: &mpsc::Sender<ProcessedWindow>,
-    link: &MqttLink,
-    avail: &str,
-    hr: &HrPublisher,
+    ctx: &Ctx<'_>,
     wearer: &mut WearerState,
     stop: &CancellationToken,
 ) -> SensorReport {
+    let (link, avail, live, hr) = (ctx.link, ctx.avail, ctx.live, ctx.hr);
     let mut rep = SensorReport::default();
     let mut out = Vec::new();
     let mut beats = BeatSummary::new(hr.period_ns);
@@ -203,6 +250,7 @@ pub(super) async fn sensor_loop(
                 if let Some(s) = beats.push(&b) {
                     rep.hr_summaries += 1;
                     hr.publish(link, pipe.sensor(), &s);
+                    live.set(link, true);
                 }
             }
             SourceEvent::Block(b) => {
@@ -219,6 +267,11 @@ pub(super) async fn sensor_loop(
                     return rep;
                 }
             }
+            SourceEvent::Identified(info) => {
+                if let Some((announcer, store)) = ctx.announcer {
+                    announcer.identified(store, link, pipe.sensor(), &info);
+                }
+            }
             SourceEvent::Connected => {
                 tracing::info!(sensor = %pipe.sensor(), "sensor connected");
                 link.retain(avail.to_string(), b"online".to_vec());
@@ -226,6 +279,7 @@ pub(super) async fn sensor_loop(
             SourceEvent::Disconnected { reason } => {
                 tracing::warn!(sensor = %pipe.sensor(), reason, "sensor disconnected");
                 link.retain(avail.to_string(), b"offline".to_vec());
+                live.set(link, false);
                 pipe.gap();
                 beats.gap();
             }
@@ -235,7 +289,7 @@ pub(super) async fn sensor_loop(
             wearer.describe(&mut w);
             rep.windows += 1;
             match hand_over(tx, w, stop, &mut stopping).await {
-                Ok(true) => {}
+                Ok(true) => live.set(link, true),
                 Ok(false) => rep.dropped_at_stop += 1,
                 Err(()) => return rep,
             }

@@ -32,8 +32,8 @@ mod serving;
 mod sink;
 
 pub use control::label_windows;
+use control::{announce_discovery, input_task, Announcer};
 pub use health::{StoreState, StoreStatus};
-use control::{announce_discovery, input_task};
 use ingest::{sensor_task, wait_sensors, HrPublisher, RunningSensor, WearerState};
 use scorer::{load_registered, scorer_loop, watch_registry};
 use sink::sink_task;
@@ -64,7 +64,7 @@ use crate::retrain::registry::{Registry, SHIPPED};
 use crate::retrain::scheduler::Scheduler;
 use crate::retrain::RetrainStatus;
 use crate::source::live::from_config;
-use crate::source::{Source, SourceError, SourceEvent, SOURCE_QUEUE};
+use crate::source::{Source, SourceError, SourceEvent, StrapInfo, SOURCE_QUEUE};
 use crate::store::{Store, StoreError, StoredWindow};
 use crate::time::now_ns;
 
@@ -284,6 +284,10 @@ impl GatewayBuilder {
                     .mqtt
                     .discovery
                     .then(|| discovery::ha_status_topic(&cfg.mqtt.discovery_prefix)),
+                // Late = after Home Assistant's `expire_after` (3 window periods): a state
+                // that old would already have expired there.
+                late_after: discovery::expire_after_s(cfg.dsp.hop as f64 / crate::dsp::WINDOW_FS)
+                    .map(Duration::from_secs),
             },
             outbox.clone(),
         ));
@@ -311,6 +315,11 @@ impl GatewayBuilder {
             heads: model.head_names().to_vec(),
             period_ns: (WINDOW_LEN as f64 / crate::dsp::WINDOW_FS * 1e9) as i64,
         };
+        // Re-announces a strap's device when it identifies itself (discovery on only).
+        let announcer = cfg
+            .mqtt
+            .discovery
+            .then(|| Arc::new((Announcer::new(&cfg, model.head_names()), store.clone())));
         let mut sensor_tasks = Vec::new();
         for src in sources {
             let id = src.sensor_id().to_string();
@@ -324,6 +333,7 @@ impl GatewayBuilder {
                 link.clone(),
                 hr_pub.clone(),
                 WearerState::restore(store.clone(), &id, cfg.baseline.clone()),
+                announcer.clone(),
                 stop.clone(),
             ));
             sensor_tasks.push(RunningSensor {
@@ -370,6 +380,7 @@ impl GatewayBuilder {
             .or_else(|| std::env::current_exe().ok())
             .unwrap_or_else(|| PathBuf::from("affectgate"));
         let (retrain_tx, retrain_rx) = mpsc::channel::<()>(1);
+        let (pause_tx, pause_rx) = mpsc::unbounded_channel::<bool>();
         // The scheduler reports; the gateway publishes (retained) what it reports, and what
         // serves (see `serving`).
         let (status_tx, status_rx) = mpsc::unbounded_channel::<RetrainStatus>();
@@ -388,11 +399,13 @@ impl GatewayBuilder {
                     backend: cfg.model.backend.clone(),
                     status: status_tx,
                     worker_exe,
+                    paused: Default::default(),
                 }
-                .run(retrain_rx, stop.clone()),
+                .run(retrain_rx, pause_rx, stop.clone()),
             )
         });
         let retrain_tx = cfg.retrain.enabled.then_some(retrain_tx);
+        let pause_tx = cfg.retrain.enabled.then_some(pause_tx);
 
         let input_task = link.take_incoming().map(|rx| {
             tokio::spawn(input_task(
@@ -404,6 +417,7 @@ impl GatewayBuilder {
                 reload.clone(),
                 stop.clone(),
                 retrain_tx.clone(),
+                pause_tx.clone(),
                 registry.clone(),
             ))
         });

@@ -277,7 +277,10 @@ mod tests {
                 calls += 1;
             }
             assert_eq!(done, total);
-            assert!(calls <= total.div_ceil(INFER_CHUNK) + 2, "{total}: {calls} calls");
+            assert!(
+                calls <= total.div_ceil(INFER_CHUNK) + 2,
+                "{total}: {calls} calls"
+            );
         }
         assert_eq!(shapes.len(), INFER_CHUNK.trailing_zeros() as usize + 1);
     }

@@ -124,7 +124,11 @@ mod tests {
         let back = rolled_back(&st, "shipped").unwrap();
         assert_eq!(back.state, RetrainState::RolledBack);
         assert_eq!(back.finished, st.finished, "the round's own time stays");
-        assert!(back.reason.as_deref().unwrap().contains("shipped serves now"));
+        assert!(back
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("shipped serves now"));
         let rejected = RetrainStatus {
             state: RetrainState::Rejected,
             model: Some("r0002".into()),

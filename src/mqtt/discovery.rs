@@ -31,11 +31,15 @@
 //! - **Full key names** (`state_topic`, `unique_id`, `device`, …), never the abbreviations
 //!   (`stat_t`, `uniq_id`, `dev`): the payloads are a few hundred bytes, published rarely, and
 //!   must be readable in `mosquitto_sub` output and in tests.
-//! - **`availability` = gateway status AND strap availability, `availability_mode: "all"`.**
-//!   A score is only trustworthy while both the gateway process (`affectgate/<gateway>/status`,
-//!   backed by the MQTT last will) and the strap (`affectgate/<gateway>/<sensor>/availability`)
-//!   are up; with `"any"` or `"latest"` a dead gateway would leave the strap's last word
-//!   `online` standing and HA would show frozen numbers as current.
+//! - **`availability` = gateway status AND the strap's `live` topic, `availability_mode:
+//!   "all"`.** A score is only trustworthy while both the gateway process
+//!   (`affectgate/<gateway>/status`, backed by the MQTT last will) and the strap are up; with
+//!   `"any"` or `"latest"` a dead gateway would leave the strap's last word `online` standing
+//!   and HA would show frozen numbers as current. The strap part is
+//!   `affectgate/<gateway>/<sensor>/live`, not the connection topic: it turns `online` only
+//!   when the current connection has produced a window in this run, so after a gateway restart
+//!   (even one shorter than `expire_after`) or a strap reconnect HA shows "unavailable" until
+//!   the first new window, never the previous value as if it were current.
 //! - **The "strap connected" binary sensor depends on the gateway status only.** Its state
 //!   *is* the strap availability topic; if that topic were also in its availability list it
 //!   would turn `unavailable` exactly when it should say "disconnected".
@@ -62,8 +66,14 @@
 //!   earlier versions announced are deleted with empty configs ([`moved_to_gateway_messages`]).
 //! - **Ids.** Gateway and sensor ids are validated `[a-zA-Z0-9_-]+` by the config, so they are
 //!   used as they are; anything else (a model head name) is mapped into that alphabet for
-//!   topics and ids. Because `_` may occur inside ids, `affectgate_<gateway>_<sensor>_<what>`
-//!   is unique per gateway only as long as no sensor id is another sensor id plus `_<what>`.
+//!   topics and ids. The first releases named a strap's entities
+//!   `affectgate_<gateway>_<sensor>_<what>` (topic object id and unique id) — ambiguous once
+//!   an id contains `_` (gateway `a_b` + sensor `c` = gateway `a` + sensor `b_c`). Straps whose
+//!   ids have no `_` keep exactly those ids (nothing to migrate, the common case); the others
+//!   get unique id `affectgate/<gateway>/<sensor>/<what>`, device `affectgate/<gateway>/<sensor>`
+//!   and topic `<prefix>/<component>/affectgate_<gateway>/strap-<escaped sensor>_<what>/config`
+//!   ([`legacy_ids`]), and their old configs are deleted first ([`legacy_removal_messages`])
+//!   so HA re-creates them under the same entity ids and their history continues.
 //! - **This module names no `crate::` items**, so it builds and tests on its own; the topic
 //!   [`Topics`] spells the same
 //!   layout as `mqtt::Topics`, and [`state_keys_used`] lists the `StateMessage` keys the
@@ -97,9 +107,43 @@ pub fn is_ha_online(payload: &[u8]) -> bool {
     payload.trim_ascii() == PAYLOAD_ONLINE.as_bytes()
 }
 
-/// The HA device identifier of one strap: `affectgate_<gateway>_<sensor>`.
+/// Can this strap keep the ids of the first releases (`affectgate_<gateway>_<sensor>…`)?
+/// Only when neither id contains `_`: then the parts of `affectgate_<gateway>_<sensor>_<what>`
+/// can be told apart (the gateway ends at the second `_`, the sensor at the third) and no
+/// other gateway/sensor pair gives the same string. With a `_` inside, gateway `a_b` with
+/// sensor `c` and gateway `a` with sensor `b_c` both gave `affectgate_a_b_c_…`: one topic,
+/// one unique id, one device for two straps.
+pub fn legacy_ids(gateway: &str, sensor: &str) -> bool {
+    !gateway.contains('_') && !sensor.contains('_')
+}
+
+/// The HA device identifier of one strap: `affectgate_<gateway>_<sensor>` where that is
+/// unambiguous ([`legacy_ids`]; existing devices keep their identity, area and name), else
+/// `affectgate/<gateway>/<sensor>` (`/` cannot occur in an id, so the parts are unambiguous).
 pub fn device_identifier(gateway: &str, sensor: &str) -> String {
+    if legacy_ids(gateway, sensor) {
+        legacy_device_identifier(gateway, sensor)
+    } else {
+        format!("affectgate/{gateway}/{sensor}")
+    }
+}
+
+/// The identifier the first releases gave every strap device.
+fn legacy_device_identifier(gateway: &str, sensor: &str) -> String {
     id_segment(&format!("affectgate_{gateway}_{sensor}"))
+}
+
+/// `sensor` in the topic alphabet, reversibly: `-` → `--`, `_` → `-_`, so the first `_` not
+/// preceded by an escaping `-` ends it.
+fn escape_id(id: &str) -> String {
+    let mut out = String::with_capacity(id.len() + 4);
+    for c in id.chars() {
+        if c == '-' || c == '_' {
+            out.push('-');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `expire_after` in whole seconds for a window period: round(3 × period), at least 1.
@@ -116,9 +160,15 @@ pub fn expire_after_s(window_period_s: f64) -> Option<u64> {
 pub fn state_keys_used(heads: &[String]) -> Vec<String> {
     let mut keys: Vec<String> = unique_heads(heads).into_iter().map(String::from).collect();
     keys.extend(
-        ["hr_bpm", "hr_relative", "rmssd_ms", "quality", "calibrating"]
-            .iter()
-            .map(|k| k.to_string()),
+        [
+            "hr_bpm",
+            "hr_relative",
+            "rmssd_ms",
+            "quality",
+            "calibrating",
+        ]
+        .iter()
+        .map(|k| k.to_string()),
     );
     keys
 }
@@ -134,8 +184,20 @@ pub struct DiscoveryInput<'a> {
     pub heads: &'a [String],
     /// Seconds between two windows of this strap (10.0).
     pub window_period_s: f64,
-    /// Gateway version, shown as the device's and origin's `sw_version`.
+    /// Gateway version, the origin's `sw_version` (and the gateway device's).
     pub sw_version: &'a str,
+    /// What the strap said about itself over BLE (nothing for replays and synthetic ECG).
+    pub strap: StrapDevice<'a>,
+}
+
+/// What a strap says about itself (BLE advertised name, Device Information strings), for its
+/// device block. Every field is optional.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StrapDevice<'a> {
+    pub name: Option<&'a str>,
+    pub manufacturer: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub firmware: Option<&'a str>,
 }
 
 /// The retained discovery configs of one strap: `(topic, JSON payload)`, heads first (in the
@@ -178,6 +240,32 @@ pub fn removal_messages(
         .collect()
 }
 
+/// The migration of a strap whose ids contain `_` ([`legacy_ids`] is false): empty retained
+/// configs on the topics the first releases used for it, published *before* its new configs.
+/// Home Assistant deletes the old entities, then creates the new ones (new unique ids) under
+/// the same entity ids (`default_entity_id`, and the same device and entity names for HA
+/// before 2025.10), so the recorded history and long-term statistics, which HA keys by
+/// entity id, continue. Nothing for a strap that keeps its ids.
+pub fn legacy_removal_messages(
+    prefix: &str,
+    gateway: &str,
+    sensor: &str,
+    heads: &[String],
+) -> Vec<(String, String)> {
+    if legacy_ids(gateway, sensor) {
+        return Vec::new();
+    }
+    entities(heads)
+        .iter()
+        .map(|e| {
+            (
+                e.legacy_config_topic(prefix, gateway, sensor),
+                String::new(),
+            )
+        })
+        .collect()
+}
+
 /// Empty retained payloads for the entities of `removed_heads` only: for a model update that
 /// drops a head (the other entities of the strap stay).
 pub fn head_removal_messages(
@@ -210,11 +298,12 @@ pub struct GatewayDiscoveryInput<'a> {
 /// The gateway device's entities: `(component, what, needs retraining)`. Config topics are
 /// `<prefix>/<component>/affectgate_<gateway>/<what>/config` (node id = the gateway), a
 /// level deeper than every strap topic, so the two can never collide.
-const GATEWAY_ENTITIES: [(&str, &str, bool); 10] = [
+const GATEWAY_ENTITIES: [(&str, &str, bool); 11] = [
     ("binary_sensor", "online", false),
     ("sensor", "model_version", false),
     ("sensor", "retraining", true),
     ("sensor", "last_retrain", true),
+    ("switch", "auto_retrain", true),
     ("binary_sensor", "store_problem", false),
     ("sensor", "last_input_error", false),
     ("button", "retrain", true),
@@ -257,14 +346,19 @@ pub fn gateway_discovery_messages(inp: &GatewayDiscoveryInput) -> Vec<(String, S
 /// Empty retained configs for the strap entities that moved to the gateway device (model
 /// version, last retrain, store problem): Home Assistant removes the old copies, and the
 /// history of these gateway-wide values continues on the gateway device.
-pub fn moved_to_gateway_messages(prefix: &str, gateway: &str, sensor: &str) -> Vec<(String, String)> {
+pub fn moved_to_gateway_messages(
+    prefix: &str,
+    gateway: &str,
+    sensor: &str,
+) -> Vec<(String, String)> {
     MOVED_TO_GATEWAY
         .iter()
         .map(|(component, what)| {
             (
+                // Earlier releases only knew the first id scheme.
                 format!(
                     "{prefix}/{component}/{}_{what}/config",
-                    device_identifier(gateway, sensor)
+                    legacy_device_identifier(gateway, sensor)
                 ),
                 String::new(),
             )
@@ -282,6 +376,7 @@ fn gateway_payload(inp: &GatewayDiscoveryInput, component: &str, what: &str) -> 
         "last_retrain" => "Last retrain",
         "store_problem" => "Store problem",
         "last_input_error" => "Last input error",
+        "auto_retrain" => "Automatic retraining",
         "retrain" => "Retrain now",
         "reload" => "Reload configuration",
         "rollback" => "Roll back model",
@@ -356,7 +451,10 @@ fn gateway_payload(inp: &GatewayDiscoveryInput, component: &str, what: &str) -> 
             // state, so a retrain message without `finished` (still running, never ran)
             // neither errors nor shows a bogus time.
             set("state_topic", json!(t.retrain()));
-            set("value_template", json!("{{ value_json.finished | default(None) }}"));
+            set(
+                "value_template",
+                json!("{{ value_json.finished | default(None) }}"),
+            );
             set("device_class", json!("timestamp"));
             set("entity_category", json!("diagnostic"));
             set("icon", json!("mdi:school-outline"));
@@ -366,7 +464,10 @@ fn gateway_payload(inp: &GatewayDiscoveryInput, component: &str, what: &str) -> 
             // damaged store moved aside); its other keys become the entity's attributes.
             set("state_topic", json!(t.store()));
             set("json_attributes_topic", json!(t.store()));
-            set("value_template", json!("{{ 'ON' if value_json.problem else 'OFF' }}"));
+            set(
+                "value_template",
+                json!("{{ 'ON' if value_json.problem else 'OFF' }}"),
+            );
             set("device_class", json!("problem"));
             set("entity_category", json!("diagnostic"));
         }
@@ -378,6 +479,25 @@ fn gateway_payload(inp: &GatewayDiscoveryInput, component: &str, what: &str) -> 
             set("json_attributes_topic", json!(t.error()));
             set("icon", json!("mdi:message-alert-outline"));
             set("entity_category", json!("diagnostic"));
+        }
+        "auto_retrain" => {
+            // A switch over the scheduled rounds: its state is the retained retraining
+            // status (`paused`), a flip sends `{"enabled": …}` (never retained) and the
+            // scheduler answers with a new status, so HA shows what the gateway does, not
+            // what was asked (no `optimistic`).
+            set("state_topic", json!(t.retrain()));
+            set(
+                "value_template",
+                json!("{{ 'OFF' if value_json.paused | default(false) else 'ON' }}"),
+            );
+            set("command_topic", json!(t.command("auto_retrain")));
+            set("payload_on", json!(r#"{"enabled": true}"#));
+            set("payload_off", json!(r#"{"enabled": false}"#));
+            set("state_on", json!("ON"));
+            set("state_off", json!("OFF"));
+            set("retain", json!(false));
+            set("icon", json!("mdi:calendar-sync"));
+            set("entity_category", json!("config"));
         }
         command => {
             // Buttons: one press = one non-retained `{}` on the command topic (the gateway
@@ -404,7 +524,14 @@ fn gateway_payload(inp: &GatewayDiscoveryInput, component: &str, what: &str) -> 
 /// checks this list against `RetrainState::ALL`; this module names no `crate::` items).
 fn crate_retrain_states() -> [&'static str; 8] {
     [
-        "idle", "waiting", "running", "promoted", "rejected", "failed", "stopped", "rolled_back",
+        "idle",
+        "waiting",
+        "running",
+        "promoted",
+        "rejected",
+        "failed",
+        "stopped",
+        "rolled_back",
     ]
 }
 
@@ -479,16 +606,50 @@ impl<'h> Entity<'h> {
         }
     }
 
-    /// `affectgate_<gateway>_<sensor>_<what>`: the `unique_id` and the object id of the topic.
-    fn object_id(&self, gateway: &str, sensor: &str) -> String {
-        format!("{}_{}", device_identifier(gateway, sensor), self.what)
+    /// The `unique_id`: `affectgate_<gateway>_<sensor>_<what>` where [`legacy_ids`] allows
+    /// (unchanged since the first release, so nothing moves), else
+    /// `affectgate/<gateway>/<sensor>/<what>`.
+    fn unique_id(&self, gateway: &str, sensor: &str) -> String {
+        if legacy_ids(gateway, sensor) {
+            self.legacy_object_id(gateway, sensor)
+        } else {
+            format!("affectgate/{gateway}/{sensor}/{}", self.what)
+        }
     }
 
+    /// The object id the first releases used for topic and unique id.
+    fn legacy_object_id(&self, gateway: &str, sensor: &str) -> String {
+        format!(
+            "{}_{}",
+            legacy_device_identifier(gateway, sensor),
+            self.what
+        )
+    }
+
+    /// `<prefix>/<component>/affectgate_<gateway>_<sensor>_<what>/config` where
+    /// [`legacy_ids`] allows, else `<prefix>/<component>/affectgate_<gateway>/strap-<sensor,
+    /// escaped>_<what>/config`: the gateway as node id (as for the gateway device's own
+    /// entities, whose fixed names never start with `strap-`) and the escaped sensor id
+    /// ([`escape_id`]), so no two straps of any gateways share a topic.
     fn config_topic(&self, prefix: &str, gateway: &str, sensor: &str) -> String {
+        if legacy_ids(gateway, sensor) {
+            self.legacy_config_topic(prefix, gateway, sensor)
+        } else {
+            format!(
+                "{prefix}/{}/{}/strap-{}_{}/config",
+                self.component(),
+                id_segment(&format!("affectgate_{gateway}")),
+                escape_id(sensor),
+                self.what
+            )
+        }
+    }
+
+    fn legacy_config_topic(&self, prefix: &str, gateway: &str, sensor: &str) -> String {
         format!(
             "{prefix}/{}/{}/config",
             self.component(),
-            self.object_id(gateway, sensor)
+            self.legacy_object_id(gateway, sensor)
         )
     }
 
@@ -520,7 +681,7 @@ impl<'h> Entity<'h> {
     }
 
     fn payload(&self, inp: &DiscoveryInput) -> Value {
-        let oid = self.object_id(inp.gateway, inp.sensor);
+        let oid = self.unique_id(inp.gateway, inp.sensor);
         let state = Topics::new(inp.gateway).state(inp.sensor);
         let mut m = Map::new();
         m.insert(
@@ -550,8 +711,16 @@ impl<'h> Entity<'h> {
             // is offline, so only the gateway decides.
             m.insert("availability".into(), json!([gateway_up]));
         } else {
+            // A value read per window is current only once this run's connection has scored
+            // a window (`live`); anything else follows the strap's connection.
+            let t = Topics::new(inp.gateway);
+            let strap = if self.per_window() {
+                t.live(inp.sensor)
+            } else {
+                t.availability(inp.sensor)
+            };
             let strap_up = json!({
-                "topic": Topics::new(inp.gateway).availability(inp.sensor),
+                "topic": strap,
                 "payload_available": PAYLOAD_ONLINE,
                 "payload_not_available": PAYLOAD_OFFLINE,
             });
@@ -581,7 +750,10 @@ impl<'h> Entity<'h> {
                 // arrival, so windows delivered late (after a broker outage) would otherwise
                 // look current; `time` says when the window really was.
                 set("json_attributes_topic", json!(state));
-                set("json_attributes_template", json!(WINDOW_ATTRIBUTES_TEMPLATE));
+                set(
+                    "json_attributes_template",
+                    json!(WINDOW_ATTRIBUTES_TEMPLATE),
+                );
             }
             Kind::HeartRate => {
                 set("name", json!(self.name()));
@@ -629,7 +801,10 @@ impl<'h> Entity<'h> {
                 set("json_attributes_topic", json!(state));
                 set(
                     "json_attributes_template",
-                    json!(format!("{{{{ {{'flags': {}}} | tojson }}}}", value_ref("quality"))),
+                    json!(format!(
+                        "{{{{ {{'flags': {}}} | tojson }}}}",
+                        value_ref("quality")
+                    )),
                 );
                 set("icon", json!("mdi:signal"));
             }
@@ -664,14 +839,23 @@ impl<'h> Entity<'h> {
 
 /// The device block, repeated in every config of the strap (HA wants `name` in each). The
 /// strap hangs off its gateway's device (`via_device`), which carries the software facts.
+/// The strap device: what the strap said about itself when it has (manufacturer, model,
+/// firmware as `sw_version`; the advertised name as the model when there is no model
+/// string), else the generic [`MANUFACTURER`] / [`STRAP_MODEL`]. The device *name* is always
+/// `affectgate <gateway> <sensor>`: entity ids derive from it.
 fn device_block(inp: &DiscoveryInput) -> Value {
-    json!({
+    let s = &inp.strap;
+    let mut d = json!({
         "identifiers": [device_identifier(inp.gateway, inp.sensor)],
         "name": strap_device_name(inp.gateway, inp.sensor),
-        "manufacturer": MANUFACTURER,
-        "model": STRAP_MODEL,
+        "manufacturer": s.manufacturer.unwrap_or(MANUFACTURER),
+        "model": s.model.or(s.name).unwrap_or(STRAP_MODEL),
         "via_device": gateway_device_identifier(inp.gateway),
-    })
+    });
+    if let Some(fw) = s.firmware {
+        d["sw_version"] = json!(fw);
+    }
+    d
 }
 
 /// A strap device's name: `affectgate <gateway> <sensor>`. Chosen so that the entity id Home
@@ -753,7 +937,9 @@ pub const QUALITY_OPTIONS: [&str; 7] = [
 /// `value_json.<key>` (or `value_json['<key>']`), as [`value_template`] reads `key`.
 fn value_ref(key: &str) -> String {
     let t = value_template(key);
-    t.trim_start_matches("{{ ").trim_end_matches(" }}").to_string()
+    t.trim_start_matches("{{ ")
+        .trim_end_matches(" }}")
+        .to_string()
 }
 
 /// `{{ value_json.<key> }}`, or `{{ value_json['<key>'] }}` when the dot form would not read
@@ -807,7 +993,7 @@ fn head_icon(head: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::{BTreeMap, HashSet};
+    use std::collections::{BTreeMap, BTreeSet, HashSet};
 
     fn heads(h: &[&str]) -> Vec<String> {
         h.iter().map(|s| s.to_string()).collect()
@@ -821,6 +1007,7 @@ mod tests {
             heads,
             window_period_s: 10.0,
             sw_version: "0.1.0",
+            strap: StrapDevice::default(),
         }
     }
 
@@ -994,6 +1181,31 @@ mod tests {
                 assert!(!m["name"].as_str().unwrap().is_empty());
             }
         }
+        // A strap that said what it is (BLE Device Information): its own make, model and
+        // firmware; the name (and so every entity id) does not change.
+        let mut inp = input("homeassistant", "chest", &h);
+        inp.strap = StrapDevice {
+            name: Some("Polar H10 1A2B3C4D"),
+            manufacturer: Some("Polar Electro Oy"),
+            model: Some("H10"),
+            firmware: Some("3.0.35"),
+        };
+        let msgs = parsed(&inp);
+        for m in msgs.values() {
+            let d = &m["device"];
+            assert_eq!(d["manufacturer"], "Polar Electro Oy");
+            assert_eq!(d["model"], "H10");
+            assert_eq!(d["sw_version"], "3.0.35");
+            assert_eq!(d["name"], "affectgate gw chest");
+        }
+        // Only an advertised name: that is the model.
+        inp.strap = StrapDevice {
+            name: Some("Polar H10 1A2B3C4D"),
+            ..Default::default()
+        };
+        let d = parsed(&inp).values().next().unwrap()["device"].clone();
+        assert_eq!(d["model"], "Polar H10 1A2B3C4D");
+        assert_eq!(d["manufacturer"], "affectgate");
     }
 
     #[test]
@@ -1002,13 +1214,7 @@ mod tests {
         let msgs = parsed(&input("homeassistant", "calm", &h));
         let state = sample_state(&h);
         let keys = state.as_object().unwrap();
-        for what in [
-            "arousal",
-            "valence",
-            "heart_rate",
-            "rmssd",
-            "quality",
-        ] {
+        for what in ["arousal", "valence", "heart_rate", "rmssd", "quality"] {
             let m = entity(&msgs, "calm", what);
             assert_eq!(m["state_topic"], "affectgate/gw/calm/state", "{what}");
             let key = template_key(m["value_template"].as_str().unwrap());
@@ -1031,7 +1237,10 @@ mod tests {
             "{{ value_json.rmssd_ms }}"
         );
         let q = entity(&msgs, "calm", "quality");
-        assert_eq!(q["value_template"], "{{ value_json.quality.split('+')[0] }}");
+        assert_eq!(
+            q["value_template"],
+            "{{ value_json.quality.split('+')[0] }}"
+        );
         assert_eq!(q["device_class"], "enum");
         assert_eq!(q["options"], json!(QUALITY_OPTIONS));
         assert_eq!(
@@ -1040,7 +1249,15 @@ mod tests {
         );
         assert_eq!(
             state_keys_used(&h),
-            heads(&["arousal", "valence", "hr_bpm", "hr_relative", "rmssd_ms", "quality", "calibrating"])
+            heads(&[
+                "arousal",
+                "valence",
+                "hr_bpm",
+                "hr_relative",
+                "rmssd_ms",
+                "quality",
+                "calibrating"
+            ])
         );
     }
 
@@ -1100,15 +1317,17 @@ mod tests {
             "payload_not_available": "offline",
         });
         let strap = json!({
-            "topic": "affectgate/gw/calm/availability",
+            "topic": "affectgate/gw/calm/live",
             "payload_available": "online",
             "payload_not_available": "offline",
         });
         for what in [
             "arousal",
             "heart_rate",
+            "heart_rate_relative",
             "rmssd",
             "quality",
+            "calibrating",
         ] {
             let m = entity(&msgs, "calm", what);
             assert_eq!(m["availability"], json!([gateway, strap]), "{what}");
@@ -1138,7 +1357,10 @@ mod tests {
                 "{what}"
             );
         }
-        assert_eq!(entity(&msgs, "calm", "calibrating")["entity_category"], "diagnostic");
+        assert_eq!(
+            entity(&msgs, "calm", "calibrating")["entity_category"],
+            "diagnostic"
+        );
         for what in ["model_version", "last_retrain", "store_problem"] {
             assert!(
                 !msgs.keys().any(|t| t.ends_with(&format!("_{what}/config"))),
@@ -1150,9 +1372,19 @@ mod tests {
         assert_eq!(
             moved,
             vec![
-                ("homeassistant/sensor/affectgate_gw_calm_model_version/config".to_string(), String::new()),
-                ("homeassistant/sensor/affectgate_gw_calm_last_retrain/config".to_string(), String::new()),
-                ("homeassistant/binary_sensor/affectgate_gw_calm_store_problem/config".to_string(), String::new()),
+                (
+                    "homeassistant/sensor/affectgate_gw_calm_model_version/config".to_string(),
+                    String::new()
+                ),
+                (
+                    "homeassistant/sensor/affectgate_gw_calm_last_retrain/config".to_string(),
+                    String::new()
+                ),
+                (
+                    "homeassistant/binary_sensor/affectgate_gw_calm_store_problem/config"
+                        .to_string(),
+                    String::new()
+                ),
             ]
         );
     }
@@ -1170,7 +1402,11 @@ mod tests {
                 let m = if p.is_empty() {
                     Map::new()
                 } else {
-                    serde_json::from_str::<Value>(&p).unwrap().as_object().unwrap().clone()
+                    serde_json::from_str::<Value>(&p)
+                        .unwrap()
+                        .as_object()
+                        .unwrap()
+                        .clone()
                 };
                 (t, m)
             })
@@ -1180,8 +1416,9 @@ mod tests {
     #[test]
     fn gateway_device_carries_the_software_and_the_controls() {
         let msgs = gateway(true);
-        assert_eq!(msgs.len(), 10);
-        let g = |c: &str, w: &str| msgs[&format!("homeassistant/{c}/affectgate_gw/{w}/config")].clone();
+        assert_eq!(msgs.len(), 11);
+        let g =
+            |c: &str, w: &str| msgs[&format!("homeassistant/{c}/affectgate_gw/{w}/config")].clone();
         for (topic, m) in &msgs {
             let parts: Vec<&str> = topic.split('/').collect();
             assert_eq!(parts.len(), 5, "{topic}: node id level");
@@ -1195,14 +1432,23 @@ mod tests {
                 entity_id(parts[1], "affectgate gw", m["name"].as_str().unwrap())
             );
             if parts[3] != "online" {
-                assert_eq!(m["availability"][0]["topic"], "affectgate/gw/status", "{topic}");
+                assert_eq!(
+                    m["availability"][0]["topic"], "affectgate/gw/status",
+                    "{topic}"
+                );
             }
         }
         let online = g("binary_sensor", "online");
         assert_eq!(online["state_topic"], "affectgate/gw/status");
         assert_eq!(online["device_class"], "connectivity");
-        assert!(!online.contains_key("availability"), "says offline, never unavailable");
-        assert_eq!(online["default_entity_id"], "binary_sensor.affectgate_gw_online");
+        assert!(
+            !online.contains_key("availability"),
+            "says offline, never unavailable"
+        );
+        assert_eq!(
+            online["default_entity_id"],
+            "binary_sensor.affectgate_gw_online"
+        );
         let mv = g("sensor", "model_version");
         assert_eq!(mv["state_topic"], "affectgate/gw/model");
         assert_eq!(mv["value_template"], "{{ value_json.version }}");
@@ -1212,7 +1458,10 @@ mod tests {
         assert_eq!(rt["json_attributes_topic"], "affectgate/gw/retrain");
         let lr = g("sensor", "last_retrain");
         assert_eq!(lr["device_class"], "timestamp");
-        assert_eq!(lr["value_template"], "{{ value_json.finished | default(None) }}");
+        assert_eq!(
+            lr["value_template"],
+            "{{ value_json.finished | default(None) }}"
+        );
         let sp = g("binary_sensor", "store_problem");
         assert_eq!(sp["device_class"], "problem");
         assert_eq!(sp["state_topic"], "affectgate/gw/store");
@@ -1230,24 +1479,50 @@ mod tests {
             assert_eq!(b["retain"], false, "a retained command is refused");
             assert_eq!(b["default_entity_id"], entity);
         }
+        // The switch over scheduled rounds: state from the retained status, never optimistic.
+        let sw = g("switch", "auto_retrain");
+        assert_eq!(
+            sw["default_entity_id"],
+            "switch.affectgate_gw_automatic_retraining"
+        );
+        assert_eq!(sw["state_topic"], "affectgate/gw/retrain");
+        assert_eq!(sw["command_topic"], "affectgate/gw/cmd/auto_retrain");
+        assert_eq!(sw["payload_on"], r#"{"enabled": true}"#);
+        assert_eq!(sw["payload_off"], r#"{"enabled": false}"#);
+        assert_eq!(sw["retain"], false);
+        assert!(!sw.contains_key("optimistic"));
         // Retraining off: its entities are deleted (empty retained configs), the rest stay.
         let off = gateway(false);
-        let empty: Vec<&String> = off.iter().filter(|(_, m)| m.is_empty()).map(|(t, _)| t).collect();
+        let empty: Vec<&String> = off
+            .iter()
+            .filter(|(_, m)| m.is_empty())
+            .map(|(t, _)| t)
+            .collect();
         assert_eq!(
             empty,
             [
                 "homeassistant/button/affectgate_gw/retrain/config",
                 "homeassistant/sensor/affectgate_gw/last_retrain/config",
                 "homeassistant/sensor/affectgate_gw/retraining/config",
+                "homeassistant/switch/affectgate_gw/auto_retrain/config",
             ]
         );
     }
 
     #[test]
     fn entity_ids_follow_home_assistants_slug_rule() {
-        assert_eq!(entity_id("sensor", "affectgate gw calm", "Arousal"), "sensor.affectgate_gw_calm_arousal");
-        assert_eq!(entity_id("sensor", "affectgate Home-1 Chest_2", "HRV RMSSD"), "sensor.affectgate_home_1_chest_2_hrv_rmssd");
-        assert_eq!(entity_id("sensor", "affectgate gw a__b", "Heart rate vs usual"), "sensor.affectgate_gw_a_b_heart_rate_vs_usual");
+        assert_eq!(
+            entity_id("sensor", "affectgate gw calm", "Arousal"),
+            "sensor.affectgate_gw_calm_arousal"
+        );
+        assert_eq!(
+            entity_id("sensor", "affectgate Home-1 Chest_2", "HRV RMSSD"),
+            "sensor.affectgate_home_1_chest_2_hrv_rmssd"
+        );
+        assert_eq!(
+            entity_id("sensor", "affectgate gw a__b", "Heart rate vs usual"),
+            "sensor.affectgate_gw_a_b_heart_rate_vs_usual"
+        );
         assert_eq!(entity_id("sensor", "", "?"), "sensor.unknown");
     }
 
@@ -1384,5 +1659,85 @@ mod tests {
             "sensor.affectgate_living_room_polar_h10_arousal"
         );
         assert_eq!(m["state_topic"], "affectgate/Living-Room/Polar-H10/state");
+    }
+
+    /// Gateway `a_b` + sensor `c` and gateway `a` + sensor `b_c` used to share every topic,
+    /// unique id and device. Now nothing is shared, both keep the same entity ids as before,
+    /// and the old configs are deleted before the new ones; straps without `_` keep their
+    /// ids exactly.
+    #[test]
+    fn ids_with_underscores_are_unambiguous_and_migrate() {
+        let h = heads(&["arousal"]);
+        let build = |gateway: &'static str, sensor: &'static str| {
+            let mut inp = input("homeassistant", sensor, &h);
+            inp.gateway = gateway;
+            (
+                parsed(&inp),
+                legacy_removal_messages("homeassistant", gateway, sensor, &h),
+            )
+        };
+        let (one, one_rm) = build("a_b", "c");
+        let (two, two_rm) = build("a", "b_c");
+        let uids = |m: &BTreeMap<String, Map<String, Value>>| {
+            m.values()
+                .map(|v| v["unique_id"].as_str().unwrap().to_string())
+                .collect::<BTreeSet<_>>()
+        };
+        let devs = |m: &BTreeMap<String, Map<String, Value>>| {
+            m.values()
+                .map(|v| v["device"]["identifiers"][0].as_str().unwrap().to_string())
+                .collect::<BTreeSet<_>>()
+        };
+        assert!(one.keys().all(|t| !two.contains_key(t)), "shared topics");
+        assert!(uids(&one).is_disjoint(&uids(&two)), "shared unique ids");
+        assert!(devs(&one).is_disjoint(&devs(&two)), "shared devices");
+        assert!(uids(&one).contains("affectgate/a_b/c/arousal"));
+        assert!(one.contains_key("homeassistant/sensor/affectgate_a_b/strap-c_arousal/config"));
+        assert!(two.contains_key("homeassistant/sensor/affectgate_a/strap-b-_c_arousal/config"));
+        assert_eq!(devs(&two), BTreeSet::from(["affectgate/a/b_c".to_string()]));
+        // The entity ids are what they were (HA's slug of device and entity name).
+        let a = one
+            .values()
+            .find(|v| v["unique_id"] == "affectgate/a_b/c/arousal")
+            .unwrap();
+        assert_eq!(a["default_entity_id"], "sensor.affectgate_a_b_c_arousal");
+        // The migration: every old topic emptied, the same number as there are entities.
+        assert_eq!(one_rm.len(), one.len());
+        assert!(one_rm.iter().all(|(_, p)| p.is_empty()));
+        assert!(one_rm
+            .iter()
+            .any(|(t, _)| t == "homeassistant/sensor/affectgate_a_b_c_arousal/config"));
+        assert!(two_rm
+            .iter()
+            .any(|(t, _)| t == "homeassistant/binary_sensor/affectgate_a_b_c_connected/config"));
+        // No new topic is an old one (which would be deleted right after being written).
+        assert!(one_rm.iter().all(|(t, _)| !one.contains_key(t)));
+        // Without `_`: the first release's ids, and nothing to migrate.
+        let (plain, plain_rm) = build("gw", "calm");
+        assert!(plain_rm.is_empty());
+        assert!(plain.contains_key("homeassistant/sensor/affectgate_gw_calm_arousal/config"));
+        assert!(uids(&plain).contains("affectgate_gw_calm_arousal"));
+        assert_eq!(
+            devs(&plain),
+            BTreeSet::from(["affectgate_gw_calm".to_string()])
+        );
+        // Escaping is reversible: distinct sensors never share a topic within one gateway.
+        for (x, y) in [
+            ("a-", "a_"),
+            ("a-_", "a_-"),
+            ("x_heart", "x"),
+            ("a--b", "a-_b"),
+        ] {
+            assert_ne!(escape_id(x), escape_id(y), "{x} {y}");
+        }
+        let t1: BTreeSet<String> =
+            discovery_topics("homeassistant", "g_w", "x_heart", &heads(&["rate"]))
+                .into_iter()
+                .collect();
+        let t2: BTreeSet<String> =
+            discovery_topics("homeassistant", "g_w", "x", &heads(&["heart_rate"]))
+                .into_iter()
+                .collect();
+        assert!(t1.is_disjoint(&t2));
     }
 }

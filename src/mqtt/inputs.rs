@@ -41,7 +41,14 @@ pub const MAX_PAYLOAD_BYTES: usize = 4096;
 /// Label names a self-report may carry (the model's heads), in report order.
 pub const LABEL_NAMES: [&str; 3] = ["arousal", "valence", "dominance"];
 /// Command names under `affectgate/<gateway>/cmd/`.
-pub const COMMAND_NAMES: [&str; 5] = ["retrain", "reload", "flush_outbox", "rollback", "promote"];
+pub const COMMAND_NAMES: [&str; 6] = [
+    "retrain",
+    "reload",
+    "flush_outbox",
+    "rollback",
+    "promote",
+    "auto_retrain",
+];
 /// Every field a label payload may have.
 pub const LABEL_FIELDS: [&str; 7] = [
     "arousal",
@@ -84,7 +91,14 @@ pub enum Input {
     Command(Command),
     /// `promote` with `{"id": "<registry id>"}`: serve that registered model (what
     /// `affectgate model promote <id>` does).
-    Promote { id: String },
+    Promote {
+        id: String,
+    },
+    /// `auto_retrain` with `{"enabled": true|false}`: resume or pause the scheduled
+    /// retraining rounds (Home Assistant's "Automatic retraining" switch).
+    AutoRetrain {
+        enabled: bool,
+    },
 }
 
 /// Commands on `affectgate/<gateway>/cmd/<name>`.
@@ -358,6 +372,7 @@ pub fn parse_input(
     }
     match route {
         Route::Command("promote") => parse_promote(topic, payload).map(Some),
+        Route::Command("auto_retrain") => parse_auto_retrain(topic, payload).map(Some),
         Route::Command(name) => {
             let command = Command::from_name(name).ok_or_else(|| InputError::UnknownCommand {
                 topic: topic.to_string(),
@@ -416,7 +431,8 @@ fn route<'a>(gateway: &str, topic: &'a str) -> Option<Route<'a>> {
 /// message delivers exactly that, and must not run it); anything else is rejected rather than
 /// ignored, so a typo'd argument is not silently dropped. (A Home Assistant MQTT button must
 /// therefore set `payload_press: "{}"`; its default `"PRESS"` is rejected as not JSON.)
-const PROMOTE_EXAMPLE: &str = r#"expected a JSON object such as {"id": "r0002"} (ids: `affectgate model list`)"#;
+const PROMOTE_EXAMPLE: &str =
+    r#"expected a JSON object such as {"id": "r0002"} (ids: `affectgate model list`)"#;
 
 /// `cmd/promote`: exactly `{"id": "<registry id>"}`, the id in the registry's alphabet.
 fn parse_promote(topic: &str, payload: &[u8]) -> Result<Input, InputError> {
@@ -442,17 +458,57 @@ fn parse_promote(topic: &str, payload: &[u8]) -> Result<Input, InputError> {
         message: message.to_string(),
     };
     let id = match obj.get("id") {
-        None => return Err(bad("is missing; send {\"id\": \"r0002\"} (ids: `affectgate model list`)")),
+        None => {
+            return Err(bad(
+                "is missing; send {\"id\": \"r0002\"} (ids: `affectgate model list`)",
+            ))
+        }
         Some(Value::String(id)) => id.clone(),
         Some(_) => return Err(bad("must be a string such as \"r0002\"")),
     };
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if !ok {
         return Err(bad("must be 1–64 characters of [a-zA-Z0-9_-], a registry id such as \"r0002\" or \"shipped\""));
     }
     Ok(Input::Promote { id })
+}
+
+/// `cmd/auto_retrain`: exactly `{"enabled": true}` or `{"enabled": false}`.
+fn parse_auto_retrain(topic: &str, payload: &[u8]) -> Result<Input, InputError> {
+    const EXAMPLE: &str = r#"expected {"enabled": true} or {"enabled": false}"#;
+    if payload.is_empty() {
+        return Err(InputError::EmptyCommand {
+            topic: topic.to_string(),
+        });
+    }
+    let text = std::str::from_utf8(payload).map_err(|_| InputError::NotUtf8 {
+        topic: topic.to_string(),
+    })?;
+    let obj = json_object(topic, text, EXAMPLE)?;
+    if let Some(field) = obj.keys().find(|k| k.as_str() != "enabled") {
+        return Err(InputError::UnknownField {
+            topic: topic.to_string(),
+            field: field.clone(),
+            allowed: &["enabled"],
+        });
+    }
+    match obj.get("enabled") {
+        Some(Value::Bool(enabled)) => Ok(Input::AutoRetrain { enabled: *enabled }),
+        Some(_) => Err(InputError::BadValue {
+            topic: topic.to_string(),
+            field: "enabled".to_string(),
+            message: "must be true or false".to_string(),
+        }),
+        None => Err(InputError::BadValue {
+            topic: topic.to_string(),
+            field: "enabled".to_string(),
+            message: format!("is missing; {EXAMPLE}"),
+        }),
+    }
 }
 
 fn check_command_payload(topic: &str, payload: &[u8]) -> Result<(), InputError> {
@@ -981,7 +1037,40 @@ mod tests {
         check_err(&e, topic, Some("id"), &["[a-zA-Z0-9_-]"]);
         let e = parse(topic, r#"{"id": "r1", "force": true}"#).unwrap_err();
         check_err(&e, topic, Some("force"), &[]);
-        assert!(matches!(parse(topic, ""), Err(InputError::EmptyCommand { .. })));
+        assert!(matches!(
+            parse(topic, ""),
+            Err(InputError::EmptyCommand { .. })
+        ));
+    }
+
+    #[test]
+    fn auto_retrain_takes_enabled() {
+        let topic = "affectgate/gw1/cmd/auto_retrain";
+        assert_eq!(
+            parse(topic, r#"{"enabled": false}"#),
+            Ok(Some(Input::AutoRetrain { enabled: false }))
+        );
+        assert_eq!(
+            parse(topic, r#"{"enabled":true}"#),
+            Ok(Some(Input::AutoRetrain { enabled: true }))
+        );
+        let e = parse(topic, "{}").unwrap_err();
+        check_err(
+            &e,
+            topic,
+            Some("enabled"),
+            &["missing", r#"{"enabled": true}"#],
+        );
+        let e = parse(topic, r#"{"enabled": "ON"}"#).unwrap_err();
+        check_err(&e, topic, Some("enabled"), &["true or false"]);
+        let e = parse(topic, r#"{"enabled": true, "x": 1}"#).unwrap_err();
+        check_err(&e, topic, Some("x"), &[]);
+        let e = parse(topic, "ON").unwrap_err();
+        check_err(&e, topic, None, &["not valid JSON"]);
+        assert!(matches!(
+            parse(topic, ""),
+            Err(InputError::EmptyCommand { .. })
+        ));
     }
 
     #[test]

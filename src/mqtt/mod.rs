@@ -21,6 +21,17 @@
 //! one requested, packet ids map to outbox entries exactly, and the outbox alone decides what
 //! is re-sent.
 //!
+//! Late windows: a window whose state is published more than [`LinkOptions::late_after`]
+//! (Home Assistant's `expire_after`, three window periods) after its end — the backlog of a
+//! broker outage, or what an earlier run left in the outbox — goes to
+//! `affectgate/<gw>/<sensor>/history` instead of `…/state`, with the same payload. Home
+//! Assistant's entities read `state` only, so hours of stored-up windows arriving in one burst
+//! never show as the current reading or fire "now" triggers; a consumer that wants every
+//! window subscribes to both (`affectgate/<gw>/+/+` and filter, or the two topics). The
+//! decision is made when the message is sent, not when it is stored: a window is late because
+//! it is *delivered* late. Whether it went to one topic or the other, it is delivered once
+//! (at least once) and in order.
+//!
 //! [`client_options`] (host, credentials, TLS) is shared by the link and by
 //! [`subscribe_states`], the read side used by `affectgate demo` and the benchmarks.
 
@@ -215,6 +226,30 @@ pub struct LinkOptions {
     pub ha_status: Option<String>,
     /// TLS material (PEM bytes), read from `[mqtt.tls]` at start.
     pub tls: Option<TlsFiles>,
+    /// A state message sent more than this after its window's end goes to the sensor's
+    /// `history` topic instead of `state` (see the module docs). `None`: never.
+    pub late_after: Option<Duration>,
+}
+
+/// The topic an outbox message is sent on: its own, or — for a window's state sent more than
+/// `late_after` after the window's end (`time`) — the sensor's `history` topic. A payload
+/// without a readable `time` keeps its topic.
+pub fn delivery_topic(
+    topic: &str,
+    payload: &[u8],
+    now_ns: i64,
+    late_after: Duration,
+) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Time<'a> {
+        #[serde(borrow)]
+        time: std::borrow::Cow<'a, str>,
+    }
+    let base = topic.strip_suffix("/state")?;
+    let t: Time = serde_json::from_slice(payload).ok()?;
+    let end_ns = crate::time::parse_rfc3339(&t.time).ok()?;
+    let late = now_ns.saturating_sub(end_ns) > late_after.as_nanos().min(i64::MAX as u128) as i64;
+    late.then(|| format!("{base}/history"))
 }
 
 /// PEM contents for a TLS connection.
@@ -542,8 +577,16 @@ impl Pump {
         // Deletions (empty retained payloads) only need to reach the broker once.
         self.retained.drop_deletions();
         if with_states {
+            let now = crate::time::now_ns();
             for (t, p) in &self.last_state {
-                self.request(client, c, t, p.clone(), false);
+                // A state that has become late since is history already, not news.
+                let late = self
+                    .opts
+                    .late_after
+                    .is_some_and(|d| delivery_topic(t, p, now, d).is_some());
+                if !late {
+                    self.request(client, c, t, p.clone(), false);
+                }
             }
         }
     }
@@ -558,16 +601,25 @@ impl Pump {
         }
         match self.outbox.durable_after(c.cursor, MAX_INFLIGHT - busy) {
             Ok(msgs) => {
+                let now = crate::time::now_ns();
                 for m in msgs {
+                    let late = self
+                        .opts
+                        .late_after
+                        .and_then(|d| delivery_topic(&m.topic, &m.payload, now, d));
+                    let topic = late.as_deref().unwrap_or(&m.topic);
                     if client
-                        .try_publish(m.topic.clone(), QoS::AtLeastOnce, false, m.payload.clone())
+                        .try_publish(topic, QoS::AtLeastOnce, false, m.payload.clone())
                         .is_err()
                     {
                         break;
                     }
                     c.fifo.push_back(Some(m.seq));
                     c.cursor = m.seq;
-                    self.last_state.insert(m.topic, m.payload);
+                    if late.is_none() {
+                        // Only current states are re-sent when Home Assistant restarts.
+                        self.last_state.insert(m.topic, m.payload);
+                    }
                 }
             }
             Err(e) => tracing::error!("reading the MQTT outbox failed: {e}"),
@@ -828,5 +880,90 @@ impl Pump {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(time: &str) -> Vec<u8> {
+        format!(r#"{{"time":"{time}","window":3,"sensor":"h10","arousal":0.5}}"#).into_bytes()
+    }
+
+    /// A window's state goes to `history` only when it is sent more than `late_after` after
+    /// the window's end; everything else keeps its topic.
+    #[test]
+    fn late_states_go_to_the_history_topic() {
+        let end = crate::time::parse_rfc3339("2026-12-04T10:00:00.000Z").unwrap();
+        let late_after = Duration::from_secs(30);
+        let t = "affectgate/gw/h10/state";
+        let p = state("2026-12-04T10:00:00.000Z");
+        let s = 1_000_000_000i64;
+        assert_eq!(
+            delivery_topic(t, &p, end + 30 * s, late_after),
+            None,
+            "30 s: still current"
+        );
+        assert_eq!(
+            delivery_topic(t, &p, end + 31 * s, late_after).as_deref(),
+            Some("affectgate/gw/h10/history")
+        );
+        assert_eq!(
+            delivery_topic(t, &p, end + 7_200 * s, late_after).as_deref(),
+            Some("affectgate/gw/h10/history"),
+            "a backlog from a two-hour outage"
+        );
+        // Fast replays run ahead of the wall clock: never late.
+        assert_eq!(delivery_topic(t, &p, end - 3_600 * s, late_after), None);
+        // Not a state topic, or no readable time: the message keeps its topic.
+        assert_eq!(
+            delivery_topic("affectgate/gw/h10/hr", &p, end + 3_600 * s, late_after),
+            None
+        );
+        assert_eq!(delivery_topic(t, b"{}", end + 3_600 * s, late_after), None);
+        assert_eq!(
+            delivery_topic(t, &state("yesterday"), end + 3_600 * s, late_after),
+            None
+        );
+        assert_eq!(
+            delivery_topic(t, b"\xff", end + 3_600 * s, late_after),
+            None
+        );
+    }
+
+    /// Home Assistant's switch sends exactly what the command parser accepts.
+    #[test]
+    fn the_retraining_switch_speaks_the_command_parser() {
+        let msgs = discovery::gateway_discovery_messages(&discovery::GatewayDiscoveryInput {
+            prefix: "homeassistant",
+            gateway: "gw",
+            sw_version: "0",
+            retrain_enabled: true,
+        });
+        let (_, p) = msgs
+            .iter()
+            .find(|(t, _)| t == "homeassistant/switch/affectgate_gw/auto_retrain/config")
+            .expect("the switch");
+        let sw: serde_json::Value = serde_json::from_str(p).unwrap();
+        for (key, enabled) in [("payload_on", true), ("payload_off", false)] {
+            let topic = sw["command_topic"].as_str().unwrap();
+            let payload = sw[key].as_str().unwrap().as_bytes();
+            assert_eq!(
+                inputs::parse_delivery("gw", topic, payload, false, 0, &[]),
+                Ok(Some(inputs::Input::AutoRetrain { enabled })),
+                "{key}"
+            );
+        }
+        // Its state template reads the status the scheduler publishes.
+        let st = crate::retrain::status::RetrainStatus {
+            paused: true,
+            ..Default::default()
+        };
+        assert_eq!(serde_json::to_value(&st).unwrap()["paused"], true);
+        assert!(sw["value_template"]
+            .as_str()
+            .unwrap()
+            .contains("value_json.paused"));
     }
 }

@@ -4,8 +4,11 @@
 //!
 //! ```text
 //! affectgate/<gw>/status                 online/offline, retained (last will)
-//! affectgate/<gw>/<sensor>/state         StateMessage per window, QoS 1
-//! affectgate/<gw>/<sensor>/availability  online/offline, retained
+//! affectgate/<gw>/<sensor>/state         StateMessage per fresh window, QoS 1
+//! affectgate/<gw>/<sensor>/history       StateMessage per late window (published more than
+//!                                        3 window periods after its end), QoS 1
+//! affectgate/<gw>/<sensor>/availability  online/offline (strap connected), retained
+//! affectgate/<gw>/<sensor>/live          online once this connection scored a window, retained
 //! affectgate/<gw>/<sensor>/label         self-reports (subscribed)
 //! affectgate/<gw>/cmd/<name>             commands (subscribed)
 //! affectgate/<gw>/retrain                retraining status, retained
@@ -38,6 +41,18 @@ impl Topics {
     /// `affectgate/<gateway>/<sensor>/state`: `StateMessage` per window, QoS 1.
     pub fn state(&self, sensor: &str) -> String {
         format!("affectgate/{}/{}/state", self.gateway, sensor)
+    }
+    /// `affectgate/<gateway>/<sensor>/history`: the `StateMessage` of a window published
+    /// late (see `mqtt` module docs: late windows), QoS 1. Same payload as `state`.
+    pub fn history(&self, sensor: &str) -> String {
+        format!("affectgate/{}/{}/history", self.gateway, sensor)
+    }
+    /// `affectgate/<gateway>/<sensor>/live`: `online` once a window of the strap's current
+    /// connection has been scored in this run, `offline` at start, on disconnect and at stop;
+    /// retained. Home Assistant's per-window entities are available only while it is
+    /// `online`, so a restart never shows the previous run's last value as current.
+    pub fn live(&self, sensor: &str) -> String {
+        format!("affectgate/{}/{}/live", self.gateway, sensor)
     }
     /// Wildcard for all sensors' state.
     pub fn state_all(&self) -> String {
@@ -91,6 +106,8 @@ mod tests {
         assert_eq!(t.status(), "affectgate/gw1/status");
         assert_eq!(t.state("chest"), "affectgate/gw1/chest/state");
         assert_eq!(t.availability("chest"), "affectgate/gw1/chest/availability");
+        assert_eq!(t.history("chest"), "affectgate/gw1/chest/history");
+        assert_eq!(t.live("chest"), "affectgate/gw1/chest/live");
         assert_eq!(t.retrain(), "affectgate/gw1/retrain");
         assert_eq!(t.store(), "affectgate/gw1/store");
         assert_eq!(

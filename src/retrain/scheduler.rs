@@ -3,7 +3,9 @@
 //! * **When**: every `interval_h` hours (counted from the last finished round, kept in the
 //!   store), optionally only inside a daily UTC window (`daily_window = "02:00-05:00"`), and
 //!   only once `min_new_windows` good windows arrived since the last round; `cmd/retrain` over
-//!   MQTT starts one at once (still needing ≥ 10 stored windows). A round interrupted by a
+//!   MQTT starts one at once (still needing ≥ 10 stored windows). `cmd/auto_retrain` with
+//!   `{"enabled": false}` pauses the scheduled rounds (kept in the status, so across
+//!   restarts) until `{"enabled": true}`; a requested round still runs while paused. A round interrupted by a
 //!   shutdown or a power cut resumes from its checkpoint at the next start.
 //! * **How gently**: the gateway only *stages* the round (copies the store's windows into
 //!   `<models_dir>/work/input.bin`); training, gate and registration run in a separate worker
@@ -20,6 +22,7 @@
 //!   gateway, which publishes it. Home Assistant's
 //!   "Last retrain" entity reads `finished`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,6 +60,9 @@ pub struct Scheduler {
     /// The `affectgate` executable that runs rounds (`retrain-worker`): the running one,
     /// or in tests the built binary.
     pub worker_exe: std::path::PathBuf,
+    /// Scheduled rounds paused; set from the last status at start and by
+    /// [`Scheduler::run`]'s `pause` channel.
+    pub paused: Arc<AtomicBool>,
 }
 
 /// Earliest time ≥ `from_ns` inside the daily window (which may wrap midnight).
@@ -86,6 +92,10 @@ pub fn next_in_window(from_ns: i64, window: Option<(u32, u32)>) -> i64 {
 
 impl Scheduler {
     fn publish(&self, st: &RetrainStatus) {
+        let st = &RetrainStatus {
+            paused: self.paused.load(Ordering::Relaxed),
+            ..st.clone()
+        };
         let bytes = serde_json::to_vec(st).expect("status serialises");
         let _ = self.status.send(st.clone());
         if st.state != RetrainState::Running {
@@ -123,15 +133,23 @@ impl Scheduler {
             .sum()
     }
 
-    /// The scheduler task: runs until `stop`.
-    pub async fn run(self, mut trigger: mpsc::Receiver<()>, stop: CancellationToken) {
+    /// The scheduler task: runs until `stop`. `trigger` starts a round now; `pause` pauses
+    /// (`true`) or resumes (`false`) the scheduled rounds.
+    pub async fn run(
+        self,
+        mut trigger: mpsc::Receiver<()>,
+        mut pause: mpsc::UnboundedReceiver<bool>,
+        stop: CancellationToken,
+    ) {
         let window = self
             .cfg
             .daily_window
             .as_deref()
             .and_then(|w| parse_window(w).ok());
         let last = self.last();
+        self.paused.store(last.paused, Ordering::Relaxed);
         self.publish(&last);
+        let mut pause_open = true;
         // An interrupted round (checkpoint on disk) resumes right away.
         // An interrupted round (checkpoint on disk) resumes right away; `forced` also carries
         // a `cmd/retrain` that arrived while waiting for new windows.
@@ -150,10 +168,15 @@ impl Scheduler {
                 };
                 let due_ns = next_in_window(due_ns.max(now_ns()), window);
                 let wait = Duration::from_nanos((due_ns - now_ns()).max(0) as u64);
+                let paused = self.paused.load(Ordering::Relaxed);
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     t = trigger.recv() => match t { Some(()) => true, None => return },
-                    _ = tokio::time::sleep(wait) => false,
+                    p = pause.recv(), if pause_open => {
+                        pause_open = self.set_paused(p);
+                        continue;
+                    }
+                    _ = tokio::time::sleep(wait), if !paused => false,
                 }
             };
             let fresh = self.new_windows(last_ns);
@@ -177,6 +200,7 @@ impl Scheduler {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     t = trigger.recv() => match t { Some(()) => forced = true, None => return },
+                    p = pause.recv(), if pause_open => pause_open = self.set_paused(p),
                     _ = tokio::time::sleep(RECHECK) => {}
                 }
                 continue;
@@ -185,6 +209,24 @@ impl Scheduler {
                 return;
             }
         }
+    }
+
+    /// Pause (`Some(true)`) or resume (`Some(false)`) the scheduled rounds and say so on the
+    /// status; `None` (the gateway dropped its sender) changes nothing. False once the
+    /// channel is closed.
+    fn set_paused(&self, p: Option<bool>) -> bool {
+        let Some(p) = p else { return false };
+        if self.paused.swap(p, Ordering::Relaxed) != p {
+            tracing::info!(
+                paused = p,
+                "scheduled retraining {}",
+                if p { "paused" } else { "resumed" }
+            );
+        }
+        let last = self.last();
+        // Re-publish the current status (a round in progress publishes its own next).
+        self.publish(&last);
+        true
     }
 
     /// One round on its own thread; returns false when the gateway is stopping.

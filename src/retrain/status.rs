@@ -32,7 +32,14 @@ pub enum RetrainState {
 impl RetrainState {
     /// Every state as serialised, in declaration order (Home Assistant's enum options).
     pub const ALL: [&'static str; 8] = [
-        "idle", "waiting", "running", "promoted", "rejected", "failed", "stopped", "rolled_back",
+        "idle",
+        "waiting",
+        "running",
+        "promoted",
+        "rejected",
+        "failed",
+        "stopped",
+        "rolled_back",
     ];
 }
 
@@ -59,6 +66,11 @@ pub struct RetrainStatus {
     /// The round's report (windows, metrics before/after, decision, parity, seconds).
     #[serde(default)]
     pub report: Option<serde_json::Value>,
+    /// Scheduled rounds are paused (`cmd/auto_retrain` `{"enabled": false}`, Home
+    /// Assistant's "Automatic retraining" switch); `cmd/retrain` still starts one. Kept across
+    /// restarts with the rest of the status.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 #[cfg(test)]
@@ -76,7 +88,10 @@ mod tests {
         let back: RetrainStatus = serde_json::from_str(r#"{"state":"stopped"}"#).unwrap();
         assert_eq!(back.state, RetrainState::Stopped);
         assert!(serde_json::from_str::<RetrainStatus>(r#"{"state":"bogus"}"#).is_err());
-        assert_eq!(crate::mqtt::discovery::retrain_state_options(), RetrainState::ALL);
+        assert_eq!(
+            crate::mqtt::discovery::retrain_state_options(),
+            RetrainState::ALL
+        );
         for name in RetrainState::ALL {
             let st: RetrainStatus =
                 serde_json::from_str(&format!(r#"{{"state":"{name}"}}"#)).unwrap();

@@ -49,6 +49,7 @@ pub fn from_config(sensor: &SensorConfig) -> Box<dyn Source> {
             signal: signal.clone(),
             realtime: *realtime,
             looped: *looped,
+            start_ns: None,
         }),
         SourceConfig::Ble { ble } => Box::new(BleSource::new(&sensor.id, ble.clone())),
     }
@@ -212,6 +213,9 @@ pub struct ReplaySource {
     pub signal: Option<String>,
     pub realtime: bool,
     pub looped: bool,
+    /// Time the first sample as this (ns since the Unix epoch) instead of the wall clock at
+    /// start: tests that need windows from the past (late delivery).
+    pub start_ns: Option<i64>,
 }
 
 /// Largest jump between consecutive CSV timestamps still counted as continuous, in sample
@@ -271,7 +275,7 @@ impl Source for ReplaySource {
                 (fs.round() as usize).max(1)
             };
             send(&out, SourceEvent::Connected, &me.sensor).await?;
-            let mut anchor = now_ns();
+            let mut anchor = me.start_ns.unwrap_or_else(now_ns);
             let clock0 = Instant::now();
             let mut played_ns: i64 = 0; // recording time already played in earlier loops
             loop {
@@ -331,16 +335,19 @@ mod tests {
         let path = dir.path().join("r.csv");
         let mut text = String::from("time_ns,ecg_uv\n");
         for i in 0..500i64 {
-            text.push_str(&format!("{},{}\n", 1_700_000_000_000_000_000 + i * 7_812_500, i % 50));
+            text.push_str(&format!(
+                "{},{}\n",
+                1_700_000_000_000_000_000 + i * 7_812_500,
+                i % 50
+            ));
         }
         std::fs::write(&path, text).unwrap();
-        let copies: Vec<Arc<Recording>> = futures_util::future::join_all(
-            (0..16).map(|_| shared_recording(&path, None)),
-        )
-        .await
-        .into_iter()
-        .map(|r| r.unwrap())
-        .collect();
+        let copies: Vec<Arc<Recording>> =
+            futures_util::future::join_all((0..16).map(|_| shared_recording(&path, None)))
+                .await
+                .into_iter()
+                .map(|r| r.unwrap())
+                .collect();
         assert!(copies.iter().all(|c| Arc::ptr_eq(c, &copies[0])));
         assert_eq!(Arc::strong_count(&copies[0]), 16);
         let weak = Arc::downgrade(&copies[0]);

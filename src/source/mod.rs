@@ -55,9 +55,29 @@ pub struct Beats {
     pub contact: Option<bool>,
 }
 
+/// What a strap says about itself: the name it advertises and its Device Information
+/// service (0x180A) strings. Each is `None` when the strap does not provide it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StrapInfo {
+    /// Advertised local name (`"Polar H10 1A2B3C4D"`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Manufacturer Name String, 0x2A29 (`"Polar Electro Oy"`).
+    #[serde(default)]
+    pub manufacturer: Option<String>,
+    /// Model Number String, 0x2A24 (`"H10"`).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Firmware Revision String, 0x2A26 (`"3.0.35"`).
+    #[serde(default)]
+    pub firmware: Option<String>,
+}
+
 /// What a source reports.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceEvent {
+    /// The strap's name and device information, read once per connection (BLE only).
+    Identified(StrapInfo),
     /// Samples.
     Block(Block),
     /// Heart rate and RR intervals without ECG (published as HR/HRV, never windowed).

@@ -394,10 +394,9 @@ pub fn open_or_quarantine(
 ) -> Result<(Store, Option<Quarantined>), StoreError> {
     match Store::open(path, retention) {
         Err(StoreError::Damaged { reason, .. }) => {
-            let name = path.file_name().map_or_else(
-                || "store".into(),
-                |n| n.to_string_lossy().into_owned(),
-            );
+            let name = path
+                .file_name()
+                .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
             let stamp = crate::time::utc_seconds(crate::time::now_ns())
                 .replace([':', '-'], "")
                 .replace(' ', "T");
@@ -462,7 +461,9 @@ fn witness_bytes(w: Witness) -> [u8; WITNESS_LEN] {
 
 fn read_u64(db: &sled::Db, key: &[u8], path: &Path) -> Result<Option<u64>, StoreError> {
     let v = db.get(key).map_err(|e| db_err(path, e))?;
-    Ok(v.as_deref().and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes))
+    Ok(v.as_deref()
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes))
 }
 
 impl Store {
@@ -497,7 +498,10 @@ impl Store {
             reason,
         };
         if let Ok(reason) = fs::read_to_string(path.join(DAMAGED_MARKER)) {
-            return Err(damaged(format!("found damaged while running: {}", reason.trim())));
+            return Err(damaged(format!(
+                "found damaged while running: {}",
+                reason.trim()
+            )));
         }
         let witness_path = path.join(WITNESS_FILE);
         let mut witness = OpenOptions::new()
@@ -530,8 +534,8 @@ impl Store {
                 .map_err(io_err(path))?;
         }
         if !was_clean && log_len > 0 {
-            let taken = fs::copy(path.join("db"), &copy)
-                .and_then(|_| File::open(&copy)?.sync_all());
+            let taken =
+                fs::copy(path.join("db"), &copy).and_then(|_| File::open(&copy)?.sync_all());
             if let Err(e) = taken {
                 let _ = fs::remove_file(&copy);
                 tracing::warn!(store = %path.display(), "could not keep a copy of the log before opening it ({e}); a damaged open could then be salvaged only partly");
@@ -552,7 +556,9 @@ impl Store {
                     .cloned()
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "a panic".into());
-                return Err(damaged(format!("the database engine failed opening it: {what}")));
+                return Err(damaged(format!(
+                    "the database engine failed opening it: {what}"
+                )));
             }
         };
         // Reading the ends touches the first and last leaves; a lazily detected bad page
@@ -688,7 +694,9 @@ impl Store {
         let wkey = window_key(sensor, start);
         let mut c = self.writer();
         let old = self.db.get(&wkey).map_err(|e| self.err(e))?;
-        let new_total = c.bytes.saturating_sub(old.map_or(0, |v| footprint(sensor.len(), v.len())))
+        let new_total = c
+            .bytes
+            .saturating_sub(old.map_or(0, |v| footprint(sensor.len(), v.len())))
             + footprint(sensor.len(), value.len());
         let mut batch = sled::Batch::default();
         batch.insert(wkey, value);
@@ -934,7 +942,11 @@ impl Store {
         };
         for entry in entries {
             let entry = entry.map_err(io_err(&dir))?;
-            let Some(lsn) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+            let Some(lsn) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
                 continue;
             };
             if synced.is_some_and(|s| lsn <= s) {
@@ -1306,7 +1318,11 @@ pub(crate) fn decode_v2(bytes: &[u8]) -> Result<(StoredWindow, usize), String> {
     }
     match r.array::<1>("format")?[0] {
         FORMAT_V2 => {}
-        f => return Err(format!("unknown format byte {f} (written by a newer affectgate?)")),
+        f => {
+            return Err(format!(
+                "unknown format byte {f} (written by a newer affectgate?)"
+            ))
+        }
     }
     let rest = u32::from_le_bytes(r.array("length")?) as usize;
     if !(4..=MAX_RECORD_BYTES).contains(&rest) {

@@ -73,7 +73,11 @@ impl std::fmt::Display for SalvageReport {
             self.damaged_copies
         )?;
         if self.found_by_engine > 0 {
-            write!(f, ", {} only through the database engine", self.found_by_engine)?;
+            write!(
+                f,
+                ", {} only through the database engine",
+                self.found_by_engine
+            )?;
         }
         write!(
             f,
@@ -125,7 +129,11 @@ fn files_of(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
         let mut b: Vec<(u64, PathBuf)> = Vec::new();
         for e in fs::read_dir(&blobs).map_err(io_err(&blobs))? {
             let e = e.map_err(io_err(&blobs))?;
-            let lsn = e.file_name().to_str().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let lsn = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
             b.push((lsn, e.path()));
         }
         b.sort();
@@ -246,9 +254,10 @@ pub fn salvage(
             }
         };
         if let Err(e) = scan_file(path, &mut report, &mut prog, &mut found) {
-            report
-                .notes
-                .push(format!("{} could not be read to the end: {e}", path.display()));
+            report.notes.push(format!(
+                "{} could not be read to the end: {e}",
+                path.display()
+            ));
         }
     }
 
@@ -273,19 +282,20 @@ pub fn salvage(
     keys.sort_by(|a, b| (a.0 .1, &a.0 .0).cmp(&(b.0 .1, &b.0 .0)));
     let mut handles: Vec<Option<File>> = (0..files.len()).map(|_| None).collect();
     // Put back bit for bit (a format-1 value gets the current format, its samples as stored).
-    let put = |rec: StoredWindow, value: Vec<u8>, report: &mut SalvageReport| -> Result<(), StoreError> {
-        if into.get(&rec.sensor, rec.window.start_ns)?.is_some() {
-            report.already_present += 1;
-        } else {
-            let value = match value.first() {
-                Some(&super::FORMAT_V1) => super::reencode(&rec, &value)?,
-                _ => value,
-            };
-            into.put_value(&rec.sensor, rec.window.start_ns, value)?;
-            report.recovered += 1;
-        }
-        Ok(())
-    };
+    let put =
+        |rec: StoredWindow, value: Vec<u8>, report: &mut SalvageReport| -> Result<(), StoreError> {
+            if into.get(&rec.sensor, rec.window.start_ns)?.is_some() {
+                report.already_present += 1;
+            } else {
+                let value = match value.first() {
+                    Some(&super::FORMAT_V1) => super::reencode(&rec, &value)?,
+                    _ => value,
+                };
+                into.put_value(&rec.sensor, rec.window.start_ns, value)?;
+                report.recovered += 1;
+            }
+            Ok(())
+        };
     for ((sensor, start), c) in keys {
         if !progress(done, total) {
             report.interrupted = true;
@@ -298,7 +308,8 @@ pub fn salvage(
         }
         let f = handles[c.file].as_ref().expect("opened above");
         let mut bytes = vec![0u8; c.len];
-        f.read_exact_at(&mut bytes, c.offset).map_err(io_err(path))?;
+        f.read_exact_at(&mut bytes, c.offset)
+            .map_err(io_err(path))?;
         match decode_record(&sensor, start, &bytes) {
             Ok(rec) => put(rec, bytes, &mut report)?,
             // The file changed under us (it should not: nothing writes a quarantined store).
@@ -330,7 +341,11 @@ fn engine_windows(from: &Path) -> Result<EngineWindows, String> {
     }));
     let store = match opened {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("the database engine cannot open a copy either: {e}")),
+        Ok(Err(e)) => {
+            return Err(format!(
+                "the database engine cannot open a copy either: {e}"
+            ))
+        }
         Err(_) => return Err("the database engine panicked opening a copy".into()),
     };
     let mut out = Vec::new();

@@ -96,7 +96,12 @@ async fn replaying_polar_recording_publishes_one_valid_state_per_window() {
         } else {
             assert_eq!(s.scores["arousal"], None, "flagged windows are not scored");
             // …and publish no HR/HRV (it would enter Home Assistant's long-term statistics).
-            assert_eq!((s.hr_bpm, s.rmssd_ms, s.sdnn_ms), (None, None, None), "{}", s.quality);
+            assert_eq!(
+                (s.hr_bpm, s.rmssd_ms, s.sdnn_ms),
+                (None, None, None),
+                "{}",
+                s.quality
+            );
             flagged += 1;
         }
     }
@@ -646,7 +651,10 @@ async fn a_full_disk_never_announces_a_window_it_did_not_store() {
     .await
     .expect("the gateway stops by itself once the store cannot be written")
     .unwrap();
-    let problem = report.store_problem.clone().expect("the report names the store problem");
+    let problem = report
+        .store_problem
+        .clone()
+        .expect("the report names the store problem");
     assert!(problem.contains("cannot be written"), "{problem}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let announced: Vec<StateMessage> = rx
@@ -662,9 +670,17 @@ async fn a_full_disk_never_announces_a_window_it_did_not_store() {
             .collect()
     };
     let st = status(&rx);
-    assert_eq!(st.first().map(|v| v["state"].clone()), Some("ok".into()), "{st:?}");
+    assert_eq!(
+        st.first().map(|v| v["state"].clone()),
+        Some("ok".into()),
+        "{st:?}"
+    );
     let last = st.last().unwrap();
-    assert_eq!((last["state"].as_str(), last["problem"].as_bool()), (Some("write_failing"), Some(true)), "{st:?}");
+    assert_eq!(
+        (last["state"].as_str(), last["problem"].as_bool()),
+        (Some("write_failing"), Some(true)),
+        "{st:?}"
+    );
     // Space returns: the store opens and holds every announced window.
     fs.resize("64m");
     let store = Store::open(&store_dir, Retention::KEEP_ALL).expect("store reopens");
@@ -713,7 +729,12 @@ async fn a_full_disk_never_announces_a_window_it_did_not_store() {
     assert_eq!(report.store_problem, None);
     assert!(rx.on("affectgate/gwfull/polar/state").len() >= before + 5);
     let st = status(&rx);
-    assert_eq!(st.last().map(|v| (v["state"].clone(), v["problem"].clone())), Some(("ok".into(), false.into())), "{st:?}");
+    assert_eq!(
+        st.last()
+            .map(|v| (v["state"].clone(), v["problem"].clone())),
+        Some(("ok".into(), false.into())),
+        "{st:?}"
+    );
 }
 
 /// A damaged store no longer keeps the gateway down (it refused to start until a person moved
@@ -738,7 +759,9 @@ async fn a_damaged_store_is_moved_aside_and_salvaged_while_the_gateway_runs() {
         .unwrap();
     let first: Vec<affectgate::store::StoredWindow> = {
         let s = Store::open(&store_dir, Retention::KEEP_ALL).unwrap();
-        s.range("polar", i64::MIN, i64::MAX).map(|w| w.unwrap()).collect()
+        s.range("polar", i64::MIN, i64::MAX)
+            .map(|w| w.unwrap())
+            .collect()
     };
     assert!(first.len() > 50, "{}", first.len());
     // sled refuses a store whose configuration record is garbage.
@@ -765,7 +788,10 @@ async fn a_damaged_store_is_moved_aside_and_salvaged_while_the_gateway_runs() {
         .await
         .unwrap();
     assert_eq!(report.store_problem, None);
-    assert!(!rx.on("affectgate/gwdmg/polar2/state").is_empty(), "nothing announced");
+    assert!(
+        !rx.on("affectgate/gwdmg/polar2/state").is_empty(),
+        "nothing announced"
+    );
     let status: Vec<serde_json::Value> = rx
         .on("affectgate/gwdmg/store")
         .iter()
@@ -774,21 +800,34 @@ async fn a_damaged_store_is_moved_aside_and_salvaged_while_the_gateway_runs() {
     let last = status.last().expect("a store status");
     assert_eq!(last["state"], "recovered", "{status:?}");
     assert_eq!(last["problem"], true);
-    assert_eq!(last["salvaged"].as_u64(), Some(first.len() as u64), "{status:?}");
+    assert_eq!(
+        last["salvaged"].as_u64(),
+        Some(first.len() as u64),
+        "{status:?}"
+    );
     let moved = std::path::PathBuf::from(last["moved_to"].as_str().unwrap());
-    assert!(moved.file_name().unwrap().to_string_lossy().starts_with("store.damaged-"));
+    assert!(moved
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("store.damaged-"));
     assert_eq!(
         std::fs::read(moved.join("conf")).unwrap(),
         b"\xff\xfe not sled's configuration"
     );
     let errors = rx.on("affectgate/gwdmg/error");
     assert!(
-        errors.iter().any(|m| String::from_utf8_lossy(&m.payload).contains("moved to")),
+        errors
+            .iter()
+            .any(|m| String::from_utf8_lossy(&m.payload).contains("moved to")),
         "{errors:?}"
     );
     // The new store holds the salvaged windows, exactly, beside this run's.
     let s = Store::open(&store_dir, Retention::KEEP_ALL).unwrap();
-    let salvaged: Vec<_> = s.range("polar", i64::MIN, i64::MAX).map(|w| w.unwrap()).collect();
+    let salvaged: Vec<_> = s
+        .range("polar", i64::MIN, i64::MAX)
+        .map(|w| w.unwrap())
+        .collect();
     assert_eq!(salvaged.len(), first.len());
     for (a, b) in salvaged.iter().zip(&first) {
         let strip = |w: &affectgate::store::StoredWindow| {
@@ -797,7 +836,11 @@ async fn a_damaged_store_is_moved_aside_and_salvaged_while_the_gateway_runs() {
             w
         };
         assert_eq!(strip(a), strip(b));
-        assert_eq!(a.window.samples, b.window.samples, "samples of window {}", a.window.index);
+        assert_eq!(
+            a.window.samples, b.window.samples,
+            "samples of window {}",
+            a.window.index
+        );
     }
     assert!(s.range("polar2", i64::MIN, i64::MAX).count() > 0);
 }

@@ -64,7 +64,11 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
         .filter(|m| m.payload.is_empty())
         .map(|m| m.topic.clone())
         .collect();
-    assert_eq!(moved.len(), 6, "model version, last retrain, store problem × 2: {moved:?}");
+    assert_eq!(
+        moved.len(),
+        6,
+        "model version, last retrain, store problem × 2: {moved:?}"
+    );
     let by_topic: BTreeMap<String, Value> = strap_configs
         .iter()
         .filter(|m| !m.payload.is_empty())
@@ -107,6 +111,7 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
         assert!(avail.contains(&"affectgate/home/status"), "{uid}");
         if uid.ends_with("_calibrating") {
             assert_eq!(parts[1], "binary_sensor");
+            assert!(avail.contains(&format!("affectgate/home/{sensor}/live").as_str()));
             assert_eq!(st, format!("affectgate/home/{sensor}/state"));
             assert!(c["value_template"]
                 .as_str()
@@ -149,7 +154,14 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
         if per_window {
             assert_eq!(c["expire_after"], 30, "{uid}: 3 × the 10 s window");
             assert_eq!(c["availability_mode"], "all");
-            assert!(avail.contains(&format!("affectgate/home/{sensor}/availability").as_str()));
+            // Current only while this run's connection has produced a window.
+            assert_eq!(
+                avail,
+                [
+                    "affectgate/home/status".to_string(),
+                    format!("affectgate/home/{sensor}/live")
+                ]
+            );
         }
         let numeric = uid.ends_with("_arousal")
             || uid.ends_with("_heart_rate")
@@ -170,6 +182,31 @@ async fn discovery_follows_home_assistant_conventions_and_removal_clears_entitie
     let av = rx.on("affectgate/home/chest/availability");
     assert_eq!(av.first().unwrap().payload, b"online");
     assert_eq!(av.last().unwrap().payload, b"offline");
+    // `live`: offline from the start, online before the first state arrives, offline at the
+    // end; the per-window entities are never available with a value from an earlier run.
+    let all = rx.messages();
+    let live: Vec<(usize, &[u8])> = all
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.topic == "affectgate/home/chest/live")
+        .map(|(i, m)| (i, m.payload.as_slice()))
+        .collect();
+    let payloads: Vec<&[u8]> = live.iter().map(|(_, p)| *p).collect();
+    assert_eq!(
+        payloads,
+        [&b"offline"[..], b"online", b"offline"],
+        "one connection"
+    );
+    let first_state = all
+        .iter()
+        .position(|m| m.topic == "affectgate/home/chest/state")
+        .unwrap();
+    assert!(
+        live[1].0 < first_state,
+        "online (#{}) before the first state (#{first_state})",
+        live[1].0
+    );
+    assert!(live[0].0 < live[1].0);
 
     // Second run without "spare": its 7 configs are deleted (empty retained payloads).
     let mut cfg2 = cfg.clone();
@@ -211,11 +248,7 @@ async fn home_assistant_birth_republishes_discovery_and_last_state() {
             ecg: SyntheticConfig::default(),
         },
     }];
-    let rx = Recorder::start(
-        broker.port,
-        &["homeassistant/#", "affectgate/birth/#"],
-    )
-    .await;
+    let rx = Recorder::start(broker.port, &["homeassistant/#", "affectgate/birth/#"]).await;
     let stop = Arc::new(tokio::sync::Notify::new());
     let s2 = stop.clone();
     let gw = tokio::spawn(async move {
@@ -663,7 +696,10 @@ async fn gateway_device_buttons_and_model_commands() {
     // A registered model: the shipped one's bytes and card, as a round would leave it.
     let registry = Registry::open(&cfg.retrain.models_dir);
     let onnx = std::fs::read(&cfg.model.path).unwrap();
-    let card = std::fs::read_to_string(affectgate::model::card::ModelCard::path_for(&cfg.model.path)).unwrap();
+    let card = std::fs::read_to_string(affectgate::model::card::ModelCard::path_for(
+        &cfg.model.path,
+    ))
+    .unwrap();
     let entry = Entry {
         id: "r0001".into(),
         created: "2026-12-01T00:00:00Z".into(),
@@ -694,29 +730,68 @@ async fn gateway_device_buttons_and_model_commands() {
                 async move {
                     let t0 = Instant::now();
                     while !f(rx) {
-                        assert!(t0.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
+                        assert!(
+                            t0.elapsed() < Duration::from_secs(30),
+                            "timed out waiting for {what}"
+                        );
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
             };
-            wait("a state", Box::new(|rx| !rx.on("affectgate/ctl/chest/state").is_empty())).await;
+            wait(
+                "a state",
+                Box::new(|rx| !rx.on("affectgate/ctl/chest/state").is_empty()),
+            )
+            .await;
             assert_eq!(model_id(&rx).as_deref(), Some("shipped"));
             let send = |topic: &'static str, payload: &'static str| {
                 let c = rx.client.clone();
-                async move { c.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap() }
+                async move {
+                    c.publish(topic, QoS::AtLeastOnce, false, payload)
+                        .await
+                        .unwrap()
+                }
             };
             send("affectgate/ctl/cmd/promote", r#"{"id": "r0001"}"#).await;
-            wait("r0001 to serve", Box::new(move |rx| model_id(rx).as_deref() == Some("r0001"))).await;
+            wait(
+                "r0001 to serve",
+                Box::new(move |rx| model_id(rx).as_deref() == Some("r0001")),
+            )
+            .await;
             send("affectgate/ctl/cmd/promote", r#"{"id": "r0009"}"#).await;
-            wait("the unknown id refused", Box::new(move |rx| {
-                errors(rx).iter().any(|e| e.contains("r0009") && e.contains("r0001"))
-            }))
+            wait(
+                "the unknown id refused",
+                Box::new(move |rx| {
+                    errors(rx)
+                        .iter()
+                        .any(|e| e.contains("r0009") && e.contains("r0001"))
+                }),
+            )
             .await;
             send("affectgate/ctl/cmd/rollback", "{}").await;
-            wait("the shipped model back", Box::new(move |rx| model_id(rx).as_deref() == Some("shipped"))).await;
+            wait(
+                "the shipped model back",
+                Box::new(move |rx| model_id(rx).as_deref() == Some("shipped")),
+            )
+            .await;
             let before = errors(&rx).len();
             send("affectgate/ctl/cmd/rollback", "{}").await;
-            wait("a second rollback refused", Box::new(move |rx| errors(rx).len() > before)).await;
+            wait(
+                "a second rollback refused",
+                Box::new(move |rx| errors(rx).len() > before),
+            )
+            .await;
+            // Retraining is off in this config: the switch has nothing to switch, and says so.
+            send("affectgate/ctl/cmd/auto_retrain", r#"{"enabled": false}"#).await;
+            wait(
+                "the switch refused",
+                Box::new(move |rx| {
+                    errors(rx).iter().any(|e| {
+                        e.contains("retraining is disabled") && e.contains("nothing to switch")
+                    })
+                }),
+            )
+            .await;
             // The reload button, as Home Assistant presses it: its announced payload on its
             // announced command topic.
             let button = rx
@@ -739,7 +814,10 @@ async fn gateway_device_buttons_and_model_commands() {
     .await
     .expect("the reload button ends the run")
     .unwrap();
-    assert!(report.reload_requested, "the reload button asked for a reload");
+    assert!(
+        report.reload_requested,
+        "the reload button asked for a reload"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     // What serves, as retained: shipped again, with the model's heads.
     let model = json(rx.on("affectgate/ctl/model").last().unwrap());
@@ -751,10 +829,14 @@ async fn gateway_device_buttons_and_model_commands() {
         .map(|m| json(m)["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids, ["shipped", "r0001", "shipped"]);
-    let last_rollback_error = errors(&rx).last().cloned().unwrap();
-    assert!(last_rollback_error.contains("roll back"), "{last_rollback_error}");
-    // The gateway device: retraining is off in the shipped config, so its three retraining
-    // entities are deleted and seven are announced.
+    let errs = errors(&rx);
+    let last_rollback_error = errs[errs.len() - 2].clone();
+    assert!(
+        last_rollback_error.contains("roll back"),
+        "{last_rollback_error}"
+    );
+    // The gateway device: retraining is off in the shipped config, so its four retraining
+    // entities (state, last retrain, button, switch) are deleted and seven are announced.
     let gw: BTreeMap<String, Vec<u8>> = rx
         .messages()
         .into_iter()
@@ -780,13 +862,21 @@ async fn gateway_device_buttons_and_model_commands() {
         .into_iter()
         .collect()
     );
-    assert_eq!(gw.len(), 10, "and the three retraining configs emptied: {:?}", gw.keys());
+    assert_eq!(
+        gw.len(),
+        11,
+        "and the four retraining configs emptied: {:?}",
+        gw.keys()
+    );
     for t in &announced {
         let c: Value = serde_json::from_slice(&gw[*t]).unwrap();
         assert_eq!(c["device"]["identifiers"][0], "affectgate/ctl", "{t}");
         // Every state topic an entity reads is one the gateway published.
         if let Some(st) = c["state_topic"].as_str() {
-            assert!(!rx.on(st).is_empty(), "{t} reads {st}, which nobody published");
+            assert!(
+                !rx.on(st).is_empty(),
+                "{t} reads {st}, which nobody published"
+            );
         }
     }
     let strap: Value = json(
@@ -795,4 +885,198 @@ async fn gateway_device_buttons_and_model_commands() {
             .unwrap(),
     );
     assert_eq!(strap["device"]["via_device"], "affectgate/ctl");
+}
+
+/// Windows published more than 3 window periods after their end (a backlog) go to
+/// `…/history`, fresh ones to `…/state`; Home Assistant reads `state` only. Each window is
+/// delivered once on exactly one of the two. And a restart: the `live` topic is `offline` until
+/// the new run's first window, so the entities never show the previous run's value as current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_windows_go_to_history_and_a_restart_never_looks_current() {
+    use affectgate::source::live::ReplaySource;
+    let Some(file) = polar() else { return };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let cfg = base_config(broker.port, &store_dir, "late");
+    let rx = Recorder::start(broker.port, &["affectgate/late/#"]).await;
+    let src = |id: &str, start_ns: Option<i64>| -> Box<dyn affectgate::source::Source> {
+        Box::new(ReplaySource {
+            sensor: id.into(),
+            path: file.clone(),
+            signal: None,
+            realtime: false,
+            looped: false,
+            start_ns,
+        })
+    };
+    let two_hours_ago = affectgate::time::now_ns() - 7_200_000_000_000;
+    let report = GatewayBuilder::new(cfg.clone())
+        .source(src("old", Some(two_hours_ago)))
+        .source(src("new", None))
+        .run(std::future::pending())
+        .await
+        .unwrap();
+    rx.wait_for(Duration::from_secs(5), |m| {
+        m.iter()
+            .filter(|m| m.topic.ends_with("/state") || m.topic.ends_with("/history"))
+            .count() as u64
+            >= report.published
+    })
+    .await;
+    let windows = |topic: &str| -> Vec<StateMessage> {
+        rx.on(topic)
+            .iter()
+            .map(|m| serde_json::from_slice(&m.payload).unwrap())
+            .collect()
+    };
+    let old_history = windows("affectgate/late/old/history");
+    let new_state = windows("affectgate/late/new/state");
+    let per_sensor = report.published / 2;
+    assert!(per_sensor > 20, "{report:?}");
+    assert_eq!(
+        old_history.len() as u64,
+        per_sensor,
+        "every old window, as history"
+    );
+    assert!(
+        windows("affectgate/late/old/state").is_empty(),
+        "no old window as current"
+    );
+    assert_eq!(
+        new_state.len() as u64,
+        per_sensor,
+        "every fresh window, as current"
+    );
+    assert!(windows("affectgate/late/new/history").is_empty());
+    // In order, each once; the payload is the window's own (its time two hours back).
+    let idx: Vec<u64> = old_history.iter().map(|m| m.window).collect();
+    assert_eq!(idx, (0..per_sensor).collect::<Vec<_>>());
+    let t0 = affectgate::time::parse_rfc3339(&old_history[0].time).unwrap();
+    let ago_s = (t0 - two_hours_ago) as f64 / 1e9;
+    assert!(
+        (10.0..60.0).contains(&ago_s),
+        "first window ends {ago_s} s after the replay's start"
+    );
+    // Both straps went live (a connection that delivers is live, late windows or not).
+    for s in ["old", "new"] {
+        let live: Vec<Vec<u8>> = rx
+            .on(&format!("affectgate/late/{s}/live"))
+            .into_iter()
+            .map(|m| m.payload)
+            .collect();
+        assert_eq!(
+            live,
+            [b"offline".to_vec(), b"online".to_vec(), b"offline".to_vec()],
+            "{s}"
+        );
+    }
+
+    // Restart: the broker's retained `live` says offline from the first moment of the new
+    // run (before any window), and a fresh subscriber (Home Assistant restarting) sees it.
+    let before = rx.messages().len();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let s2 = stop.clone();
+    let mut cfg2 = cfg.clone();
+    cfg2.sensors = vec![SensorConfig {
+        id: "new".into(),
+        source: SourceConfig::Synthetic {
+            ecg: SyntheticConfig::default(),
+        },
+    }];
+    let gw = tokio::spawn(async move {
+        GatewayBuilder::new(cfg2)
+            .run(async move { s2.notified().await })
+            .await
+    });
+    assert!(
+        rx.wait_for(Duration::from_secs(20), |m| m[before..]
+            .iter()
+            .any(|m| m.topic == "affectgate/late/new/state"))
+            .await,
+        "a synthetic window within 20 s"
+    );
+    let ha = Recorder::start(broker.port, &["affectgate/late/new/live"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.notify_one();
+    gw.await.unwrap().unwrap();
+    let after: Vec<_> = rx.messages()[before..].to_vec();
+    let first_live = after
+        .iter()
+        .position(|m| m.topic == "affectgate/late/new/live")
+        .unwrap();
+    let first_state = after
+        .iter()
+        .position(|m| m.topic == "affectgate/late/new/state")
+        .unwrap();
+    assert_eq!(
+        after[first_live].payload, b"offline",
+        "the restart starts not live"
+    );
+    let online = after
+        .iter()
+        .position(|m| m.topic == "affectgate/late/new/live" && m.payload == b"online")
+        .unwrap();
+    assert!(first_live < online && online < first_state);
+    assert_eq!(
+        ha.messages().first().map(|m| m.payload.clone()),
+        Some(b"online".to_vec()),
+        "retained while scoring"
+    );
+}
+
+/// A gateway and sensor id with `_` (ambiguous in the first releases' ids) get unambiguous
+/// unique ids and topics; the old configs are deleted before the new ones are written, and
+/// the entity ids stay the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_with_underscores_migrate_to_unambiguous_unique_ids() {
+    let Some(file) = polar() else { return };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = base_config(broker.port, &dir.path().join("store"), "home_1");
+    cfg.sensors = vec![replay("chest_2", &file, false)];
+    let rx = Recorder::start(broker.port, &["homeassistant/#"]).await;
+    GatewayBuilder::new(cfg)
+        .run(std::future::pending())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let msgs = rx.messages();
+    let pos = |t: &str| {
+        msgs.iter()
+            .position(|m| m.topic == t)
+            .unwrap_or_else(|| panic!("{t}"))
+    };
+    let old = "homeassistant/sensor/affectgate_home_1_chest_2_arousal/config";
+    let new = "homeassistant/sensor/affectgate_home_1/strap-chest-_2_arousal/config";
+    assert!(
+        msgs[pos(old)].payload.is_empty(),
+        "the old config is deleted"
+    );
+    assert!(pos(old) < pos(new), "before the new one is written");
+    let c = json(&msgs[pos(new)]);
+    assert_eq!(c["unique_id"], "affectgate/home_1/chest_2/arousal");
+    assert_eq!(c["device"]["identifiers"][0], "affectgate/home_1/chest_2");
+    assert_eq!(
+        c["default_entity_id"],
+        "sensor.affectgate_home_1_chest_2_arousal"
+    );
+    // 7 old topics emptied, 7 new ones written for the strap.
+    let strap_new = msgs
+        .iter()
+        .filter(|m| m.topic.contains("/strap-chest-_2_") && !m.payload.is_empty())
+        .count();
+    let strap_old = msgs
+        .iter()
+        .filter(|m| m.topic.contains("affectgate_home_1_chest_2_") && m.payload.is_empty())
+        .count();
+    assert_eq!(
+        (strap_new, strap_old),
+        (7, 7 + 3),
+        "7 entities; plus the 3 that moved to the gateway device"
+    );
 }

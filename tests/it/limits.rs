@@ -108,9 +108,9 @@ async fn a_gateway_whose_sensors_all_failed_stops_non_zero_saying_what_to_fix() 
 
     // Said on the error topic: each sensor, then that nothing can produce data.
     assert!(
-        rx.wait_for(Duration::from_secs(10), |m| m
-            .iter()
-            .any(|m| m.topic == "affectgate/gwf/status" && m.payload == b"offline"))
+        rx.wait_for(Duration::from_secs(10), |m| m.iter().any(|m| m.topic
+            == "affectgate/gwf/status"
+            && m.payload == b"offline"))
             .await,
         "no `offline` status"
     );
@@ -250,8 +250,8 @@ async fn sigterm_with_the_most_sensors_stops_cleanly() {
         "`offline` is not the last status\n{err}"
     );
     // Stored before announced, also for windows passed on unscored during the stop.
-    let store = affectgate::store::Store::open(&store_dir, affectgate::store::Retention::KEEP_ALL)
-        .unwrap();
+    let store =
+        affectgate::store::Store::open(&store_dir, affectgate::store::Retention::KEEP_ALL).unwrap();
     let mut missing = Vec::new();
     for m in rx.messages() {
         if !(m.topic.starts_with("affectgate/gwmax/") && m.topic.ends_with("/state")) {

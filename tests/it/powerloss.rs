@@ -69,7 +69,10 @@ impl PowerFs {
             let _ = child.kill();
             let _ = child.wait();
             missing(
-                &format!("powerfs could not mount a FUSE filesystem at {} (needs root)", mnt.display()),
+                &format!(
+                    "powerfs could not mount a FUSE filesystem at {} (needs root)",
+                    mnt.display()
+                ),
                 "AFFECTGATE_REQUIRE_FUSE",
             );
             return None;
@@ -197,7 +200,10 @@ async fn power_cuts_during_ingest_keep_every_announced_window() {
                 )
                 .unwrap();
                 salvaged += rep.recovered;
-                eprintln!("POWERLOSS cut {cut}: damaged ({}), salvaged {}", q.reason, rep.recovered);
+                eprintln!(
+                    "POWERLOSS cut {cut}: damaged ({}), salvaged {}",
+                    q.reason, rep.recovered
+                );
                 store
             }
             Err(e) => {
@@ -239,6 +245,13 @@ async fn power_cuts_during_ingest_keep_every_announced_window() {
         eprintln!("POWERLOSS failure: {f}");
     }
     eprintln!("POWERLOSS powerfs {}", fs.command("stats"));
-    assert!(!announced.is_empty(), "nothing was announced in {cuts} runs");
-    assert!(failures.is_empty(), "{} failing cuts: {failures:#?}", failures.len());
+    assert!(
+        !announced.is_empty(),
+        "nothing was announced in {cuts} runs"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failing cuts: {failures:#?}",
+        failures.len()
+    );
 }

@@ -173,7 +173,10 @@ fn home_assistant_quality_options_cover_every_check() {
     let options = affectgate::mqtt::discovery::QUALITY_OPTIONS;
     assert!(options.contains(&"good"));
     for (_, name) in Quality::NAMES {
-        assert!(options.contains(&name), "{name} missing from the enum's options");
+        assert!(
+            options.contains(&name),
+            "{name} missing from the enum's options"
+        );
     }
     for hr_only in ["hr_only", "no_contact"] {
         assert!(options.contains(&hr_only));

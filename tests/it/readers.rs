@@ -886,9 +886,16 @@ fn csv_errors_name_line_and_column() {
     // Found by the `csv` fuzz target: a finite number whose µV value overflows the f32 sample
     // to infinity was accepted and reached the filters as -inf.
     let huge = format!("-{}0.137", "9".repeat(64));
-    fs::write(&path, format!("time,ecg_mv\n0.0,-0.098\n0.0077,{huge}\n0.0154,-0.07\n")).unwrap();
+    fs::write(
+        &path,
+        format!("time,ecg_mv\n0.0,-0.098\n0.0077,{huge}\n0.0154,-0.07\n"),
+    )
+    .unwrap();
     let msg = assert_err_names(read_recording(&path, None), &path);
-    assert!(msg.contains("line 3") && msg.contains("ecg_mv") && msg.contains("ECG range"), "{msg}");
+    assert!(
+        msg.contains("line 3") && msg.contains("ecg_mv") && msg.contains("ECG range"),
+        "{msg}"
+    );
     fs::write(&path, "time_ns,ecg_uv,hr_bpm\n1000,5,1e39\n2000,6,60\n").unwrap();
     let msg = assert_err_names(read_recording(&path, None), &path);
     assert!(msg.contains("line 2") && msg.contains("hr_bpm"), "{msg}");

@@ -689,3 +689,95 @@ async fn a_staged_round_of_a_replaced_model_is_discarded() {
     assert!(err.to_string().contains("from shipped to r0002"), "{err}");
     assert!(!registry.dir().join("work").exists());
 }
+
+/// Home Assistant's "Automatic retraining" switch (`cmd/auto_retrain`): paused, a due round
+/// does not start — not in this run, not after a restart — and the retained status says
+/// `paused`; resumed, the due round starts at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_automatic_retraining_switch_pauses_due_rounds_across_restarts() {
+    let Some(Recorded {
+        broker,
+        dir: _dir,
+        mut cfg,
+        run1,
+    }) = recorded("gwauto").await
+    else {
+        return;
+    };
+    assert!(run1.sensors["polar"].scored >= 10);
+    let rec = crate::util::Recorder::start(broker.port, &["affectgate/gwauto/#"]).await;
+    // From the recorded messages (`wait_for` hands them over; it holds the recorder's lock).
+    let statuses = |m: &[crate::util::Msg]| -> Vec<serde_json::Value> {
+        m.iter()
+            .filter(|m| m.topic == "affectgate/gwauto/retrain")
+            .filter_map(|m| serde_json::from_slice(&m.payload).ok())
+            .collect()
+    };
+    let publish = |payload: &'static str| {
+        let c = rec.client.clone();
+        async move {
+            c.publish(
+                "affectgate/gwauto/cmd/auto_retrain",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // Run A: nothing due (on-demand config); switch automatic retraining off.
+    on_demand_tiny_rounds(&mut cfg);
+    let (_rx, stop_tx, gw) = spawn_gateway(cfg.clone());
+    assert!(
+        rec.wait_for(Duration::from_secs(30), |m| m
+            .iter()
+            .any(|m| m.topic == "affectgate/gwauto/retrain"))
+            .await
+    );
+    assert_eq!(statuses(&rec.messages()).last().unwrap()["paused"], false);
+    publish(r#"{"enabled": false}"#).await;
+    assert!(
+        rec.wait_for(Duration::from_secs(10), |m| statuses(m)
+            .last()
+            .is_some_and(|s| s["paused"] == true))
+            .await,
+        "{:?}",
+        statuses(&rec.messages())
+    );
+    let _ = stop_tx.send(());
+    gw.await.unwrap().unwrap();
+
+    // Run B: a round is due at once (no round yet, 59 windows ≥ 10) — but paused.
+    cfg.retrain.interval_h = 0.01;
+    cfg.retrain.min_new_windows = 10;
+    let before = rec.messages().len();
+    let (_rx, stop_tx, gw) = spawn_gateway(cfg.clone());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let run_b: Vec<serde_json::Value> = rec.messages()[before..]
+        .iter()
+        .filter(|m| m.topic == "affectgate/gwauto/retrain")
+        .filter_map(|m| serde_json::from_slice(&m.payload).ok())
+        .collect();
+    assert!(!run_b.is_empty(), "the status is re-published at start");
+    assert!(
+        run_b
+            .iter()
+            .all(|s| s["paused"] == true && s["state"] != "running"),
+        "{run_b:?}"
+    );
+    // Resume: the due round starts.
+    publish(r#"{"enabled": true}"#).await;
+    let started = rec
+        .wait_for(Duration::from_secs(30), |m| {
+            m[before..].iter().any(|m| {
+                m.topic == "affectgate/gwauto/retrain"
+                    && serde_json::from_slice::<serde_json::Value>(&m.payload)
+                        .is_ok_and(|s| s["state"] == "running" && s["paused"] == false)
+            })
+        })
+        .await;
+    let _ = stop_tx.send(());
+    gw.await.unwrap().unwrap();
+    assert!(started, "{:?}", statuses(&rec.messages()));
+}

@@ -21,6 +21,7 @@ fn replay(path: std::path::PathBuf, looped: bool) -> Box<dyn Source> {
         signal: None,
         realtime: false,
         looped,
+        start_ns: None,
     })
 }
 

@@ -865,7 +865,9 @@ fn fill(path: &Path, n: i64) -> Vec<StoredWindow> {
         store.put(&r).unwrap();
         if i % 7 == 0 {
             r.labels = vec![("arousal".into(), 1.0)];
-            assert!(store.set_labels(sensor, r.window.start_ns, &r.labels).unwrap());
+            assert!(store
+                .set_labels(sensor, r.window.start_ns, &r.labels)
+                .unwrap());
         }
         out.push(r);
     }
@@ -922,7 +924,11 @@ fn salvage_recovers_every_window_from_the_raw_files() {
     for w in &written {
         let g = &got[&(w.sensor.clone(), w.window.start_ns)];
         assert_close(g, w);
-        assert_eq!(g.labels, w.labels, "labels of {}/{}", w.sensor, w.window.start_ns);
+        assert_eq!(
+            g.labels, w.labels,
+            "labels of {}/{}",
+            w.sensor, w.window.start_ns
+        );
     }
     // The damaged folder is only read.
     assert_eq!(snapshot(&src), before);
@@ -958,15 +964,24 @@ fn a_store_that_lost_durable_writes_is_damaged_not_silently_short() {
     assert!(msg.contains("store salvage"), "{msg}");
     // A log shorter than it was when last made durable is refused before sled touches it.
     let now_len = fs::metadata(dir.path().join("db")).unwrap().len();
-    fs::write(dir.path().join("affectgate.durable"), witness(23, now_len + 1)).unwrap();
+    fs::write(
+        dir.path().join("affectgate.durable"),
+        witness(23, now_len + 1),
+    )
+    .unwrap();
     let before = fs::read(dir.path().join("db")).unwrap();
-    let err = Store::open(dir.path(), unlimited()).unwrap_err().to_string();
+    let err = Store::open(dir.path(), unlimited())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cut short"), "{err}");
     assert_eq!(fs::read(dir.path().join("db")).unwrap(), before);
     // A torn witness (bad CRC) is no witness: the store opens.
     w[5] ^= 1;
     fs::write(dir.path().join("affectgate.durable"), w).unwrap();
-    assert_eq!(all_windows(&Store::open(dir.path(), unlimited()).unwrap()).len(), 20);
+    assert_eq!(
+        all_windows(&Store::open(dir.path(), unlimited()).unwrap()).len(),
+        20
+    );
 }
 
 /// A store a running gateway found damaged is marked, and the next open says so.
@@ -1001,7 +1016,10 @@ fn damaged_stores_are_moved_aside_and_salvaged_never_silently_short() {
             let f = p.join("db");
             let mut b = fs::read(&f).unwrap();
             let mut r = StdRng::seed_from_u64(seed);
-            let (lo, hi) = ((b.len() as f64 * from) as usize, (b.len() as f64 * to) as usize);
+            let (lo, hi) = (
+                (b.len() as f64 * from) as usize,
+                (b.len() as f64 * to) as usize,
+            );
             for _ in 0..n {
                 let i = r.random_range(lo..hi.max(lo + 1));
                 b[i] ^= 1 << r.random_range(0..8);
@@ -1011,30 +1029,51 @@ fn damaged_stores_are_moved_aside_and_salvaged_never_silently_short() {
     };
     let mut variants: Vec<(String, Damage)> = Vec::new();
     for seed in 0..5 {
-        variants.push((format!("1 flipped bit, seed {seed}"), flip(seed, 1, 0.0, 1.0)));
-        variants.push((format!("10 flipped bits in the first quarter, seed {seed}"), flip(100 + seed, 10, 0.0, 0.25)));
+        variants.push((
+            format!("1 flipped bit, seed {seed}"),
+            flip(seed, 1, 0.0, 1.0),
+        ));
+        variants.push((
+            format!("10 flipped bits in the first quarter, seed {seed}"),
+            flip(100 + seed, 10, 0.0, 0.25),
+        ));
     }
-    variants.push(("zeros over the first 4 KiB".into(), Box::new(|p: &Path| {
-        let f = p.join("db");
-        let mut b = fs::read(&f).unwrap();
-        b[..4096].fill(0);
-        fs::write(&f, b).unwrap();
-    })));
-    variants.push(("db cut to half".into(), Box::new(move |p: &Path| {
-        let f = fs::OpenOptions::new().write(true).open(p.join("db")).unwrap();
-        f.set_len(db_len as u64 / 2).unwrap();
-    })));
-    variants.push(("conf replaced by garbage".into(), Box::new(|p: &Path| {
-        fs::write(p.join("conf"), b"\xff\xfe garbage").unwrap();
-    })));
-    variants.push(("snapshot files removed".into(), Box::new(|p: &Path| {
-        for e in fs::read_dir(p).unwrap() {
-            let e = e.unwrap();
-            if e.file_name().to_string_lossy().starts_with("snap.") {
-                fs::remove_file(e.path()).unwrap();
+    variants.push((
+        "zeros over the first 4 KiB".into(),
+        Box::new(|p: &Path| {
+            let f = p.join("db");
+            let mut b = fs::read(&f).unwrap();
+            b[..4096].fill(0);
+            fs::write(&f, b).unwrap();
+        }),
+    ));
+    variants.push((
+        "db cut to half".into(),
+        Box::new(move |p: &Path| {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(p.join("db"))
+                .unwrap();
+            f.set_len(db_len as u64 / 2).unwrap();
+        }),
+    ));
+    variants.push((
+        "conf replaced by garbage".into(),
+        Box::new(|p: &Path| {
+            fs::write(p.join("conf"), b"\xff\xfe garbage").unwrap();
+        }),
+    ));
+    variants.push((
+        "snapshot files removed".into(),
+        Box::new(|p: &Path| {
+            for e in fs::read_dir(p).unwrap() {
+                let e = e.unwrap();
+                if e.file_name().to_string_lossy().starts_with("snap.") {
+                    fs::remove_file(e.path()).unwrap();
+                }
             }
-        }
-    })));
+        }),
+    ));
     let mut table = Vec::new();
     let mut after_clean: std::collections::BTreeMap<usize, u64> = Default::default();
     // Each damage after a clean close, and after an unclean stop (crash, power cut: no clean
@@ -1043,7 +1082,14 @@ fn damaged_stores_are_moved_aside_and_salvaged_never_silently_short() {
         .into_iter()
         .flat_map(|u| variants.iter().enumerate().map(move |v| (u, v)))
     {
-        let what = format!("{what}{}", if unclean { ", after an unclean stop" } else { "" });
+        let what = format!(
+            "{what}{}",
+            if unclean {
+                ", after an unclean stop"
+            } else {
+                ""
+            }
+        );
         let what = what.as_str();
         let path = dir.path().join(format!("v{i}-{unclean}"));
         copy_dir(&pristine, &path);
@@ -1052,31 +1098,59 @@ fn damaged_stores_are_moved_aside_and_salvaged_never_silently_short() {
         }
         damage(&path);
         let damaged = snapshot(&path);
-        let (store, quarantined) = open_or_quarantine(&path, unlimited())
-            .unwrap_or_else(|e| panic!("{what}: the store neither opened nor was moved aside: {e}"));
+        let (store, quarantined) = open_or_quarantine(&path, unlimited()).unwrap_or_else(|e| {
+            panic!("{what}: the store neither opened nor was moved aside: {e}")
+        });
         let outcome = match quarantined {
             None => {
                 let got = all_windows(&store);
-                assert_eq!(got.len(), 118, "{what}: opened holding {} of 118 windows", got.len());
+                assert_eq!(
+                    got.len(),
+                    118,
+                    "{what}: opened holding {} of 118 windows",
+                    got.len()
+                );
                 for (k, g) in &got {
                     assert_close(g, &originals[k]);
                 }
-                assert!(!path.join("db.before-open").exists(), "{what}: the copy outlived a verified open");
+                assert!(
+                    !path.join("db.before-open").exists(),
+                    "{what}: the copy outlived a verified open"
+                );
                 "opened, all 118 windows".to_string()
             }
             Some(q) => {
-                assert_eq!(all_windows(&store).len(), 0, "{what}: the new store is empty");
+                assert_eq!(
+                    all_windows(&store).len(),
+                    0,
+                    "{what}: the new store is empty"
+                );
                 // Kept as sled's failed open left it: its recovery rewrites part of the log
                 // before it gives up, so the copy is not byte for byte the damaged store.
                 let kept = snapshot(&q.moved_to);
-                assert!(kept.keys().any(|p| p.ends_with("db")), "{what}: the log is kept");
+                assert!(
+                    kept.keys().any(|p| p.ends_with("db")),
+                    "{what}: the log is kept"
+                );
                 let rewritten = damaged
                     .iter()
-                    .filter(|(p, b)| kept.get(&q.moved_to.join(p.strip_prefix(&path).unwrap())) != Some(*b))
-                    .filter(|(p, _)| !p.file_name().unwrap().to_string_lossy().starts_with("affectgate."))
+                    .filter(|(p, b)| {
+                        kept.get(&q.moved_to.join(p.strip_prefix(&path).unwrap())) != Some(*b)
+                    })
+                    .filter(|(p, _)| {
+                        !p.file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .starts_with("affectgate.")
+                    })
                     .count();
-                let r = salvage(&q.moved_to, &store, &SalvageOptions::default(), &mut no_progress())
-                    .unwrap();
+                let r = salvage(
+                    &q.moved_to,
+                    &store,
+                    &SalvageOptions::default(),
+                    &mut no_progress(),
+                )
+                .unwrap();
                 let got = all_windows(&store);
                 let mut unlabelled = 0;
                 for (k, g) in &got {
@@ -1086,8 +1160,15 @@ fn damaged_stores_are_moved_aside_and_salvaged_never_silently_short() {
                 let copy = q.moved_to.join("db.before-open");
                 if unclean && what.contains("flipped") {
                     // The log as it was before sled opened it, byte for byte.
-                    assert_eq!(fs::read(&copy).ok().as_ref(), damaged.get(&path.join("db")), "{what}: pre-open copy");
-                    assert!(r.recovered >= after_clean[&i], "{what}: the copy can only add windows");
+                    assert_eq!(
+                        fs::read(&copy).ok().as_ref(),
+                        damaged.get(&path.join("db")),
+                        "{what}: pre-open copy"
+                    );
+                    assert!(
+                        r.recovered >= after_clean[&i],
+                        "{what}: the copy can only add windows"
+                    );
                 } else if !unclean {
                     assert!(!copy.exists(), "{what}: a clean close needs no copy");
                     after_clean.insert(i, r.recovered);
@@ -1132,14 +1213,39 @@ fn cli_store_salvage_recovers_into_another_store() {
             .output()
             .unwrap()
     };
-    let out = run(&["store".as_ref(), "salvage".as_ref(), old.as_os_str(), "--store".as_ref(), new.as_os_str()]);
+    let out = run(&[
+        "store".as_ref(),
+        "salvage".as_ref(),
+        old.as_os_str(),
+        "--store".as_ref(),
+        new.as_os_str(),
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("40 windows found") && stdout.contains("40 recovered"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("40 windows found") && stdout.contains("40 recovered"),
+        "{stdout}"
+    );
     assert_eq!(snapshot(&old), before);
-    assert_eq!(all_windows(&Store::open(&new, unlimited()).unwrap()).len(), 40);
-    let out = run(&["store".as_ref(), "salvage".as_ref(), old.as_os_str(), "--store".as_ref(), old.as_os_str()]);
+    assert_eq!(
+        all_windows(&Store::open(&new, unlimited()).unwrap()).len(),
+        40
+    );
+    let out = run(&[
+        "store".as_ref(),
+        "salvage".as_ref(),
+        old.as_os_str(),
+        "--store".as_ref(),
+        old.as_os_str(),
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("both the damaged store and the target"), "{stderr}");
+    assert!(
+        stderr.contains("both the damaged store and the target"),
+        "{stderr}"
+    );
 }

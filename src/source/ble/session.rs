@@ -23,7 +23,7 @@ use super::protocol::{
     MEASUREMENT_ECG, OP_GET_SETTINGS, OP_START,
 };
 use super::{parse_uuid, BleConfig, BleError, BleProfile, GattEcgConfig};
-use crate::source::{Beats, Block, SourceError, SourceEvent};
+use crate::source::{Beats, Block, SourceError, SourceEvent, StrapInfo};
 use crate::time::now_ns;
 use crate::time::Backoff;
 
@@ -435,6 +435,9 @@ async fn connected(
     )
     .await?;
     let plan = plan(p, cfg, &st.sensor)?;
+    let info = identify(p).await;
+    tracing::debug!(sensor = %st.sensor, ?info, "strap identified");
+    st.event(SourceEvent::Identified(info)).await?;
     // The notification stream is taken before subscribing so nothing is missed.
     let notes = p.notifications().await?;
     let mut link = Link {
@@ -450,6 +453,47 @@ async fn connected(
         Plan::HeartRate(hr) => heart_rate(st, stop, &mut link, &hr).await,
         Plan::Generic(c, g) => generic(st, stop, &mut link, &c, &g).await,
     }
+}
+
+/// The strap's advertised name and Device Information strings (manufacturer, model,
+/// firmware). Best effort: a strap without the service, or a read that fails or takes more
+/// than [`DIS_READ_TIMEOUT`], leaves that field `None` and the session goes on.
+async fn identify(p: &Peripheral) -> StrapInfo {
+    let props = p.properties().await.ok().flatten();
+    let name = props.and_then(|p| p.local_name.or(p.advertisement_name));
+    let read = |uuid: Uuid| async move {
+        let c = characteristic(p, uuid)?;
+        let bytes = timeout(DIS_READ_TIMEOUT, p.read(&c)).await.ok()?.ok()?;
+        dis_string(&bytes)
+    };
+    StrapInfo {
+        name: name.and_then(|n| dis_string(n.as_bytes())),
+        manufacturer: read(DIS_MANUFACTURER).await,
+        model: read(DIS_MODEL).await,
+        firmware: read(DIS_FIRMWARE).await,
+    }
+}
+
+/// Longest wait for one Device Information read.
+const DIS_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Device Information service (0x180A) characteristics.
+const DIS_MANUFACTURER: Uuid = Uuid::from_u128(super::protocol::sig_uuid(0x2A29));
+const DIS_MODEL: Uuid = Uuid::from_u128(super::protocol::sig_uuid(0x2A24));
+const DIS_FIRMWARE: Uuid = Uuid::from_u128(super::protocol::sig_uuid(0x2A26));
+
+/// A Device Information string as the strap sent it: UTF-8 (lossy), trailing NULs and
+/// surrounding whitespace dropped, control characters removed, at most 64 characters; `None`
+/// when nothing is left. (These strings end up in Home Assistant's device registry.)
+pub(super) fn dis_string(bytes: &[u8]) -> Option<String> {
+    let s = String::from_utf8_lossy(bytes);
+    let s: String = s
+        .trim_end_matches('\0')
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect();
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_string())
 }
 
 /// A connected peripheral's notifications and the adapter's events.
@@ -800,6 +844,23 @@ async fn generic(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_information_strings_are_cleaned() {
+        assert_eq!(dis_string(b"H10\0\0").as_deref(), Some("H10"));
+        assert_eq!(
+            dis_string(b"  Polar Electro Oy \n").as_deref(),
+            Some("Polar Electro Oy")
+        );
+        assert_eq!(dis_string(b"3.0\x1b[2J.35").as_deref(), Some("3.0[2J.35"));
+        assert_eq!(
+            dis_string(b"\xff\xfeX").as_deref(),
+            Some("\u{fffd}\u{fffd}X")
+        );
+        assert_eq!(dis_string(b"\0\0"), None);
+        assert_eq!(dis_string(b""), None);
+        assert_eq!(dis_string(&[b'a'; 300]).map(|s| s.len()), Some(64));
+    }
 
     #[test]
     fn count_clock_is_contiguous_and_reanchors_on_disagreement() {

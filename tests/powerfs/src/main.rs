@@ -51,9 +51,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
-    FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
-    TimeOrNow,
+    FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
 };
 
 const CHUNK: u64 = 64 * 1024;
@@ -235,10 +234,7 @@ impl State {
                 Content::Dir(_) => rep.names_reverted += n.dirty_names,
                 _ => {}
             }
-            n.content = n
-                .durable
-                .clone()
-                .unwrap_or_else(|| n.content.empty_like());
+            n.content = n.durable.clone().unwrap_or_else(|| n.content.empty_like());
             n.dirty_bytes = 0;
             n.dirty_names = 0;
         }
@@ -670,7 +666,16 @@ impl Filesystem for PowerFs {
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
         // 64 GiB, nearly free: space is not what this filesystem tests.
         let blocks = 1u64 << 24;
-        reply.statfs(blocks, blocks - 1, blocks - 1, 1 << 20, (1 << 20) - 1, 4096, 255, 4096);
+        reply.statfs(
+            blocks,
+            blocks - 1,
+            blocks - 1,
+            1 << 20,
+            (1 << 20) - 1,
+            4096,
+            255,
+            4096,
+        );
     }
 
     fn access(&mut self, _req: &Request<'_>, _ino: u64, _mask: i32, reply: ReplyEmpty) {
@@ -760,7 +765,11 @@ fn unmount(m: Mounted, at: &Path) -> Result<(), String> {
     let c = std::ffi::CString::new(at.as_os_str().as_bytes()).unwrap();
     // SAFETY: a valid NUL-terminated path.
     if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-        return Err(format!("umount {}: {}", at.display(), std::io::Error::last_os_error()));
+        return Err(format!(
+            "umount {}: {}",
+            at.display(),
+            std::io::Error::last_os_error()
+        ));
     }
     let t0 = Instant::now();
     while !m.thread.is_finished() {
