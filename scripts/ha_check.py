@@ -221,6 +221,7 @@ def main():
             "SELECT s.state FROM states s JOIN states_meta m ON s.metadata_id = m.metadata_id "
             "WHERE m.entity_id = ? ORDER BY s.last_updated_ts", (migrated,))]
         db.close()
+        hist = [h for h in hist if h is not None]
         numeric = [h for h in hist if h.replace(".", "", 1).isdigit()]
         check("0.5" in hist and len([h for h in numeric if h != "0.5"]) > 0,
               f"history continues under {migrated}: the old 0.5, then {len(numeric) - 1} new scores")
