@@ -9,6 +9,7 @@ mod util;
 mod ble;
 mod config;
 mod dsp;
+mod fleet;
 mod gateway;
 mod gradients;
 mod home_automation;

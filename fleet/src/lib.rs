@@ -1,0 +1,58 @@
+//! Signed model releases for fleets of gateways.
+//!
+//! # Layout
+//!
+//! * [`keys`] — the four TUF role keys (root, targets, snapshot, timestamp), Ed25519 in
+//!   PKCS#8 files readable by the operator only.
+//! * [`repo`] — the operator's side: `init` writes a signed TUF repository (root v1 and empty
+//!   targets/snapshot/timestamp), `release` adds a model's files as targets and re-signs.
+//! * [`client`] — the gateway's side: load the repository through TUF from a pinned
+//!   `root.json` (signatures and thresholds, expiry, version rollback, snapshot consistency,
+//!   hashes and lengths) and read one target, or refuse with the reason.
+//!
+//! # Decisions
+//!
+//! * **No signature scheme of our own.** Everything that is signed or verified goes through
+//!   `tough` (Bottlerocket's updater uses it the same way); this crate only decides the
+//!   layout (which files form a release) and the expiries.
+//! * **Ed25519 keys**: small, fast to verify on a Raspberry Pi, and what `tough` reads from a
+//!   PKCS#8 file directly (`LocalKeySource`). Threshold 1 per role here; the root key is meant
+//!   to stay offline (see docs/FLEET.md).
+//! * **Depends on the model-format layer only** (files and their names), never on the
+//!   gateway: a release is bytes plus a name.
+
+pub mod client;
+pub mod keys;
+pub mod repo;
+
+/// Errors of this crate, each naming the file, directory or target it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Tuf {
+        what: String,
+        source: tough::error::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl FleetError {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        FleetError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+    pub(crate) fn tuf(what: impl Into<String>, source: tough::error::Error) -> Self {
+        FleetError::Tuf {
+            what: what.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! `affectgate-fleet`: the operator's tool for signed model releases (see docs/FLEET.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use affectgate_fleet::{client, repo};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "affectgate-fleet", version, about = "Signed model releases for fleets of affectgate gateways")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the role keys and an empty, signed TUF repository.
+    Init {
+        /// Repository folder (serve it over HTTP, or copy it).
+        #[arg(long)]
+        repo: PathBuf,
+        /// Where the private keys go (keep the root key offline afterwards).
+        #[arg(long)]
+        keys: PathBuf,
+    },
+    /// Add a release (its files become signed targets `<name>/<file>`).
+    Release {
+        #[arg(long)]
+        repo: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
+        /// Release name, e.g. `arousal-v3`.
+        #[arg(long)]
+        name: String,
+        /// The release's files (ONNX model, its card, replay pack, …).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Verify the repository from a pinned root.json as a gateway would, and list its targets.
+    Verify {
+        #[arg(long)]
+        repo: PathBuf,
+        /// The root.json gateways pin (default: the repository's own).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Init { repo, keys } => repo::init(&repo, &keys, repo::Expiry::default())
+            .await
+            .map(|()| {
+                println!(
+                    "repository {} created; pin {} on the gateways; keys in {} (move root.pk8 offline)",
+                    repo.display(),
+                    repo::root_path(&repo).display(),
+                    keys.display()
+                )
+            }),
+        Cmd::Release { repo, keys, name, files } => {
+            repo::release(&repo, &keys, &name, &files, repo::Expiry::default())
+                .await
+                .map(|names| {
+                    for n in names {
+                        println!("signed {n}");
+                    }
+                })
+        }
+        Cmd::Verify { repo, root } => {
+            let root = root.unwrap_or_else(|| repo::root_path(&repo));
+            match client::load(&root, &repo, None, tough::ExpirationEnforcement::Safe).await {
+                Ok(r) => {
+                    println!(
+                        "ok: targets v{}, snapshot v{}, timestamp v{} (expires {})",
+                        r.targets().signed.version,
+                        r.snapshot().signed.version,
+                        r.timestamp().signed.version,
+                        r.timestamp().signed.expires
+                    );
+                    let mut names: Vec<_> = r.targets().signed.targets.keys().map(|n| n.raw().to_string()).collect();
+                    names.sort();
+                    for n in names {
+                        println!("  {n}");
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("affectgate-fleet: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The operator's side of a TUF repository: `<repo>/metadata/` (root, targets, snapshot,
+//! timestamp; consistent snapshots, so every version stays addressable) and `<repo>/targets/`
+//! (release files, content-addressed by sha256). Serve `<repo>` from any static HTTP server or
+//! object store, or copy it for an air-gapped install.
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::rand::SystemRandom;
+use tough::editor::signed::{PathExists, SignedRole};
+use tough::editor::RepositoryEditor;
+use tough::key_source::KeySource;
+use tough::schema::{KeyHolder, RoleKeys, RoleType, Root, Target};
+use tough::TargetName;
+
+use crate::keys::{self, ROLES};
+use crate::FleetError;
+
+/// How long each role's metadata stays valid. The timestamp is short on purpose (a frozen
+/// mirror is noticed within a day); `affectgate-fleet refresh` re-signs it, from cron.
+#[derive(Debug, Clone, Copy)]
+pub struct Expiry {
+    pub root_days: i64,
+    pub targets_days: i64,
+    pub snapshot_days: i64,
+    pub timestamp_days: i64,
+}
+
+impl Default for Expiry {
+    fn default() -> Self {
+        Expiry {
+            root_days: 365,
+            targets_days: 90,
+            snapshot_days: 7,
+            timestamp_days: 1,
+        }
+    }
+}
+
+fn days_from_now(days: i64) -> Result<jiff::Timestamp, FleetError> {
+    jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(24 * days))
+        .map_err(|e| FleetError::Invalid(format!("expiry {days} days: {e}")))
+}
+
+/// `<repo>/metadata`.
+pub fn metadata_dir(repo: &Path) -> PathBuf {
+    repo.join("metadata")
+}
+/// `<repo>/targets`.
+pub fn targets_dir(repo: &Path) -> PathBuf {
+    repo.join("targets")
+}
+/// The repository's current root, the file gateways pin (`[fleet] root`).
+pub fn root_path(repo: &Path) -> PathBuf {
+    metadata_dir(repo).join("root.json")
+}
+
+fn role_type(role: &str) -> RoleType {
+    match role {
+        "root" => RoleType::Root,
+        "targets" => RoleType::Targets,
+        "snapshot" => RoleType::Snapshot,
+        _ => RoleType::Timestamp,
+    }
+}
+
+async fn all_keys(keys_dir: &Path) -> Result<Vec<Box<dyn KeySource>>, FleetError> {
+    ROLES.iter().map(|r| keys::source(keys_dir, r)).collect()
+}
+
+/// Create the keys (refusing to overwrite any) and a repository at `repo` whose metadata is
+/// signed and valid: root v1, an empty targets v1, snapshot and timestamp v1.
+pub async fn init(repo: &Path, keys_dir: &Path, expiry: Expiry) -> Result<(), FleetError> {
+    if root_path(repo).exists() {
+        return Err(FleetError::Invalid(format!(
+            "{}: a repository already exists here",
+            root_path(repo).display()
+        )));
+    }
+    keys::generate(keys_dir)?;
+    let mut root = Root {
+        spec_version: "1.0.0".into(),
+        consistent_snapshot: true,
+        version: NonZeroU64::MIN,
+        expires: days_from_now(expiry.root_days)?,
+        keys: HashMap::new(),
+        roles: HashMap::new(),
+        _extra: HashMap::new(),
+    };
+    for role in ROLES {
+        let sign = keys::source(keys_dir, role)?
+            .as_sign()
+            .await
+            .map_err(|e| FleetError::Invalid(format!("{}: {e}", keys::key_path(keys_dir, role).display())))?;
+        let key = sign.tuf_key();
+        let id = key
+            .key_id()
+            .map_err(|e| FleetError::Invalid(format!("{role} key id: {e}")))?;
+        root.keys.insert(id.clone(), key);
+        root.roles.insert(
+            role_type(role),
+            RoleKeys {
+                keyids: vec![id],
+                threshold: NonZeroU64::MIN,
+                _extra: HashMap::new(),
+            },
+        );
+    }
+    let rng = SystemRandom::new();
+    let root_key = [keys::source(keys_dir, "root")?];
+    let signed = SignedRole::new(root.clone(), &KeyHolder::Root(root), &root_key, &rng)
+        .await
+        .map_err(|e| FleetError::tuf("signing root.json", e))?;
+    let meta = metadata_dir(repo);
+    std::fs::create_dir_all(&meta).map_err(|e| FleetError::io(&meta, e))?;
+    std::fs::create_dir_all(targets_dir(repo)).map_err(|e| FleetError::io(&targets_dir(repo), e))?;
+    write_atomic(&meta.join("1.root.json"), signed.buffer())?;
+    write_atomic(&root_path(repo), signed.buffer())?;
+
+    let mut editor = RepositoryEditor::new(root_path(repo))
+        .await
+        .map_err(|e| FleetError::tuf("reading the new root.json", e))?;
+    editor
+        .targets_version(NonZeroU64::MIN)
+        .map_err(|e| FleetError::tuf("targets", e))?
+        .targets_expires(days_from_now(expiry.targets_days)?)
+        .map_err(|e| FleetError::tuf("targets", e))?
+        .snapshot_version(NonZeroU64::MIN)
+        .snapshot_expires(days_from_now(expiry.snapshot_days)?)
+        .timestamp_version(NonZeroU64::MIN)
+        .timestamp_expires(days_from_now(expiry.timestamp_days)?);
+    let signed = editor
+        .sign(&all_keys(keys_dir).await?)
+        .await
+        .map_err(|e| FleetError::tuf("signing the first metadata", e))?;
+    signed
+        .write(&meta)
+        .await
+        .map_err(|e| FleetError::tuf(format!("writing {}", meta.display()), e))
+}
+
+/// Add `files` as targets `<release>/<file name>`, bump targets/snapshot/timestamp versions,
+/// re-sign and write; the files are copied into `<repo>/targets`. Returns the target names.
+pub async fn release(
+    repo: &Path,
+    keys_dir: &Path,
+    release: &str,
+    files: &[PathBuf],
+    expiry: Expiry,
+) -> Result<Vec<String>, FleetError> {
+    let ok = !release.is_empty()
+        && release.len() <= 64
+        && release.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !ok {
+        return Err(FleetError::Invalid(format!(
+            "release name {release:?}: 1–64 characters of [a-zA-Z0-9._-]"
+        )));
+    }
+    let current = crate::client::load(&root_path(repo), repo, None, tough::ExpirationEnforcement::Unsafe).await?;
+    let targets_v = current.targets().signed.version.get() + 1;
+    let snapshot_v = current.snapshot().signed.version.get() + 1;
+    let timestamp_v = current.timestamp().signed.version.get() + 1;
+    if current
+        .targets()
+        .signed
+        .targets
+        .keys()
+        .any(|n| n.raw().starts_with(&format!("{release}/")))
+    {
+        return Err(FleetError::Invalid(format!(
+            "release {release:?} already exists in {}: releases are immutable, publish a new name",
+            repo.display()
+        )));
+    }
+    // Stage the files under their target names so `copy_targets` finds them.
+    let stage = tempdir_in(repo)?;
+    let mut names = Vec::new();
+    let mut staged = Vec::new();
+    let mut editor = RepositoryEditor::from_repo(root_path(repo), current)
+        .await
+        .map_err(|e| FleetError::tuf("opening the repository for editing", e))?;
+    for f in files {
+        let base = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| FleetError::Invalid(format!("{}: not a file name", f.display())))?;
+        let name = format!("{release}/{base}");
+        let dst = stage.join(&name);
+        std::fs::create_dir_all(dst.parent().unwrap()).map_err(|e| FleetError::io(&dst, e))?;
+        std::fs::copy(f, &dst).map_err(|e| FleetError::io(f, e))?;
+        let target = Target::from_path(&dst)
+            .await
+            .map_err(|e| FleetError::Invalid(format!("hashing {}: {e}", f.display())))?;
+        let tn = TargetName::new(name.clone()).map_err(|e| FleetError::tuf(name.clone(), e))?;
+        editor
+            .add_target(tn.clone(), target)
+            .map_err(|e| FleetError::tuf(name.clone(), e))?;
+        staged.push((dst, tn));
+        names.push(name);
+    }
+    editor
+        .targets_version(NonZeroU64::new(targets_v).unwrap())
+        .map_err(|e| FleetError::tuf("targets", e))?
+        .targets_expires(days_from_now(expiry.targets_days)?)
+        .map_err(|e| FleetError::tuf("targets", e))?
+        .snapshot_version(NonZeroU64::new(snapshot_v).unwrap())
+        .snapshot_expires(days_from_now(expiry.snapshot_days)?)
+        .timestamp_version(NonZeroU64::new(timestamp_v).unwrap())
+        .timestamp_expires(days_from_now(expiry.timestamp_days)?);
+    let signed = editor
+        .sign(&all_keys(keys_dir).await?)
+        .await
+        .map_err(|e| FleetError::tuf("signing the release", e))?;
+    // Targets first, then metadata: a gateway never sees metadata naming a missing file.
+    let out = targets_dir(repo);
+    for (dst, tn) in &staged {
+        signed
+            .copy_target(dst, &out, PathExists::Fail, Some(tn))
+            .await
+            .map_err(|e| FleetError::tuf(format!("copying {}", tn.raw()), e))?;
+    }
+    let meta = metadata_dir(repo);
+    signed
+        .write(&meta)
+        .await
+        .map_err(|e| FleetError::tuf(format!("writing {}", meta.display()), e))?;
+    let _ = std::fs::remove_dir_all(&stage);
+    Ok(names)
+}
+
+fn tempdir_in(repo: &Path) -> Result<PathBuf, FleetError> {
+    let p = repo.join(format!(".stage-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).map_err(|e| FleetError::io(&p, e))?;
+    Ok(p)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FleetError> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| FleetError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| FleetError::io(path, e))
+}

@@ -1,0 +1,136 @@
+//! The repository as a gateway sees it: a release made with the operator's functions is read
+//! back through TUF byte for byte; tampering, a wrong pinned root, expired metadata and a
+//! rollback to older metadata are each refused with a reason, and nothing is returned.
+
+use std::path::{Path, PathBuf};
+
+use affectgate_fleet::repo::{self, Expiry};
+use affectgate_fleet::{client, FleetError};
+use tough::ExpirationEnforcement::Safe;
+
+fn model_files() -> Vec<PathBuf> {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    vec![
+        models.join("affectgate-arousal-v2.onnx"),
+        models.join("affectgate-arousal-v2.card.toml"),
+    ]
+}
+
+async fn released(dir: &Path) -> (PathBuf, PathBuf) {
+    let (r, k) = (dir.join("repo"), dir.join("keys"));
+    repo::init(&r, &k, Expiry::default()).await.unwrap();
+    repo::release(&r, &k, "arousal-v2", &model_files(), Expiry::default())
+        .await
+        .unwrap();
+    (r, k)
+}
+
+fn err_text(e: FleetError) -> String {
+    // The whole chain: tough puts the specific reason in its sources.
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(x) = src {
+        s.push_str(" / ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+#[tokio::test]
+async fn a_release_reads_back_byte_for_byte_through_tuf() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _k) = released(dir.path()).await;
+    let repo = client::load(&repo::root_path(&r), &r, None, Safe).await.unwrap();
+    assert_eq!(repo.targets().signed.version.get(), 2);
+    for f in model_files() {
+        let name = format!("arousal-v2/{}", f.file_name().unwrap().to_str().unwrap());
+        let got = client::read_target(&repo, &name).await.unwrap();
+        assert_eq!(got, std::fs::read(&f).unwrap(), "{name}");
+    }
+    let missing = client::read_target(&repo, "arousal-v9/model.onnx").await.unwrap_err();
+    assert!(err_text(missing).contains("not in the signed targets"));
+    // Releases are immutable.
+    let again = repo::release(&r, &dir.path().join("keys"), "arousal-v2", &model_files(), Expiry::default())
+        .await
+        .unwrap_err();
+    assert!(err_text(again).contains("already exists"));
+}
+
+#[tokio::test]
+async fn a_tampered_artifact_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _k) = released(dir.path()).await;
+    // Flip one byte in the stored ONNX file (whatever its content-addressed name).
+    let onnx = walk(&repo::targets_dir(&r))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .unwrap();
+    let mut bytes = std::fs::read(&onnx).unwrap();
+    bytes[1000] ^= 0x01;
+    std::fs::write(&onnx, &bytes).unwrap();
+    let repo = client::load(&repo::root_path(&r), &r, None, Safe).await.unwrap();
+    let e = client::read_target(&repo, "arousal-v2/affectgate-arousal-v2.onnx")
+        .await
+        .unwrap_err();
+    let t = err_text(e);
+    assert!(t.contains("arousal-v2/affectgate-arousal-v2.onnx") && t.to_lowercase().contains("hash"), "{t}");
+}
+
+#[tokio::test]
+async fn a_repository_signed_by_other_keys_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _k) = released(&dir.path().join("a")).await;
+    let (other, _) = released(&dir.path().join("b")).await;
+    // Gateways pin repository a's root; someone serves repository b at the same place.
+    let e = client::load(&repo::root_path(&r), &other, None, Safe).await.unwrap_err();
+    let t = err_text(e);
+    assert!(t.contains("pinned root") && t.to_lowercase().contains("signature"), "{t}");
+}
+
+#[tokio::test]
+async fn expired_metadata_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, k) = (dir.path().join("repo"), dir.path().join("keys"));
+    let stale = Expiry {
+        timestamp_days: -1,
+        ..Expiry::default()
+    };
+    repo::init(&r, &k, stale).await.unwrap();
+    let e = client::load(&repo::root_path(&r), &r, None, Safe).await.unwrap_err();
+    let t = err_text(e);
+    assert!(t.to_lowercase().contains("expired") && t.contains("timestamp"), "{t}");
+}
+
+#[tokio::test]
+async fn older_metadata_after_newer_is_a_rollback_and_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, k) = (dir.path().join("repo"), dir.path().join("keys"));
+    repo::init(&r, &k, Expiry::default()).await.unwrap();
+    let old_timestamp = std::fs::read(repo::metadata_dir(&r).join("timestamp.json")).unwrap();
+    repo::release(&r, &k, "arousal-v2", &model_files(), Expiry::default())
+        .await
+        .unwrap();
+    // A gateway sees version 2 (its datastore remembers it) …
+    let store = dir.path().join("gateway-datastore");
+    std::fs::create_dir_all(&store).unwrap();
+    client::load(&repo::root_path(&r), &r, Some(&store), Safe).await.unwrap();
+    // … then a mirror serves the older, validly signed timestamp again.
+    std::fs::write(repo::metadata_dir(&r).join("timestamp.json"), old_timestamp).unwrap();
+    let e = client::load(&repo::root_path(&r), &r, Some(&store), Safe).await.unwrap_err();
+    let t = err_text(e);
+    assert!(t.to_lowercase().contains("version") && t.contains("timestamp"), "{t}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

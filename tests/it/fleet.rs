@@ -1,0 +1,36 @@
+//! The fleet crate (`fleet/`, a workspace of its own: see the root Cargo.toml) is built and
+//! tested by its own cargo, in `<target>/fleet`, so `cargo test --release` covers it too.
+//! This test passes only when every fleet test ran and passed; each one's name is checked so
+//! a filter or an empty run cannot pass silently.
+
+use std::process::Command;
+
+#[test]
+fn the_fleet_crate_builds_and_its_tests_pass() {
+    let repo = crate::util::repo();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo.join("target"))
+        .join("fleet");
+    let out = Command::new(env!("CARGO"))
+        .args(["test", "--release", "--manifest-path"])
+        .arg(repo.join("fleet/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("running cargo");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "fleet tests failed:\n{text}");
+    for name in [
+        "a_release_reads_back_byte_for_byte_through_tuf",
+        "a_tampered_artifact_is_refused",
+        "a_repository_signed_by_other_keys_is_refused",
+        "expired_metadata_is_refused",
+        "older_metadata_after_newer_is_a_rollback_and_refused",
+    ] {
+        assert!(text.contains(&format!("{name} ... ok")), "{name} did not pass:\n{text}");
+    }
+}
