@@ -44,15 +44,17 @@ pub async fn load_urls(
     expiry: ExpirationEnforcement,
 ) -> Result<Repository, FleetError> {
     let root_bytes = std::fs::read(root).map_err(|e| FleetError::io(root, e))?;
-    let mut loader =
-        RepositoryLoader::new(&root_bytes, metadata.clone(), targets).expiration_enforcement(expiry);
+    let mut loader = RepositoryLoader::new(&root_bytes, metadata.clone(), targets)
+        .expiration_enforcement(expiry);
     if let Some(d) = datastore {
         loader = loader.datastore(d);
     }
-    loader
-        .load()
-        .await
-        .map_err(|e| FleetError::tuf(format!("repository {metadata} (pinned root {})", root.display()), e))
+    loader.load().await.map_err(|e| {
+        FleetError::tuf(
+            format!("repository {metadata} (pinned root {})", root.display()),
+            e,
+        )
+    })
 }
 
 /// The bytes of target `name`, verified (length and sha256 against signed metadata).

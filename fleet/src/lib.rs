@@ -36,7 +36,8 @@ pub enum FleetError {
     #[error("{what}: {source}")]
     Tuf {
         what: String,
-        source: tough::error::Error,
+        // Boxed: tough's error is large, and every fallible call here returns this type.
+        source: Box<tough::error::Error>,
     },
     #[error("{0}")]
     Invalid(String),
@@ -52,7 +53,7 @@ impl FleetError {
     pub(crate) fn tuf(what: impl Into<String>, source: tough::error::Error) -> Self {
         FleetError::Tuf {
             what: what.into(),
-            source,
+            source: Box::new(source),
         }
     }
 }

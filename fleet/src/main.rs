@@ -7,7 +7,11 @@ use affectgate_fleet::{client, repo};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "affectgate-fleet", version, about = "Signed model releases for fleets of affectgate gateways")]
+#[command(
+    name = "affectgate-fleet",
+    version,
+    about = "Signed model releases for fleets of affectgate gateways"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -90,10 +90,9 @@ pub async fn init(repo: &Path, keys_dir: &Path, expiry: Expiry) -> Result<(), Fl
         _extra: HashMap::new(),
     };
     for role in ROLES {
-        let sign = keys::source(keys_dir, role)?
-            .as_sign()
-            .await
-            .map_err(|e| FleetError::Invalid(format!("{}: {e}", keys::key_path(keys_dir, role).display())))?;
+        let sign = keys::source(keys_dir, role)?.as_sign().await.map_err(|e| {
+            FleetError::Invalid(format!("{}: {e}", keys::key_path(keys_dir, role).display()))
+        })?;
         let key = sign.tuf_key();
         let id = key
             .key_id()
@@ -115,7 +114,8 @@ pub async fn init(repo: &Path, keys_dir: &Path, expiry: Expiry) -> Result<(), Fl
         .map_err(|e| FleetError::tuf("signing root.json", e))?;
     let meta = metadata_dir(repo);
     std::fs::create_dir_all(&meta).map_err(|e| FleetError::io(&meta, e))?;
-    std::fs::create_dir_all(targets_dir(repo)).map_err(|e| FleetError::io(&targets_dir(repo), e))?;
+    std::fs::create_dir_all(targets_dir(repo))
+        .map_err(|e| FleetError::io(&targets_dir(repo), e))?;
     write_atomic(&meta.join("1.root.json"), signed.buffer())?;
     write_atomic(&root_path(repo), signed.buffer())?;
 
@@ -152,13 +152,21 @@ pub async fn release(
 ) -> Result<Vec<String>, FleetError> {
     let ok = !release.is_empty()
         && release.len() <= 64
-        && release.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        && release
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if !ok {
         return Err(FleetError::Invalid(format!(
             "release name {release:?}: 1–64 characters of [a-zA-Z0-9._-]"
         )));
     }
-    let current = crate::client::load(&root_path(repo), repo, None, tough::ExpirationEnforcement::Unsafe).await?;
+    let current = crate::client::load(
+        &root_path(repo),
+        repo,
+        None,
+        tough::ExpirationEnforcement::Unsafe,
+    )
+    .await?;
     let targets_v = current.targets().signed.version.get() + 1;
     let snapshot_v = current.snapshot().signed.version.get() + 1;
     let timestamp_v = current.timestamp().signed.version.get() + 1;

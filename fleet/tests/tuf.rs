@@ -41,19 +41,29 @@ fn err_text(e: FleetError) -> String {
 async fn a_release_reads_back_byte_for_byte_through_tuf() {
     let dir = tempfile::tempdir().unwrap();
     let (r, _k) = released(dir.path()).await;
-    let repo = client::load(&repo::root_path(&r), &r, None, Safe).await.unwrap();
+    let repo = client::load(&repo::root_path(&r), &r, None, Safe)
+        .await
+        .unwrap();
     assert_eq!(repo.targets().signed.version.get(), 2);
     for f in model_files() {
         let name = format!("arousal-v2/{}", f.file_name().unwrap().to_str().unwrap());
         let got = client::read_target(&repo, &name).await.unwrap();
         assert_eq!(got, std::fs::read(&f).unwrap(), "{name}");
     }
-    let missing = client::read_target(&repo, "arousal-v9/model.onnx").await.unwrap_err();
-    assert!(err_text(missing).contains("not in the signed targets"));
-    // Releases are immutable.
-    let again = repo::release(&r, &dir.path().join("keys"), "arousal-v2", &model_files(), Expiry::default())
+    let missing = client::read_target(&repo, "arousal-v9/model.onnx")
         .await
         .unwrap_err();
+    assert!(err_text(missing).contains("not in the signed targets"));
+    // Releases are immutable.
+    let again = repo::release(
+        &r,
+        &dir.path().join("keys"),
+        "arousal-v2",
+        &model_files(),
+        Expiry::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(err_text(again).contains("already exists"));
 }
 
@@ -69,12 +79,17 @@ async fn a_tampered_artifact_is_refused() {
     let mut bytes = std::fs::read(&onnx).unwrap();
     bytes[1000] ^= 0x01;
     std::fs::write(&onnx, &bytes).unwrap();
-    let repo = client::load(&repo::root_path(&r), &r, None, Safe).await.unwrap();
+    let repo = client::load(&repo::root_path(&r), &r, None, Safe)
+        .await
+        .unwrap();
     let e = client::read_target(&repo, "arousal-v2/affectgate-arousal-v2.onnx")
         .await
         .unwrap_err();
     let t = err_text(e);
-    assert!(t.contains("arousal-v2/affectgate-arousal-v2.onnx") && t.to_lowercase().contains("hash"), "{t}");
+    assert!(
+        t.contains("arousal-v2/affectgate-arousal-v2.onnx") && t.to_lowercase().contains("hash"),
+        "{t}"
+    );
 }
 
 #[tokio::test]
@@ -83,9 +98,14 @@ async fn a_repository_signed_by_other_keys_is_refused() {
     let (r, _k) = released(&dir.path().join("a")).await;
     let (other, _) = released(&dir.path().join("b")).await;
     // Gateways pin repository a's root; someone serves repository b at the same place.
-    let e = client::load(&repo::root_path(&r), &other, None, Safe).await.unwrap_err();
+    let e = client::load(&repo::root_path(&r), &other, None, Safe)
+        .await
+        .unwrap_err();
     let t = err_text(e);
-    assert!(t.contains("pinned root") && t.to_lowercase().contains("signature"), "{t}");
+    assert!(
+        t.contains("pinned root") && t.to_lowercase().contains("signature"),
+        "{t}"
+    );
 }
 
 #[tokio::test]
@@ -97,9 +117,14 @@ async fn expired_metadata_is_refused() {
         ..Expiry::default()
     };
     repo::init(&r, &k, stale).await.unwrap();
-    let e = client::load(&repo::root_path(&r), &r, None, Safe).await.unwrap_err();
+    let e = client::load(&repo::root_path(&r), &r, None, Safe)
+        .await
+        .unwrap_err();
     let t = err_text(e);
-    assert!(t.to_lowercase().contains("expired") && t.contains("timestamp"), "{t}");
+    assert!(
+        t.to_lowercase().contains("expired") && t.contains("timestamp"),
+        "{t}"
+    );
 }
 
 #[tokio::test]
@@ -114,12 +139,19 @@ async fn older_metadata_after_newer_is_a_rollback_and_refused() {
     // A gateway sees version 2 (its datastore remembers it) …
     let store = dir.path().join("gateway-datastore");
     std::fs::create_dir_all(&store).unwrap();
-    client::load(&repo::root_path(&r), &r, Some(&store), Safe).await.unwrap();
+    client::load(&repo::root_path(&r), &r, Some(&store), Safe)
+        .await
+        .unwrap();
     // … then a mirror serves the older, validly signed timestamp again.
     std::fs::write(repo::metadata_dir(&r).join("timestamp.json"), old_timestamp).unwrap();
-    let e = client::load(&repo::root_path(&r), &r, Some(&store), Safe).await.unwrap_err();
+    let e = client::load(&repo::root_path(&r), &r, Some(&store), Safe)
+        .await
+        .unwrap_err();
     let t = err_text(e);
-    assert!(t.to_lowercase().contains("version") && t.contains("timestamp"), "{t}");
+    assert!(
+        t.to_lowercase().contains("version") && t.contains("timestamp"),
+        "{t}"
+    );
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
