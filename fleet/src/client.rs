@@ -23,6 +23,21 @@ pub fn urls_for_dir(repo: &Path) -> Result<(Url, Url), FleetError> {
     Ok((u(&metadata_dir(&abs))?, u(&targets_dir(&abs))?))
 }
 
+/// The base URLs below a repository URL (`http://host/repo` → `…/repo/metadata/`,
+/// `…/repo/targets/`).
+pub fn urls_for_base(base: &str) -> Result<(Url, Url), FleetError> {
+    let mut b = base.to_string();
+    if !b.ends_with('/') {
+        b.push('/');
+    }
+    let base = Url::parse(&b).map_err(|e| FleetError::Invalid(format!("{base}: {e}")))?;
+    let j = |p: &str| {
+        base.join(p)
+            .map_err(|e| FleetError::Invalid(format!("{base}{p}: {e}")))
+    };
+    Ok((j("metadata/")?, j("targets/")?))
+}
+
 /// Load and verify the repository in folder `repo` from the pinned `root`. `datastore` keeps
 /// the last verified metadata between calls (rollback protection); `None` uses a fresh one.
 pub async fn load(
@@ -35,7 +50,9 @@ pub async fn load(
     load_urls(root, meta, targets, datastore, expiry).await
 }
 
-/// As [`load`], from base URLs (`file://`).
+/// As [`load`], from base URLs: `file://` (a folder, an air-gapped copy) or `http(s)://` (any
+/// static server or object store; `tough`'s HTTP transport retries with back-off and resumes
+/// an interrupted download with a `Range` request where the server supports it).
 pub async fn load_urls(
     root: &Path,
     metadata: Url,

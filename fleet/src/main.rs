@@ -41,11 +41,20 @@ enum Cmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Verify the repository from a pinned root.json as a gateway would, and list its targets.
-    Verify {
+    /// Re-sign the timestamp (for cron; needs only the timestamp key).
+    Refresh {
         #[arg(long)]
         repo: PathBuf,
-        /// The root.json gateways pin (default: the repository's own).
+        #[arg(long)]
+        keys: PathBuf,
+    },
+    /// Verify the repository from a pinned root.json as a gateway would, and list its targets.
+    Verify {
+        /// The repository folder, or its URL (`http://host/repo/`: metadata/ and targets/
+        /// below it).
+        #[arg(long)]
+        repo: String,
+        /// The root.json gateways pin (default: the folder's own; required with a URL).
         #[arg(long)]
         root: Option<PathBuf>,
     },
@@ -74,9 +83,26 @@ async fn main() -> ExitCode {
                     }
                 })
         }
+        Cmd::Refresh { repo, keys } => repo::refresh(&repo, &keys, repo::Expiry::default())
+            .await
+            .map(|v| println!("timestamp v{v} signed, valid for 1 day")),
         Cmd::Verify { repo, root } => {
-            let root = root.unwrap_or_else(|| repo::root_path(&repo));
-            match client::load(&root, &repo, None, tough::ExpirationEnforcement::Safe).await {
+            let loaded = if repo.starts_with("http://") || repo.starts_with("https://") {
+                match (root, client::urls_for_base(&repo)) {
+                    (Some(root), Ok((m, t))) => {
+                        client::load_urls(&root, m, t, None, tough::ExpirationEnforcement::Safe).await
+                    }
+                    (None, _) => Err(affectgate_fleet::FleetError::Invalid(
+                        "--root: a URL needs the pinned root.json (the one the gateways have)".into(),
+                    )),
+                    (_, Err(e)) => Err(e),
+                }
+            } else {
+                let dir = PathBuf::from(&repo);
+                let root = root.unwrap_or_else(|| repo::root_path(&dir));
+                client::load(&root, &dir, None, tough::ExpirationEnforcement::Safe).await
+            };
+            match loaded {
                 Ok(r) => {
                     println!(
                         "ok: targets v{}, snapshot v{}, timestamp v{} (expires {})",

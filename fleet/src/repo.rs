@@ -238,6 +238,35 @@ pub async fn release(
     Ok(names)
 }
 
+/// Re-sign the timestamp (new version, new expiry; it still names the same snapshot), for
+/// cron: gateways refuse a repository whose timestamp has expired, so a mirror that stops
+/// being updated (a freeze attack) is noticed within `timestamp_days`. Needs only the
+/// timestamp key: the root, targets and snapshot keys can stay offline.
+pub async fn refresh(repo: &Path, keys_dir: &Path, expiry: Expiry) -> Result<u64, FleetError> {
+    let current = crate::client::load(
+        &root_path(repo),
+        repo,
+        None,
+        tough::ExpirationEnforcement::Unsafe,
+    )
+    .await?;
+    let mut timestamp = current.timestamp().signed.clone();
+    let version = timestamp.version.get() + 1;
+    timestamp.version = NonZeroU64::new(version).unwrap();
+    timestamp.expires = days_from_now(expiry.timestamp_days)?;
+    let root = KeyHolder::Root(current.root().signed.clone());
+    let signed = SignedRole::new(
+        timestamp,
+        &root,
+        &[keys::source(keys_dir, "timestamp")?],
+        &SystemRandom::new(),
+    )
+    .await
+    .map_err(|e| FleetError::tuf("signing the timestamp", e))?;
+    write_atomic(&metadata_dir(repo).join("timestamp.json"), signed.buffer())?;
+    Ok(version)
+}
+
 fn tempdir_in(repo: &Path) -> Result<PathBuf, FleetError> {
     let p = repo.join(format!(".stage-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&p);

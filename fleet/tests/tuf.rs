@@ -127,6 +127,37 @@ async fn expired_metadata_is_refused() {
     );
 }
 
+/// `refresh` (cron) brings an expired repository back with only the timestamp key online.
+#[tokio::test]
+async fn refresh_resigns_an_expired_timestamp_with_the_online_keys_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, k) = (dir.path().join("repo"), dir.path().join("keys"));
+    let stale = Expiry {
+        timestamp_days: -1,
+        ..Expiry::default()
+    };
+    repo::init(&r, &k, stale).await.unwrap();
+    assert!(client::load(&repo::root_path(&r), &r, None, Safe)
+        .await
+        .is_err());
+    // Every key but the timestamp's goes offline.
+    let offline = dir.path().join("offline");
+    std::fs::create_dir_all(&offline).unwrap();
+    for role in ["root", "targets", "snapshot"] {
+        std::fs::rename(
+            affectgate_fleet::keys::key_path(&k, role),
+            affectgate_fleet::keys::key_path(&offline, role),
+        )
+        .unwrap();
+    }
+    assert_eq!(repo::refresh(&r, &k, Expiry::default()).await.unwrap(), 2);
+    let repo = client::load(&repo::root_path(&r), &r, None, Safe)
+        .await
+        .unwrap();
+    assert_eq!(repo.timestamp().signed.version.get(), 2);
+    assert!(repo.timestamp().signed.expires > jiff::Timestamp::now());
+}
+
 #[tokio::test]
 async fn older_metadata_after_newer_is_a_rollback_and_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -165,4 +196,64 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Over a real HTTP server (Python's `http.server`, serving the repository folder as any
+/// static server would): the release reads back byte for byte; a tampered file is refused.
+#[tokio::test]
+async fn a_release_over_http_reads_back_and_tampering_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _k) = released(dir.path()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(&r)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 (for http.server)");
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed().as_secs() < 20, "http.server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (m, t) = client::urls_for_base(&format!("http://127.0.0.1:{port}")).unwrap();
+    let root = repo::root_path(&r);
+    let repo_http = client::load_urls(&root, m.clone(), t.clone(), None, Safe)
+        .await
+        .unwrap();
+    let onnx = &model_files()[0];
+    let got = client::read_target(&repo_http, "arousal-v2/affectgate-arousal-v2.onnx")
+        .await
+        .unwrap();
+    assert_eq!(got, std::fs::read(onnx).unwrap());
+    let stored = walk(&repo::targets_dir(&r))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .unwrap();
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[5000] ^= 0x80;
+    std::fs::write(&stored, &bytes).unwrap();
+    let repo_http = client::load_urls(&root, m, t, None, Safe).await.unwrap();
+    let e = client::read_target(&repo_http, "arousal-v2/affectgate-arousal-v2.onnx")
+        .await
+        .unwrap_err();
+    let text = err_text(e);
+    server.kill().ok();
+    server.wait().ok();
+    assert!(
+        text.contains("Hash mismatch") && text.contains("http://127.0.0.1"),
+        "{text}"
+    );
 }

@@ -30,6 +30,8 @@ fn the_fleet_crate_builds_and_its_tests_pass() {
         "a_repository_signed_by_other_keys_is_refused",
         "expired_metadata_is_refused",
         "older_metadata_after_newer_is_a_rollback_and_refused",
+        "a_release_over_http_reads_back_and_tampering_is_refused",
+        "refresh_resigns_an_expired_timestamp_with_the_online_keys_only",
     ] {
         assert!(text.contains(&format!("{name} ... ok")), "{name} did not pass:\n{text}");
     }
