@@ -42,6 +42,20 @@ pub fn generate(keys_dir: &Path) -> Result<(), FleetError> {
     Ok(())
 }
 
+/// Create one role's key (rotation); refuses to overwrite.
+pub fn generate_one(keys_dir: &Path, role: &str) -> Result<(), FleetError> {
+    let p = key_path(keys_dir, role);
+    if p.exists() {
+        return Err(FleetError::Invalid(format!(
+            "{}: a key already exists",
+            p.display()
+        )));
+    }
+    let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+        .map_err(|_| FleetError::Invalid("generating an Ed25519 key failed".into()))?;
+    write_private(&p, doc.as_ref())
+}
+
 /// One role's key as `tough` signs with it.
 pub fn source(keys_dir: &Path, role: &str) -> Result<Box<dyn KeySource>, FleetError> {
     let path = key_path(keys_dir, role);

@@ -48,6 +48,14 @@ enum Cmd {
         #[arg(long)]
         keys: PathBuf,
     },
+    /// Replace the root key: root vN+1 signed by the old root key and the new one (gateways
+    /// that pinned vN follow it). The old key is kept as `root-vN.pk8`.
+    RotateRoot {
+        #[arg(long)]
+        repo: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
+    },
     /// Verify the repository from a pinned root.json as a gateway would, and list its targets.
     Verify {
         /// The repository folder, or its URL (`http://host/repo/`: metadata/ and targets/
@@ -86,6 +94,9 @@ async fn main() -> ExitCode {
         Cmd::Refresh { repo, keys } => repo::refresh(&repo, &keys, repo::Expiry::default())
             .await
             .map(|v| println!("timestamp v{v} signed, valid for 1 day")),
+        Cmd::RotateRoot { repo, keys } => repo::rotate_root(&repo, &keys, repo::Expiry::default())
+            .await
+            .map(|v| println!("root v{v} written; gateways that pinned an older root follow it")),
         Cmd::Verify { repo, root } => {
             let loaded = if repo.starts_with("http://") || repo.starts_with("https://") {
                 match (root, client::urls_for_base(&repo)) {

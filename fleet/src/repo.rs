@@ -267,6 +267,93 @@ pub async fn refresh(repo: &Path, keys_dir: &Path, expiry: Expiry) -> Result<u64
     Ok(version)
 }
 
+/// Replace the root key: a new root key (`root.pk8`; the old one is kept as
+/// `root-v<N>.pk8`), root metadata version N+1 listing it, signed by the old root key (so
+/// gateways that trust version N accept it: TUF's chain of roots) and by the new one. The
+/// other roles keep their keys. Returns the new root version.
+pub async fn rotate_root(repo: &Path, keys_dir: &Path, expiry: Expiry) -> Result<u64, FleetError> {
+    let current = crate::client::load(
+        &root_path(repo),
+        repo,
+        None,
+        tough::ExpirationEnforcement::Unsafe,
+    )
+    .await?;
+    let old_root = current.root().signed.clone();
+    let old_v = old_root.version.get();
+    let old_key_path = keys::key_path(keys_dir, "root");
+    let kept = keys_dir.join(format!("root-v{old_v}.pk8"));
+    if kept.exists() {
+        return Err(FleetError::Invalid(format!(
+            "{}: already exists; was a rotation interrupted? Move it back to root.pk8 after checking which key root.json lists",
+            kept.display()
+        )));
+    }
+    std::fs::rename(&old_key_path, &kept).map_err(|e| FleetError::io(&old_key_path, e))?;
+    keys::generate_one(keys_dir, "root")?;
+    let new_sign = keys::source(keys_dir, "root")?
+        .as_sign()
+        .await
+        .map_err(|e| FleetError::Invalid(format!("{}: {e}", old_key_path.display())))?;
+    let new_key = new_sign.tuf_key();
+    let new_id = new_key
+        .key_id()
+        .map_err(|e| FleetError::Invalid(format!("root key id: {e}")))?;
+    let mut root = old_root.clone();
+    root.version = NonZeroU64::new(old_v + 1).unwrap();
+    root.expires = days_from_now(expiry.root_days)?;
+    if let Some(old) = root.roles.get(&RoleType::Root).map(|r| r.keyids.clone()) {
+        for id in old {
+            root.keys.remove(&id);
+        }
+    }
+    root.keys.insert(new_id.clone(), new_key);
+    root.roles.insert(
+        RoleType::Root,
+        RoleKeys {
+            keyids: vec![new_id],
+            threshold: NonZeroU64::MIN,
+            _extra: HashMap::new(),
+        },
+    );
+    let rng = SystemRandom::new();
+    let by_old = SignedRole::new(
+        root.clone(),
+        &KeyHolder::Root(old_root),
+        &[
+            Box::new(tough::key_source::LocalKeySource { path: kept.clone() })
+                as Box<dyn KeySource>,
+        ],
+        &rng,
+    )
+    .await
+    .map_err(|e| FleetError::tuf("signing the new root with the old key", e))?;
+    let by_new = SignedRole::new(
+        root.clone(),
+        &KeyHolder::Root(root),
+        &[keys::source(keys_dir, "root")?],
+        &rng,
+    )
+    .await
+    .map_err(|e| FleetError::tuf("signing the new root with the new key", e))?;
+    let mut signed = by_new.signed().clone();
+    signed
+        .signatures
+        .extend(by_old.signed().signatures.iter().cloned());
+    let bytes = canonical_signed(&signed)?;
+    let meta = metadata_dir(repo);
+    write_atomic(&meta.join(format!("{}.root.json", old_v + 1)), &bytes)?;
+    write_atomic(&root_path(repo), &bytes)?;
+    Ok(old_v + 1)
+}
+
+fn canonical_signed<T: serde::Serialize>(signed: &T) -> Result<Vec<u8>, FleetError> {
+    let mut buf = serde_json::to_vec_pretty(signed)
+        .map_err(|e| FleetError::Invalid(format!("serialising root.json: {e}")))?;
+    buf.push(b'\n');
+    Ok(buf)
+}
+
 fn tempdir_in(repo: &Path) -> Result<PathBuf, FleetError> {
     let p = repo.join(format!(".stage-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&p);

@@ -257,3 +257,58 @@ async fn a_release_over_http_reads_back_and_tampering_is_refused() {
         "{text}"
     );
 }
+
+/// Key rotation: a gateway that pinned root v1 follows the chain to root v2 (signed by the old
+/// key and the new), and keeps working after releases signed since. A "v2 root" whose old-key
+/// signature comes from a key v1 does not list is refused.
+#[tokio::test]
+async fn root_rotation_is_followed_from_the_pinned_root_and_a_forged_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, k) = released(dir.path()).await;
+    let pinned = dir.path().join("pinned-root.json");
+    std::fs::copy(repo::root_path(&r), &pinned).unwrap();
+    assert_eq!(
+        repo::rotate_root(&r, &k, Expiry::default()).await.unwrap(),
+        2
+    );
+    assert!(k.join("root-v1.pk8").exists(), "the old root key is kept");
+    let loaded = client::load(&pinned, &r, None, Safe).await.unwrap();
+    assert_eq!(loaded.root().signed.version.get(), 2);
+    repo::release(&r, &k, "arousal-v3", &model_files(), Expiry::default())
+        .await
+        .unwrap();
+    let loaded = client::load(&pinned, &r, None, Safe).await.unwrap();
+    assert!(
+        client::read_target(&loaded, "arousal-v3/affectgate-arousal-v2.onnx")
+            .await
+            .is_ok()
+    );
+
+    // Forged: a "v2 root" carrying only the new key's signature (what someone who never had
+    // the old root key could produce).
+    let (f, fk) = released(&dir.path().join("forged")).await;
+    let pinned_f = dir.path().join("pinned-forged.json");
+    std::fs::copy(repo::root_path(&f), &pinned_f).unwrap();
+    let v1: serde_json::Value = serde_json::from_slice(&std::fs::read(&pinned_f).unwrap()).unwrap();
+    let old_id = v1["signed"]["roles"]["root"]["keyids"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    repo::rotate_root(&f, &fk, Expiry::default()).await.unwrap();
+    let v2_path = repo::metadata_dir(&f).join("2.root.json");
+    let mut v2: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&v2_path).unwrap()).unwrap();
+    let sigs = v2["signatures"].as_array_mut().unwrap();
+    assert_eq!(sigs.len(), 2, "signed by the old and the new root key");
+    sigs.retain(|s| s["keyid"] != old_id.as_str());
+    assert_eq!(sigs.len(), 1);
+    let forged = serde_json::to_vec_pretty(&v2).unwrap();
+    std::fs::write(&v2_path, &forged).unwrap();
+    std::fs::write(repo::root_path(&f), &forged).unwrap();
+    let e = client::load(&pinned_f, &f, None, Safe).await.unwrap_err();
+    let t = err_text(e);
+    assert!(
+        t.to_lowercase().contains("root") && t.to_lowercase().contains("signature"),
+        "{t}"
+    );
+}

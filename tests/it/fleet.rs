@@ -32,6 +32,7 @@ fn the_fleet_crate_builds_and_its_tests_pass() {
         "older_metadata_after_newer_is_a_rollback_and_refused",
         "a_release_over_http_reads_back_and_tampering_is_refused",
         "refresh_resigns_an_expired_timestamp_with_the_online_keys_only",
+        "root_rotation_is_followed_from_the_pinned_root_and_a_forged_one_refused",
     ] {
         assert!(text.contains(&format!("{name} ... ok")), "{name} did not pass:\n{text}");
     }
