@@ -88,3 +88,84 @@ pub async fn read_target(repo: &Repository, name: &str) -> Result<Vec<u8>, Fleet
         .map_err(|e| FleetError::tuf(format!("target {name}"), e))?;
     Ok(chunks.concat())
 }
+
+/// Download and verify every target of release `release` (`<release>/<file>`) into `out`
+/// (which must not exist yet): each file is read through TUF (length and sha256 checked),
+/// written into a sibling temporary folder, fsynced, and the folder renamed to `out` only when
+/// all are complete. So `out` either holds the whole verified release or does not exist — a
+/// cut, a tampered file or a full disk never leaves a partial release to install. Returns the
+/// file names written.
+pub async fn fetch_release(
+    repo: &Repository,
+    release: &str,
+    out: &Path,
+) -> Result<Vec<String>, FleetError> {
+    if out.exists() {
+        return Err(FleetError::Invalid(format!(
+            "{}: already exists (a release is fetched into a new folder)",
+            out.display()
+        )));
+    }
+    let prefix = format!("{release}/");
+    let mut names: Vec<String> = repo
+        .targets()
+        .signed
+        .targets
+        .keys()
+        .map(|n| n.raw().to_string())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(FleetError::Invalid(format!(
+            "release {release:?}: no such release in the signed targets"
+        )));
+    }
+    let parent = out.parent().unwrap_or(Path::new("."));
+    let tmp = parent.join(format!(
+        ".{}.partial-{}",
+        out.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("release"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| FleetError::io(&tmp, e))?;
+    let result = async {
+        let mut files = Vec::new();
+        for name in &names {
+            let bytes = read_target(repo, name).await?;
+            let file = &name[prefix.len()..];
+            if file.contains('/') || file.is_empty() || file.starts_with('.') {
+                return Err(FleetError::Invalid(format!(
+                    "target {name}: not a plain file name"
+                )));
+            }
+            let path = tmp.join(file);
+            write_synced(&path, &bytes)?;
+            files.push(file.to_string());
+        }
+        Ok(files)
+    }
+    .await;
+    match result {
+        Ok(files) => {
+            std::fs::rename(&tmp, out).map_err(|e| FleetError::io(out, e))?;
+            if let Ok(d) = std::fs::File::open(parent) {
+                let _ = d.sync_all();
+            }
+            Ok(files)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), FleetError> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| FleetError::io(path, e))?;
+    f.write_all(bytes).map_err(|e| FleetError::io(path, e))?;
+    f.sync_all().map_err(|e| FleetError::io(path, e))
+}

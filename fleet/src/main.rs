@@ -56,6 +56,21 @@ enum Cmd {
         #[arg(long)]
         keys: PathBuf,
     },
+    /// Download and verify a release into a new folder (whole or not at all), from a pinned
+    /// root — what a gateway does before its self-test.
+    Fetch {
+        /// Repository folder or URL.
+        #[arg(long)]
+        repo: String,
+        #[arg(long)]
+        root: PathBuf,
+        /// Release name.
+        #[arg(long)]
+        name: String,
+        /// The folder to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Verify the repository from a pinned root.json as a gateway would, and list its targets.
     Verify {
         /// The repository folder, or its URL (`http://host/repo/`: metadata/ and targets/
@@ -97,6 +112,24 @@ async fn main() -> ExitCode {
         Cmd::RotateRoot { repo, keys } => repo::rotate_root(&repo, &keys, repo::Expiry::default())
             .await
             .map(|v| println!("root v{v} written; gateways that pinned an older root follow it")),
+        Cmd::Fetch { repo, root, name, out } => {
+            let loaded = if repo.starts_with("http://") || repo.starts_with("https://") {
+                match client::urls_for_base(&repo) {
+                    Ok((m, t)) => client::load_urls(&root, m, t, None, tough::ExpirationEnforcement::Safe).await,
+                    Err(e) => Err(e),
+                }
+            } else {
+                client::load(&root, &PathBuf::from(&repo), None, tough::ExpirationEnforcement::Safe).await
+            };
+            match loaded {
+                Ok(r) => client::fetch_release(&r, &name, &out).await.map(|files| {
+                    for f in files {
+                        println!("{}", out.join(f).display());
+                    }
+                }),
+                Err(e) => Err(e),
+            }
+        }
         Cmd::Verify { repo, root } => {
             let loaded = if repo.starts_with("http://") || repo.starts_with("https://") {
                 match (root, client::urls_for_base(&repo)) {

@@ -312,3 +312,57 @@ async fn root_rotation_is_followed_from_the_pinned_root_and_a_forged_one_refused
         "{t}"
     );
 }
+
+/// `fetch_release` leaves either the whole verified release or nothing: with one tampered
+/// file, no output folder and no partial files are left behind.
+#[tokio::test]
+async fn a_release_is_fetched_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _k) = released(dir.path()).await;
+    let loaded = client::load(&repo::root_path(&r), &r, None, Safe)
+        .await
+        .unwrap();
+    let out = dir.path().join("staged/arousal-v2");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let files = client::fetch_release(&loaded, "arousal-v2", &out)
+        .await
+        .unwrap();
+    assert_eq!(
+        files,
+        [
+            "affectgate-arousal-v2.card.toml",
+            "affectgate-arousal-v2.onnx"
+        ]
+    );
+    for f in model_files() {
+        let got = std::fs::read(out.join(f.file_name().unwrap())).unwrap();
+        assert_eq!(got, std::fs::read(&f).unwrap());
+    }
+    let e = client::fetch_release(&loaded, "arousal-v9", &dir.path().join("staged/x"))
+        .await
+        .unwrap_err();
+    assert!(err_text(e).contains("no such release"));
+    // Tamper with the ONNX file (the card, fetched first, is fine): nothing is left.
+    let stored = walk(&repo::targets_dir(&r))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .unwrap();
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[200] ^= 0x10;
+    std::fs::write(&stored, &bytes).unwrap();
+    let out2 = dir.path().join("staged/again");
+    let e = client::fetch_release(&loaded, "arousal-v2", &out2)
+        .await
+        .unwrap_err();
+    assert!(err_text(e).contains("Hash mismatch"));
+    assert!(!out2.exists());
+    let left: Vec<_> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from("arousal-v2")],
+        "no partial folder left"
+    );
+}

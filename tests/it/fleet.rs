@@ -33,6 +33,7 @@ fn the_fleet_crate_builds_and_its_tests_pass() {
         "a_release_over_http_reads_back_and_tampering_is_refused",
         "refresh_resigns_an_expired_timestamp_with_the_online_keys_only",
         "root_rotation_is_followed_from_the_pinned_root_and_a_forged_one_refused",
+        "a_release_is_fetched_whole_or_not_at_all",
     ] {
         assert!(text.contains(&format!("{name} ... ok")), "{name} did not pass:\n{text}");
     }
