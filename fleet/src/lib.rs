@@ -6,6 +6,8 @@
 //!   PKCS#8 files readable by the operator only.
 //! * [`repo`] — the operator's side: `init` writes a signed TUF repository (root v1 and empty
 //!   targets/snapshot/timestamp), `release` adds a model's files as targets and re-signs.
+//! * [`plan`] — rollout plans (canaries, waves, failure threshold) and gateway statuses, as
+//!   retained MQTT messages.
 //! * [`client`] — the gateway's side: load the repository through TUF from a pinned
 //!   `root.json` (signatures and thresholds, expiry, version rollback, snapshot consistency,
 //!   hashes and lengths) and read one target, or refuse with the reason.
@@ -23,7 +25,10 @@
 
 pub mod client;
 pub mod keys;
+pub mod mqtt;
+pub mod plan;
 pub mod repo;
+pub mod rollout;
 
 /// Errors of this crate, each naming the file, directory or target it is about.
 #[derive(Debug, thiserror::Error)]

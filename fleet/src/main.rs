@@ -71,6 +71,48 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Start a rollout: publish the channel's plan (retained) on the broker.
+    Rollout {
+        /// MQTT broker, host:port.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        broker: String,
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// Release name in the repository.
+        #[arg(long)]
+        release: String,
+        /// Canary gateway ids, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        canary: Vec<String>,
+        /// Cumulative percentages per wave.
+        #[arg(long, value_delimiter = ',', default_value = "10,50,100")]
+        waves: Vec<u8>,
+        /// Seconds between waves.
+        #[arg(long, default_value_t = 3600)]
+        wave_delay: u64,
+        /// Failed installs that halt the rollout.
+        #[arg(long, default_value_t = 1)]
+        max_failures: u32,
+    },
+    /// Halt the channel's rollout (gateways that have not installed yet never will).
+    Halt {
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        broker: String,
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        #[arg(long, default_value = "halted by an operator")]
+        reason: String,
+    },
+    /// Every gateway's status; halts the rollout when its failures reach the threshold.
+    Status {
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        broker: String,
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify the repository from a pinned root.json as a gateway would, and list its targets.
     Verify {
         /// The repository folder, or its URL (`http://host/repo/`: metadata/ and targets/
@@ -81,6 +123,14 @@ enum Cmd {
         #[arg(long)]
         root: Option<PathBuf>,
     },
+}
+
+fn split_broker(b: &str) -> Result<(String, u16), affectgate_fleet::FleetError> {
+    let (h, p) = b.rsplit_once(':').unwrap_or((b, "1883"));
+    let port = p.parse().map_err(|_| {
+        affectgate_fleet::FleetError::Invalid(format!("--broker {b}: expected host:port"))
+    })?;
+    Ok((h.to_string(), port))
 }
 
 #[tokio::main]
@@ -130,6 +180,65 @@ async fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
+        Cmd::Rollout { broker, channel, release, canary, waves, wave_delay, max_failures } => {
+            match split_broker(&broker) {
+                Err(e) => Err(e),
+                Ok((h, p)) => {
+                    let plan = affectgate_fleet::plan::RolloutPlan {
+                        channel,
+                        release,
+                        canaries: canary,
+                        waves,
+                        wave_delay_s: wave_delay,
+                        max_failures,
+                        started_s: std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0),
+                        halted: None,
+                    };
+                    affectgate_fleet::rollout::start(&h, p, &plan).await.map(|()| {
+                        println!("rollout of {} on {} started", plan.release, plan.channel)
+                    })
+                }
+            }
+        }
+        Cmd::Halt { broker, channel, reason } => match split_broker(&broker) {
+            Err(e) => Err(e),
+            Ok((h, p)) => affectgate_fleet::rollout::halt(&h, p, &channel, &reason)
+                .await
+                .map(|plan| println!("rollout of {} on {channel} halted", plan.release)),
+        },
+        Cmd::Status { broker, channel, json } => match split_broker(&broker) {
+            Err(e) => Err(e),
+            Ok((h, p)) => affectgate_fleet::rollout::check(&h, p, &channel).await.map(|(plan, st)| {
+                if json {
+                    println!("{}", serde_json::json!({ "plan": plan, "gateways": st }));
+                    return;
+                }
+                match &plan {
+                    None => println!("no rollout on {channel}"),
+                    Some(p) => println!(
+                        "{channel}: {} — {}",
+                        p.release,
+                        p.halted.as_deref().map_or("running".to_string(), |h| format!("HALTED: {h}"))
+                    ),
+                }
+                println!("{:<24} {:<14} {:<14} {:<12} {:<6} reason", "gateway", "serving", "target", "state", "wave");
+                for s in st {
+                    let wave = plan.as_ref().map_or("-".to_string(), |p| p.wave_of(&s.gateway).to_string());
+                    println!(
+                        "{:<24} {:<14} {:<14} {:<12} {:<6} {}",
+                        s.gateway,
+                        s.serving.as_deref().unwrap_or("-"),
+                        s.target.as_deref().unwrap_or("-"),
+                        s.state,
+                        wave,
+                        s.reason.as_deref().unwrap_or("")
+                    );
+                }
+            }),
+        },
         Cmd::Verify { repo, root } => {
             let loaded = if repo.starts_with("http://") || repo.starts_with("https://") {
                 match (root, client::urls_for_base(&repo)) {

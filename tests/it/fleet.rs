@@ -34,6 +34,9 @@ fn the_fleet_crate_builds_and_its_tests_pass() {
         "refresh_resigns_an_expired_timestamp_with_the_online_keys_only",
         "root_rotation_is_followed_from_the_pinned_root_and_a_forged_one_refused",
         "a_release_is_fetched_whole_or_not_at_all",
+        "failures_at_the_threshold_halt_the_retained_plan",
+        "waves_are_stable_and_spread_as_planned",
+        "failures_at_the_threshold_halt_and_a_halted_plan_installs_nowhere",
     ] {
         assert!(text.contains(&format!("{name} ... ok")), "{name} did not pass:\n{text}");
     }
