@@ -19,6 +19,8 @@ use crate::FleetError;
 
 /// How long each role's metadata stays valid. The timestamp is short on purpose (a frozen
 /// mirror is noticed within a day); `affectgate-fleet refresh` re-signs it, from cron.
+/// Snapshot and targets are renewed by every release; `refresh` does not renew them yet, so
+/// a repository needs a release within `targets_days` (the snapshot lasts as long).
 #[derive(Debug, Clone, Copy)]
 pub struct Expiry {
     pub root_days: i64,
@@ -32,7 +34,7 @@ impl Default for Expiry {
         Expiry {
             root_days: 365,
             targets_days: 90,
-            snapshot_days: 7,
+            snapshot_days: 90,
             timestamp_days: 1,
         }
     }
