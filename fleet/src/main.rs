@@ -103,6 +103,16 @@ enum Cmd {
         #[arg(long, default_value = "halted by an operator")]
         reason: String,
     },
+    /// Resume a halted rollout.
+    Resume {
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        broker: String,
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// New failure threshold (the failures already reported still count).
+        #[arg(long)]
+        max_failures: Option<u32>,
+    },
     /// Every gateway's status; halts the rollout when its failures reach the threshold.
     Status {
         #[arg(long, default_value = "127.0.0.1:1883")]
@@ -208,6 +218,12 @@ async fn main() -> ExitCode {
             Ok((h, p)) => affectgate_fleet::rollout::halt(&h, p, &channel, &reason)
                 .await
                 .map(|plan| println!("rollout of {} on {channel} halted", plan.release)),
+        },
+        Cmd::Resume { broker, channel, max_failures } => match split_broker(&broker) {
+            Err(e) => Err(e),
+            Ok((h, p)) => affectgate_fleet::rollout::resume(&h, p, &channel, max_failures)
+                .await
+                .map(|plan| println!("rollout of {} on {channel} resumed (max failures {})", plan.release, plan.max_failures)),
         },
         Cmd::Status { broker, channel, json } => match split_broker(&broker) {
             Err(e) => Err(e),

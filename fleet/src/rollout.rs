@@ -46,6 +46,29 @@ pub async fn halt(
     Ok(plan)
 }
 
+/// Resume a halted rollout (after the cause is fixed or judged harmless). Failures already
+/// reported still count, so the threshold must be raised (`raise_to`) unless the failed
+/// gateways have reported again; otherwise the next `check` halts it again at once.
+pub async fn resume(
+    host: &str,
+    port: u16,
+    channel: &str,
+    raise_to: Option<u32>,
+) -> Result<RolloutPlan, FleetError> {
+    let mut plan = current(host, port, channel).await?.ok_or_else(|| {
+        FleetError::Invalid(format!(
+            "{}: no rollout plan to resume",
+            plan_topic(channel)
+        ))
+    })?;
+    plan.halted = None;
+    if let Some(n) = raise_to {
+        plan.max_failures = n;
+    }
+    start(host, port, &plan).await?;
+    Ok(plan)
+}
+
 /// Every gateway's retained status (`affectgate/+/fleet`); unreadable ones are skipped with
 /// their topic in the second list.
 pub async fn statuses(
