@@ -42,6 +42,9 @@ fn the_fleet_crate_builds_and_its_tests_pass() {
         "waves_are_stable_and_spread_as_planned",
         "failures_at_the_threshold_halt_and_a_halted_plan_installs_nowhere",
     ] {
-        assert!(text.contains(&format!("{name} ... ok")), "{name} did not pass:\n{text}");
+        assert!(
+            text.contains(&format!("{name} ... ok")),
+            "{name} did not pass:\n{text}"
+        );
     }
 }
