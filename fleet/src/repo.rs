@@ -162,13 +162,7 @@ pub async fn release(
             "release name {release:?}: 1–64 characters of [a-zA-Z0-9._-]"
         )));
     }
-    let current = crate::client::load(
-        &root_path(repo),
-        repo,
-        None,
-        tough::ExpirationEnforcement::Unsafe,
-    )
-    .await?;
+    let current = own(repo).await?;
     let targets_v = current.targets().signed.version.get() + 1;
     let snapshot_v = current.snapshot().signed.version.get() + 1;
     let timestamp_v = current.timestamp().signed.version.get() + 1;
@@ -245,13 +239,7 @@ pub async fn release(
 /// being updated (a freeze attack) is noticed within `timestamp_days`. Needs only the
 /// timestamp key: the root, targets and snapshot keys can stay offline.
 pub async fn refresh(repo: &Path, keys_dir: &Path, expiry: Expiry) -> Result<u64, FleetError> {
-    let current = crate::client::load(
-        &root_path(repo),
-        repo,
-        None,
-        tough::ExpirationEnforcement::Unsafe,
-    )
-    .await?;
+    let current = own(repo).await?;
     let mut timestamp = current.timestamp().signed.clone();
     let version = timestamp.version.get() + 1;
     timestamp.version = NonZeroU64::new(version).unwrap();
@@ -274,13 +262,7 @@ pub async fn refresh(repo: &Path, keys_dir: &Path, expiry: Expiry) -> Result<u64
 /// gateways that trust version N accept it: TUF's chain of roots) and by the new one. The
 /// other roles keep their keys. Returns the new root version.
 pub async fn rotate_root(repo: &Path, keys_dir: &Path, expiry: Expiry) -> Result<u64, FleetError> {
-    let current = crate::client::load(
-        &root_path(repo),
-        repo,
-        None,
-        tough::ExpirationEnforcement::Unsafe,
-    )
-    .await?;
+    let current = own(repo).await?;
     let old_root = current.root().signed.clone();
     let old_v = old_root.version.get();
     let old_key_path = keys::key_path(keys_dir, "root");
@@ -296,7 +278,12 @@ pub async fn rotate_root(repo: &Path, keys_dir: &Path, expiry: Expiry) -> Result
     let new_sign = keys::source(keys_dir, "root")?
         .as_sign()
         .await
-        .map_err(|e| FleetError::Invalid(format!("{}: {e}", old_key_path.display())))?;
+        .map_err(|e| {
+            FleetError::Invalid(format!(
+                "{}: {e}",
+                keys::key_path(keys_dir, "root").display()
+            ))
+        })?;
     let new_key = new_sign.tuf_key();
     let new_id = new_key
         .key_id()
@@ -342,18 +329,32 @@ pub async fn rotate_root(repo: &Path, keys_dir: &Path, expiry: Expiry) -> Result
     signed
         .signatures
         .extend(by_old.signed().signatures.iter().cloned());
-    let bytes = canonical_signed(&signed)?;
+    let bytes = signed_json(&signed)?;
     let meta = metadata_dir(repo);
     write_atomic(&meta.join(format!("{}.root.json", old_v + 1)), &bytes)?;
     write_atomic(&root_path(repo), &bytes)?;
     Ok(old_v + 1)
 }
 
-fn canonical_signed<T: serde::Serialize>(signed: &T) -> Result<Vec<u8>, FleetError> {
+/// A signed role as a metadata file (signatures cover the canonical form of `signed`; the
+/// file itself may be pretty-printed).
+fn signed_json<T: serde::Serialize>(signed: &T) -> Result<Vec<u8>, FleetError> {
     let mut buf = serde_json::to_vec_pretty(signed)
         .map_err(|e| FleetError::Invalid(format!("serialising root.json: {e}")))?;
     buf.push(b'\n');
     Ok(buf)
+}
+
+/// The repository as its operator edits it: verified against its own root, but without the
+/// expiry check (a release or a refresh is how expired metadata is renewed).
+async fn own(repo: &Path) -> Result<tough::Repository, FleetError> {
+    crate::client::load(
+        &root_path(repo),
+        repo,
+        None,
+        tough::ExpirationEnforcement::Unsafe,
+    )
+    .await
 }
 
 fn tempdir_in(repo: &Path) -> Result<PathBuf, FleetError> {

@@ -25,6 +25,17 @@ async fn released(dir: &Path) -> (PathBuf, PathBuf) {
     (r, k)
 }
 
+/// A new repository whose timestamp expired yesterday.
+async fn expired(dir: &Path) -> (PathBuf, PathBuf) {
+    let (r, k) = (dir.join("repo"), dir.join("keys"));
+    let stale = Expiry {
+        timestamp_days: -1,
+        ..Expiry::default()
+    };
+    repo::init(&r, &k, stale).await.unwrap();
+    (r, k)
+}
+
 fn err_text(e: FleetError) -> String {
     // The whole chain: tough puts the specific reason in its sources.
     let mut s = e.to_string();
@@ -72,13 +83,7 @@ async fn a_tampered_artifact_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (r, _k) = released(dir.path()).await;
     // Flip one byte in the stored ONNX file (whatever its content-addressed name).
-    let onnx = walk(&repo::targets_dir(&r))
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "onnx"))
-        .unwrap();
-    let mut bytes = std::fs::read(&onnx).unwrap();
-    bytes[1000] ^= 0x01;
-    std::fs::write(&onnx, &bytes).unwrap();
+    flip_stored_onnx_byte(&r, 1000, 0x01);
     let repo = client::load(&repo::root_path(&r), &r, None, Safe)
         .await
         .unwrap();
@@ -111,12 +116,7 @@ async fn a_repository_signed_by_other_keys_is_refused() {
 #[tokio::test]
 async fn expired_metadata_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (r, k) = (dir.path().join("repo"), dir.path().join("keys"));
-    let stale = Expiry {
-        timestamp_days: -1,
-        ..Expiry::default()
-    };
-    repo::init(&r, &k, stale).await.unwrap();
+    let (r, _keys) = expired(dir.path()).await;
     let e = client::load(&repo::root_path(&r), &r, None, Safe)
         .await
         .unwrap_err();
@@ -131,12 +131,7 @@ async fn expired_metadata_is_refused() {
 #[tokio::test]
 async fn refresh_resigns_an_expired_timestamp_with_the_online_keys_only() {
     let dir = tempfile::tempdir().unwrap();
-    let (r, k) = (dir.path().join("repo"), dir.path().join("keys"));
-    let stale = Expiry {
-        timestamp_days: -1,
-        ..Expiry::default()
-    };
-    repo::init(&r, &k, stale).await.unwrap();
+    let (r, k) = expired(dir.path()).await;
     assert!(client::load(&repo::root_path(&r), &r, None, Safe)
         .await
         .is_err());
@@ -183,6 +178,18 @@ async fn older_metadata_after_newer_is_a_rollback_and_refused() {
         t.to_lowercase().contains("version") && t.contains("timestamp"),
         "{t}"
     );
+}
+
+/// Flip bits in the released ONNX file as stored in the repository (whatever its
+/// content-addressed name): what a compromised mirror or a bad disk would serve.
+fn flip_stored_onnx_byte(repo_dir: &Path, at: usize, mask: u8) {
+    let stored = walk(&repo::targets_dir(repo_dir))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .expect("a stored ONNX target");
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[at] ^= mask;
+    std::fs::write(&stored, &bytes).unwrap();
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -238,13 +245,7 @@ async fn a_release_over_http_reads_back_and_tampering_is_refused() {
         .await
         .unwrap();
     assert_eq!(got, std::fs::read(onnx).unwrap());
-    let stored = walk(&repo::targets_dir(&r))
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "onnx"))
-        .unwrap();
-    let mut bytes = std::fs::read(&stored).unwrap();
-    bytes[5000] ^= 0x80;
-    std::fs::write(&stored, &bytes).unwrap();
+    flip_stored_onnx_byte(&r, 5000, 0x80);
     let repo_http = client::load_urls(&root, m, t, None, Safe).await.unwrap();
     let e = client::read_target(&repo_http, "arousal-v2/affectgate-arousal-v2.onnx")
         .await
@@ -343,13 +344,7 @@ async fn a_release_is_fetched_whole_or_not_at_all() {
         .unwrap_err();
     assert!(err_text(e).contains("no such release"));
     // Tamper with the ONNX file (the card, fetched first, is fine): nothing is left.
-    let stored = walk(&repo::targets_dir(&r))
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "onnx"))
-        .unwrap();
-    let mut bytes = std::fs::read(&stored).unwrap();
-    bytes[200] ^= 0x10;
-    std::fs::write(&stored, &bytes).unwrap();
+    flip_stored_onnx_byte(&r, 200, 0x10);
     let out2 = dir.path().join("staged/again");
     let e = client::fetch_release(&loaded, "arousal-v2", &out2)
         .await

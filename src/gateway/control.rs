@@ -13,7 +13,7 @@ use super::*;
 /// announced set is kept in the store so removal survives restarts.
 pub(super) fn announce_discovery(
     cfg: &Config,
-    store: &Store,
+    store: &Arc<Store>,
     link: &MqttLink,
     sensors: &[String],
     heads: &[String],
@@ -47,7 +47,7 @@ pub(super) fn announce_discovery(
     for (t, p) in discovery::gateway_discovery_messages(&gateway) {
         link.retain(t, p.into_bytes());
     }
-    let announcer = Announcer::new(cfg, heads);
+    let announcer = Announcer::new(cfg, heads, store.clone());
     for s in sensors {
         // Old configs first: HA must delete them before the new ones claim their entity ids.
         for (t, p) in discovery::moved_to_gateway_messages(prefix, gw, s)
@@ -56,7 +56,7 @@ pub(super) fn announce_discovery(
         {
             link.retain(t, p.into_bytes());
         }
-        announcer.announce(link, s, &Announcer::saved_strap(store, s));
+        announcer.announce(link, s, &announcer.saved_strap(s));
     }
     if let Err(e) = store.meta_put(
         "ha_announced",
@@ -74,15 +74,18 @@ pub(super) struct Announcer {
     gateway: String,
     heads: Vec<String>,
     window_period_s: f64,
+    /// Where what a strap said about itself is kept (meta `strap_info/<sensor>`).
+    store: Arc<Store>,
 }
 
 impl Announcer {
-    pub(super) fn new(cfg: &Config, heads: &[String]) -> Self {
+    pub(super) fn new(cfg: &Config, heads: &[String], store: Arc<Store>) -> Self {
         Announcer {
             prefix: cfg.mqtt.discovery_prefix.clone(),
             gateway: cfg.gateway.id.clone(),
             heads: heads.to_vec(),
             window_period_s: cfg.dsp.hop as f64 / crate::dsp::WINDOW_FS,
+            store,
         }
     }
 
@@ -91,8 +94,8 @@ impl Announcer {
     }
 
     /// What the strap said in an earlier run (nothing for replays and synthetic ECG).
-    fn saved_strap(store: &Store, sensor: &str) -> StrapInfo {
-        store
+    fn saved_strap(&self, sensor: &str) -> StrapInfo {
+        self.store
             .meta_get(&Self::meta_key(sensor))
             .ok()
             .flatten()
@@ -122,14 +125,8 @@ impl Announcer {
 
     /// A strap identified itself: when that differs from what the store knows, remember it
     /// and re-announce the strap's device (HA updates make, model and firmware in place).
-    pub(super) fn identified(
-        &self,
-        store: &Store,
-        link: &MqttLink,
-        sensor: &str,
-        info: &StrapInfo,
-    ) {
-        if Self::saved_strap(store, sensor) == *info {
+    pub(super) fn identified(&self, link: &MqttLink, sensor: &str, info: &StrapInfo) {
+        if self.saved_strap(sensor) == *info {
             return;
         }
         tracing::info!(
@@ -138,7 +135,7 @@ impl Announcer {
             "strap identified: updating its Home Assistant device"
         );
         let bytes = serde_json::to_vec(info).expect("strap info serialises");
-        if let Err(e) = store.meta_put(&Self::meta_key(sensor), &bytes) {
+        if let Err(e) = self.store.meta_put(&Self::meta_key(sensor), &bytes) {
             tracing::warn!(
                 sensor,
                 "remembering the strap's device information failed: {e}"

@@ -118,7 +118,7 @@ pub(super) async fn sensor_task(
     link: Arc<MqttLink>,
     hr: HrPublisher,
     mut wearer: WearerState,
-    announcer: Option<Arc<(Announcer, Arc<Store>)>>,
+    announcer: Option<Arc<Announcer>>,
     stop: CancellationToken,
 ) -> SensorReport {
     let avail = link.topics().availability(pipe.sensor());
@@ -143,7 +143,7 @@ pub(super) struct Ctx<'a> {
     avail: &'a str,
     live: &'a Live,
     hr: &'a HrPublisher,
-    announcer: Option<&'a (Announcer, Arc<Store>)>,
+    announcer: Option<&'a Announcer>,
 }
 
 /// The strap's retained `live` topic: `offline` from the start of a run (and at every
@@ -268,8 +268,8 @@ pub(super) async fn sensor_loop(
                 }
             }
             SourceEvent::Identified(info) => {
-                if let Some((announcer, store)) = ctx.announcer {
-                    announcer.identified(store, link, pipe.sensor(), &info);
+                if let Some(announcer) = ctx.announcer {
+                    announcer.identified(link, pipe.sensor(), &info);
                 }
             }
             SourceEvent::Connected => {

@@ -319,7 +319,7 @@ impl GatewayBuilder {
         let announcer = cfg
             .mqtt
             .discovery
-            .then(|| Arc::new((Announcer::new(&cfg, model.head_names()), store.clone())));
+            .then(|| Arc::new(Announcer::new(&cfg, model.head_names(), store.clone())));
         let mut sensor_tasks = Vec::new();
         for src in sources {
             let id = src.sensor_id().to_string();

@@ -426,16 +426,19 @@ fn route<'a>(gateway: &str, topic: &'a str) -> Option<Route<'a>> {
     }
 }
 
-/// Commands carry no arguments. A whitespace-only payload (`echo | mosquitto_pub -l` sends a
-/// newline) and `{}` are accepted; a zero-length one is not a command (deleting a retained
-/// message delivers exactly that, and must not run it); anything else is rejected rather than
-/// ignored, so a typo'd argument is not silently dropped. (A Home Assistant MQTT button must
-/// therefore set `payload_press: "{}"`; its default `"PRESS"` is rejected as not JSON.)
 const PROMOTE_EXAMPLE: &str =
     r#"expected a JSON object such as {"id": "r0002"} (ids: `affectgate model list`)"#;
+const AUTO_RETRAIN_EXAMPLE: &str = r#"expected {"enabled": true} or {"enabled": false}"#;
 
-/// `cmd/promote`: exactly `{"id": "<registry id>"}`, the id in the registry's alphabet.
-fn parse_promote(topic: &str, payload: &[u8]) -> Result<Input, InputError> {
+/// The one argument of a command that takes exactly one (`promote`'s `id`, `auto_retrain`'s
+/// `enabled`): the payload must be a JSON object with no other field. `None` when the field
+/// is absent (each command says what it needs).
+fn command_argument(
+    topic: &str,
+    payload: &[u8],
+    field: &'static [&'static str; 1],
+    example: &'static str,
+) -> Result<Option<Value>, InputError> {
     if payload.is_empty() {
         return Err(InputError::EmptyCommand {
             topic: topic.to_string(),
@@ -444,26 +447,31 @@ fn parse_promote(topic: &str, payload: &[u8]) -> Result<Input, InputError> {
     let text = std::str::from_utf8(payload).map_err(|_| InputError::NotUtf8 {
         topic: topic.to_string(),
     })?;
-    let obj = json_object(topic, text, PROMOTE_EXAMPLE)?;
-    if let Some(field) = obj.keys().find(|k| k.as_str() != "id") {
+    let mut obj = json_object(topic, text, example)?;
+    if let Some(other) = obj.keys().find(|k| k.as_str() != field[0]) {
         return Err(InputError::UnknownField {
             topic: topic.to_string(),
-            field: field.clone(),
-            allowed: &["id"],
+            field: other.clone(),
+            allowed: field,
         });
     }
+    Ok(obj.remove(field[0]))
+}
+
+/// `cmd/promote`: exactly `{"id": "<registry id>"}`, the id in the registry's alphabet.
+fn parse_promote(topic: &str, payload: &[u8]) -> Result<Input, InputError> {
     let bad = |message: &str| InputError::BadValue {
         topic: topic.to_string(),
         field: "id".to_string(),
         message: message.to_string(),
     };
-    let id = match obj.get("id") {
+    let id = match command_argument(topic, payload, &["id"], PROMOTE_EXAMPLE)? {
         None => {
             return Err(bad(
                 "is missing; send {\"id\": \"r0002\"} (ids: `affectgate model list`)",
             ))
         }
-        Some(Value::String(id)) => id.clone(),
+        Some(Value::String(id)) => id,
         Some(_) => return Err(bad("must be a string such as \"r0002\"")),
     };
     let ok = !id.is_empty()
@@ -479,38 +487,23 @@ fn parse_promote(topic: &str, payload: &[u8]) -> Result<Input, InputError> {
 
 /// `cmd/auto_retrain`: exactly `{"enabled": true}` or `{"enabled": false}`.
 fn parse_auto_retrain(topic: &str, payload: &[u8]) -> Result<Input, InputError> {
-    const EXAMPLE: &str = r#"expected {"enabled": true} or {"enabled": false}"#;
-    if payload.is_empty() {
-        return Err(InputError::EmptyCommand {
-            topic: topic.to_string(),
-        });
-    }
-    let text = std::str::from_utf8(payload).map_err(|_| InputError::NotUtf8 {
+    let bad = |message: String| InputError::BadValue {
         topic: topic.to_string(),
-    })?;
-    let obj = json_object(topic, text, EXAMPLE)?;
-    if let Some(field) = obj.keys().find(|k| k.as_str() != "enabled") {
-        return Err(InputError::UnknownField {
-            topic: topic.to_string(),
-            field: field.clone(),
-            allowed: &["enabled"],
-        });
-    }
-    match obj.get("enabled") {
-        Some(Value::Bool(enabled)) => Ok(Input::AutoRetrain { enabled: *enabled }),
-        Some(_) => Err(InputError::BadValue {
-            topic: topic.to_string(),
-            field: "enabled".to_string(),
-            message: "must be true or false".to_string(),
-        }),
-        None => Err(InputError::BadValue {
-            topic: topic.to_string(),
-            field: "enabled".to_string(),
-            message: format!("is missing; {EXAMPLE}"),
-        }),
+        field: "enabled".to_string(),
+        message,
+    };
+    match command_argument(topic, payload, &["enabled"], AUTO_RETRAIN_EXAMPLE)? {
+        Some(Value::Bool(enabled)) => Ok(Input::AutoRetrain { enabled }),
+        Some(_) => Err(bad("must be true or false".to_string())),
+        None => Err(bad(format!("is missing; {AUTO_RETRAIN_EXAMPLE}"))),
     }
 }
 
+/// Commands carry no arguments. A whitespace-only payload (`echo | mosquitto_pub -l` sends a
+/// newline) and `{}` are accepted; a zero-length one is not a command (deleting a retained
+/// message delivers exactly that, and must not run it); anything else is rejected rather than
+/// ignored, so a typo'd argument is not silently dropped. (A Home Assistant MQTT button must
+/// therefore set `payload_press: "{}"`; its default `"PRESS"` is rejected as not JSON.)
 fn check_command_payload(topic: &str, payload: &[u8]) -> Result<(), InputError> {
     if payload.is_empty() {
         return Err(InputError::EmptyCommand {

@@ -60,9 +60,9 @@ pub struct Scheduler {
     /// The `affectgate` executable that runs rounds (`retrain-worker`): the running one,
     /// or in tests the built binary.
     pub worker_exe: std::path::PathBuf,
-    /// Scheduled rounds paused; set from the last status at start and by
-    /// [`Scheduler::run`]'s `pause` channel.
-    pub paused: Arc<AtomicBool>,
+    /// Scheduled rounds paused: set from the last status when [`Scheduler::run`] starts and
+    /// by its `pause` channel (construct with `Default::default()`).
+    pub paused: AtomicBool,
 }
 
 /// Earliest time ≥ `from_ns` inside the daily window (which may wrap midnight).

@@ -660,7 +660,12 @@ async fn strap_without_pmd_falls_back_to_heart_rate_summaries() {
         "oldstrap",
         "profile = \"polar_pmd\"\naddress = \"00:aa:bb:cc:dd:ee\"\nadapter = \"hci0\"",
     );
-    let rec = Recorder::start(broker.port, &["affectgate/gwhr/#"]).await;
+    // With Home Assistant discovery: the strap device must describe the strap as it reports
+    // itself over BLE (Device Information service).
+    let mut with_ha = Config::load(&config).unwrap();
+    with_ha.mqtt.discovery = true;
+    std::fs::write(&config, toml::to_string(&with_ha).unwrap()).unwrap();
+    let rec = Recorder::start(broker.port, &["affectgate/gwhr/#", "homeassistant/#"]).await;
     let log = dir.path().join("gateway.log");
     let gw = gateway(&sim, &config, &log);
     let topic = "affectgate/gwhr/oldstrap/state";
@@ -678,6 +683,20 @@ async fn strap_without_pmd_falls_back_to_heart_rate_summaries() {
         "{logtext}"
     );
     assert!(stdout.contains("heart-rate summaries"), "{stdout}");
+    let device = rec
+        .on("homeassistant/sensor/affectgate_gwhr_oldstrap_heart_rate/config")
+        .iter()
+        .filter(|m| !m.payload.is_empty())
+        .map(|m| serde_json::from_slice::<Value>(&m.payload).unwrap()["device"].clone())
+        .last()
+        .expect("the strap's heart-rate entity announced");
+    assert_eq!(device["manufacturer"], "Polar Electro Oy", "{device}");
+    assert_eq!(device["model"], "H10", "{device}");
+    assert_eq!(device["sw_version"], "3.0.35", "{device}");
+    assert_eq!(
+        device["name"], "affectgate gwhr oldstrap",
+        "the name keeps the entity ids"
+    );
 
     let msgs = states(&rec, topic);
     // Each summary covers 10 s of gateway time = 10 × speed s of the recording, from the
