@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::dsp::quality::QualityConfig;
 use crate::dsp::BaselineConfig;
 use crate::dsp::PreprocessConfig;
+pub use crate::fleet::config::FleetConfig;
 pub use crate::infer::config::ModelConfig;
 pub use crate::invalid::{is_topic_id, Invalid};
 pub use crate::mqtt::config::{MqttConfig, MqttTls};
@@ -87,6 +88,9 @@ pub struct Config {
     pub store: StoreConfig,
     pub mqtt: MqttConfig,
     pub retrain: RetrainConfig,
+    /// Model releases from a fleet repository (`[fleet]`, optional, off by default).
+    #[serde(default)]
+    pub fleet: FleetConfig,
 }
 
 /// The plugin manifest: what a hub needs to know to run and wire the plugin.
@@ -138,6 +142,13 @@ impl Config {
         fix(&mut self.model.path);
         fix(&mut self.store.path);
         fix(&mut self.retrain.models_dir);
+        if !self.fleet.root.as_os_str().is_empty() {
+            fix(&mut self.fleet.root);
+        }
+        let repo = &self.fleet.repository;
+        if !repo.is_empty() && !repo.contains("://") && Path::new(repo).is_relative() {
+            self.fleet.repository = dir.join(repo).display().to_string();
+        }
         for s in &mut self.sensors {
             if let SourceConfig::Replay { path, .. } = &mut s.source {
                 fix(path);
@@ -245,6 +256,9 @@ impl Config {
         self.retrain
             .validate()
             .map_err(|e| in_section(path, "retrain.", e))?;
+        self.fleet
+            .validate()
+            .map_err(|e| in_section(path, "fleet.", e))?;
         Ok(())
     }
 }

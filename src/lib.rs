@@ -93,6 +93,10 @@ pub mod mqtt;
 #[cfg(feature = "gateway")]
 pub mod retrain;
 
+// Plans, statuses and the release format always (the fleet crate builds on them); the TUF
+// client with `tuf`, the gateway's agent with `gateway`.
+pub mod fleet;
+
 #[cfg(feature = "gateway")]
 pub mod config;
 #[cfg(feature = "gateway")]

@@ -23,42 +23,10 @@
 //! * **Depends on the model-format layer only** (files and their names), never on the
 //!   gateway: a release is bytes plus a name.
 
-pub mod client;
 pub mod keys;
 pub mod mqtt;
-pub mod plan;
 pub mod repo;
 pub mod rollout;
 
-/// Errors of this crate, each naming the file, directory or target it is about.
-#[derive(Debug, thiserror::Error)]
-pub enum FleetError {
-    #[error("{path}: {source}")]
-    Io {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{what}: {source}")]
-    Tuf {
-        what: String,
-        // Boxed: tough's error is large, and every fallible call here returns this type.
-        source: Box<tough::error::Error>,
-    },
-    #[error("{0}")]
-    Invalid(String),
-}
-
-impl FleetError {
-    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        FleetError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-    pub(crate) fn tuf(what: impl Into<String>, source: tough::error::Error) -> Self {
-        FleetError::Tuf {
-            what: what.into(),
-            source: Box::new(source),
-        }
-    }
-}
+/// Shared with the gateway (one definition of plans, statuses, releases and the TUF client).
+pub use affectgate::fleet::{client, plan, release, FleetError};

@@ -34,12 +34,36 @@ enum Cmd {
         repo: PathBuf,
         #[arg(long)]
         keys: PathBuf,
-        /// Release name, e.g. `arousal-v3`.
+        /// A release folder made by `affectgate model release` (every file in it is signed;
+        /// the name comes from its release.json).
+        #[arg(long, conflicts_with_all = ["name", "files"])]
+        from: Option<PathBuf>,
+        /// Release name, e.g. `arousal-v3` (with explicit files).
+        #[arg(long, required_unless_present = "from")]
+        name: Option<String>,
+        /// The release's files, release.json among them.
+        files: Vec<PathBuf>,
+    },
+    /// Fleet-wide rollback: re-publish an earlier release's files as a new, higher release
+    /// (`--name`), and with `--broker` start its rollout to every gateway at once.
+    Rollback {
+        #[arg(long)]
+        repo: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
+        /// The release to go back to.
+        #[arg(long)]
+        to: String,
+        /// Name of the new release (e.g. `arousal-v4-rollback`).
         #[arg(long)]
         name: String,
-        /// The release's files (ONNX model, its card, replay pack, …).
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
+        /// Publish the rollout plan (all gateways, no waves) on this broker.
+        #[arg(long)]
+        broker: Option<String>,
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        #[arg(long, default_value_t = 3)]
+        max_failures: u32,
     },
     /// Re-sign the timestamp (for cron; needs only the timestamp key).
     Refresh {
@@ -135,6 +159,31 @@ enum Cmd {
     },
 }
 
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Every file of a release folder, and the name its release.json gives.
+fn release_folder(dir: &std::path::Path) -> Result<(String, Vec<PathBuf>), affectgate_fleet::FleetError> {
+    use affectgate_fleet::FleetError;
+    let mf = dir.join(affectgate_fleet::release::MANIFEST);
+    let text = std::fs::read(&mf).map_err(|e| FleetError::io(&mf, e))?;
+    let m: affectgate_fleet::release::ReleaseManifest =
+        serde_json::from_slice(&text).map_err(|e| FleetError::Invalid(format!("{}: {e}", mf.display())))?;
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| FleetError::io(dir, e))? {
+        let p = e.map_err(|e| FleetError::io(dir, e))?.path();
+        if p.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok((m.name, files))
+}
+
 fn split_broker(b: &str) -> Result<(String, u16), affectgate_fleet::FleetError> {
     let (h, p) = b.rsplit_once(':').unwrap_or((b, "1883"));
     let port = p.parse().map_err(|_| {
@@ -157,14 +206,49 @@ async fn main() -> ExitCode {
                     keys.display()
                 )
             }),
-        Cmd::Release { repo, keys, name, files } => {
-            repo::release(&repo, &keys, &name, &files, repo::Expiry::default())
-                .await
-                .map(|names| {
-                    for n in names {
-                        println!("signed {n}");
+        Cmd::Release { repo, keys, from, name, files } => {
+            let picked = match (from, name) {
+                (Some(dir), _) => release_folder(&dir),
+                (None, Some(name)) => Ok((name, files)),
+                (None, None) => Err(affectgate_fleet::FleetError::Invalid("--from or --name".into())),
+            };
+            match picked {
+                Err(e) => Err(e),
+                Ok((name, files)) => repo::release(&repo, &keys, &name, &files, repo::Expiry::default())
+                    .await
+                    .map(|names| {
+                        for n in names {
+                            println!("signed {n}");
+                        }
+                    }),
+            }
+        }
+        Cmd::Rollback { repo, keys, to, name, broker, channel, max_failures } => {
+            match repo::rollback(&repo, &keys, &to, &name, repo::Expiry::default()).await {
+                Err(e) => Err(e),
+                Ok(m) => {
+                    println!("release {} (version {}) re-publishes {to}", m.name, m.version);
+                    match broker.map(|b| split_broker(&b)) {
+                        None => Ok(()),
+                        Some(Err(e)) => Err(e),
+                        Some(Ok((h, p))) => {
+                            let plan = affectgate_fleet::plan::RolloutPlan {
+                                channel,
+                                release: m.name.clone(),
+                                canaries: vec![],
+                                waves: vec![100],
+                                wave_delay_s: 0,
+                                max_failures,
+                                started_s: now_s(),
+                                halted: None,
+                            };
+                            affectgate_fleet::rollout::start(&h, p, &plan)
+                                .await
+                                .map(|()| println!("rollout of {} to every gateway on {} started", plan.release, plan.channel))
+                        }
                     }
-                })
+                }
+            }
         }
         Cmd::Refresh { repo, keys } => repo::refresh(&repo, &keys, repo::Expiry::default())
             .await
@@ -173,13 +257,9 @@ async fn main() -> ExitCode {
             .await
             .map(|v| println!("root v{v} written; gateways that pinned an older root follow it")),
         Cmd::Fetch { repo, root, name, out } => {
-            let loaded = if repo.starts_with("http://") || repo.starts_with("https://") {
-                match client::urls_for_base(&repo) {
-                    Ok((m, t)) => client::load_urls(&root, m, t, None, tough::ExpirationEnforcement::Safe).await,
-                    Err(e) => Err(e),
-                }
-            } else {
-                client::load(&root, &PathBuf::from(&repo), None, tough::ExpirationEnforcement::Safe).await
+            let loaded = match client::urls_for(&repo) {
+                Ok((m, t)) => client::load_urls(&root, m, t, None, tough::ExpirationEnforcement::Safe).await,
+                Err(e) => Err(e),
             };
             match loaded {
                 Ok(r) => client::fetch_release(&r, &name, &out).await.map(|files| {
@@ -201,10 +281,7 @@ async fn main() -> ExitCode {
                         waves,
                         wave_delay_s: wave_delay,
                         max_failures,
-                        started_s: std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_secs())
-                            .unwrap_or(0),
+                        started_s: now_s(),
                         halted: None,
                     };
                     affectgate_fleet::rollout::start(&h, p, &plan).await.map(|()| {

@@ -15,6 +15,7 @@ use tough::schema::{KeyHolder, RoleKeys, RoleType, Root, Target};
 use tough::TargetName;
 
 use crate::keys::{self, ROLES};
+use crate::release::{ReleaseManifest, MANIFEST};
 use crate::FleetError;
 
 /// How long each role's metadata stays valid. The timestamp is short on purpose (a frozen
@@ -46,18 +47,7 @@ fn days_from_now(days: i64) -> Result<jiff::Timestamp, FleetError> {
         .map_err(|e| FleetError::Invalid(format!("expiry {days} days: {e}")))
 }
 
-/// `<repo>/metadata`.
-pub fn metadata_dir(repo: &Path) -> PathBuf {
-    repo.join("metadata")
-}
-/// `<repo>/targets`.
-pub fn targets_dir(repo: &Path) -> PathBuf {
-    repo.join("targets")
-}
-/// The repository's current root, the file gateways pin (`[fleet] root`).
-pub fn root_path(repo: &Path) -> PathBuf {
-    metadata_dir(repo).join("root.json")
-}
+pub use affectgate::fleet::client::{metadata_dir, root_path, targets_dir};
 
 fn role_type(role: &str) -> RoleType {
     match role {
@@ -178,6 +168,7 @@ pub async fn release(
             repo.display()
         )));
     }
+    check_manifest(&current, release, files).await?;
     // Stage the files under their target names so `copy_targets` finds them.
     let stage = tempdir_in(repo)?;
     let mut names = Vec::new();
@@ -355,6 +346,147 @@ async fn own(repo: &Path) -> Result<tough::Repository, FleetError> {
         tough::ExpirationEnforcement::Unsafe,
     )
     .await
+}
+
+/// Every release manifest (`<name>/release.json`) in `repo`, read through TUF.
+pub async fn manifests(repo: &Path) -> Result<Vec<ReleaseManifest>, FleetError> {
+    let r = own(repo).await?;
+    manifests_of(&r).await
+}
+
+async fn manifests_of(r: &tough::Repository) -> Result<Vec<ReleaseManifest>, FleetError> {
+    let mut out = Vec::new();
+    let names: Vec<String> = r
+        .targets()
+        .signed
+        .targets
+        .keys()
+        .map(|n| n.raw().to_string())
+        .filter(|n| n.ends_with(&format!("/{MANIFEST}")))
+        .collect();
+    for n in names {
+        let bytes = crate::client::read_target(r, &n).await?;
+        let m: ReleaseManifest = serde_json::from_slice(&bytes)
+            .map_err(|e| FleetError::Invalid(format!("target {n}: {e}")))?;
+        out.push(m);
+    }
+    out.sort_by_key(|m| m.version);
+    Ok(out)
+}
+
+/// A release must carry a valid `release.json` naming it, with a version above every earlier
+/// release of its channel (gateways refuse anything else; better to refuse it here first).
+async fn check_manifest(
+    current: &tough::Repository,
+    release: &str,
+    files: &[PathBuf],
+) -> Result<ReleaseManifest, FleetError> {
+    let base = |f: &PathBuf| {
+        f.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let names: Vec<String> = files.iter().map(base).collect();
+    let Some(mf) = files.iter().find(|f| base(f) == MANIFEST) else {
+        return Err(FleetError::Invalid(format!(
+            "release {release:?}: no {MANIFEST} among the files (make the release folder with `affectgate fleet pack`)"
+        )));
+    };
+    let text = std::fs::read(mf).map_err(|e| FleetError::io(mf, e))?;
+    let m: ReleaseManifest = serde_json::from_slice(&text)
+        .map_err(|e| FleetError::Invalid(format!("{}: {e}", mf.display())))?;
+    m.validate(&names)
+        .map_err(|e| FleetError::Invalid(format!("{}: {e}", mf.display())))?;
+    if m.name != release {
+        return Err(FleetError::Invalid(format!(
+            "{}: name {:?}, but the release is called {release:?}",
+            mf.display(),
+            m.name
+        )));
+    }
+    if let Some(top) = manifests_of(current)
+        .await?
+        .into_iter()
+        .filter(|o| o.channel == m.channel)
+        .max_by_key(|o| o.version)
+    {
+        if m.version <= top.version {
+            return Err(FleetError::Invalid(format!(
+                "{}: version {} is not above {} (version {}) on channel {:?}; gateways would refuse it as a downgrade",
+                mf.display(),
+                m.version,
+                top.name,
+                top.version,
+                m.channel
+            )));
+        }
+    }
+    Ok(m)
+}
+
+/// Fleet-wide rollback: publish release `to`'s files again as a new release `name` with the
+/// next version of its channel (`rollback_of = to`). Gateways install it like any release;
+/// TUF still never goes back, and no gateway ever accepts a lower version.
+pub async fn rollback(
+    repo: &Path,
+    keys_dir: &Path,
+    to: &str,
+    name: &str,
+    expiry: Expiry,
+) -> Result<ReleaseManifest, FleetError> {
+    let r = own(repo).await?;
+    let all = manifests_of(&r).await?;
+    let old = all
+        .iter()
+        .find(|m| m.name == to)
+        .cloned()
+        .ok_or_else(|| {
+            FleetError::Invalid(format!(
+                "--to {to:?}: no such release (releases: {})",
+                all.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+    let top = all
+        .iter()
+        .filter(|m| m.channel == old.channel)
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(old.version);
+    // Not `tempdir_in`: `release` below uses (and empties) that one.
+    let stage = repo.join(format!(".rollback-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(&stage).map_err(|e| FleetError::io(&stage, e))?;
+    let prefix = format!("{to}/");
+    let mut files = Vec::new();
+    let names: Vec<String> = r
+        .targets()
+        .signed
+        .targets
+        .keys()
+        .map(|n| n.raw().to_string())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    let mut m = old.clone();
+    m.name = name.to_string();
+    m.version = top + 1;
+    m.rollback_of = Some(to.to_string());
+    m.summary = format!("Rollback to {to}: {}", old.summary);
+    for n in names {
+        let file = &n[prefix.len()..];
+        let path = stage.join(file);
+        let bytes = if file == MANIFEST {
+            serde_json::to_vec_pretty(&m).expect("manifest serialises")
+        } else {
+            crate::client::read_target(&r, &n).await?
+        };
+        std::fs::write(&path, bytes).map_err(|e| FleetError::io(&path, e))?;
+        files.push(path);
+    }
+    drop(r);
+    let res = release(repo, keys_dir, name, &files, expiry).await;
+    let _ = std::fs::remove_dir_all(&stage);
+    res.map(|_| m)
 }
 
 fn tempdir_in(repo: &Path) -> Result<PathBuf, FleetError> {

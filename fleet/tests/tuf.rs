@@ -16,10 +16,28 @@ fn model_files() -> Vec<PathBuf> {
     ]
 }
 
+/// The model files plus a `release.json` (version `version`) and a `golden.json`, written
+/// under `dir/<name>-files/`.
+fn release_files(dir: &Path, name: &str, version: u64) -> Vec<PathBuf> {
+    let d = dir.join(format!("{name}-files"));
+    std::fs::create_dir_all(&d).unwrap();
+    let manifest = serde_json::json!({
+        "name": name, "version": version, "min_gateway": "0.1.0", "channel": "stable",
+        "summary": "test", "model": "affectgate-arousal-v2.onnx",
+        "card": "affectgate-arousal-v2.card.toml", "golden": "golden.json",
+    });
+    std::fs::write(d.join("release.json"), manifest.to_string()).unwrap();
+    std::fs::write(d.join("golden.json"), r#"{"features":[],"windows":[]}"#).unwrap();
+    let mut f = model_files();
+    f.push(d.join("release.json"));
+    f.push(d.join("golden.json"));
+    f
+}
+
 async fn released(dir: &Path) -> (PathBuf, PathBuf) {
     let (r, k) = (dir.join("repo"), dir.join("keys"));
     repo::init(&r, &k, Expiry::default()).await.unwrap();
-    repo::release(&r, &k, "arousal-v2", &model_files(), Expiry::default())
+    repo::release(&r, &k, "arousal-v2", &release_files(dir, "arousal-v2", 2), Expiry::default())
         .await
         .unwrap();
     (r, k)
@@ -70,7 +88,7 @@ async fn a_release_reads_back_byte_for_byte_through_tuf() {
         &r,
         &dir.path().join("keys"),
         "arousal-v2",
-        &model_files(),
+        &release_files(dir.path(), "arousal-v2", 2),
         Expiry::default(),
     )
     .await
@@ -159,7 +177,7 @@ async fn older_metadata_after_newer_is_a_rollback_and_refused() {
     let (r, k) = (dir.path().join("repo"), dir.path().join("keys"));
     repo::init(&r, &k, Expiry::default()).await.unwrap();
     let old_timestamp = std::fs::read(repo::metadata_dir(&r).join("timestamp.json")).unwrap();
-    repo::release(&r, &k, "arousal-v2", &model_files(), Expiry::default())
+    repo::release(&r, &k, "arousal-v2", &release_files(dir.path(), "arousal-v2", 2), Expiry::default())
         .await
         .unwrap();
     // A gateway sees version 2 (its datastore remembers it) …
@@ -275,7 +293,7 @@ async fn root_rotation_is_followed_from_the_pinned_root_and_a_forged_one_refused
     assert!(k.join("root-v1.pk8").exists(), "the old root key is kept");
     let loaded = client::load(&pinned, &r, None, Safe).await.unwrap();
     assert_eq!(loaded.root().signed.version.get(), 2);
-    repo::release(&r, &k, "arousal-v3", &model_files(), Expiry::default())
+    repo::release(&r, &k, "arousal-v3", &release_files(dir.path(), "arousal-v3", 3), Expiry::default())
         .await
         .unwrap();
     let loaded = client::load(&pinned, &r, None, Safe).await.unwrap();
@@ -332,7 +350,9 @@ async fn a_release_is_fetched_whole_or_not_at_all() {
         files,
         [
             "affectgate-arousal-v2.card.toml",
-            "affectgate-arousal-v2.onnx"
+            "affectgate-arousal-v2.onnx",
+            "golden.json",
+            "release.json"
         ]
     );
     for f in model_files() {
@@ -360,4 +380,50 @@ async fn a_release_is_fetched_whole_or_not_at_all() {
         [std::ffi::OsString::from("arousal-v2")],
         "no partial folder left"
     );
+}
+
+/// `release` refuses files without a manifest, a manifest naming another release, and a
+/// version not above the channel's latest; `rollback` re-publishes an earlier release's exact
+/// files under a new name with the next version.
+#[tokio::test]
+async fn a_release_needs_a_manifest_with_a_higher_version_and_rollback_republishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, k) = released(dir.path()).await;
+    let e = repo::release(&r, &k, "raw", &model_files(), Expiry::default())
+        .await
+        .unwrap_err();
+    assert!(err_text(e).contains("no release.json"));
+    let e = repo::release(&r, &k, "other", &release_files(dir.path(), "arousal-v9", 9), Expiry::default())
+        .await
+        .unwrap_err();
+    assert!(err_text(e).contains("name \"arousal-v9\", but the release is called \"other\""));
+    let e = repo::release(&r, &k, "arousal-v1", &release_files(dir.path(), "arousal-v1", 1), Expiry::default())
+        .await
+        .unwrap_err();
+    let text = err_text(e);
+    assert!(
+        text.contains("version 1 is not above arousal-v2 (version 2)"),
+        "{text}"
+    );
+    repo::release(&r, &k, "arousal-v3", &release_files(dir.path(), "arousal-v3", 3), Expiry::default())
+        .await
+        .unwrap();
+    let m = repo::rollback(&r, &k, "arousal-v2", "arousal-v4", Expiry::default())
+        .await
+        .unwrap();
+    assert_eq!((m.name.as_str(), m.version), ("arousal-v4", 4));
+    assert_eq!(m.rollback_of.as_deref(), Some("arousal-v2"));
+    let loaded = client::load(&repo::root_path(&r), &r, None, Safe).await.unwrap();
+    for f in model_files() {
+        let file = f.file_name().unwrap().to_str().unwrap();
+        assert_eq!(
+            client::read_target(&loaded, &format!("arousal-v4/{file}")).await.unwrap(),
+            client::read_target(&loaded, &format!("arousal-v2/{file}")).await.unwrap(),
+            "{file}"
+        );
+    }
+    let versions: Vec<u64> = repo::manifests(&r).await.unwrap().iter().map(|m| m.version).collect();
+    assert_eq!(versions, [2, 3, 4]);
+    let e = repo::rollback(&r, &k, "arousal-v9", "x", Expiry::default()).await.unwrap_err();
+    assert!(err_text(e).contains("no such release (releases: arousal-v2, arousal-v3, arousal-v4)"));
 }

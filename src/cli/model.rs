@@ -48,6 +48,31 @@ pub enum ModelCmd {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
+    /// Pack a model into a release folder for the fleet (model, card, pretext network and
+    /// replay pack when beside it, golden self-test windows, release.json); sign it with
+    /// `affectgate-fleet release --from <out>`.
+    Release {
+        /// The model (its card beside it).
+        #[arg(long)]
+        model: PathBuf,
+        /// Release name (its folder in the repository), e.g. `arousal-v3`.
+        #[arg(long)]
+        name: String,
+        /// Release number: above every earlier release of the channel.
+        #[arg(long)]
+        version: u64,
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// Oldest gateway version that may install it (default: this build's).
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        min_gateway: String,
+        /// One line shown in Home Assistant's update entity.
+        #[arg(long, default_value = "")]
+        summary: String,
+        /// The folder to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn open(config: &Path) -> Result<(Config, Registry, PathBuf)> {
@@ -68,6 +93,36 @@ pub fn model(a: ModelArgs) -> Result<()> {
     } = &a.what
     {
         return pack(model, manifest, unlabelled, *max_pretext, *seed);
+    }
+    if let ModelCmd::Release {
+        model,
+        name,
+        version,
+        channel,
+        min_gateway,
+        summary,
+        out,
+    } = &a.what
+    {
+        let spec = affectgate::fleet::pack::PackSpec {
+            model: model.clone(),
+            name: name.clone(),
+            version: *version,
+            channel: channel.clone(),
+            min_gateway: min_gateway.clone(),
+            summary: summary.clone(),
+        };
+        let m = affectgate::fleet::pack::pack_release(&spec, out)?;
+        println!(
+            "release {} (version {}, channel {}, gateways ≥ {}) packed in {}; sign it with: affectgate-fleet release --repo <repo> --keys <keys> --from {}",
+            m.name,
+            m.version,
+            m.channel,
+            m.min_gateway,
+            out.display(),
+            out.display()
+        );
+        return Ok(());
     }
     let (_, registry, shipped) = open(&a.config)?;
     match a.what {
@@ -132,7 +187,7 @@ pub fn model(a: ModelArgs) -> Result<()> {
             let back = registry.rollback()?;
             println!("rolled back: {back} serves again");
         }
-        ModelCmd::Pack { .. } => unreachable!("handled above"),
+        ModelCmd::Pack { .. } | ModelCmd::Release { .. } => unreachable!("handled above"),
     }
     Ok(())
 }

@@ -43,6 +43,7 @@ pub(super) fn announce_discovery(
         gateway: gw,
         sw_version: env!("CARGO_PKG_VERSION"),
         retrain_enabled: cfg.retrain.enabled,
+        fleet_enabled: cfg.fleet.enabled,
     };
     for (t, p) in discovery::gateway_discovery_messages(&gateway) {
         link.retain(t, p.into_bytes());
@@ -162,9 +163,18 @@ pub(super) async fn input_task(
     retrain: Option<mpsc::Sender<()>>,
     auto_retrain: Option<mpsc::UnboundedSender<bool>>,
     registry: Registry,
+    fleet: Option<(String, mpsc::UnboundedSender<FleetInput>)>,
 ) {
     while let Some(d) = rx.recv().await {
         let (topic, payload) = (d.topic, d.payload);
+        // The channel's rollout plan is retained on purpose (a gateway that starts or
+        // reconnects learns the current plan): it is not a command, and goes to the agent.
+        if let Some((plan_topic, tx)) = &fleet {
+            if &topic == plan_topic {
+                let _ = tx.send(FleetInput::Plan(payload.to_vec()));
+                continue;
+            }
+        }
         match inputs::parse_delivery(&gateway, &topic, &payload, d.retained, now_ns(), &sensors) {
             Ok(None) => {}
             Ok(Some(Input::Label { sensor, label })) => {
@@ -191,6 +201,17 @@ pub(super) async fn input_task(
             // Model changes only edit the registry, exactly as `affectgate model` does: the
             // registry watcher loads the model completely and swaps it in (no window dropped
             // or scored twice), and `affectgate/<gw>/model` then says what serves.
+            Ok(Some(Input::Command(Command::Update))) => match &fleet {
+                Some((_, tx)) => {
+                    let _ = tx.send(FleetInput::Install);
+                }
+                None => {
+                    let error = "fleet updates are disabled (fleet.enabled = false in the config); nothing to install";
+                    let msg = inputs::error_json(Some(&topic), None, error);
+                    link.send(link.topics().error(), msg.into_bytes());
+                    tracing::warn!(topic, "{error}");
+                }
+            },
             Ok(Some(Input::Command(Command::Rollback))) => {
                 let r = registry.clone();
                 let res = tokio::task::spawn_blocking(move || r.rollback()).await;

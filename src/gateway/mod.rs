@@ -55,6 +55,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::sensor::{ProcessedWindow, SensorPipeline};
 use crate::config::Config;
+use crate::fleet::agent::{Agent, FleetInput, Health};
 use crate::dsp::WINDOW_LEN;
 use crate::infer::{Backend, InferError, Model};
 use crate::mqtt::discovery::{self, DiscoveryInput};
@@ -245,6 +246,12 @@ impl GatewayBuilder {
         }
         tracing::info!(model = %version, heads = ?model.head_names(), features = ?model.feature_names(), backend = ?model.backend(), "model loaded");
 
+        // The fleet's pinned root likewise: without it no release could ever be verified.
+        if cfg.fleet.enabled {
+            Agent::check(&cfg.fleet).map_err(|e| {
+                GatewayError::Task(format!("fleet.root: {e} (copy the repository's metadata/root.json there once, out of band)"))
+            })?;
+        }
         // TLS files are read before the store opens: a wrong path fails the start cleanly.
         let tls = match &cfg.mqtt.tls {
             Some(t) => Some(TlsFiles::load(t)?),
@@ -279,7 +286,13 @@ impl GatewayBuilder {
                 mqtt: cfg.mqtt.clone(),
                 gateway: cfg.gateway.id.clone(),
                 client_id: format!("affectgate-{}", cfg.gateway.id),
-                subscribe: crate::mqtt::Topics::new(&cfg.gateway.id).subscriptions(),
+                subscribe: {
+                    let mut s = crate::mqtt::Topics::new(&cfg.gateway.id).subscriptions();
+                    if cfg.fleet.enabled {
+                        s.push(crate::fleet::plan::plan_topic(&cfg.fleet.channel));
+                    }
+                    s
+                },
                 ha_status: cfg
                     .mqtt
                     .discovery
@@ -348,11 +361,14 @@ impl GatewayBuilder {
         let heads: Vec<String> = model.head_names().to_vec();
         let (swap_tx, swap_rx) = std::sync::mpsc::channel::<(Model, String)>();
         let scorer_version: Arc<str> = Arc::from(version.as_str());
+        // Windows scored per model version: the fleet agent's health window reads it.
+        let health = Arc::new(Health::default());
         let scorer = std::thread::Builder::new()
             .name("affectgate-scorer".into())
             .spawn({
                 let stop = stop.clone();
-                move || scorer_loop(model, scorer_version, win_rx, scored_tx, swap_rx, stop)
+                let health = health.clone();
+                move || scorer_loop(model, scorer_version, win_rx, scored_tx, swap_rx, health, stop)
             })
             .map_err(|e| GatewayError::Task(e.to_string()))?;
         // Registry watcher: a promotion or rollback (by a retraining round or `affectgate
@@ -362,6 +378,7 @@ impl GatewayBuilder {
             version: version.clone(),
             heads: heads.clone(),
         });
+        let fleet_serving = serving_rx.clone();
         let watcher = tokio::spawn(watch_registry(
             registry.clone(),
             cfg.model.backend.clone(),
@@ -407,6 +424,27 @@ impl GatewayBuilder {
         let retrain_tx = cfg.retrain.enabled.then_some(retrain_tx);
         let pause_tx = cfg.retrain.enabled.then_some(pause_tx);
 
+        // Fleet releases (see `fleet::agent`).
+        let (fleet_tx, fleet_rx) = mpsc::unbounded_channel::<FleetInput>();
+        let fleet_task = cfg.fleet.enabled.then(|| {
+            tokio::spawn(
+                Agent {
+                    cfg: cfg.fleet.clone(),
+                    gateway: cfg.gateway.id.clone(),
+                    dir: cfg.retrain.models_dir.join("fleet"),
+                    registry: registry.clone(),
+                    backend: cfg.model.backend.clone(),
+                    link: link.clone(),
+                    serving: fleet_serving,
+                    health: health.clone(),
+                }
+                .run(fleet_rx, stop.clone()),
+            )
+        });
+        let fleet_in = cfg
+            .fleet
+            .enabled
+            .then(|| (crate::fleet::plan::plan_topic(&cfg.fleet.channel), fleet_tx));
         let input_task = link.take_incoming().map(|rx| {
             tokio::spawn(input_task(
                 rx,
@@ -419,6 +457,7 @@ impl GatewayBuilder {
                 retrain_tx.clone(),
                 pause_tx.clone(),
                 registry.clone(),
+                fleet_in,
             ))
         });
 
@@ -459,6 +498,9 @@ impl GatewayBuilder {
             t.abort();
         }
         watcher.abort();
+        if let Some(t) = fleet_task {
+            t.abort();
+        }
         if let Some(t) = retrain_task {
             // The scheduler stops a running round at once (it resumes from its checkpoint at
             // the next start) and returns.

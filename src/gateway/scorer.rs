@@ -160,6 +160,7 @@ pub(super) fn scorer_loop(
     mut rx: mpsc::Receiver<ProcessedWindow>,
     tx: mpsc::Sender<ScoredWindow>,
     swap: std::sync::mpsc::Receiver<(Model, String)>,
+    health: Arc<crate::fleet::agent::Health>,
     stop: CancellationToken,
 ) {
     // When the scorer first saw the run stopping, and what it passed on unscored since
@@ -235,6 +236,12 @@ pub(super) fn scorer_loop(
                     }
                 }
                 Err(e) => tracing::error!("inference failed for {n} windows: {e}"),
+            }
+            // Health by model version (the fleet agent's health window): a window counts as
+            // failed when inference failed or gave a non-finite output.
+            for k in 0..n {
+                let s = &scores[idx[done + k]];
+                health.record(&version, !s.is_empty() && s.iter().all(|(_, v)| v.is_finite()));
             }
             done += n;
         }

@@ -16,13 +16,7 @@ use crate::mqtt::MqttLink;
 use crate::retrain::status::{RetrainState, RetrainStatus};
 use crate::time::{now_ns, rfc3339_ms};
 
-/// The model serving now: registry id (`shipped` for the shipped model) and version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Serving {
-    pub id: String,
-    pub version: String,
-    pub heads: Vec<String>,
-}
+pub use crate::retrain::registry::Serving;
 
 /// The retained message on `affectgate/<gw>/model`.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -293,23 +293,35 @@ pub struct GatewayDiscoveryInput<'a> {
     pub sw_version: &'a str,
     /// `retrain.enabled`: the retraining entities and the retrain button exist only then.
     pub retrain_enabled: bool,
+    /// `fleet.enabled`: the model's update entity exists only then.
+    pub fleet_enabled: bool,
 }
 
-/// The gateway device's entities: `(component, what, needs retraining)`. Config topics are
+/// Which gateway entities exist: always, only with on-gateway retraining, only with fleet
+/// updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    Always,
+    Retrain,
+    Fleet,
+}
+
+/// The gateway device's entities: `(component, what, when)`. Config topics are
 /// `<prefix>/<component>/affectgate_<gateway>/<what>/config` (node id = the gateway), a
 /// level deeper than every strap topic, so the two can never collide.
-const GATEWAY_ENTITIES: [(&str, &str, bool); 11] = [
-    ("binary_sensor", "online", false),
-    ("sensor", "model_version", false),
-    ("sensor", "retraining", true),
-    ("sensor", "last_retrain", true),
-    ("switch", "auto_retrain", true),
-    ("binary_sensor", "store_problem", false),
-    ("sensor", "last_input_error", false),
-    ("button", "retrain", true),
-    ("button", "reload", false),
-    ("button", "rollback", false),
-    ("button", "flush_outbox", false),
+const GATEWAY_ENTITIES: [(&str, &str, Needs); 12] = [
+    ("binary_sensor", "online", Needs::Always),
+    ("sensor", "model_version", Needs::Always),
+    ("sensor", "retraining", Needs::Retrain),
+    ("sensor", "last_retrain", Needs::Retrain),
+    ("switch", "auto_retrain", Needs::Retrain),
+    ("binary_sensor", "store_problem", Needs::Always),
+    ("sensor", "last_input_error", Needs::Always),
+    ("button", "retrain", Needs::Retrain),
+    ("button", "reload", Needs::Always),
+    ("button", "rollback", Needs::Always),
+    ("button", "flush_outbox", Needs::Always),
+    ("update", "model_update", Needs::Fleet),
 ];
 
 /// Strap entities of earlier versions that now live on the gateway device.
@@ -332,9 +344,14 @@ fn gateway_config_topic(prefix: &str, gateway: &str, component: &str, what: &str
 pub fn gateway_discovery_messages(inp: &GatewayDiscoveryInput) -> Vec<(String, String)> {
     GATEWAY_ENTITIES
         .iter()
-        .map(|&(component, what, retrain_only)| {
+        .map(|&(component, what, needs)| {
             let topic = gateway_config_topic(inp.prefix, inp.gateway, component, what);
-            if retrain_only && !inp.retrain_enabled {
+            let off = match needs {
+                Needs::Always => false,
+                Needs::Retrain => !inp.retrain_enabled,
+                Needs::Fleet => !inp.fleet_enabled,
+            };
+            if off {
                 (topic, String::new())
             } else {
                 (topic, gateway_payload(inp, component, what).to_string())
@@ -381,6 +398,7 @@ fn gateway_payload(inp: &GatewayDiscoveryInput, component: &str, what: &str) -> 
         "reload" => "Reload configuration",
         "rollback" => "Roll back model",
         "flush_outbox" => "Flush outbox",
+        "model_update" => "Model update",
         other => other,
     };
     let mut m = Map::new();
@@ -497,6 +515,18 @@ fn gateway_payload(inp: &GatewayDiscoveryInput, component: &str, what: &str) -> 
             set("state_off", json!("OFF"));
             set("retain", json!(false));
             set("icon", json!("mdi:calendar-sync"));
+            set("entity_category", json!("config"));
+        }
+        "model_update" => {
+            // Home Assistant's update entity: the retained JSON on `affectgate/<gw>/update`
+            // (installed_version = the fleet release serving, latest_version = the one the
+            // channel's plan offers, release_summary, in_progress, update_percentage).
+            // Install sends `{}` to cmd/update: with `[fleet] policy = "manual"` that starts
+            // the install once the gateway's wave has begun.
+            set("state_topic", json!(t.update()));
+            set("command_topic", json!(t.command("update")));
+            set("payload_install", json!("{}"));
+            set("retain", json!(false));
             set("entity_category", json!("config"));
         }
         command => {
@@ -1395,6 +1425,7 @@ mod tests {
             gateway: "gw",
             sw_version: "0.1.0",
             retrain_enabled,
+            fleet_enabled: retrain_enabled,
         };
         gateway_discovery_messages(&inp)
             .into_iter()
@@ -1416,7 +1447,7 @@ mod tests {
     #[test]
     fn gateway_device_carries_the_software_and_the_controls() {
         let msgs = gateway(true);
-        assert_eq!(msgs.len(), 11);
+        assert_eq!(msgs.len(), 12);
         let g =
             |c: &str, w: &str| msgs[&format!("homeassistant/{c}/affectgate_gw/{w}/config")].clone();
         for (topic, m) in &msgs {
@@ -1491,7 +1522,14 @@ mod tests {
         assert_eq!(sw["payload_off"], r#"{"enabled": false}"#);
         assert_eq!(sw["retain"], false);
         assert!(!sw.contains_key("optimistic"));
-        // Retraining off: its entities are deleted (empty retained configs), the rest stay.
+        // The fleet's update entity: JSON state, install = `{}` on cmd/update.
+        let up = g("update", "model_update");
+        assert_eq!(up["default_entity_id"], "update.affectgate_gw_model_update");
+        assert_eq!(up["state_topic"], "affectgate/gw/update");
+        assert_eq!(up["command_topic"], "affectgate/gw/cmd/update");
+        assert_eq!(up["payload_install"], "{}");
+        assert_eq!(up["retain"], false);
+        // Retraining (and here the fleet) off: its entities are deleted (empty retained configs), the rest stay.
         let off = gateway(false);
         let empty: Vec<&String> = off
             .iter()
@@ -1505,6 +1543,7 @@ mod tests {
                 "homeassistant/sensor/affectgate_gw/last_retrain/config",
                 "homeassistant/sensor/affectgate_gw/retraining/config",
                 "homeassistant/switch/affectgate_gw/auto_retrain/config",
+                "homeassistant/update/affectgate_gw/model_update/config",
             ]
         );
     }

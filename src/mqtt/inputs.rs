@@ -113,6 +113,9 @@ pub enum Command {
     /// `rollback`: serve the model that served before the current one (what
     /// `affectgate model rollback` does).
     Rollback,
+    /// `update`: install the release the fleet's rollout plan offers now (`[fleet] policy =
+    /// "manual"`; Home Assistant's update entity sends it).
+    Update,
 }
 
 impl Command {
@@ -123,6 +126,7 @@ impl Command {
             Command::Reload => "reload",
             Command::FlushOutbox => "flush_outbox",
             Command::Rollback => "rollback",
+            Command::Update => "update",
         }
     }
 
@@ -132,6 +136,7 @@ impl Command {
             "reload" => Some(Command::Reload),
             "flush_outbox" => Some(Command::FlushOutbox),
             "rollback" => Some(Command::Rollback),
+            "update" => Some(Command::Update),
             _ => None,
         }
     }

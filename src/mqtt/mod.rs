@@ -940,6 +940,7 @@ mod tests {
             gateway: "gw",
             sw_version: "0",
             retrain_enabled: true,
+            fleet_enabled: true,
         });
         let (_, p) = msgs
             .iter()

@@ -82,6 +82,16 @@ impl Topics {
     pub fn store(&self) -> String {
         format!("affectgate/{}/store", self.gateway)
     }
+    /// `affectgate/<gateway>/fleet`: the fleet agent's install status (`fleet::plan::
+    /// GatewayStatus`), retained; what `affectgate-fleet status` reads.
+    pub fn fleet(&self) -> String {
+        crate::fleet::plan::status_topic(&self.gateway)
+    }
+    /// `affectgate/<gateway>/update`: Home Assistant's update entity state (installed and
+    /// latest release, summary, progress), retained.
+    pub fn update(&self) -> String {
+        format!("affectgate/{}/update", self.gateway)
+    }
     /// `affectgate/<gateway>/<sensor>/label`: self-reports for one sensor's wearer.
     pub fn label(&self, sensor: &str) -> String {
         format!("affectgate/{}/{}/label", self.gateway, sensor)

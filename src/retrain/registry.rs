@@ -24,6 +24,16 @@ use serde::{Deserialize, Serialize};
 /// Id of the shipped model (the config's `model.path`).
 pub const SHIPPED: &str = "shipped";
 
+/// The model serving now, as the gateway's registry watcher last swapped it in: registry id
+/// (`shipped` for the shipped model), version (`<id>@<sha256 prefix>`, the `model` key of
+/// every state message) and heads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Serving {
+    pub id: String,
+    pub version: String,
+    pub heads: Vec<String>,
+}
+
 /// Where a model stands. Serialised lower-case in `registry.json`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

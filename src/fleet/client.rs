@@ -4,14 +4,36 @@
 //! back from what `datastore` last saw, that snapshot and timestamp agree (no mix-and-match),
 //! and a target's length and sha256 while it is read. Anything else is refused with the reason.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use futures_util::TryStreamExt;
 use tough::{ExpirationEnforcement, Repository, RepositoryLoader, TargetName};
 use url::Url;
 
-use crate::repo::{metadata_dir, targets_dir};
-use crate::FleetError;
+use super::transport::Fetcher;
+use super::FleetError;
+
+/// `<repo>/metadata`.
+pub fn metadata_dir(repo: &Path) -> PathBuf {
+    repo.join("metadata")
+}
+/// `<repo>/targets`.
+pub fn targets_dir(repo: &Path) -> PathBuf {
+    repo.join("targets")
+}
+/// The repository's current root, the file gateways pin (`[fleet] root`).
+pub fn root_path(repo: &Path) -> PathBuf {
+    metadata_dir(repo).join("root.json")
+}
+
+/// The metadata and targets base URLs of `repository`: an `http(s)://` URL, or a folder.
+pub fn urls_for(repository: &str) -> Result<(Url, Url), FleetError> {
+    if repository.starts_with("http://") || repository.starts_with("https://") {
+        urls_for_base(repository)
+    } else {
+        urls_for_dir(Path::new(repository.strip_prefix("file://").unwrap_or(repository)))
+    }
+}
 
 /// The base URLs of a repository folder (`file://…/metadata/`, `file://…/targets/`).
 pub fn urls_for_dir(repo: &Path) -> Result<(Url, Url), FleetError> {
@@ -51,8 +73,8 @@ pub async fn load(
 }
 
 /// As [`load`], from base URLs: `file://` (a folder, an air-gapped copy) or `http(s)://` (any
-/// static server or object store; `tough`'s HTTP transport retries with back-off and resumes
-/// an interrupted download with a `Range` request where the server supports it).
+/// static server or object store; [`Fetcher`] resumes an interrupted download with a `Range`
+/// request).
 pub async fn load_urls(
     root: &Path,
     metadata: Url,
@@ -62,6 +84,7 @@ pub async fn load_urls(
 ) -> Result<Repository, FleetError> {
     let root_bytes = std::fs::read(root).map_err(|e| FleetError::io(root, e))?;
     let mut loader = RepositoryLoader::new(&root_bytes, metadata.clone(), targets)
+        .transport(Fetcher::default())
         .expiration_enforcement(expiry);
     if let Some(d) = datastore {
         loader = loader.datastore(d);
