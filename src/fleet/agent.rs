@@ -468,12 +468,9 @@ impl Runner {
             client::urls_for(&cfg.repository).map_err(|e| Stop::Final("refused", e.to_string()))?;
         let datastore = self.agent.dir.join("tuf");
         std::fs::create_dir_all(&datastore).map_err(|e| Stop::Transient(format!("{}: {e}", datastore.display())))?;
-        let classify = |e: FleetError| match &e {
-            FleetError::Tuf { source, .. } if matches!(**source, tough::error::Error::Transport { .. }) => {
-                Stop::Transient(format!("repository unreachable: {e}"))
-            }
-            FleetError::Io { .. } => Stop::Transient(e.to_string()),
-            _ => Stop::Final("refused", e.to_string()),
+        let classify = |e: FleetError| match e.is_transient() {
+            true => Stop::Transient(format!("repository unreachable: {e}")),
+            false => Stop::Final("refused", e.to_string()),
         };
         let repo = client::load_urls(&cfg.root, meta, targets, Some(&datastore), tough::ExpirationEnforcement::Safe)
             .await

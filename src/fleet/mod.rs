@@ -65,4 +65,36 @@ impl FleetError {
             source: Box::new(source),
         }
     }
+
+    /// Worth trying again later: the repository could not be reached or a file not read.
+    /// Not when the bytes arrived and were wrong — tough reports a target whose sha256 or
+    /// length does not match as a transport error around the mismatch, so the whole chain
+    /// is looked at.
+    #[cfg(feature = "tuf")]
+    pub fn is_transient(&self) -> bool {
+        use tough::error::Error as T;
+        match self {
+            FleetError::Io { .. } => true,
+            FleetError::Invalid(_) => false,
+            FleetError::Tuf { source, .. } => {
+                if !matches!(**source, T::Transport { .. }) {
+                    return false;
+                }
+                let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&**source);
+                while let Some(e) = cur {
+                    if let Some(t) = e.downcast_ref::<T>() {
+                        if matches!(t, T::HashMismatch { .. } | T::MaxSizeExceeded { .. }) {
+                            return false;
+                        }
+                    }
+                    let text = e.to_string();
+                    if text.contains("Hash mismatch") || text.contains("exceeded") {
+                        return false;
+                    }
+                    cur = e.source();
+                }
+                true
+            }
+        }
+    }
 }
