@@ -122,6 +122,10 @@ pub struct Agent {
     pub link: Arc<MqttLink>,
     pub serving: watch::Receiver<Serving>,
     pub health: Arc<Health>,
+    /// The window store: how many self-reports the wearers gave (personalisation).
+    pub store: Arc<crate::store::Store>,
+    /// Requests a retraining round (None: retraining is disabled).
+    pub retrain: Option<mpsc::Sender<()>>,
 }
 
 /// How often a plan is looked at again (wave start, maintenance window, retries).
@@ -441,6 +445,7 @@ impl Runner {
         let verdict = self.health_window(&version, stop).await;
         match verdict {
             Ok(why) => {
+                let why = format!("{why}{}", self.personalise().await);
                 self.state.installed = Some(Installed {
                     name: name.clone(),
                     version: manifest.version,
@@ -459,6 +464,30 @@ impl Runner {
                 };
                 Err(Stop::Final("rolled_back", format!("{why}; {back}")))
             }
+        }
+    }
+
+    /// Personalisation across a base update: the wearers' self-reports stay in the store, and
+    /// a retraining round on the new base (the serving model now) re-fits its heads on them
+    /// together with the release's own labelled set, gated like every round. Returns what
+    /// happened, for the status.
+    async fn personalise(&self) -> String {
+        let store = self.agent.store.clone();
+        let labelled = tokio::task::spawn_blocking(move || store.stats())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .map(|s| s.sensors.iter().map(|x| x.labelled).sum::<u64>())
+            .unwrap_or(0);
+        if labelled == 0 {
+            return String::new();
+        }
+        match &self.agent.retrain {
+            Some(tx) => match tx.try_send(()) {
+                Ok(()) => format!("; {labelled} self-reported windows: a retraining round re-fits the heads on the new base (affectgate/<gw>/retrain)"),
+                Err(_) => format!("; {labelled} self-reported windows: a retraining round is already requested or running and will start from the new base"),
+            },
+            None => format!("; {labelled} self-reported windows kept, but retraining is disabled (retrain.enabled = false): the release's heads serve unpersonalised"),
         }
     }
 
@@ -569,8 +598,24 @@ impl Runner {
         let id = name.to_string();
         self.state.pending = Some(id.clone());
         save_state(&self.agent.dir, &self.state);
+        // The release's pretext network and replay pack go beside its model: retraining
+        // rounds on this base continue from them (`retrain::round`).
+        let extras: Vec<(PathBuf, &'static str)> = [(&m.pretext, "pretext.onnx"), (&m.replay, "replay.bin")]
+            .into_iter()
+            .filter_map(|(f, to)| f.as_ref().map(|f| (dir.join(f), to)))
+            .collect();
         let res = tokio::task::spawn_blocking(move || {
             r.add(entry, &onnx, &card)?;
+            let folder = r.model_path(&id).with_file_name("");
+            for (from, to) in extras {
+                let dst = folder.join(to);
+                std::fs::copy(&from, &dst).map_err(|e| {
+                    crate::retrain::registry::RegistryError::Io {
+                        path: dst.clone(),
+                        source: e,
+                    }
+                })?;
+            }
             r.promote(&id)
         })
         .await;

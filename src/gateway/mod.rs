@@ -437,6 +437,8 @@ impl GatewayBuilder {
                     link: link.clone(),
                     serving: fleet_serving,
                     health: health.clone(),
+                    store: store.clone(),
+                    retrain: retrain_tx.clone(),
                 }
                 .run(fleet_rx, stop.clone()),
             )

@@ -4,8 +4,10 @@
 //! 1. **data** — the store's good-quality windows (most recent first, up to `max_windows`),
 //!    z-scored per sensor (one sensor = one wearer), and the self-reported labels on them;
 //! 2. **model** — the serving model (registry `current`, else the shipped one), the previous
-//!    round's pretext network if there is one, and the shipped model's replay pack
-//!    (`<model>.replay.bin`: a sample of its pretraining windows and its heads' labelled set);
+//!    round's pretext network if there is one, and the replay pack of the base it descends from
+//!    (`<model>.replay.bin` of the shipped model, or `replay.bin` of the fleet release the
+//!    serving model came from: a sample of its pretraining windows and its heads' labelled
+//!    set, see [`replay_for`]);
 //! 3. **train** — with a checkpoint after every pretext epoch in `<models_dir>/work/`; a round
 //!    that finds a checkpoint for the same parent model resumes from it (power cut, shutdown);
 //! 4. **gate** — the learning core's metric gate (not worse on held-out labelled windows and on
@@ -230,6 +232,27 @@ pub fn gather(store: &Store, heads: &[String], max: usize) -> Result<RoundData, 
     Ok(data)
 }
 
+/// The replay pack of the serving model's base: the nearest model in its lineage (itself,
+/// then its parents) whose registry folder holds a `replay.bin` — a fleet release installs
+/// one — else the shipped model's `<model>.replay.bin`. So rounds after a fleet update
+/// rehearse the new base's pretraining windows and labelled set, not the shipped one's.
+pub fn replay_for(registry: &Registry, shipped: &Path) -> PathBuf {
+    let mut id = registry.serving().ok().and_then(|(c, _)| c);
+    let mut hops = 0;
+    while let Some(cur) = id {
+        let p = registry.model_path(&cur).with_file_name("replay.bin");
+        if p.exists() {
+            return p;
+        }
+        hops += 1;
+        id = match registry.get(&cur) {
+            Ok(e) if e.parent != SHIPPED && hops < 64 => Some(e.parent),
+            _ => None,
+        };
+    }
+    ReplayPack::path_for(shipped)
+}
+
 /// A staged round: its data are in `<models_dir>/work/input.bin`, its identity in
 /// `work/round.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -383,7 +406,7 @@ pub fn run_staged(
             .map(|w| (w.window, w.labels))
             .collect(),
     };
-    let pack = ReplayPack::load(&ReplayPack::path_for(shipped))?;
+    let pack = ReplayPack::load(&replay_for(registry, shipped))?;
     let (windows, labelled) = (data.unlabelled.len(), data.user_labelled.len());
     let id = st.id.clone();
     let ckpt_path = work.join("checkpoint.bin");

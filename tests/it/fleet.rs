@@ -584,3 +584,131 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Personalisation survives a base update: a gateway whose store holds the wearer's
+/// self-reports installs a release (here from a repository folder, as an air-gapped install
+/// would) and then runs a retraining round *on the new base* — the release's model, its
+/// pretext network and its replay pack — that re-fits the heads on those self-reports and is
+/// gated like every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_update_re_fits_the_heads_on_the_new_base_with_the_wearers_self_reports() {
+    let Some(data) = crate::util::shared_data() else {
+        return;
+    };
+    let Some(mq) = crate::util::Mosquitto::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let s = |p: &Path| p.display().to_string();
+    let (repo, keys) = (t.join("repo"), t.join("keys"));
+    fleet(&["init", "--repo", &s(&repo), "--keys", &s(&keys)]);
+    let pinned = t.join("pinned-root.json");
+    std::fs::copy(repo.join("metadata/root.json"), &pinned).unwrap();
+    let pack = t.join("arousal-v3");
+    ok(Command::new(env!("CARGO_BIN_EXE_affectgate"))
+        .args(["model", "release", "--name", "arousal-v3", "--version", "3", "--model"])
+        .arg(crate::util::repo().join("models/affectgate-arousal-v2.onnx"))
+        .arg("--out")
+        .arg(&pack));
+    fleet(&["release", "--repo", &s(&repo), "--keys", &s(&keys), "--from", &s(&pack)]);
+
+    // Run 1: the recording once into the store, then a self-report on every window.
+    let mut cfg = crate::util::gateway_config("gwp", mq.port, &t.join("store"));
+    cfg.mqtt.discovery = false;
+    cfg.retrain.enabled = false;
+    cfg.retrain.models_dir = t.join("models-local");
+    cfg.sensors = vec![crate::util::replay_sensor(
+        "polar",
+        &data.join("polar-h10/polar_h10_ecg.csv"),
+        false,
+    )];
+    affectgate::gateway::GatewayBuilder::new(cfg.clone())
+        .run(std::future::pending())
+        .await
+        .unwrap();
+    let labelled = {
+        let store =
+            affectgate::store::Store::open(&cfg.store.path, affectgate::store::Retention::KEEP_ALL)
+                .unwrap();
+        let starts: Vec<i64> = store
+            .range("polar", i64::MIN, i64::MAX)
+            .map(|w| w.unwrap().window.start_ns)
+            .collect();
+        for (k, t) in starts.iter().enumerate() {
+            let v = if k % 2 == 0 { 0.2 } else { 0.8 };
+            store.set_labels("polar", *t, &[("arousal".into(), v)]).unwrap();
+        }
+        store.flush().unwrap();
+        starts.len() as u64
+    };
+
+    // Run 2: looping, fleet on (the repository folder), retraining on but only on request
+    // (tiny rounds).
+    if let SourceConfig::Replay { looped, .. } = &mut cfg.sensors[0].source {
+        *looped = true;
+    }
+    cfg.retrain.enabled = true;
+    cfg.retrain.interval_h = 1000.0;
+    cfg.retrain.min_new_windows = 1_000_000;
+    cfg.retrain.pretext_epochs = 1;
+    cfg.retrain.max_steps_per_epoch = Some(2);
+    cfg.retrain.max_windows = 200;
+    cfg.fleet = FleetConfig {
+        enabled: true,
+        repository: s(&repo),
+        root: pinned.clone(),
+        health_windows: 3,
+        health_timeout_s: 60,
+        ..FleetConfig::default()
+    };
+    let rec = Recorder::start(mq.port, &["affectgate/gwp/fleet", "affectgate/gwp/retrain"]).await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let gw = tokio::spawn(
+        affectgate::gateway::GatewayBuilder::new(cfg.clone())
+            .retrain_worker(Path::new(env!("CARGO_BIN_EXE_affectgate")))
+            .run(async move {
+                let _ = stop_rx.await;
+            }),
+    );
+    fleet(&[
+        "rollout", "--broker", &format!("127.0.0.1:{}", mq.port), "--release", "arousal-v3",
+        "--waves", "100", "--wave-delay", "0",
+    ]);
+    let verdict = |m: &[Msg]| {
+        m.iter()
+            .filter(|m| m.topic == "affectgate/gwp/retrain")
+            .filter_map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).ok())
+            .find(|s| ["promoted", "rejected", "failed"].contains(&s["state"].as_str().unwrap_or("")))
+    };
+    let done = rec
+        .wait_for(Duration::from_secs(300), |m| verdict(m).is_some())
+        .await;
+    let _ = stop_tx.send(());
+    gw.await.unwrap().unwrap();
+    let msgs = rec.messages();
+    let st = last_status(&msgs, "gwp").unwrap();
+    assert_eq!(st.state, "succeeded", "{st:?}");
+    let why = st.reason.unwrap();
+    assert!(
+        why.contains(&format!(
+            "{labelled} self-reported windows: a retraining round re-fits the heads on the new base"
+        )),
+        "{why}"
+    );
+    assert!(done, "no retraining verdict");
+    let v = verdict(&msgs).unwrap();
+    assert_ne!(v["state"], "failed", "{v}");
+    let report = &v["report"];
+    assert_eq!(report["id"], "r0001", "{report}");
+    assert!(report["labelled"].as_u64().unwrap() > 0, "{report}");
+    // The round started from the release (the new base), with its pretext network and
+    // replay pack beside it in the registry.
+    let registry = affectgate::retrain::registry::Registry::open(&cfg.retrain.models_dir);
+    assert_eq!(registry.get("r0001").unwrap().parent, "arousal-v3");
+    let base = cfg.retrain.models_dir.join("arousal-v3");
+    for f in ["model.onnx", "pretext.onnx", "replay.bin"] {
+        assert!(base.join(f).exists(), "{f} beside the release's model");
+    }
+    assert!(report["before"]["pretext_accuracy"].is_number(), "{report}");
+}
