@@ -167,6 +167,11 @@ pub fn client_options(cfg: &MqttConfig, tls: Option<&TlsFiles>, client_id: &str)
         o.set_credentials(u.clone(), p.clone());
     }
     if let Some(t) = tls {
+        // rumqttc builds its rustls config with the process-wide crypto provider. Two are
+        // compiled in (ring, which this crate picks; aws-lc-rs, which `tough` switches on for
+        // the fleet's signatures), and with two rustls refuses to guess: name ring, once.
+        // Err only means a provider is already installed.
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
         o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
             ca: t.ca.clone(),
             alpn: None,
