@@ -146,6 +146,17 @@ def main():
         text = text.replace('models_dir = "models-local"', f'models_dir = "{d}/models-local"')
         text = text.replace("[retrain]\nenabled = false", "[retrain]\nenabled = true")
         text = text.replace("min_new_windows = 1000", "min_new_windows = 1000000")
+        # Fleet updates on (the update entity), with a plan whose wave starts tomorrow: the
+        # gateway waits, nothing is downloaded (the repository is never contacted), and Home
+        # Assistant shows an update available.
+        root = os.path.join(d, "fleet-root.json")
+        with open(root, "w") as f:
+            f.write("{}")
+        text = text.replace("[fleet]\nenabled = false", "[fleet]\nenabled = true\n"
+                            f'repository = "http://127.0.0.1:9/repo"\nroot = "{root}"')
+        plan = {"channel": "stable", "release": "arousal-v3", "canaries": [], "waves": [100],
+                "wave_delay_s": 0, "max_failures": 1, "started_s": int(time.time()) + 86400}
+        pub("affectgate/fleet/stable/plan", json.dumps(plan), retain=True)
         # The shipped [[sensors]] tables (header, id, source) give way to one replayed strap.
         lines, skip = [], False
         for line in text.splitlines():
@@ -205,6 +216,7 @@ def main():
         expected |= {f"button.affectgate_{GW}_{w}" for w in
                      ["retrain_now", "reload_configuration", "roll_back_model", "flush_outbox"]}
         expected |= {f"switch.affectgate_{GW}_automatic_retraining"}
+        expected |= {f"update.affectgate_{GW}_model_update"}
         expected |= {e.replace("_polar_", "_chest_2_") for e in expected if "_polar_" in e}
         check(ids == expected, f"entity ids as documented ({len(expected)}); "
               f"missing {sorted(expected - ids)}, unexpected {sorted(ids - expected)}")
@@ -239,6 +251,21 @@ def main():
         check(bool(mv) and mv.startswith("affectgate-arousal"), f"model version ({mv})")
         check(st(f"sensor.affectgate_{GW}_retraining") in ["idle", "waiting"],
               f"retraining state ({st(f'sensor.affectgate_{GW}_retraining')})")
+        # The update entity's last recorded state and attributes (the recorder keeps them).
+        db = sqlite3.connect(os.path.join(cfg, "home-assistant_v2.db"))
+        row = db.execute(
+            "SELECT s.state, a.shared_attrs FROM states s "
+            "JOIN states_meta m ON s.metadata_id = m.metadata_id "
+            "LEFT JOIN state_attributes a ON s.attributes_id = a.attributes_id "
+            "WHERE m.entity_id = ? AND s.state NOT IN ('unavailable', 'unknown') "
+            "ORDER BY s.last_updated_ts DESC LIMIT 1",
+            (f"update.affectgate_{GW}_model_update",)).fetchone()
+        db.close()
+        ust, ua = (row[0], json.loads(row[1] or "{}")) if row else (None, {})
+        check(ust == "on" and ua.get("installed_version") == "shipped"
+              and ua.get("latest_version") == "arousal-v3",
+              f"update entity: arousal-v3 available over shipped ({ust}, "
+              f"{ua.get('installed_version')} -> {ua.get('latest_version')})")
         le = st(f"sensor.affectgate_{GW}_last_input_error") or ""
         check("r0404" in le, f"the refused promote answered in Last input error ({le[:80]!r})")
         # Every WARNING/ERROR line, except two about this machine's missing C libraries.

@@ -32,6 +32,10 @@
 //! retrain/  (`mqtt::topics`), Home Assistant discovery, inputs; retrain: the scheduler, the
 //!   │       worker process, the model registry. Retraining reports its status on a channel;
 //!   │       the gateway publishes it.
+//! fleet/    signed model releases: rollout plans and statuses, the release format (always, so
+//!   │       the operator's `fleet/` crate shares them), the TUF client and its HTTP transport
+//!   │       (`tuf`), release packing and the gateway's agent: wave → download → checks →
+//!   │       self-test → registry promote → health window → succeeded or rolled back.
 //! config    the one configuration: assembles each component's own config struct and checks,
 //!   │       resolves relative paths once.
 //! gateway/  the long-running process: ingest (per-sensor tasks) → scorer thread → sink
@@ -42,9 +46,9 @@
 //! the library: `run`, `demo`, `store`, `scan`, `model`, `pretrain`, `finetune`, `eval`,
 //! `infer`, `experiment`, `personalise`, `bench` (and the internal `retrain-worker`).
 //!
-//! Cargo features follow the layers: none = `dsp` + `model` (+ helpers); `onnx` adds ONNX
-//! read/write; `infer`, `source`, `learn`, `gateway` add those modules; `cli` (default) builds
-//! the binary.
+//! Cargo features follow the layers: none = `dsp` + `model` (+ helpers, and the fleet's plans
+//! and release format); `onnx` adds ONNX read/write; `tuf` the fleet's TUF client; `infer`,
+//! `source`, `learn`, `gateway` add those modules; `cli` (default) builds the binary.
 //!
 //! ## Decisions worth knowing
 //! - **One window type** ([`dsp::Window`], 2560 samples at 256 Hz) and one preprocessing path

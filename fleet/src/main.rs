@@ -167,12 +167,14 @@ fn now_s() -> u64 {
 }
 
 /// Every file of a release folder, and the name its release.json gives.
-fn release_folder(dir: &std::path::Path) -> Result<(String, Vec<PathBuf>), affectgate_fleet::FleetError> {
+fn release_folder(
+    dir: &std::path::Path,
+) -> Result<(String, Vec<PathBuf>), affectgate_fleet::FleetError> {
     use affectgate_fleet::FleetError;
     let mf = dir.join(affectgate_fleet::release::MANIFEST);
     let text = std::fs::read(&mf).map_err(|e| FleetError::io(&mf, e))?;
-    let m: affectgate_fleet::release::ReleaseManifest =
-        serde_json::from_slice(&text).map_err(|e| FleetError::Invalid(format!("{}: {e}", mf.display())))?;
+    let m: affectgate_fleet::release::ReleaseManifest = serde_json::from_slice(&text)
+        .map_err(|e| FleetError::Invalid(format!("{}: {e}", mf.display())))?;
     let mut files = Vec::new();
     for e in std::fs::read_dir(dir).map_err(|e| FleetError::io(dir, e))? {
         let p = e.map_err(|e| FleetError::io(dir, e))?.path();

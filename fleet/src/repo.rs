@@ -437,16 +437,15 @@ pub async fn rollback(
 ) -> Result<ReleaseManifest, FleetError> {
     let r = own(repo).await?;
     let all = manifests_of(&r).await?;
-    let old = all
-        .iter()
-        .find(|m| m.name == to)
-        .cloned()
-        .ok_or_else(|| {
-            FleetError::Invalid(format!(
-                "--to {to:?}: no such release (releases: {})",
-                all.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
-            ))
-        })?;
+    let old = all.iter().find(|m| m.name == to).cloned().ok_or_else(|| {
+        FleetError::Invalid(format!(
+            "--to {to:?}: no such release (releases: {})",
+            all.iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
     let top = all
         .iter()
         .filter(|m| m.channel == old.channel)

@@ -37,9 +37,15 @@ fn release_files(dir: &Path, name: &str, version: u64) -> Vec<PathBuf> {
 async fn released(dir: &Path) -> (PathBuf, PathBuf) {
     let (r, k) = (dir.join("repo"), dir.join("keys"));
     repo::init(&r, &k, Expiry::default()).await.unwrap();
-    repo::release(&r, &k, "arousal-v2", &release_files(dir, "arousal-v2", 2), Expiry::default())
-        .await
-        .unwrap();
+    repo::release(
+        &r,
+        &k,
+        "arousal-v2",
+        &release_files(dir, "arousal-v2", 2),
+        Expiry::default(),
+    )
+    .await
+    .unwrap();
     (r, k)
 }
 
@@ -177,9 +183,15 @@ async fn older_metadata_after_newer_is_a_rollback_and_refused() {
     let (r, k) = (dir.path().join("repo"), dir.path().join("keys"));
     repo::init(&r, &k, Expiry::default()).await.unwrap();
     let old_timestamp = std::fs::read(repo::metadata_dir(&r).join("timestamp.json")).unwrap();
-    repo::release(&r, &k, "arousal-v2", &release_files(dir.path(), "arousal-v2", 2), Expiry::default())
-        .await
-        .unwrap();
+    repo::release(
+        &r,
+        &k,
+        "arousal-v2",
+        &release_files(dir.path(), "arousal-v2", 2),
+        Expiry::default(),
+    )
+    .await
+    .unwrap();
     // A gateway sees version 2 (its datastore remembers it) …
     let store = dir.path().join("gateway-datastore");
     std::fs::create_dir_all(&store).unwrap();
@@ -293,9 +305,15 @@ async fn root_rotation_is_followed_from_the_pinned_root_and_a_forged_one_refused
     assert!(k.join("root-v1.pk8").exists(), "the old root key is kept");
     let loaded = client::load(&pinned, &r, None, Safe).await.unwrap();
     assert_eq!(loaded.root().signed.version.get(), 2);
-    repo::release(&r, &k, "arousal-v3", &release_files(dir.path(), "arousal-v3", 3), Expiry::default())
-        .await
-        .unwrap();
+    repo::release(
+        &r,
+        &k,
+        "arousal-v3",
+        &release_files(dir.path(), "arousal-v3", 3),
+        Expiry::default(),
+    )
+    .await
+    .unwrap();
     let loaded = client::load(&pinned, &r, None, Safe).await.unwrap();
     assert!(
         client::read_target(&loaded, "arousal-v3/affectgate-arousal-v2.onnx")
@@ -393,37 +411,68 @@ async fn a_release_needs_a_manifest_with_a_higher_version_and_rollback_republish
         .await
         .unwrap_err();
     assert!(err_text(e).contains("no release.json"));
-    let e = repo::release(&r, &k, "other", &release_files(dir.path(), "arousal-v9", 9), Expiry::default())
-        .await
-        .unwrap_err();
+    let e = repo::release(
+        &r,
+        &k,
+        "other",
+        &release_files(dir.path(), "arousal-v9", 9),
+        Expiry::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(err_text(e).contains("name \"arousal-v9\", but the release is called \"other\""));
-    let e = repo::release(&r, &k, "arousal-v1", &release_files(dir.path(), "arousal-v1", 1), Expiry::default())
-        .await
-        .unwrap_err();
+    let e = repo::release(
+        &r,
+        &k,
+        "arousal-v1",
+        &release_files(dir.path(), "arousal-v1", 1),
+        Expiry::default(),
+    )
+    .await
+    .unwrap_err();
     let text = err_text(e);
     assert!(
         text.contains("version 1 is not above arousal-v2 (version 2)"),
         "{text}"
     );
-    repo::release(&r, &k, "arousal-v3", &release_files(dir.path(), "arousal-v3", 3), Expiry::default())
-        .await
-        .unwrap();
+    repo::release(
+        &r,
+        &k,
+        "arousal-v3",
+        &release_files(dir.path(), "arousal-v3", 3),
+        Expiry::default(),
+    )
+    .await
+    .unwrap();
     let m = repo::rollback(&r, &k, "arousal-v2", "arousal-v4", Expiry::default())
         .await
         .unwrap();
     assert_eq!((m.name.as_str(), m.version), ("arousal-v4", 4));
     assert_eq!(m.rollback_of.as_deref(), Some("arousal-v2"));
-    let loaded = client::load(&repo::root_path(&r), &r, None, Safe).await.unwrap();
+    let loaded = client::load(&repo::root_path(&r), &r, None, Safe)
+        .await
+        .unwrap();
     for f in model_files() {
         let file = f.file_name().unwrap().to_str().unwrap();
         assert_eq!(
-            client::read_target(&loaded, &format!("arousal-v4/{file}")).await.unwrap(),
-            client::read_target(&loaded, &format!("arousal-v2/{file}")).await.unwrap(),
+            client::read_target(&loaded, &format!("arousal-v4/{file}"))
+                .await
+                .unwrap(),
+            client::read_target(&loaded, &format!("arousal-v2/{file}"))
+                .await
+                .unwrap(),
             "{file}"
         );
     }
-    let versions: Vec<u64> = repo::manifests(&r).await.unwrap().iter().map(|m| m.version).collect();
+    let versions: Vec<u64> = repo::manifests(&r)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.version)
+        .collect();
     assert_eq!(versions, [2, 3, 4]);
-    let e = repo::rollback(&r, &k, "arousal-v9", "x", Expiry::default()).await.unwrap_err();
+    let e = repo::rollback(&r, &k, "arousal-v9", "x", Expiry::default())
+        .await
+        .unwrap_err();
     assert!(err_text(e).contains("no such release (releases: arousal-v2, arousal-v3, arousal-v4)"));
 }

@@ -201,7 +201,13 @@ impl Runner {
             .and_then(|p| p.validate().map(|()| p))
         {
             Ok(p) if p.channel != self.agent.cfg.channel => {
-                self.error(&topic, &format!("plan for channel {:?} on this channel's topic; ignored", p.channel));
+                self.error(
+                    &topic,
+                    &format!(
+                        "plan for channel {:?} on this channel's topic; ignored",
+                        p.channel
+                    ),
+                );
             }
             Ok(p) => {
                 if self.plan.as_ref().map(|q| &q.release) != Some(&p.release) {
@@ -231,7 +237,9 @@ impl Runner {
     fn error(&self, topic: &str, msg: &str) {
         tracing::warn!(topic, "{msg}");
         let m = crate::mqtt::inputs::error_json(Some(topic), None, msg);
-        self.agent.link.send(self.agent.link.topics().error(), m.into_bytes());
+        self.agent
+            .link
+            .send(self.agent.link.topics().error(), m.into_bytes());
     }
 
     /// Publish a status (retained) when it differs from the last one.
@@ -268,9 +276,7 @@ impl Runner {
     fn publish_update(&self, state: &str) {
         let installed = self.installed_name().unwrap_or_else(|| "shipped".into());
         let latest = match &self.plan {
-            Some(p) if p.halted.is_none() && !self.finished_badly(&p.release) => {
-                p.release.clone()
-            }
+            Some(p) if p.halted.is_none() && !self.finished_badly(&p.release) => p.release.clone(),
             _ => installed.clone(),
         };
         let in_progress = matches!(state, "downloading" | "self_test" | "health");
@@ -396,7 +402,10 @@ impl Runner {
             let now = now_ns();
             let next = crate::retrain::scheduler::next_in_window(now, win);
             if next > now {
-                let why = format!("outside the maintenance window {w} (UTC); next start {}", rfc3339_s(next));
+                let why = format!(
+                    "outside the maintenance window {w} (UTC); next start {}",
+                    rfc3339_s(next)
+                );
                 return self.report("waiting", target, Some(why));
             }
         }
@@ -427,7 +436,10 @@ impl Runner {
         let name = p.release.clone();
         let target = Some(name.clone());
         if !super::release::is_release_name(&name) {
-            return Err(Stop::Final("refused", format!("release name {name:?} is not a plain folder name")));
+            return Err(Stop::Final(
+                "refused",
+                format!("release name {name:?} is not a plain folder name"),
+            ));
         }
         self.report("downloading", target.clone(), None);
         let dir = self.agent.dir.join("releases").join(&name);
@@ -440,7 +452,10 @@ impl Runner {
         self.report(
             "health",
             target.clone(),
-            Some(format!("{version} serves; waiting for {} windows", self.agent.cfg.health_windows)),
+            Some(format!(
+                "{version} serves; waiting for {} windows",
+                self.agent.cfg.health_windows
+            )),
         );
         let verdict = self.health_window(&version, stop).await;
         match verdict {
@@ -496,32 +511,52 @@ impl Runner {
         let (meta, targets) =
             client::urls_for(&cfg.repository).map_err(|e| Stop::Final("refused", e.to_string()))?;
         let datastore = self.agent.dir.join("tuf");
-        std::fs::create_dir_all(&datastore).map_err(|e| Stop::Transient(format!("{}: {e}", datastore.display())))?;
+        std::fs::create_dir_all(&datastore)
+            .map_err(|e| Stop::Transient(format!("{}: {e}", datastore.display())))?;
         let classify = |e: FleetError| match e.is_transient() {
             true => Stop::Transient(format!("repository unreachable: {e}")),
             false => Stop::Final("refused", e.to_string()),
         };
-        let repo = client::load_urls(&cfg.root, meta, targets, Some(&datastore), tough::ExpirationEnforcement::Safe)
-            .await
-            .map_err(classify)?;
+        let repo = client::load_urls(
+            &cfg.root,
+            meta,
+            targets,
+            Some(&datastore),
+            tough::ExpirationEnforcement::Safe,
+        )
+        .await
+        .map_err(classify)?;
         if dir.exists() {
             let _ = std::fs::remove_dir_all(dir);
         }
         if let Some(parent) = dir.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Stop::Transient(format!("{}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Stop::Transient(format!("{}: {e}", parent.display())))?;
         }
-        client::fetch_release(&repo, name, dir).await.map_err(classify)
+        client::fetch_release(&repo, name, dir)
+            .await
+            .map_err(classify)
     }
 
-    fn check_manifest(&self, name: &str, dir: &Path, files: &[String]) -> Result<ReleaseManifest, Stop> {
+    fn check_manifest(
+        &self,
+        name: &str,
+        dir: &Path,
+        files: &[String],
+    ) -> Result<ReleaseManifest, Stop> {
         let refuse = |why: String| Stop::Final("refused", why);
         let path = dir.join(MANIFEST);
-        let text = std::fs::read(&path).map_err(|e| refuse(format!("release {name}: no {MANIFEST} ({e})")))?;
+        let text = std::fs::read(&path)
+            .map_err(|e| refuse(format!("release {name}: no {MANIFEST} ({e})")))?;
         let m: ReleaseManifest = serde_json::from_slice(&text)
             .map_err(|e| refuse(format!("release {name}: {MANIFEST}: {e}")))?;
-        m.validate(files).map_err(|e| refuse(format!("release {name}: {e}")))?;
+        m.validate(files)
+            .map_err(|e| refuse(format!("release {name}: {e}")))?;
         if m.name != name {
-            return Err(refuse(format!("release {name}: its {MANIFEST} says name {:?}", m.name)));
+            return Err(refuse(format!(
+                "release {name}: its {MANIFEST} says name {:?}",
+                m.name
+            )));
         }
         if m.channel != self.agent.cfg.channel {
             return Err(refuse(format!(
@@ -549,7 +584,12 @@ impl Runner {
         if card_path != dir.join(&m.card) {
             return Err(Stop::Final(
                 "refused",
-                format!("release {}: the card must be named {} beside {}", m.name, card_path.display(), m.model),
+                format!(
+                    "release {}: the card must be named {} beside {}",
+                    m.name,
+                    card_path.display(),
+                    m.model
+                ),
             ));
         }
         let golden_path = dir.join(&m.golden);
@@ -557,7 +597,8 @@ impl Runner {
         let name = m.name.clone();
         let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
             let golden: Golden = serde_json::from_slice(
-                &std::fs::read(&golden_path).map_err(|e| format!("{}: {e}", golden_path.display()))?,
+                &std::fs::read(&golden_path)
+                    .map_err(|e| format!("{}: {e}", golden_path.display()))?,
             )
             .map_err(|e| format!("{}: {e}", golden_path.display()))?;
             let mut model = Model::load(&model_path, &backend).map_err(|e| e.to_string())?;
@@ -571,7 +612,10 @@ impl Runner {
             }
             let got = super::pack::run_golden(
                 &mut model,
-                golden.windows.iter().map(|w| (w.samples.as_slice(), w.features.as_slice())),
+                golden
+                    .windows
+                    .iter()
+                    .map(|w| (w.samples.as_slice(), w.features.as_slice())),
             )?;
             golden.check(&got)
         })
@@ -581,9 +625,16 @@ impl Runner {
     }
 
     /// Register and promote; wait until the scorer serves it. Returns its model version.
-    async fn promote(&mut self, name: &str, dir: &Path, m: &ReleaseManifest) -> Result<String, Stop> {
-        let onnx = std::fs::read(dir.join(&m.model)).map_err(|e| Stop::Final("failed", e.to_string()))?;
-        let card = std::fs::read_to_string(dir.join(&m.card)).map_err(|e| Stop::Final("failed", e.to_string()))?;
+    async fn promote(
+        &mut self,
+        name: &str,
+        dir: &Path,
+        m: &ReleaseManifest,
+    ) -> Result<String, Stop> {
+        let onnx =
+            std::fs::read(dir.join(&m.model)).map_err(|e| Stop::Final("failed", e.to_string()))?;
+        let card = std::fs::read_to_string(dir.join(&m.card))
+            .map_err(|e| Stop::Final("failed", e.to_string()))?;
         let parent = self.agent.serving.borrow().id.clone();
         let entry = Entry {
             id: name.to_string(),
@@ -600,10 +651,11 @@ impl Runner {
         save_state(&self.agent.dir, &self.state);
         // The release's pretext network and replay pack go beside its model: retraining
         // rounds on this base continue from them (`retrain::round`).
-        let extras: Vec<(PathBuf, &'static str)> = [(&m.pretext, "pretext.onnx"), (&m.replay, "replay.bin")]
-            .into_iter()
-            .filter_map(|(f, to)| f.as_ref().map(|f| (dir.join(f), to)))
-            .collect();
+        let extras: Vec<(PathBuf, &'static str)> =
+            [(&m.pretext, "pretext.onnx"), (&m.replay, "replay.bin")]
+                .into_iter()
+                .filter_map(|(f, to)| f.as_ref().map(|f| (dir.join(f), to)))
+                .collect();
         let res = tokio::task::spawn_blocking(move || {
             r.add(entry, &onnx, &card)?;
             let folder = r.model_path(&id).with_file_name("");
@@ -643,29 +695,48 @@ impl Runner {
             Ok(Some(v)) => Ok(v),
             _ => Err(Stop::Final(
                 "rolled_back",
-                format!("{name} did not start serving within {} s (see the log for the load error)", SWAP_TIMEOUT.as_secs()),
+                format!(
+                    "{name} did not start serving within {} s (see the log for the load error)",
+                    SWAP_TIMEOUT.as_secs()
+                ),
             )),
         }
     }
 
-    async fn health_window(&self, version: &str, stop: &CancellationToken) -> Result<String, String> {
+    async fn health_window(
+        &self,
+        version: &str,
+        stop: &CancellationToken,
+    ) -> Result<String, String> {
         let n = self.agent.cfg.health_windows;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.agent.cfg.health_timeout_s);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(self.agent.cfg.health_timeout_s);
         loop {
             let (ok, bad) = self.agent.health.get(version);
             if bad > 0 {
-                return Err(format!("health window: {bad} of {} windows failed to score under {version}", ok + bad));
+                return Err(format!(
+                    "health window: {bad} of {} windows failed to score under {version}",
+                    ok + bad
+                ));
             }
             if ok >= n {
                 return Ok(format!("{version} scored {ok} windows without a failure"));
             }
             if self.agent.serving.borrow().version != version {
-                return Err(format!("{version} stopped serving during its health window"));
+                return Err(format!(
+                    "{version} stopped serving during its health window"
+                ));
             }
             if tokio::time::Instant::now() >= deadline {
                 return match ok {
-                    0 => Err(format!("health window: no window scored under {version} within {} s", self.agent.cfg.health_timeout_s)),
-                    _ => Ok(format!("{version} scored {ok} of {n} windows in {} s, none failed", self.agent.cfg.health_timeout_s)),
+                    0 => Err(format!(
+                        "health window: no window scored under {version} within {} s",
+                        self.agent.cfg.health_timeout_s
+                    )),
+                    _ => Ok(format!(
+                        "{version} scored {ok} of {n} windows in {} s, none failed",
+                        self.agent.cfg.health_timeout_s
+                    )),
                 };
             }
             tokio::select! {
@@ -684,7 +755,10 @@ fn load_state(dir: &Path) -> Persisted {
     let p = state_path(dir);
     match std::fs::read(&p) {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-            tracing::error!("{}: {e}; starting with no fleet state (the file is kept as .bad)", p.display());
+            tracing::error!(
+                "{}: {e}; starting with no fleet state (the file is kept as .bad)",
+                p.display()
+            );
             let _ = std::fs::rename(&p, p.with_extension("json.bad"));
             Persisted::default()
         }),
@@ -695,7 +769,9 @@ fn load_state(dir: &Path) -> Persisted {
 fn save_state(dir: &Path, st: &Persisted) {
     let p = state_path(dir);
     let bytes = serde_json::to_vec_pretty(st).expect("state serialises");
-    if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| crate::fs::atomic_write(&p, &bytes).map_err(std::io::Error::other)) {
+    if let Err(e) = std::fs::create_dir_all(dir)
+        .and_then(|()| crate::fs::atomic_write(&p, &bytes).map_err(std::io::Error::other))
+    {
         tracing::error!("{}: {e}", p.display());
     }
 }

@@ -31,7 +31,9 @@ pub fn urls_for(repository: &str) -> Result<(Url, Url), FleetError> {
     if repository.starts_with("http://") || repository.starts_with("https://") {
         urls_for_base(repository)
     } else {
-        urls_for_dir(Path::new(repository.strip_prefix("file://").unwrap_or(repository)))
+        urls_for_dir(Path::new(
+            repository.strip_prefix("file://").unwrap_or(repository),
+        ))
     }
 }
 

@@ -37,7 +37,8 @@ pub fn pack_release(spec: &PackSpec, out: &Path) -> Result<ReleaseManifest, Flee
     }
     let invalid = |e: String| FleetError::Invalid(e);
     ModelCard::load_for_model(&spec.model).map_err(|e| invalid(e.to_string()))?;
-    let mut model = Model::load(&spec.model, &Backend::Tract).map_err(|e| invalid(e.to_string()))?;
+    let mut model =
+        Model::load(&spec.model, &Backend::Tract).map_err(|e| invalid(e.to_string()))?;
     let golden = golden_for(&mut model).map_err(invalid)?;
     let stem = spec
         .model
@@ -61,7 +62,12 @@ pub fn pack_release(spec: &PackSpec, out: &Path) -> Result<ReleaseManifest, Flee
         replay: replay.exists().then(|| "replay.bin".into()),
         rollback_of: None,
     };
-    let mut files = vec![m.model.clone(), m.card.clone(), m.golden.clone(), MANIFEST.to_string()];
+    let mut files = vec![
+        m.model.clone(),
+        m.card.clone(),
+        m.golden.clone(),
+        MANIFEST.to_string(),
+    ];
     files.extend(m.pretext.iter().cloned());
     files.extend(m.replay.iter().cloned());
     m.validate(&files).map_err(invalid)?;
@@ -84,8 +90,14 @@ pub fn pack_release(spec: &PackSpec, out: &Path) -> Result<ReleaseManifest, Flee
     let write = |name: &str, bytes: Vec<u8>| {
         std::fs::write(tmp.join(name), bytes).map_err(|e| FleetError::io(&tmp.join(name), e))
     };
-    write(&m.golden, serde_json::to_vec(&golden).expect("golden serialises"))?;
-    write(MANIFEST, serde_json::to_vec_pretty(&m).expect("manifest serialises"))?;
+    write(
+        &m.golden,
+        serde_json::to_vec(&golden).expect("golden serialises"),
+    )?;
+    write(
+        MANIFEST,
+        serde_json::to_vec_pretty(&m).expect("manifest serialises"),
+    )?;
     std::fs::rename(&tmp, out).map_err(|e| FleetError::io(out, e))?;
     Ok(m)
 }
@@ -99,8 +111,14 @@ pub fn run_golden<'a>(
     inputs
         .into_iter()
         .map(|(samples, feats)| {
-            let s = model.run_with(samples, feats, 1).map_err(|e| e.to_string())?;
-            Ok(heads.iter().cloned().zip(s.values[0].iter().copied()).collect())
+            let s = model
+                .run_with(samples, feats, 1)
+                .map_err(|e| e.to_string())?;
+            Ok(heads
+                .iter()
+                .cloned()
+                .zip(s.values[0].iter().copied())
+                .collect())
         })
         .collect()
 }
@@ -109,11 +127,16 @@ pub fn run_golden<'a>(
 pub fn golden_for(model: &mut Model) -> Result<Golden, String> {
     let features = model.feature_names().to_vec();
     let inputs = Golden::inputs(GOLDEN_WINDOWS, &features, 0x601d);
-    let outputs = run_golden(model, inputs.iter().map(|(s, f)| (s.as_slice(), f.as_slice())))?;
+    let outputs = run_golden(
+        model,
+        inputs.iter().map(|(s, f)| (s.as_slice(), f.as_slice())),
+    )?;
     let mut windows = Vec::new();
     for ((samples, feats), expected) in inputs.into_iter().zip(outputs) {
         if let Some((h, v)) = expected.iter().find(|(_, v)| !v.is_finite()) {
-            return Err(format!("the model outputs {h} = {v} on a golden window; not releasable"));
+            return Err(format!(
+                "the model outputs {h} = {v} on a golden window; not releasable"
+            ));
         }
         windows.push(GoldenWindow {
             samples,

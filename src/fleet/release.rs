@@ -243,7 +243,11 @@ mod tests {
         m.min_gateway = "0.2.0".into();
         let why = m.too_new_for("0.1.9").unwrap();
         assert!(why.contains("needs gateway 0.2.0 or newer; this gateway is 0.1.9"));
-        assert_eq!(m.too_new_for("0.2.0-rc.1"), None, "pre-release suffix ignored");
+        assert_eq!(
+            m.too_new_for("0.2.0-rc.1"),
+            None,
+            "pre-release suffix ignored"
+        );
     }
 
     #[test]
@@ -272,6 +276,9 @@ mod tests {
         assert!(e.starts_with("golden window 1: arousal = 0.5003"), "{e}");
         let e = g.check(&[exp(0.5), exp(f32::NAN), exp(0.5)]).unwrap_err();
         assert!(e.contains("not finite"), "{e}");
-        assert!(g.check(&[exp(0.5)]).unwrap_err().contains("1 outputs for 3"));
+        assert!(g
+            .check(&[exp(0.5)])
+            .unwrap_err()
+            .contains("1 outputs for 3"));
     }
 }

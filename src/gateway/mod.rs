@@ -55,8 +55,8 @@ use tokio_util::sync::CancellationToken;
 
 use self::sensor::{ProcessedWindow, SensorPipeline};
 use crate::config::Config;
-use crate::fleet::agent::{Agent, FleetInput, Health};
 use crate::dsp::WINDOW_LEN;
+use crate::fleet::agent::{Agent, FleetInput, Health};
 use crate::infer::{Backend, InferError, Model};
 use crate::mqtt::discovery::{self, DiscoveryInput};
 use crate::mqtt::inputs::{self, Command, Input};
@@ -368,7 +368,17 @@ impl GatewayBuilder {
             .spawn({
                 let stop = stop.clone();
                 let health = health.clone();
-                move || scorer_loop(model, scorer_version, win_rx, scored_tx, swap_rx, health, stop)
+                move || {
+                    scorer_loop(
+                        model,
+                        scorer_version,
+                        win_rx,
+                        scored_tx,
+                        swap_rx,
+                        health,
+                        stop,
+                    )
+                }
             })
             .map_err(|e| GatewayError::Task(e.to_string()))?;
         // Registry watcher: a promotion or rollback (by a retraining round or `affectgate

@@ -241,7 +241,10 @@ pub(super) fn scorer_loop(
             // failed when inference failed or gave a non-finite output.
             for k in 0..n {
                 let s = &scores[idx[done + k]];
-                health.record(&version, !s.is_empty() && s.iter().all(|(_, v)| v.is_finite()));
+                health.record(
+                    &version,
+                    !s.is_empty() && s.iter().all(|(_, v)| v.is_finite()),
+                );
             }
             done += n;
         }

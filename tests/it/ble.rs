@@ -688,7 +688,7 @@ async fn strap_without_pmd_falls_back_to_heart_rate_summaries() {
         .iter()
         .filter(|m| !m.payload.is_empty())
         .map(|m| serde_json::from_slice::<Value>(&m.payload).unwrap()["device"].clone())
-        .last()
+        .next_back()
         .expect("the strap's heart-rate entity announced");
     assert_eq!(device["manufacturer"], "Polar Electro Oy", "{device}");
     assert_eq!(device["model"], "H10", "{device}");

@@ -36,7 +36,15 @@ fn fleet_bin() -> PathBuf {
         let out = Command::new("nice")
             .args(["-n", "19"])
             .arg(env!("CARGO"))
-            .args(["build", "--release", "-j", "1", "--bin", "affectgate-fleet", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "-j",
+                "1",
+                "--bin",
+                "affectgate-fleet",
+                "--manifest-path",
+            ])
             .arg(crate::util::repo().join("fleet/Cargo.toml"))
             .env("CARGO_TARGET_DIR", fleet_target())
             .output()
@@ -311,11 +319,26 @@ async fn releases_roll_out_to_five_gateway_processes_and_every_refusal_holds() {
         out
     };
     let publish = |dir: &Path| {
-        fleet(&["release", "--repo", &s(&repo), "--keys", &s(&keys), "--from", &s(dir)]);
+        fleet(&[
+            "release",
+            "--repo",
+            &s(&repo),
+            "--keys",
+            &s(&keys),
+            "--from",
+            &s(dir),
+        ]);
     };
     let rollout = |release: &str, canary: &str, waves: &str, delay: &str| {
         let mut a = vec!["rollout", "--broker", &broker, "--release", release];
-        a.extend_from_slice(&["--waves", waves, "--wave-delay", delay, "--max-failures", "1"]);
+        a.extend_from_slice(&[
+            "--waves",
+            waves,
+            "--wave-delay",
+            delay,
+            "--max-failures",
+            "1",
+        ]);
         if !canary.is_empty() {
             a.extend_from_slice(&["--canary", canary]);
         }
@@ -357,8 +380,13 @@ async fn releases_roll_out_to_five_gateway_processes_and_every_refusal_holds() {
     // 1. Canary g1, then waves of 50 % and 100 %, 6 s apart.
     rollout("arousal-v3", "g1", "50,100", "6");
     assert!(
-        rec.wait_for(Duration::from_secs(180), |m| all_in(m, first4, "arousal-v3", "succeeded"))
-            .await,
+        rec.wait_for(Duration::from_secs(180), |m| all_in(
+            m,
+            first4,
+            "arousal-v3",
+            "succeeded"
+        ))
+        .await,
         "rollout of arousal-v3:\n{}",
         describe(&rec, first4)
     );
@@ -404,23 +432,44 @@ async fn releases_roll_out_to_five_gateway_processes_and_every_refusal_holds() {
     for g in first4 {
         let st = states(&msgs, g);
         assert!(
-            st.windows(2).all(|w| w[1].window_start_ms > w[0].window_start_ms),
+            st.windows(2)
+                .all(|w| w[1].window_start_ms > w[0].window_start_ms),
             "{g}: windows out of order or repeated"
         );
-        assert!(st.first().unwrap().model.starts_with("affectgate-arousal-v2@"), "{g}");
+        assert!(
+            st.first()
+                .unwrap()
+                .model
+                .starts_with("affectgate-arousal-v2@"),
+            "{g}"
+        );
         assert!(st.last().unwrap().model.starts_with("arousal-v3@"), "{g}");
     }
     // Every download was cut half-way by the server, and resumed.
     let log = server.log();
-    let cuts = log.lines().filter(|l| l.starts_with("cut targets/")).count();
-    let resumed = log.lines().filter(|l| l.starts_with("206 targets/")).count();
-    assert!(cuts >= 4 && resumed >= cuts, "cuts {cuts}, resumed {resumed}:\n{log}");
+    let cuts = log
+        .lines()
+        .filter(|l| l.starts_with("cut targets/"))
+        .count();
+    let resumed = log
+        .lines()
+        .filter(|l| l.starts_with("206 targets/"))
+        .count();
+    assert!(
+        cuts >= 4 && resumed >= cuts,
+        "cuts {cuts}, resumed {resumed}:\n{log}"
+    );
     // Home Assistant's update entity: announced, and says what is installed.
     assert!(msgs
         .iter()
         .any(|m| m.topic == "homeassistant/update/affectgate_g2/model_update/config"));
     let up: serde_json::Value = serde_json::from_slice(
-        &msgs.iter().rev().find(|m| m.topic == "affectgate/g2/update").unwrap().payload,
+        &msgs
+            .iter()
+            .rev()
+            .find(|m| m.topic == "affectgate/g2/update")
+            .unwrap()
+            .payload,
     )
     .unwrap();
     assert_eq!(up["installed_version"], "arousal-v3");
@@ -433,8 +482,13 @@ async fn releases_roll_out_to_five_gateway_processes_and_every_refusal_holds() {
     // 2. g5 was offline; it starts after the rollout and catches up (its wave has passed).
     gws[4].start();
     assert!(
-        rec.wait_for(Duration::from_secs(90), |m| all_in(m, &["g5"], "arousal-v3", "succeeded"))
-            .await,
+        rec.wait_for(Duration::from_secs(90), |m| all_in(
+            m,
+            &["g5"],
+            "arousal-v3",
+            "succeeded"
+        ))
+        .await,
         "g5 catching up:\n{}",
         describe(&rec, &["g5"])
     );
@@ -444,7 +498,8 @@ async fn releases_roll_out_to_five_gateway_processes_and_every_refusal_holds() {
     //    and no gateway of the later wave installs it.
     let bad = pack("arousal-v4", 4, &[]);
     let gp = bad.join("golden.json");
-    let mut golden: serde_json::Value = serde_json::from_slice(&std::fs::read(&gp).unwrap()).unwrap();
+    let mut golden: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&gp).unwrap()).unwrap();
     let e = &mut golden["windows"][0]["expected"]["arousal"];
     *e = serde_json::json!(e.as_f64().unwrap() + 0.01);
     std::fs::write(&gp, golden.to_string()).unwrap();
@@ -452,15 +507,26 @@ async fn releases_roll_out_to_five_gateway_processes_and_every_refusal_holds() {
     let v4_started = now_s();
     rollout("arousal-v4", "g1", "100", "12");
     assert!(
-        rec.wait_for(Duration::from_secs(60), |m| all_in(m, &["g1"], "arousal-v4", "failed"))
-            .await,
+        rec.wait_for(Duration::from_secs(60), |m| all_in(
+            m,
+            &["g1"],
+            "arousal-v4",
+            "failed"
+        ))
+        .await,
         "canary self-test:\n{}",
         describe(&rec, &["g1"])
     );
     let why = last_status(&rec.messages(), "g1").unwrap().reason.unwrap();
-    assert!(why.contains("self-test of arousal-v4: golden window 0: arousal"), "{why}");
+    assert!(
+        why.contains("self-test of arousal-v4: golden window 0: arousal"),
+        "{why}"
+    );
     let table = fleet(&["status", "--broker", &broker]);
-    assert!(table.contains("HALTED: 1 of max 1 installs failed: g1"), "{table}");
+    assert!(
+        table.contains("HALTED: 1 of max 1 installs failed: g1"),
+        "{table}"
+    );
     // Past the start of wave 1 (12 s), with a margin for a gateway's 2 s plan check.
     while now_s() < v4_started + 16 {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -475,24 +541,44 @@ async fn releases_roll_out_to_five_gateway_processes_and_every_refusal_holds() {
         );
         let last = last_status(&msgs, g).unwrap();
         assert!(
-            last.reason.as_deref().unwrap_or("").starts_with("rollout halted"),
+            last.reason
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("rollout halted"),
             "{g}: {last:?}"
         );
     }
     for g in ids {
         let st = states(&msgs, g);
-        assert!(st.last().unwrap().model.starts_with("arousal-v3@"), "{g} still serves v3");
+        assert!(
+            st.last().unwrap().model.starts_with("arousal-v3@"),
+            "{g} still serves v3"
+        );
     }
 
     // 4. Fleet-wide rollback: arousal-v3's files again as arousal-v5 (a higher version), to
     //    every gateway at once.
     fleet(&[
-        "rollback", "--repo", &s(&repo), "--keys", &s(&keys), "--to", "arousal-v3", "--name",
-        "arousal-v5", "--broker", &broker,
+        "rollback",
+        "--repo",
+        &s(&repo),
+        "--keys",
+        &s(&keys),
+        "--to",
+        "arousal-v3",
+        "--name",
+        "arousal-v5",
+        "--broker",
+        &broker,
     ]);
     assert!(
-        rec.wait_for(Duration::from_secs(120), |m| all_in(m, &ids, "arousal-v5", "succeeded"))
-            .await,
+        rec.wait_for(Duration::from_secs(120), |m| all_in(
+            m,
+            &ids,
+            "arousal-v5",
+            "succeeded"
+        ))
+        .await,
         "rollback:\n{}",
         describe(&rec, &ids)
     );
@@ -514,29 +600,50 @@ async fn releases_roll_out_to_five_gateway_processes_and_every_refusal_holds() {
     // 5. Refusals, each at every gateway, the serving model untouched.
     let refused = |release: &str| {
         let release = release.to_string();
-        move |m: &[Msg]| ids.iter().all(|g| {
-            last_status(m, g).is_some_and(|s| s.target.as_deref() == Some(&release) && s.state == "refused")
-        })
+        move |m: &[Msg]| {
+            ids.iter().all(|g| {
+                last_status(m, g)
+                    .is_some_and(|s| s.target.as_deref() == Some(&release) && s.state == "refused")
+            })
+        }
     };
     // a) An old release re-announced: a downgrade.
     rollout("arousal-v3", "", "100", "0");
-    assert!(rec.wait_for(Duration::from_secs(60), refused("arousal-v3")).await, "{}", describe(&rec, &ids));
+    assert!(
+        rec.wait_for(Duration::from_secs(60), refused("arousal-v3"))
+            .await,
+        "{}",
+        describe(&rec, &ids)
+    );
     // b) A release for a newer gateway.
     publish(&pack("arousal-v6", 6, &["--min-gateway", "99.0.0"]));
     rollout("arousal-v6", "", "100", "0");
-    assert!(rec.wait_for(Duration::from_secs(60), refused("arousal-v6")).await, "{}", describe(&rec, &ids));
+    assert!(
+        rec.wait_for(Duration::from_secs(60), refused("arousal-v6"))
+            .await,
+        "{}",
+        describe(&rec, &ids)
+    );
     // c) A tampered artifact (one byte of the model on the server).
     publish(&pack("arousal-v7", 7, &[]));
     let target = walk(&repo.join("targets"))
         .into_iter()
-        .find(|p| p.display().to_string().contains("arousal-v7") && p.display().to_string().ends_with("model.onnx"))
+        .find(|p| {
+            p.display().to_string().contains("arousal-v7")
+                && p.display().to_string().ends_with("model.onnx")
+        })
         .expect("arousal-v7's model on the server");
     let mut bytes = std::fs::read(&target).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
     std::fs::write(&target, bytes).unwrap();
     rollout("arousal-v7", "", "100", "0");
-    assert!(rec.wait_for(Duration::from_secs(60), refused("arousal-v7")).await, "{}", describe(&rec, &ids));
+    assert!(
+        rec.wait_for(Duration::from_secs(60), refused("arousal-v7"))
+            .await,
+        "{}",
+        describe(&rec, &ids)
+    );
     let msgs = rec.messages();
     for (release, want) in [
         ("arousal-v3", "downgrade refused: release arousal-v3 has version 3, not above the installed arousal-v5 (version 5)"),
@@ -553,7 +660,14 @@ async fn releases_roll_out_to_five_gateway_processes_and_every_refusal_holds() {
         }
     }
     for g in ids {
-        assert!(states(&msgs, g).last().unwrap().model.starts_with("arousal-v5@"), "{g}");
+        assert!(
+            states(&msgs, g)
+                .last()
+                .unwrap()
+                .model
+                .starts_with("arousal-v5@"),
+            "{g}"
+        );
     }
 
     // 6. The root key is rotated; the gateways, pinned to root v1, follow the chain and
@@ -562,8 +676,13 @@ async fn releases_roll_out_to_five_gateway_processes_and_every_refusal_holds() {
     publish(&pack("arousal-v8", 8, &[]));
     rollout("arousal-v8", "", "100", "0");
     assert!(
-        rec.wait_for(Duration::from_secs(120), |m| all_in(m, &ids, "arousal-v8", "succeeded"))
-            .await,
+        rec.wait_for(Duration::from_secs(120), |m| all_in(
+            m,
+            &ids,
+            "arousal-v8",
+            "succeeded"
+        ))
+        .await,
         "after the root rotation:\n{}",
         describe(&rec, &ids)
     );
@@ -607,11 +726,27 @@ async fn a_fleet_update_re_fits_the_heads_on_the_new_base_with_the_wearers_self_
     std::fs::copy(repo.join("metadata/root.json"), &pinned).unwrap();
     let pack = t.join("arousal-v3");
     ok(Command::new(env!("CARGO_BIN_EXE_affectgate"))
-        .args(["model", "release", "--name", "arousal-v3", "--version", "3", "--model"])
+        .args([
+            "model",
+            "release",
+            "--name",
+            "arousal-v3",
+            "--version",
+            "3",
+            "--model",
+        ])
         .arg(crate::util::repo().join("models/affectgate-arousal-v2.onnx"))
         .arg("--out")
         .arg(&pack));
-    fleet(&["release", "--repo", &s(&repo), "--keys", &s(&keys), "--from", &s(&pack)]);
+    fleet(&[
+        "release",
+        "--repo",
+        &s(&repo),
+        "--keys",
+        &s(&keys),
+        "--from",
+        &s(&pack),
+    ]);
 
     // Run 1: the recording once into the store, then a self-report on every window.
     let mut cfg = crate::util::gateway_config("gwp", mq.port, &t.join("store"));
@@ -637,7 +772,9 @@ async fn a_fleet_update_re_fits_the_heads_on_the_new_base_with_the_wearers_self_
             .collect();
         for (k, t) in starts.iter().enumerate() {
             let v = if k % 2 == 0 { 0.2 } else { 0.8 };
-            store.set_labels("polar", *t, &[("arousal".into(), v)]).unwrap();
+            store
+                .set_labels("polar", *t, &[("arousal".into(), v)])
+                .unwrap();
         }
         store.flush().unwrap();
         starts.len() as u64
@@ -672,14 +809,23 @@ async fn a_fleet_update_re_fits_the_heads_on_the_new_base_with_the_wearers_self_
             }),
     );
     fleet(&[
-        "rollout", "--broker", &format!("127.0.0.1:{}", mq.port), "--release", "arousal-v3",
-        "--waves", "100", "--wave-delay", "0",
+        "rollout",
+        "--broker",
+        &format!("127.0.0.1:{}", mq.port),
+        "--release",
+        "arousal-v3",
+        "--waves",
+        "100",
+        "--wave-delay",
+        "0",
     ]);
     let verdict = |m: &[Msg]| {
         m.iter()
             .filter(|m| m.topic == "affectgate/gwp/retrain")
             .filter_map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).ok())
-            .find(|s| ["promoted", "rejected", "failed"].contains(&s["state"].as_str().unwrap_or("")))
+            .find(|s| {
+                ["promoted", "rejected", "failed"].contains(&s["state"].as_str().unwrap_or(""))
+            })
     };
     let done = rec
         .wait_for(Duration::from_secs(300), |m| verdict(m).is_some())

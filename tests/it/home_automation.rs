@@ -838,8 +838,9 @@ async fn gateway_device_buttons_and_model_commands() {
         last_rollback_error.contains("roll back"),
         "{last_rollback_error}"
     );
-    // The gateway device: retraining is off in the shipped config, so its four retraining
-    // entities (state, last retrain, button, switch) are deleted and seven are announced.
+    // The gateway device: retraining and fleet updates are off in the shipped config, so its
+    // four retraining entities (state, last retrain, button, switch) and the update entity
+    // are deleted and seven are announced.
     let gw: BTreeMap<String, Vec<u8>> = rx
         .messages()
         .into_iter()
@@ -867,8 +868,8 @@ async fn gateway_device_buttons_and_model_commands() {
     );
     assert_eq!(
         gw.len(),
-        11,
-        "and the four retraining configs emptied: {:?}",
+        12,
+        "and the four retraining configs and the update entity's emptied: {:?}",
         gw.keys()
     );
     for t in &announced {
