@@ -1,6 +1,7 @@
 //! What the process and machine say about themselves (Linux `/proc`), in one place: resident
 //! memory for the retraining worker's report and the benchmarks, CPU time and the CPU model
-//! for benchmark records. Every reader returns `None` where `/proc` is absent or unreadable.
+//! for benchmark records, free disk space for `affectgate doctor`. Every reader returns `None`
+//! where `/proc` (or the path) is absent or unreadable.
 
 /// A `kB` field of `/proc/self/status`, in MiB.
 fn status_mib(key: &str) -> Option<f64> {
@@ -58,4 +59,15 @@ mod tests {
         assert!(rss > 0.0 && peak >= rss, "rss {rss} peak {peak}");
         assert!(super::cpu_seconds().unwrap() >= 0.0);
     }
+}
+
+/// Bytes free for an unprivileged user on the filesystem holding `path` (`statvfs`).
+#[cfg(feature = "gateway")]
+pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }

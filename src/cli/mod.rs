@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 mod bench;
+mod doctor;
 pub mod gateway;
 pub mod model;
 
@@ -48,6 +49,9 @@ pub enum Command {
     Model(model::ModelArgs),
     /// List nearby BLE devices: name, address, RSSI and the profiles this gateway can read.
     Scan(gateway::ScanArgs),
+    /// Check what the gateway needs (BlueZ and the adapter, the broker, the model, ONNX
+    /// Runtime, the store, the clock, the fleet repository); each failure with its fix.
+    Doctor(doctor::DoctorArgs),
     /// Self-supervised pretraining (signal-transformation recognition) on unlabelled ECG.
     Pretrain(PretrainArgs),
     /// Train emotion heads on a frozen pretrained encoder from a labelled manifest.
@@ -395,6 +399,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => gateway::demo(a),
         Command::Store(a) => gateway::store(a),
         Command::Scan(a) => gateway::scan(a),
+        Command::Doctor(a) => doctor::doctor(a),
         Command::Model(a) => model::model(a),
         Command::Pretrain(a) => pipeline::pretrain(&a.job()),
         Command::Finetune(a) => pipeline::finetune(&a.job()),

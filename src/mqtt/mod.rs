@@ -218,6 +218,54 @@ pub fn subscribe_states(
     (rx, task)
 }
 
+/// Connect once to the broker of `cfg` (with its credentials and TLS) and disconnect: `Ok`
+/// on CONNACK, else (what went wrong, what to check) — for `affectgate doctor`.
+pub async fn probe(
+    cfg: &MqttConfig,
+    tls: Option<&TlsFiles>,
+    client_id: &str,
+    timeout: Duration,
+) -> Result<(), (String, String)> {
+    use rumqttc::{ConnectReturnCode as C, ConnectionError as E};
+    let (client, mut ev) = AsyncClient::new(client_options(cfg, tls, client_id), 4);
+    let res = tokio::time::timeout(timeout, async {
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    let _ = client.try_disconnect();
+    let at = format!("{}:{}", cfg.host, cfg.port);
+    let hostport = "check mqtt.host/mqtt.port".to_string();
+    match res {
+        Ok(Ok(())) => Ok(()),
+        Err(_) => Err((
+            format!("no answer from {at} within {} s", timeout.as_secs()),
+            format!("{hostport} and the firewall"),
+        )),
+        Ok(Err(E::ConnectionRefused(C::BadUserNamePassword | C::NotAuthorized))) => Err((
+            format!("{at} refused the credentials"),
+            "check mqtt.username/mqtt.password".into(),
+        )),
+        Ok(Err(E::ConnectionRefused(code))) => {
+            Err((format!("{at} refused the connection: {code:?}"), hostport))
+        }
+        Ok(Err(E::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err((
+            format!("nothing listens on {at}"),
+            format!("is the broker running (`systemctl status mosquitto`)? {hostport}"),
+        )),
+        Ok(Err(E::Tls(e))) => Err((
+            format!("TLS with {at} failed: {e}"),
+            "check [mqtt.tls] ca_file (the CA that signed the broker's certificate) and client_cert/client_key".into(),
+        )),
+        Ok(Err(e)) => Err((format!("{at}: {e}"), hostport)),
+    }
+}
+
 /// Settings of a link.
 #[derive(Debug, Clone)]
 pub struct LinkOptions {

@@ -88,6 +88,11 @@ struct Sim {
 
 impl Sim {
     fn start(venv: &Path, fake_args: &[&str]) -> Sim {
+        Self::start_powered(venv, fake_args, true)
+    }
+
+    /// `powered = false`: BlueZoo without `--auto-enable`, its adapters stay powered off.
+    fn start_powered(venv: &Path, fake_args: &[&str], powered: bool) -> Sim {
         let mut daemon = Command::new("dbus-daemon")
             .args(["--session", "--nofork", "--print-address=1"])
             .stdout(Stdio::piped())
@@ -104,7 +109,12 @@ impl Sim {
         // tests/ble_sim/README.md), scanning every second instead of every 10 s.
         let bluezoo = Command::new(venv.join("bin/python"))
             .arg(repo().join("tests/ble_sim/bluezoo_fixed.py"))
-            .args(["--auto-enable", "--scan-interval", "1"])
+            .args(if powered {
+                &["--auto-enable"][..]
+            } else {
+                &[][..]
+            })
+            .args(["--scan-interval", "1"])
             .args(["-a", "00:11:22:33:44:55", "-a", STRAP, "-a", STRAP_B])
             .env("DBUS_SYSTEM_BUS_ADDRESS", &bus)
             .stdout(Stdio::null())
@@ -1069,4 +1079,71 @@ async fn two_straps_at_once() {
     }
     // Both straps connected through the same adapter, each from its own task.
     assert!(sim.named_on("hci2", "connected").len() + sim.named_on("hci2", "notify").len() > 0);
+}
+
+/// `affectgate doctor` reads the adapter from BlueZ: powered passes, powered off fails with
+/// the command that powers it, no BlueZ fails saying so — each with exit status 1 on failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_that_bluez_and_the_adapter_are_ready() {
+    let Some(venv) = venv() else {
+        return;
+    };
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = ble_config(
+        broker.port,
+        dir.path(),
+        "gwdoc",
+        "chest",
+        &format!("profile = \"polar_pmd\"\naddress = \"{STRAP}\"\nadapter = \"hci0\""),
+    );
+    // BlueZoo registers on the bus a moment after it starts: ask until it is there.
+    let doctor = |bus: &str| {
+        let t0 = Instant::now();
+        loop {
+            let out = Command::new(env!("CARGO_BIN_EXE_affectgate"))
+                .args(["doctor", "--config"])
+                .arg(&config)
+                .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if !text.contains("org.bluez is not on the system bus")
+                || bus.contains("nonexistent")
+                || t0.elapsed() > Duration::from_secs(20)
+            {
+                return (out.status.code(), text);
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let (code, out) = doctor("unix:path=/nonexistent/bus");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAIL  bluetooth: cannot reach BlueZ over D-Bus"),
+        "{out}"
+    );
+    assert!(out.contains("fix: start BlueZ"), "{out}");
+    {
+        let off = Sim::start_powered(&venv, &[], false);
+        let (code, out) = doctor(&off.bus);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(
+            out.contains("FAIL  bluetooth: adapter hci0 (00:11:22:33:44:55) is powered off"),
+            "{out}"
+        );
+        assert!(
+            out.contains("fix: `bluetoothctl power on` (for hci0)"),
+            "{out}"
+        );
+    }
+    let on = Sim::start(&venv, &[]);
+    let (code, out) = doctor(&on.bus);
+    assert!(
+        out.contains("ok    bluetooth: hci0 (00:11:22:33:44:55) powered"),
+        "{out}"
+    );
+    assert_eq!(code, Some(0), "{out}");
 }

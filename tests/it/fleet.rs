@@ -670,6 +670,66 @@ async fn releases_roll_out_to_five_gateway_processes_and_every_refusal_holds() {
         );
     }
 
+    // d) A release that is not in the signed targets (announced, never signed).
+    rollout("arousal-v99", "", "100", "0");
+    assert!(
+        rec.wait_for(Duration::from_secs(60), refused("arousal-v99"))
+            .await,
+        "{}",
+        describe(&rec, &ids)
+    );
+    // e) A repository signed by other keys served at the same address (a compromised or
+    //    mistaken mirror), with a release of its own.
+    let (other, other_keys) = (t.join("other-repo"), t.join("other-keys"));
+    fleet(&["init", "--repo", &s(&other), "--keys", &s(&other_keys)]);
+    let foreign = pack("arousal-v9", 9, &[]);
+    fleet(&[
+        "release",
+        "--repo",
+        &s(&other),
+        "--keys",
+        &s(&other_keys),
+        "--from",
+        &s(&foreign),
+    ]);
+    let real = t.join("real-repo");
+    std::fs::rename(&repo, &real).unwrap();
+    std::fs::rename(&other, &repo).unwrap();
+    rollout("arousal-v9", "", "100", "0");
+    let foreign_refused = rec
+        .wait_for(Duration::from_secs(60), refused("arousal-v9"))
+        .await;
+    std::fs::rename(&repo, &other).unwrap();
+    std::fs::rename(&real, &repo).unwrap();
+    assert!(foreign_refused, "{}", describe(&rec, &ids));
+    let msgs = rec.messages();
+    for (release, want) in [
+        (
+            "arousal-v99",
+            "release \"arousal-v99\": no such release in the signed targets",
+        ),
+        ("arousal-v9", "Signature threshold of 1 not met"),
+    ] {
+        for g in ids {
+            let st = statuses(&msgs, g)
+                .into_iter()
+                .rfind(|s| s.target.as_deref() == Some(release))
+                .unwrap();
+            let why = st.reason.unwrap_or_default();
+            assert!(why.contains(want), "{g} {release}: {why}");
+        }
+    }
+    for g in ids {
+        assert!(
+            states(&msgs, g)
+                .last()
+                .unwrap()
+                .model
+                .starts_with("arousal-v5@"),
+            "{g}"
+        );
+    }
+
     // 6. The root key is rotated; the gateways, pinned to root v1, follow the chain and
     //    install a release signed since.
     fleet(&["rotate-root", "--repo", &s(&repo), "--keys", &s(&keys)]);

@@ -8,6 +8,7 @@ mod util;
 
 mod ble;
 mod config;
+mod doctor;
 mod dsp;
 mod fleet;
 mod gateway;

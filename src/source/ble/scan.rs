@@ -171,3 +171,78 @@ mod tests {
         assert!(row.ends_with("  chest"), "{row}");
     }
 }
+
+/// One Bluetooth adapter as BlueZ reports it (`org.bluez.Adapter1`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterState {
+    /// `hci0`.
+    pub name: String,
+    pub address: String,
+    pub powered: bool,
+}
+
+/// Every adapter BlueZ knows, read from its object manager on the system bus (or
+/// `DBUS_SYSTEM_BUS_ADDRESS`). Blocking; errors say whether the bus, BlueZ or the permission
+/// is missing.
+pub fn adapters() -> Result<Vec<AdapterState>, BleError> {
+    use dbus::arg::{PropMap, RefArg};
+    use dbus::blocking::stdintf::org_freedesktop_dbus::ObjectManager;
+    let conn = dbus::blocking::Connection::new_system()
+        .map_err(|e| BleError::NoBluez(format!("the system D-Bus: {e}")))?;
+    let proxy = conn.with_proxy("org.bluez", "/", Duration::from_secs(5));
+    let objects = proxy.get_managed_objects().map_err(|e| {
+        BleError::NoBluez(match e.name() {
+            Some("org.freedesktop.DBus.Error.AccessDenied") => {
+                format!("permission denied ({e}); run as a user in group `bluetooth`")
+            }
+            Some("org.freedesktop.DBus.Error.ServiceUnknown") => {
+                "org.bluez is not on the system bus (bluetoothd is not running)".into()
+            }
+            _ => e.to_string(),
+        })
+    })?;
+    let mut out = Vec::new();
+    for (path, ifaces) in objects {
+        let Some(props): Option<&PropMap> = ifaces.get("org.bluez.Adapter1") else {
+            continue;
+        };
+        let name = path.rsplit('/').next().unwrap_or_default().to_string();
+        let address = props
+            .get("Address")
+            .and_then(|v| v.0.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let powered = props
+            .get("Powered")
+            .and_then(|v| v.0.as_u64())
+            .is_some_and(|p| p != 0);
+        out.push(AdapterState {
+            name,
+            address,
+            powered,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Bluetooth radios the kernel has switched off (`/sys/class/rfkill`): (name, hard) for each
+/// blocked one — hard means a hardware switch, soft `rfkill unblock bluetooth`.
+pub fn rfkill_blocked() -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/sys/class/rfkill") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let p = e.path();
+        let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+        if read("type").trim() != "bluetooth" {
+            continue;
+        }
+        let (soft, hard) = (read("soft").trim() == "1", read("hard").trim() == "1");
+        if soft || hard {
+            out.push((read("name").trim().to_string(), hard));
+        }
+    }
+    out
+}
