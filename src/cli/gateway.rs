@@ -123,16 +123,45 @@ pub fn run(a: RunArgs) -> Result<()> {
             shutdown.cancel();
         });
     }
+    // SIGHUP (`systemctl reload`): re-read the configuration, but only stop the running
+    // pipeline for one that validates — a typo must not take a working gateway down.
+    let hup = std::sync::Arc::new(tokio::sync::Notify::new());
+    {
+        let (hup, path) = (hup.clone(), a.config.clone());
+        rt.spawn(async move {
+            let Ok(mut sig) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while sig.recv().await.is_some() {
+                match Config::load(&path) {
+                    Ok(_) => hup.notify_one(),
+                    Err(e) => tracing::error!(
+                        "SIGHUP: not reloading, the gateway keeps its running configuration: {e}"
+                    ),
+                }
+            }
+        });
+    }
     let report = loop {
         let cfg = Config::load(&a.config)?;
         let stop = shutdown.clone();
-        let report =
-            rt.block_on(GatewayBuilder::new(cfg).run(async move { stop.cancelled().await }))?;
-        if !report.reload_requested || shutdown.is_cancelled() {
+        let reload = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (hup2, reload2) = (hup.clone(), reload.clone());
+        let report = rt.block_on(GatewayBuilder::new(cfg).run(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = hup2.notified() => reload2.store(true, std::sync::atomic::Ordering::SeqCst),
+            }
+        }))?;
+        let hangup = reload.load(std::sync::atomic::Ordering::SeqCst);
+        if !(report.reload_requested || hangup) || shutdown.is_cancelled() {
             break report;
         }
         print_report(&report);
-        // `cmd/reload`: a config that no longer validates stops the gateway with its error.
+        // `cmd/reload` (a config that no longer validates stops the gateway with its error)
+        // or SIGHUP (checked before the running pipeline was stopped).
         tracing::info!(config = %a.config.display(), "reloading the configuration");
     };
     print_report(&report);

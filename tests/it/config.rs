@@ -227,3 +227,49 @@ fn ble_sensors_parse_and_bad_ones_name_the_key() {
     let e = err(&ble("profile = \"gatt_ecg\", name = \"x\", gatt = { service_uuid = \"180d\", characteristic_uuid = \"2a37\", format = \"i16le\", fs_hz = 90 }"));
     assert!(e.contains("at 90 Hz"), "{e}");
 }
+
+/// The Debian package's config (`packaging/affectgate.toml`) is the shipped `plugin.toml` with
+/// only what an installed gateway needs changed: one Polar H10 by name, the broker on
+/// localhost, the installed model, the state directory. Everything else (preprocessing,
+/// retention, retraining, fleet defaults) is identical, so the two cannot drift apart.
+#[test]
+fn the_packaged_config_is_the_shipped_one_with_installed_paths() {
+    let read = |p: &str| -> toml::Table {
+        toml::from_str(&std::fs::read_to_string(crate::util::repo().join(p)).unwrap()).unwrap()
+    };
+    let (mut shipped, mut packaged) = (read("plugin.toml"), read("packaging/affectgate.toml"));
+    let get = |t: &toml::Table, path: &str| -> toml::Value {
+        let mut v = toml::Value::Table(t.clone());
+        for k in path.split('.') {
+            v = v[k].clone();
+        }
+        v
+    };
+    for (key, want) in [
+        (
+            "model.path",
+            "/usr/share/affectgate/models/affectgate-arousal-v2.onnx",
+        ),
+        ("store.path", "/var/lib/affectgate/store"),
+        ("mqtt.host", "localhost"),
+        ("retrain.models_dir", "/var/lib/affectgate/models-local"),
+    ] {
+        assert_eq!(get(&packaged, key).as_str(), Some(want), "{key}");
+    }
+    let sensors = packaged["sensors"].as_array().unwrap();
+    assert_eq!(sensors.len(), 1);
+    assert_eq!(sensors[0]["source"]["kind"].as_str(), Some("ble"));
+    assert_eq!(sensors[0]["source"]["name"].as_str(), Some("Polar H10 *"));
+    for t in [&mut shipped, &mut packaged] {
+        t.remove("sensors");
+        t["model"].as_table_mut().unwrap().remove("path");
+        t["store"].as_table_mut().unwrap().remove("path");
+        t["mqtt"].as_table_mut().unwrap().remove("host");
+        t["retrain"].as_table_mut().unwrap().remove("models_dir");
+    }
+    assert_eq!(shipped, packaged, "everything else as shipped");
+    // And it is a valid configuration (paths aside, which only exist once installed).
+    let text =
+        std::fs::read_to_string(crate::util::repo().join("packaging/affectgate.toml")).unwrap();
+    affectgate::config::Config::parse(&text, std::path::Path::new("affectgate.toml")).unwrap();
+}
