@@ -1,7 +1,7 @@
 #!/bin/sh
 # Build the Debian package with cargo-deb (installed if missing):
 #   scripts/deb.sh          → target/debian/affectgate_<version>-1_amd64.deb
-#   scripts/deb.sh arm64    → target/aarch64-unknown-linux-gnu/debian/affectgate_<version>-1_arm64.deb
+#   scripts/deb.sh arm64    → target/debian/affectgate_<version>-1_arm64.deb
 #                             (cross-built by scripts/aarch64.sh)
 set -eu
 cd "$(dirname "$0")/.."
