@@ -51,16 +51,6 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn reads_this_process() {
-        let (rss, peak) = (super::rss_mib().unwrap(), super::peak_rss_mib().unwrap());
-        assert!(rss > 0.0 && peak >= rss, "rss {rss} peak {peak}");
-        assert!(super::cpu_seconds().unwrap() >= 0.0);
-    }
-}
-
 /// Bytes free for an unprivileged user on the filesystem holding `path` (`statvfs`).
 #[cfg(feature = "gateway")]
 pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
@@ -70,4 +60,14 @@ pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
     // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
     (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_this_process() {
+        let (rss, peak) = (super::rss_mib().unwrap(), super::peak_rss_mib().unwrap());
+        assert!(rss > 0.0 && peak >= rss, "rss {rss} peak {peak}");
+        assert!(super::cpu_seconds().unwrap() >= 0.0);
+    }
 }
