@@ -273,3 +273,71 @@ fn the_packaged_config_is_the_shipped_one_with_installed_paths() {
         std::fs::read_to_string(crate::util::repo().join("packaging/affectgate.toml")).unwrap();
     affectgate::config::Config::parse(&text, std::path::Path::new("affectgate.toml")).unwrap();
 }
+
+/// `systemctl reload` sends SIGHUP: a configuration that does not validate is refused and the
+/// gateway keeps running the old one; a valid one replaces it (here: another sensor id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_valid_configuration_and_refuses_a_broken_one() {
+    let Some(mq) = crate::util::Mosquitto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = crate::util::gateway_config("gwhup", mq.port, &dir.path().join("store"));
+    cfg.mqtt.discovery = false;
+    cfg.dsp.hop = 256;
+    cfg.sensors.truncate(1);
+    cfg.sensors[0].id = "first".into();
+    let path = dir.path().join("gw.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let rec = crate::util::Recorder::start(mq.port, &["affectgate/gwhup/+/state"]).await;
+    let log = dir.path().join("gw.log");
+    let mut gw = std::process::Command::new(env!("CARGO_BIN_EXE_affectgate"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let hup = |pid: u32| unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGHUP);
+    };
+    let on = |m: &[crate::util::Msg], sensor: &str| {
+        m.iter()
+            .filter(|x| x.topic == format!("affectgate/gwhup/{sensor}/state"))
+            .count()
+    };
+    assert!(
+        rec.wait_for(std::time::Duration::from_secs(60), |m| on(m, "first") > 0)
+            .await
+    );
+    // A broken file: refused, the gateway keeps publishing for "first".
+    std::fs::write(&path, "[gateway\nid = ").unwrap();
+    hup(gw.id());
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let before = on(&rec.messages(), "first");
+    assert!(
+        rec.wait_for(std::time::Duration::from_secs(30), |m| on(m, "first")
+            > before + 1)
+            .await,
+        "still scoring after a refused reload"
+    );
+    assert!(gw.try_wait().unwrap().is_none(), "still running");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("SIGHUP: not reloading, the gateway keeps its running configuration"),
+        "{text}"
+    );
+    // A valid file with another sensor: reloaded.
+    cfg.sensors[0].id = "second".into();
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    hup(gw.id());
+    assert!(
+        rec.wait_for(std::time::Duration::from_secs(60), |m| on(m, "second") > 0)
+            .await,
+        "the reloaded sensor publishes"
+    );
+    unsafe {
+        libc::kill(gw.id() as libc::pid_t, libc::SIGTERM);
+    }
+    assert_eq!(gw.wait().unwrap().code(), Some(0));
+}
