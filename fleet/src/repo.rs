@@ -62,6 +62,16 @@ async fn all_keys(keys_dir: &Path) -> Result<Vec<Box<dyn KeySource>>, FleetError
     ROLES.iter().map(|r| keys::source(keys_dir, r)).collect()
 }
 
+/// The keys a release needs: targets, snapshot and timestamp. Never the root key, which the
+/// operator keeps offline (the signed root.json is carried over as it is).
+async fn release_keys(keys_dir: &Path) -> Result<Vec<Box<dyn KeySource>>, FleetError> {
+    ROLES
+        .iter()
+        .filter(|r| **r != "root")
+        .map(|r| keys::source(keys_dir, r))
+        .collect()
+}
+
 /// Create the keys (refusing to overwrite any) and a repository at `repo` whose metadata is
 /// signed and valid: root v1, an empty targets v1, snapshot and timestamp v1.
 pub async fn init(repo: &Path, keys_dir: &Path, expiry: Expiry) -> Result<(), FleetError> {
@@ -205,7 +215,7 @@ pub async fn release(
         .timestamp_version(NonZeroU64::new(timestamp_v).unwrap())
         .timestamp_expires(days_from_now(expiry.timestamp_days)?);
     let signed = editor
-        .sign(&all_keys(keys_dir).await?)
+        .sign(&release_keys(keys_dir).await?)
         .await
         .map_err(|e| FleetError::tuf("signing the release", e))?;
     // Targets first, then metadata: a gateway never sees metadata naming a missing file.

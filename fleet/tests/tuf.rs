@@ -435,6 +435,9 @@ async fn a_release_needs_a_manifest_with_a_higher_version_and_rollback_republish
         text.contains("version 1 is not above arousal-v2 (version 2)"),
         "{text}"
     );
+    // The root key is offline (as docs/FLEET.md says to keep it): releases and rollbacks
+    // need only the targets, snapshot and timestamp keys.
+    std::fs::rename(k.join("root.pk8"), dir.path().join("root-offline.pk8")).unwrap();
     repo::release(
         &r,
         &k,
