@@ -72,6 +72,14 @@ enum Cmd {
         #[arg(long)]
         keys: PathBuf,
     },
+    /// Renew targets, snapshot and timestamp (same targets, new expiries): monthly from cron,
+    /// so a repository stays valid without a release (needs the targets and snapshot keys).
+    Renew {
+        #[arg(long)]
+        repo: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
+    },
     /// Replace the root key: root vN+1 signed by the old root key and the new one (gateways
     /// that pinned vN follow it). The old key is kept as `root-vN.pk8`.
     RotateRoot {
@@ -255,6 +263,9 @@ async fn main() -> ExitCode {
         Cmd::Refresh { repo, keys } => repo::refresh(&repo, &keys, repo::Expiry::default())
             .await
             .map(|v| println!("timestamp v{v} signed, valid for 1 day")),
+        Cmd::Renew { repo, keys } => repo::renew(&repo, &keys, repo::Expiry::default())
+            .await
+            .map(|v| println!("targets v{v}, snapshot and timestamp renewed (targets and snapshot valid for 90 days)")),
         Cmd::RotateRoot { repo, keys } => repo::rotate_root(&repo, &keys, repo::Expiry::default())
             .await
             .map(|v| println!("root v{v} written; gateways that pinned an older root follow it")),

@@ -20,8 +20,8 @@ use crate::FleetError;
 
 /// How long each role's metadata stays valid. The timestamp is short on purpose (a frozen
 /// mirror is noticed within a day); `affectgate-fleet refresh` re-signs it, from cron.
-/// Snapshot and targets are renewed by every release; `refresh` does not renew them yet, so
-/// a repository needs a release within `targets_days` (the snapshot lasts as long).
+/// Snapshot and targets are renewed by every release and by `renew` (monthly, from cron
+/// where their keys live); the snapshot lasts as long as the targets.
 #[derive(Debug, Clone, Copy)]
 pub struct Expiry {
     pub root_days: i64,
@@ -233,6 +233,38 @@ pub async fn release(
         .map_err(|e| FleetError::tuf(format!("writing {}", meta.display()), e))?;
     let _ = std::fs::remove_dir_all(&stage);
     Ok(names)
+}
+
+/// Renew targets, snapshot and timestamp (new versions, new expiries, the same targets), so a
+/// repository without a release for a while stays valid: run it monthly from cron where the
+/// targets and snapshot keys live. Returns the new targets version.
+pub async fn renew(repo: &Path, keys_dir: &Path, expiry: Expiry) -> Result<u64, FleetError> {
+    let current = own(repo).await?;
+    let targets_v = current.targets().signed.version.get() + 1;
+    let snapshot_v = current.snapshot().signed.version.get() + 1;
+    let timestamp_v = current.timestamp().signed.version.get() + 1;
+    let mut editor = RepositoryEditor::from_repo(root_path(repo), current)
+        .await
+        .map_err(|e| FleetError::tuf("opening the repository for editing", e))?;
+    editor
+        .targets_version(NonZeroU64::new(targets_v).unwrap())
+        .map_err(|e| FleetError::tuf("targets", e))?
+        .targets_expires(days_from_now(expiry.targets_days)?)
+        .map_err(|e| FleetError::tuf("targets", e))?
+        .snapshot_version(NonZeroU64::new(snapshot_v).unwrap())
+        .snapshot_expires(days_from_now(expiry.snapshot_days)?)
+        .timestamp_version(NonZeroU64::new(timestamp_v).unwrap())
+        .timestamp_expires(days_from_now(expiry.timestamp_days)?);
+    let signed = editor
+        .sign(&release_keys(keys_dir).await?)
+        .await
+        .map_err(|e| FleetError::tuf("signing the renewed metadata", e))?;
+    let meta = metadata_dir(repo);
+    signed
+        .write(&meta)
+        .await
+        .map_err(|e| FleetError::tuf(format!("writing {}", meta.display()), e))?;
+    Ok(targets_v)
 }
 
 /// Re-sign the timestamp (new version, new expiry; it still names the same snapshot), for

@@ -479,3 +479,52 @@ async fn a_release_needs_a_manifest_with_a_higher_version_and_rollback_republish
         .unwrap_err();
     assert!(err_text(e).contains("no such release (releases: arousal-v2, arousal-v3, arousal-v4)"));
 }
+
+/// `renew` re-signs targets, snapshot and timestamp with new versions and expiries and the
+/// same targets, without the root key: a repository close to its 90-day expiry is valid for
+/// another 90 days, and a gateway that saw the old versions accepts the new ones.
+#[tokio::test]
+async fn renew_extends_targets_and_snapshot_without_a_release_or_the_root_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, k) = (dir.path().join("repo"), dir.path().join("keys"));
+    let short = Expiry {
+        targets_days: 1,
+        snapshot_days: 1,
+        ..Expiry::default()
+    };
+    repo::init(&r, &k, short).await.unwrap();
+    repo::release(
+        &r,
+        &k,
+        "arousal-v2",
+        &release_files(dir.path(), "arousal-v2", 2),
+        short,
+    )
+    .await
+    .unwrap();
+    let store = dir.path().join("datastore");
+    let before = client::load(&repo::root_path(&r), &r, Some(&store), Safe)
+        .await
+        .unwrap();
+    let (old_t, old_exp) = (
+        before.targets().signed.version.get(),
+        before.targets().signed.expires,
+    );
+    std::fs::rename(k.join("root.pk8"), dir.path().join("root-offline.pk8")).unwrap();
+    assert_eq!(
+        repo::renew(&r, &k, Expiry::default()).await.unwrap(),
+        old_t + 1
+    );
+    let after = client::load(&repo::root_path(&r), &r, Some(&store), Safe)
+        .await
+        .unwrap();
+    assert_eq!(after.targets().signed.version.get(), old_t + 1);
+    assert!(after.targets().signed.expires > old_exp + jiff::SignedDuration::from_hours(24 * 80));
+    assert!(after.snapshot().signed.expires > old_exp + jiff::SignedDuration::from_hours(24 * 80));
+    assert_eq!(
+        client::read_target(&after, "arousal-v2/affectgate-arousal-v2.onnx")
+            .await
+            .unwrap(),
+        std::fs::read(&model_files()[0]).unwrap()
+    );
+}

@@ -89,6 +89,7 @@ pub async fn load_urls(
         .transport(Fetcher::default())
         .expiration_enforcement(expiry);
     if let Some(d) = datastore {
+        std::fs::create_dir_all(d).map_err(|e| FleetError::io(d, e))?;
         loader = loader.datastore(d);
     }
     loader.load().await.map_err(|e| {

@@ -90,6 +90,7 @@ fn the_fleet_crate_builds_and_its_tests_pass() {
         "root_rotation_is_followed_from_the_pinned_root_and_a_forged_one_refused",
         "a_release_is_fetched_whole_or_not_at_all",
         "a_release_needs_a_manifest_with_a_higher_version_and_rollback_republishes",
+        "renew_extends_targets_and_snapshot_without_a_release_or_the_root_key",
         "failures_at_the_threshold_halt_the_retained_plan",
     ] {
         assert!(
