@@ -125,6 +125,9 @@ enum Cmd {
         /// Failed installs that halt the rollout.
         #[arg(long, default_value_t = 1)]
         max_failures: u32,
+        /// Spread each wave's starts over this many seconds (large fleets).
+        #[arg(long, default_value_t = 0)]
+        jitter: u64,
     },
     /// Halt the channel's rollout (gateways that have not installed yet never will).
     Halt {
@@ -251,6 +254,7 @@ async fn main() -> ExitCode {
                                 max_failures,
                                 started_s: now_s(),
                                 halted: None,
+                                jitter_s: 0,
                             };
                             affectgate_fleet::rollout::start(&h, p, &plan)
                                 .await
@@ -283,7 +287,7 @@ async fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
-        Cmd::Rollout { broker, channel, release, canary, waves, wave_delay, max_failures } => {
+        Cmd::Rollout { broker, channel, release, canary, waves, wave_delay, max_failures, jitter } => {
             match split_broker(&broker) {
                 Err(e) => Err(e),
                 Ok((h, p)) => {
@@ -296,6 +300,7 @@ async fn main() -> ExitCode {
                         max_failures,
                         started_s: now_s(),
                         halted: None,
+                        jitter_s: jitter,
                     };
                     affectgate_fleet::rollout::start(&h, p, &plan).await.map(|()| {
                         println!("rollout of {} on {} started", plan.release, plan.channel)

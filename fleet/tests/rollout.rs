@@ -77,6 +77,7 @@ async fn failures_at_the_threshold_halt_the_retained_plan() {
         max_failures: 2,
         started_s: 1_700_000_000,
         halted: None,
+        jitter_s: 0,
     };
     // A bad plan is refused naming the field, and nothing is published.
     let mut bad = plan.clone();

@@ -36,6 +36,11 @@ pub struct RolloutPlan {
     /// Set when the rollout was halted (automatically or by an operator): why.
     #[serde(default)]
     pub halted: Option<String>,
+    /// Spread each wave's starts over this many seconds (a gateway's offset is its place
+    /// within its wave scaled to it), so thousands of gateways do not hit the repository in
+    /// the same second.
+    #[serde(default)]
+    pub jitter_s: u64,
 }
 
 /// What a gateway reports, retained, on `affectgate/<gw>/fleet`.
@@ -91,9 +96,21 @@ impl RolloutPlan {
             .unwrap_or(self.waves.len() - 1)
     }
 
-    /// When the gateway's wave starts (seconds since the epoch).
+    /// When the gateway may start (seconds since the epoch): its wave's start plus its share
+    /// of the jitter (canaries start at once).
     pub fn start_of(&self, gateway: &str) -> u64 {
-        self.started_s + self.wave_delay_s * self.wave_of(gateway) as u64
+        let wave = self.wave_of(gateway);
+        let jitter = match wave {
+            0 => 0,
+            k => {
+                // The wave's places lo..hi, spread evenly over the jitter.
+                let lo = if k >= 2 { self.waves[k - 2] as u64 } else { 0 };
+                let hi = (self.waves[k - 1] as u64).max(lo + 1);
+                let p = (place(gateway) as u64).clamp(lo, hi - 1);
+                self.jitter_s * (p - lo) / (hi - lo)
+            }
+        };
+        self.started_s + self.wave_delay_s * wave as u64 + jitter
     }
 
     /// May `gateway` start installing at `now_s`? Never under a halted plan.
@@ -162,7 +179,32 @@ mod tests {
             max_failures: 2,
             started_s: 1_000,
             halted: None,
+            jitter_s: 0,
         }
+    }
+
+    #[test]
+    fn jitter_spreads_a_wave_over_its_seconds_and_never_delays_canaries() {
+        let mut p = plan();
+        p.jitter_s = 300;
+        assert_eq!(p.start_of("lab-1"), 1_000, "canary");
+        let starts: Vec<u64> = (0..2_000)
+            .map(|i| format!("home-{i}"))
+            .filter(|g| p.wave_of(g) == 3)
+            .map(|g| p.start_of(&g) - (1_000 + 3 * 600))
+            .collect();
+        assert!(starts.iter().all(|&o| o < 300), "within the jitter");
+        // Wave 3 holds places 50–99: offsets 0–294 s, spread over the whole jitter.
+        let (lo, hi) = (*starts.iter().min().unwrap(), *starts.iter().max().unwrap());
+        assert!(lo < 10 && hi > 285, "{lo}..{hi}");
+        let first_half = starts.iter().filter(|&&o| o < 150).count() as f64;
+        let share = first_half / starts.len() as f64;
+        assert!((0.4..0.6).contains(&share), "even: {share}");
+        p.jitter_s = 0;
+        assert!((0..100).all(|i| {
+            let g = format!("home-{i}");
+            p.start_of(&g) == 1_000 + 600 * p.wave_of(&g) as u64
+        }));
     }
 
     #[test]
