@@ -64,13 +64,18 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn record(&self, model: &str, ok: bool) {
+    /// Add `ok` windows scored and `failed` windows failed by `model`.
+    pub fn record(&self, model: &str, ok: u64, failed: u64) {
         let mut m = self.by_model.lock().expect("health lock");
-        let e = m.entry(model.to_string()).or_default();
-        if ok {
-            e.0 += 1;
-        } else {
-            e.1 += 1;
+        // The version string is allocated once per model, not once per call.
+        match m.get_mut(model) {
+            Some(e) => {
+                e.0 += ok;
+                e.1 += failed;
+            }
+            None => {
+                m.insert(model.to_string(), (ok, failed));
+            }
         }
     }
     /// (scored, failed) for `model`.

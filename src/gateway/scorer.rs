@@ -238,14 +238,14 @@ pub(super) fn scorer_loop(
                 Err(e) => tracing::error!("inference failed for {n} windows: {e}"),
             }
             // Health by model version (the fleet agent's health window): a window counts as
-            // failed when inference failed or gave a non-finite output.
-            for k in 0..n {
-                let s = &scores[idx[done + k]];
-                health.record(
-                    &version,
-                    !s.is_empty() && s.iter().all(|(_, v)| v.is_finite()),
-                );
-            }
+            // failed when inference failed or gave a non-finite output. One lock per chunk.
+            let ok = (0..n)
+                .filter(|k| {
+                    let s = &scores[idx[done + k]];
+                    !s.is_empty() && s.iter().all(|(_, v)| v.is_finite())
+                })
+                .count() as u64;
+            health.record(&version, ok, n as u64 - ok);
             done += n;
         }
         for (w, s) in batch.drain(..).zip(scores) {
