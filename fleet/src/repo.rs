@@ -8,7 +8,7 @@ use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::rand::SystemRandom;
-use tough::editor::signed::{PathExists, SignedRole};
+use tough::editor::signed::{PathExists, SignedRepository, SignedRole};
 use tough::editor::RepositoryEditor;
 use tough::key_source::KeySource;
 use tough::schema::{KeyHolder, RoleKeys, RoleType, Root, Target};
@@ -163,9 +163,7 @@ pub async fn release(
         )));
     }
     let current = own(repo).await?;
-    let targets_v = current.targets().signed.version.get() + 1;
-    let snapshot_v = current.snapshot().signed.version.get() + 1;
-    let timestamp_v = current.timestamp().signed.version.get() + 1;
+    let next = next_versions(&current);
     if current
         .targets()
         .signed
@@ -205,19 +203,7 @@ pub async fn release(
         staged.push((dst, tn));
         names.push(name);
     }
-    editor
-        .targets_version(NonZeroU64::new(targets_v).unwrap())
-        .map_err(|e| FleetError::tuf("targets", e))?
-        .targets_expires(days_from_now(expiry.targets_days)?)
-        .map_err(|e| FleetError::tuf("targets", e))?
-        .snapshot_version(NonZeroU64::new(snapshot_v).unwrap())
-        .snapshot_expires(days_from_now(expiry.snapshot_days)?)
-        .timestamp_version(NonZeroU64::new(timestamp_v).unwrap())
-        .timestamp_expires(days_from_now(expiry.timestamp_days)?);
-    let signed = editor
-        .sign(&release_keys(keys_dir).await?)
-        .await
-        .map_err(|e| FleetError::tuf("signing the release", e))?;
+    let signed = bump_and_sign(editor, next, keys_dir, expiry, "signing the release").await?;
     // Targets first, then metadata: a gateway never sees metadata naming a missing file.
     let out = targets_dir(repo);
     for (dst, tn) in &staged {
@@ -235,36 +221,63 @@ pub async fn release(
     Ok(names)
 }
 
+/// The next targets, snapshot and timestamp versions of `current`.
+fn next_versions(current: &tough::Repository) -> (u64, u64, u64) {
+    (
+        current.targets().signed.version.get() + 1,
+        current.snapshot().signed.version.get() + 1,
+        current.timestamp().signed.version.get() + 1,
+    )
+}
+
+/// Give targets, snapshot and timestamp the `next` versions and fresh expiries, and sign them
+/// with the release keys (never the root key).
+async fn bump_and_sign(
+    mut editor: RepositoryEditor,
+    next: (u64, u64, u64),
+    keys_dir: &Path,
+    expiry: Expiry,
+    what: &str,
+) -> Result<SignedRepository, FleetError> {
+    let v = |n: u64| NonZeroU64::new(n).expect("versions start at 1");
+    editor
+        .targets_version(v(next.0))
+        .map_err(|e| FleetError::tuf("targets", e))?
+        .targets_expires(days_from_now(expiry.targets_days)?)
+        .map_err(|e| FleetError::tuf("targets", e))?
+        .snapshot_version(v(next.1))
+        .snapshot_expires(days_from_now(expiry.snapshot_days)?)
+        .timestamp_version(v(next.2))
+        .timestamp_expires(days_from_now(expiry.timestamp_days)?);
+    editor
+        .sign(&release_keys(keys_dir).await?)
+        .await
+        .map_err(|e| FleetError::tuf(what, e))
+}
+
 /// Renew targets, snapshot and timestamp (new versions, new expiries, the same targets), so a
 /// repository without a release for a while stays valid: run it monthly from cron where the
 /// targets and snapshot keys live. Returns the new targets version.
 pub async fn renew(repo: &Path, keys_dir: &Path, expiry: Expiry) -> Result<u64, FleetError> {
     let current = own(repo).await?;
-    let targets_v = current.targets().signed.version.get() + 1;
-    let snapshot_v = current.snapshot().signed.version.get() + 1;
-    let timestamp_v = current.timestamp().signed.version.get() + 1;
-    let mut editor = RepositoryEditor::from_repo(root_path(repo), current)
+    let next = next_versions(&current);
+    let editor = RepositoryEditor::from_repo(root_path(repo), current)
         .await
         .map_err(|e| FleetError::tuf("opening the repository for editing", e))?;
-    editor
-        .targets_version(NonZeroU64::new(targets_v).unwrap())
-        .map_err(|e| FleetError::tuf("targets", e))?
-        .targets_expires(days_from_now(expiry.targets_days)?)
-        .map_err(|e| FleetError::tuf("targets", e))?
-        .snapshot_version(NonZeroU64::new(snapshot_v).unwrap())
-        .snapshot_expires(days_from_now(expiry.snapshot_days)?)
-        .timestamp_version(NonZeroU64::new(timestamp_v).unwrap())
-        .timestamp_expires(days_from_now(expiry.timestamp_days)?);
-    let signed = editor
-        .sign(&release_keys(keys_dir).await?)
-        .await
-        .map_err(|e| FleetError::tuf("signing the renewed metadata", e))?;
+    let signed = bump_and_sign(
+        editor,
+        next,
+        keys_dir,
+        expiry,
+        "signing the renewed metadata",
+    )
+    .await?;
     let meta = metadata_dir(repo);
     signed
         .write(&meta)
         .await
         .map_err(|e| FleetError::tuf(format!("writing {}", meta.display()), e))?;
-    Ok(targets_v)
+    Ok(next.0)
 }
 
 /// Re-sign the timestamp (new version, new expiry; it still names the same snapshot), for
@@ -500,14 +513,7 @@ pub async fn rollback(
     std::fs::create_dir_all(&stage).map_err(|e| FleetError::io(&stage, e))?;
     let prefix = format!("{to}/");
     let mut files = Vec::new();
-    let names: Vec<String> = r
-        .targets()
-        .signed
-        .targets
-        .keys()
-        .map(|n| n.raw().to_string())
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
+    let names = crate::client::release_targets(&r, to);
     let mut m = old.clone();
     m.name = name.to_string();
     m.version = top + 1;

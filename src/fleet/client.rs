@@ -115,6 +115,21 @@ pub async fn read_target(repo: &Repository, name: &str) -> Result<Vec<u8>, Fleet
     Ok(chunks.concat())
 }
 
+/// The signed target names of `release` (`<release>/<file>`), sorted.
+pub fn release_targets(repo: &Repository, release: &str) -> Vec<String> {
+    let prefix = format!("{release}/");
+    let mut names: Vec<String> = repo
+        .targets()
+        .signed
+        .targets
+        .keys()
+        .map(|n| n.raw().to_string())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    names.sort();
+    names
+}
+
 /// Download and verify every target of release `release` (`<release>/<file>`) into `out`
 /// (which must not exist yet): each file is read through TUF (length and sha256 checked),
 /// written into a sibling temporary folder, fsynced, and the folder renamed to `out` only when
@@ -133,15 +148,7 @@ pub async fn fetch_release(
         )));
     }
     let prefix = format!("{release}/");
-    let mut names: Vec<String> = repo
-        .targets()
-        .signed
-        .targets
-        .keys()
-        .map(|n| n.raw().to_string())
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
-    names.sort();
+    let names = release_targets(repo, release);
     if names.is_empty() {
         return Err(FleetError::Invalid(format!(
             "release {release:?}: no such release in the signed targets"
