@@ -28,14 +28,6 @@ fn doctor(cfg: &Config, dir: &Path) -> (i32, String) {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn doctor_passes_a_working_setup_and_names_each_failure_with_its_fix() {
     let Some(bin) = crate::util::mosquitto_bin() else {
@@ -43,7 +35,7 @@ fn doctor_passes_a_working_setup_and_names_each_failure_with_its_fix() {
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let port = free_port();
+    let port = crate::util::free_port();
     let _broker = Mosquitto::start_on(&bin, port);
     let cfg = crate::util::gateway_config("doc", port, &d.join("store"));
     let (code, out) = doctor(&cfg, d);
@@ -63,7 +55,7 @@ fn doctor_passes_a_working_setup_and_names_each_failure_with_its_fix() {
 
     // Everything wrong at once: each check says what and how to fix it.
     let mut bad = cfg.clone();
-    bad.mqtt.port = free_port();
+    bad.mqtt.port = crate::util::free_port();
     bad.model.path = d.join("missing.onnx");
     std::fs::write(d.join("a-file"), b"").unwrap();
     bad.store.path = d.join("a-file/store");
@@ -123,7 +115,7 @@ fn doctor_passes_a_working_setup_and_names_each_failure_with_its_fix() {
         let mode = if p.is_dir() { 0o755 } else { 0o644 };
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
-    let auth_port = free_port();
+    let auth_port = crate::util::free_port();
     let _auth = Mosquitto::start_conf(
         &bin,
         auth_port,

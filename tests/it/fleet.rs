@@ -645,31 +645,16 @@ async fn releases_roll_out_to_five_gateway_processes_and_every_refusal_holds() {
         "{}",
         describe(&rec, &ids)
     );
-    let msgs = rec.messages();
-    for (release, want) in [
+    assert_refused(
+        &rec.messages(),
+        &ids,
+        &[
         ("arousal-v3", "downgrade refused: release arousal-v3 has version 3, not above the installed arousal-v5 (version 5)"),
         ("arousal-v6", "needs gateway 99.0.0 or newer"),
         ("arousal-v7", "arousal-v7/model.onnx"),
-    ] {
-        for g in ids {
-            let st = statuses(&msgs, g)
-                .into_iter()
-                .rfind(|s| s.target.as_deref() == Some(release))
-                .unwrap();
-            let why = st.reason.unwrap_or_default();
-            assert!(why.contains(want), "{g} {release}: {why}");
-        }
-    }
-    for g in ids {
-        assert!(
-            states(&msgs, g)
-                .last()
-                .unwrap()
-                .model
-                .starts_with("arousal-v5@"),
-            "{g}"
-        );
-    }
+        ],
+        "arousal-v5@",
+    );
 
     // d) A release that is not in the signed targets (announced, never signed).
     rollout("arousal-v99", "", "100", "0");
@@ -703,33 +688,18 @@ async fn releases_roll_out_to_five_gateway_processes_and_every_refusal_holds() {
     std::fs::rename(&repo, &other).unwrap();
     std::fs::rename(&real, &repo).unwrap();
     assert!(foreign_refused, "{}", describe(&rec, &ids));
-    let msgs = rec.messages();
-    for (release, want) in [
-        (
-            "arousal-v99",
-            "release \"arousal-v99\": no such release in the signed targets",
-        ),
-        ("arousal-v9", "Signature threshold of 1 not met"),
-    ] {
-        for g in ids {
-            let st = statuses(&msgs, g)
-                .into_iter()
-                .rfind(|s| s.target.as_deref() == Some(release))
-                .unwrap();
-            let why = st.reason.unwrap_or_default();
-            assert!(why.contains(want), "{g} {release}: {why}");
-        }
-    }
-    for g in ids {
-        assert!(
-            states(&msgs, g)
-                .last()
-                .unwrap()
-                .model
-                .starts_with("arousal-v5@"),
-            "{g}"
-        );
-    }
+    assert_refused(
+        &rec.messages(),
+        &ids,
+        &[
+            (
+                "arousal-v99",
+                "release \"arousal-v99\": no such release in the signed targets",
+            ),
+            ("arousal-v9", "Signature threshold of 1 not met"),
+        ],
+        "arousal-v5@",
+    );
 
     // 6. The root key is rotated; the gateways, pinned to root v1, follow the chain and
     //    install a release signed since.
@@ -749,6 +719,26 @@ async fn releases_roll_out_to_five_gateway_processes_and_every_refusal_holds() {
     );
     for g in &mut gws {
         assert_eq!(g.stop(), 0, "{} stopped cleanly", g.id);
+    }
+}
+
+/// Every gateway's last status for each `(release, reason)` says it was refused with that
+/// reason, and every gateway still serves a model whose version starts with `serving`.
+fn assert_refused(msgs: &[Msg], gws: &[&str], cases: &[(&str, &str)], serving: &str) {
+    for (release, want) in cases {
+        for g in gws {
+            let st = statuses(msgs, g)
+                .into_iter()
+                .rfind(|s| s.target.as_deref() == Some(*release))
+                .unwrap();
+            assert_eq!(st.state, "refused", "{g} {release}: {st:?}");
+            let why = st.reason.unwrap_or_default();
+            assert!(why.contains(want), "{g} {release}: {why}");
+        }
+    }
+    for g in gws {
+        let last = states(msgs, g).pop().unwrap().model;
+        assert!(last.starts_with(serving), "{g} serves {last}");
     }
 }
 

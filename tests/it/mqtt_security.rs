@@ -17,14 +17,6 @@ fn config(port: u16, dir: &Path, gw: &str) -> Option<Config> {
     Some(cfg)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn open_perms(p: &Path) {
     use std::os::unix::fs::PermissionsExt;
     // Mosquitto started as root reads its files as the `mosquitto` user.
@@ -48,7 +40,7 @@ async fn password_protected_broker_accepts_only_the_right_credentials() {
         .unwrap();
     assert!(st.success());
     open_perms(&pw);
-    let port = free_port();
+    let port = crate::util::free_port();
     let _b = Mosquitto::start_conf(
         &bin,
         port,
@@ -222,7 +214,7 @@ async fn tls_with_client_certificate_delivers_and_a_wrong_ca_does_not() {
     open_perms(&other);
     make_pki(&other);
 
-    let port = free_port();
+    let port = crate::util::free_port();
     let _b = Mosquitto::start_conf(
         &bin,
         port,

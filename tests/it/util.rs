@@ -99,6 +99,15 @@ pub fn mosquitto_bin() -> Option<PathBuf> {
     None
 }
 
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A Mosquitto process on 127.0.0.1:<free port>, killed on drop.
 pub struct Mosquitto {
     pub port: u16,
@@ -109,12 +118,7 @@ pub struct Mosquitto {
 impl Mosquitto {
     pub fn start() -> Option<Mosquitto> {
         let bin = mosquitto_bin()?;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Some(Self::start_on(&bin, port))
+        Some(Self::start_on(&bin, free_port()))
     }
 
     pub fn start_on(bin: &Path, port: u16) -> Mosquitto {
